@@ -1,0 +1,107 @@
+"""The one settings class of every process (api, worker, emulator, stack, CLI).
+
+Read from the environment (prefix ``BILLING_``), built once at start-up and passed down, never
+read at import time. docker-compose.yml configures the same names (a test checks it).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# YooKassa's published notification sources; loopback is added for the local stack.
+YOOKASSA_WEBHOOK_IPS = [
+    "185.71.76.0/27",
+    "185.71.77.0/27",
+    "77.75.153.0/25",
+    "77.75.156.11/32",
+    "77.75.156.35/32",
+    "77.75.154.128/25",
+    "2a02:5180::/32",
+]
+
+_PLACEHOLDER_SECRETS = {"changethis", "dev-only-jwt-secret", "emulator-secret"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    state_dir: Path = Path(".state")
+    log_level: str = "INFO"
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_version: str = "4.1.1"
+
+    # PostgreSQL: empty means the embedded server under state_dir/pg (local stack, tests).
+    postgres_dsn: SecretStr | None = None
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    jwt_secret: SecretStr = SecretStr("dev-only-jwt-secret")
+    jwt_algorithm: str = "HS256"
+    jwt_audience: str = "cinema-billing"
+    relay_interval_s: float = 1.0
+    relay_delay_s: float = 5.0
+    relay_max_backoff_s: float = 300.0
+    publish_timeout_s: float = 5.0
+    webhook_allowed_ips: list[str] = Field(
+        default_factory=lambda: [*YOOKASSA_WEBHOOK_IPS, "127.0.0.1/32", "::1/128"]
+    )
+    webhook_trust_forwarded_for: bool = False
+
+    # Provider (YooKassa). Empty api_url = the local emulator.
+    yookassa_shop_id: str = "100500"
+    yookassa_secret_key: SecretStr = SecretStr("emulator-secret")
+    yookassa_api_url: str = ""
+    provider_timeout_s: float = 10.0
+    provider_max_attempts: int = 3
+
+    # Emulator (local stack and tests only)
+    emulator_host: str = "127.0.0.1"
+    emulator_port: int = 8081
+    emulator_webhook_url: str = ""
+
+    # Worker (Faust)
+    worker_id: str = "billing"
+    worker_web_port: int = 6066
+    table_store: str = "memory://"
+    broker_session_timeout_s: float = 10.0
+    broker_heartbeat_interval_s: float = 1.0
+    broker_rebalance_timeout_s: float = 20.0
+    commit_interval_s: float = 0.5
+    sweep_interval_s: float = 2.0
+    payment_deadline_s: float = 15.0
+    payment_redrive_max_backoff_s: float = 3600.0
+
+    # Dashboard
+    dashboard_port: int = 8501
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_in_prod(self) -> Settings:
+        if self.env == "prod":
+            for name in ("jwt_secret", "yookassa_secret_key"):
+                secret: SecretStr = getattr(self, name)
+                if secret.get_secret_value() in _PLACEHOLDER_SECRETS:
+                    raise ValueError(f"BILLING_{name.upper()} must be set in prod")
+            if not self.yookassa_api_url:
+                raise ValueError("BILLING_YOOKASSA_API_URL must be set in prod (no emulator)")
+            if self.postgres_dsn is None:
+                raise ValueError("BILLING_POSTGRES_DSN must be set in prod")
+        return self
+
+    @cached_property
+    def provider_api_url(self) -> str:
+        return self.yookassa_api_url or f"http://{self.emulator_host}:{self.emulator_port}/v3"
+
+    @property
+    def webhook_url(self) -> str:
+        return self.emulator_webhook_url or f"{self.public_base_url}/api/v1/webhooks/yookassa"

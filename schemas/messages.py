@@ -1,0 +1,225 @@
+"""Wire contracts: commands (imperative), provider events (normalised outcomes) and domain
+events (past tense). Every part encodes and decodes through this module; nobody builds dicts.
+
+Encoding is msgspec JSON with a ``type`` tag. Times are epoch milliseconds UTC. Renaming a
+tag breaks the log: add a new one and upcast instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.money import Money
+
+PaymentStatus = Literal[
+    "requested",  # the ledger asked the gateway; no provider answer yet
+    "unknown",  # a provider call timed out or failed with 5xx: outcome not known yet
+    "pending",  # created at the provider, waiting for the user (3-DS) or the bank
+    "waiting_for_capture",
+    "succeeded",
+    "canceled",
+]
+TERMINAL_PAYMENT_STATUSES: frozenset[str] = frozenset({"succeeded", "canceled"})
+ProviderStatus = Literal["pending", "waiting_for_capture", "succeeded", "canceled"]
+
+
+# ---------------------------------------------------------------- commands (billing.commands)
+class Command(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    command_id: str
+    subscription_id: str
+    issued_at: int
+
+
+class PaySubscription(Command, tag="PaySubscription"):
+    """Pay for a plan. Price and period come from the server's catalogue, never the client."""
+
+    user_id: str
+    payment_id: str
+    plan_id: str
+    amount: Money
+    period_months: int
+    return_url: str
+    description: str
+    save_payment_method: bool = True
+    capture: bool = True
+
+
+class SweepPayment(Command, tag="SweepPayment"):
+    """Issued by the sweeper timer for a payment whose outcome is overdue. Its id is derived
+    from (payment, attempt), so two timers or two workers firing collapse into one."""
+
+    payment_id: str
+    attempt: int
+
+
+AnyCommand = PaySubscription | SweepPayment
+
+
+# ------------------------------------------------------ provider events (billing.provider-events)
+class ProviderEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    observation_id: str
+    subscription_id: str
+    observed_at: int
+    source: Literal["gateway", "webhook", "poll", "reconciliation"]
+
+
+class PaymentObserved(ProviderEvent, tag="PaymentObserved"):
+    """The provider's view of one payment, re-read from its API (never trusted unread)."""
+
+    payment_id: str
+    provider_payment_id: str
+    status: ProviderStatus
+    amount: Money
+    paid: bool = False
+    confirmation_url: str | None = None
+    cancellation_party: str | None = None
+    cancellation_reason: str | None = None
+    payment_method_id: str | None = None
+    payment_method_saved: bool = False
+
+
+class PaymentCallFailed(ProviderEvent, tag="PaymentCallFailed"):
+    """A provider call gave no usable answer. ``unknown``: timeout/5xx/connection (the charge
+    may exist; retry with the same key). ``rejected``: a definite 4xx (nothing was created)."""
+
+    payment_id: str
+    outcome: Literal["unknown", "rejected"]
+    error_code: str
+    error: str
+    attempt: int
+
+
+AnyProviderEvent = PaymentObserved | PaymentCallFailed
+
+
+# -------------------------------------------------------------- domain events (billing.events)
+class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the gateway needs to build the provider request. It never changes for a
+    payment, so every retry sends the same body under the same Idempotence-Key."""
+
+    payment_id: str
+    command_id: str
+    user_id: str
+    plan_id: str
+    amount: Money
+    period_months: int
+    return_url: str
+    description: str
+    save_payment_method: bool = True
+    capture: bool = True
+    payment_method_id: str | None = None
+
+
+class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    event_id: str
+    subscription_id: str
+    user_id: str
+    version: int
+    occurred_at: int
+    causation_id: str
+
+
+class PaymentRequested(Event, tag="PaymentRequested"):
+    request: PaymentRequest
+
+
+class PaymentRedriven(Event, tag="PaymentRedriven"):
+    """The outcome is overdue: the gateway re-reads (known provider id) or re-sends the same
+    create (same key)."""
+
+    request: PaymentRequest
+    attempt: int
+    provider_payment_id: str | None = None
+
+
+class PaymentRejected(Event, tag="PaymentRejected"):
+    """The command was refused by the ledger; nothing was sent to the provider."""
+
+    command_id: str
+    payment_id: str
+    reason: str
+    detail: str = ""
+
+
+class PaymentPending(Event, tag="PaymentPending"):
+    payment_id: str
+    provider_payment_id: str
+    status: Literal["pending", "waiting_for_capture"]
+    confirmation_url: str | None = None
+
+
+class PaymentOutcomeUnknown(Event, tag="PaymentOutcomeUnknown"):
+    payment_id: str
+    attempt: int
+    error: str
+
+
+class PaymentSucceeded(Event, tag="PaymentSucceeded"):
+    payment_id: str
+    command_id: str
+    provider_payment_id: str
+    amount: Money
+    payment_method_id: str | None = None
+
+
+class PaymentCanceled(Event, tag="PaymentCanceled"):
+    payment_id: str
+    command_id: str
+    provider_payment_id: str | None
+    reason: str
+    party: str | None = None
+
+
+class SubscriptionActivated(Event, tag="SubscriptionActivated"):
+    """Access granted (or extended, when stacked after the current period)."""
+
+    payment_id: str
+    plan_id: str
+    period_start: int
+    period_end: int
+    extended: bool = False
+
+
+AnyEvent = (
+    PaymentRequested
+    | PaymentRedriven
+    | PaymentRejected
+    | PaymentPending
+    | PaymentOutcomeUnknown
+    | PaymentSucceeded
+    | PaymentCanceled
+    | SubscriptionActivated
+)
+
+_encoder = msgspec.json.Encoder()
+_command_decoder = msgspec.json.Decoder(AnyCommand)
+_provider_decoder = msgspec.json.Decoder(AnyProviderEvent)
+_event_decoder = msgspec.json.Decoder(AnyEvent)
+_ledger_input_decoder = msgspec.json.Decoder(AnyCommand | AnyProviderEvent)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_command(data: bytes) -> AnyCommand:
+    return _command_decoder.decode(data)
+
+
+def decode_provider_event(data: bytes) -> AnyProviderEvent:
+    return _provider_decoder.decode(data)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    return _event_decoder.decode(data)
+
+
+def decode_ledger_input(data: bytes) -> AnyCommand | AnyProviderEvent:
+    """The ledger consumes commands and provider events; the tags are disjoint."""
+    return _ledger_input_decoder.decode(data)
+
+
+DecodeError = msgspec.DecodeError
+ValidationError = msgspec.ValidationError
