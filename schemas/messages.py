@@ -32,7 +32,7 @@ class Command(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     issued_at: int
 
 
-class PaySubscription(Command, tag="PaySubscription"):
+class PaySubscription(Command, tag="PaySubscription", frozen=True):
     """Pay for a plan. Price and period come from the server's catalogue, never the client."""
 
     user_id: str
@@ -46,7 +46,7 @@ class PaySubscription(Command, tag="PaySubscription"):
     capture: bool = True
 
 
-class SweepPayment(Command, tag="SweepPayment"):
+class SweepPayment(Command, tag="SweepPayment", frozen=True):
     """Issued by the sweeper timer for a payment whose outcome is overdue. Its id is derived
     from (payment, attempt), so two timers or two workers firing collapse into one."""
 
@@ -65,7 +65,7 @@ class ProviderEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True)
     source: Literal["gateway", "webhook", "poll", "reconciliation"]
 
 
-class PaymentObserved(ProviderEvent, tag="PaymentObserved"):
+class PaymentObserved(ProviderEvent, tag="PaymentObserved", frozen=True):
     """The provider's view of one payment, re-read from its API (never trusted unread)."""
 
     payment_id: str
@@ -80,7 +80,7 @@ class PaymentObserved(ProviderEvent, tag="PaymentObserved"):
     payment_method_saved: bool = False
 
 
-class PaymentCallFailed(ProviderEvent, tag="PaymentCallFailed"):
+class PaymentCallFailed(ProviderEvent, tag="PaymentCallFailed", frozen=True):
     """A provider call gave no usable answer. ``unknown``: timeout/5xx/connection (the charge
     may exist; retry with the same key). ``rejected``: a definite 4xx (nothing was created)."""
 
@@ -121,20 +121,23 @@ class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     causation_id: str
 
 
-class PaymentRequested(Event, tag="PaymentRequested"):
+class PaymentRequested(Event, tag="PaymentRequested", frozen=True):
     request: PaymentRequest
+    deadline_at: int  # no provider outcome by then: the sweeper re-drives it
 
 
-class PaymentRedriven(Event, tag="PaymentRedriven"):
+class PaymentRedriven(Event, tag="PaymentRedriven", frozen=True):
     """The outcome is overdue: the gateway re-reads (known provider id) or re-sends the same
     create (same key)."""
 
     request: PaymentRequest
     attempt: int
+    requested_at: int
+    deadline_at: int
     provider_payment_id: str | None = None
 
 
-class PaymentRejected(Event, tag="PaymentRejected"):
+class PaymentRejected(Event, tag="PaymentRejected", frozen=True):
     """The command was refused by the ledger; nothing was sent to the provider."""
 
     command_id: str
@@ -143,20 +146,20 @@ class PaymentRejected(Event, tag="PaymentRejected"):
     detail: str = ""
 
 
-class PaymentPending(Event, tag="PaymentPending"):
+class PaymentPending(Event, tag="PaymentPending", frozen=True):
     payment_id: str
     provider_payment_id: str
     status: Literal["pending", "waiting_for_capture"]
     confirmation_url: str | None = None
 
 
-class PaymentOutcomeUnknown(Event, tag="PaymentOutcomeUnknown"):
+class PaymentOutcomeUnknown(Event, tag="PaymentOutcomeUnknown", frozen=True):
     payment_id: str
     attempt: int
     error: str
 
 
-class PaymentSucceeded(Event, tag="PaymentSucceeded"):
+class PaymentSucceeded(Event, tag="PaymentSucceeded", frozen=True):
     payment_id: str
     command_id: str
     provider_payment_id: str
@@ -164,7 +167,7 @@ class PaymentSucceeded(Event, tag="PaymentSucceeded"):
     payment_method_id: str | None = None
 
 
-class PaymentCanceled(Event, tag="PaymentCanceled"):
+class PaymentCanceled(Event, tag="PaymentCanceled", frozen=True):
     payment_id: str
     command_id: str
     provider_payment_id: str | None
@@ -172,7 +175,7 @@ class PaymentCanceled(Event, tag="PaymentCanceled"):
     party: str | None = None
 
 
-class SubscriptionActivated(Event, tag="SubscriptionActivated"):
+class SubscriptionActivated(Event, tag="SubscriptionActivated", frozen=True):
     """Access granted (or extended, when stacked after the current period)."""
 
     payment_id: str
@@ -205,20 +208,20 @@ def encode(msg: msgspec.Struct) -> bytes:
 
 
 def decode_command(data: bytes) -> AnyCommand:
-    return _command_decoder.decode(data)
+    return _command_decoder.decode(data)  # type: ignore[no-any-return]
 
 
 def decode_provider_event(data: bytes) -> AnyProviderEvent:
-    return _provider_decoder.decode(data)
+    return _provider_decoder.decode(data)  # type: ignore[no-any-return]
 
 
 def decode_event(data: bytes) -> AnyEvent:
-    return _event_decoder.decode(data)
+    return _event_decoder.decode(data)  # type: ignore[no-any-return]
 
 
 def decode_ledger_input(data: bytes) -> AnyCommand | AnyProviderEvent:
     """The ledger consumes commands and provider events; the tags are disjoint."""
-    return _ledger_input_decoder.decode(data)
+    return _ledger_input_decoder.decode(data)  # type: ignore[no-any-return]
 
 
 DecodeError = msgspec.DecodeError
