@@ -156,7 +156,11 @@ CASES: list[tuple[str, list[LedgerInput], list[list[str]], str, str | None]] = [
     (
         "unknown outcome then success",
         [pay(), call_failed("unknown"), observed("succeeded")],
-        [["PaymentRequested"], ["PaymentOutcomeUnknown"], ["PaymentSucceeded", "SubscriptionActivated"]],
+        [
+            ["PaymentRequested"],
+            ["PaymentOutcomeUnknown"],
+            ["PaymentSucceeded", "SubscriptionActivated"],
+        ],
         "active",
         "succeeded",
     ),
@@ -212,9 +216,10 @@ CASES: list[tuple[str, list[LedgerInput], list[list[str]], str, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "inputs", "expected", "sub_status", "pay_status"), CASES, ids=[c[0] for c in CASES]
-)
+CASE_IDS = [c[0] for c in CASES]
+
+
+@pytest.mark.parametrize(("name", "inputs", "expected", "sub_status", "pay_status"), CASES, ids=CASE_IDS)
 def test_transitions(
     name: str,
     inputs: list[LedgerInput],
@@ -230,7 +235,7 @@ def test_transitions(
         assert state.payments[pid()].status == pay_status
 
 
-@pytest.mark.parametrize(("name", "inputs"), [(c[0], c[1]) for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("name", "inputs"), [(c[0], c[1]) for c in CASES], ids=CASE_IDS)
 def test_every_input_replayed_reemits_the_same_events_and_changes_nothing(
     name: str, inputs: list[LedgerInput]
 ) -> None:
@@ -245,7 +250,7 @@ def test_every_input_replayed_reemits_the_same_events_and_changes_nothing(
         state = first.state
 
 
-@pytest.mark.parametrize(("name", "inputs"), [(c[0], c[1]) for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("name", "inputs"), [(c[0], c[1]) for c in CASES], ids=CASE_IDS)
 def test_decide_is_deterministic_and_versions_are_consecutive(
     name: str, inputs: list[LedgerInput]
 ) -> None:
