@@ -219,7 +219,9 @@ CASES: list[tuple[str, list[LedgerInput], list[list[str]], str, str | None]] = [
 CASE_IDS = [c[0] for c in CASES]
 
 
-@pytest.mark.parametrize(("name", "inputs", "expected", "sub_status", "pay_status"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize(
+    ("name", "inputs", "expected", "sub_status", "pay_status"), CASES, ids=CASE_IDS
+)
 def test_transitions(
     name: str,
     inputs: list[LedgerInput],
