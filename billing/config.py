@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = 1.0
     broker_rebalance_timeout_s: float = 20.0
     commit_interval_s: float = 0.5
+    gateway_concurrency: int = 16
     sweep_interval_s: float = 2.0
     payment_deadline_s: float = 15.0
     payment_redrive_max_backoff_s: float = 3600.0

@@ -1,0 +1,80 @@
+"""Builds the Faust app from Settings. The restart-loss fix is applied before the App exists.
+
+``processing_guarantee="at_least_once"``: Faust flushes what an agent produced (table
+changelog, events) before it commits the input offset, so a crash can only replay; every agent
+here is idempotent (ARCHITECTURE.md, "Effectively once"). ``exactly_once`` is broken in
+faust-streaming 0.15.3 (STACK-NOTES.md) and must not be used.
+
+Tables live in memory (``memory://``): the ledger state is small per subscription and is
+rebuilt from its compacted changelog at start; that keeps the worker free of a native RocksDB
+build. For large tables set BILLING_TABLE_STORE=rocksdb:// (needs rocksdict installed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from billing.config import Settings
+from providers.port import PaymentProvider
+from streams import faust_fix
+from streams.gateway.agent import register_gateway
+from streams.ledger.agent import register_ledger
+from streams.ledger.machine import Policy
+from streams.sinks.postgres import register_projection
+from streams.topics import declare
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        payment_deadline_ms=int(settings.payment_deadline_s * 1000),
+        redrive_max_backoff_ms=int(settings.payment_redrive_max_backoff_s * 1000),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    provider: PaymentProvider | None = None,
+    postgres_dsn: str | None = None,
+    agents: tuple[str, ...] = ("ledger", "gateway", "projection"),
+) -> Any:
+    faust_fix.apply()
+    app = faust.App(
+        settings.worker_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store=settings.table_store,
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        table_standby_replicas=0,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
+        broker_commit_interval=settings.commit_interval_s,
+        web_port=settings.worker_web_port,
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        datadir=str(settings.state_dir / "faust"),
+        producer_acks=-1,
+        stream_recovery_delay=0.0,
+    )
+    topics = declare(app, settings.kafka_partitions)
+    if "ledger" in agents:
+        register_ledger(app, topics, policy_from(settings), settings)
+    if "gateway" in agents:
+        if provider is None:
+            from providers.yookassa_adapter import YooKassaProvider
+
+            provider = YooKassaProvider(settings)
+        register_gateway(app, topics, provider, settings)
+    if "projection" in agents:
+        dsn = postgres_dsn or (
+            settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else None
+        )
+        if dsn is None:
+            raise RuntimeError("the projection needs BILLING_POSTGRES_DSN")
+        register_projection(app, topics, dsn)
+    return app

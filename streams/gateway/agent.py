@@ -1,0 +1,120 @@
+"""Gateway agent: turns PaymentRequested / PaymentRedriven events into provider calls and
+publishes the normalised outcome to billing.provider-events.
+
+The provider Idempotence-Key is the payment id, fixed before the first attempt, so a retry, a
+replay after a crash or a re-drive can never create a second charge within YooKassa's 24-hour
+key window. Past that window a create is not repeated: the payment stays ``unknown`` for the
+reconciler to settle. A timeout or 5xx is an unknown outcome, never a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billing.config import Settings
+from providers.port import PaymentProvider, ProviderError, ProviderPayment
+from schemas.ids import derived_id, observation_id_for
+from schemas.messages import (
+    PaymentCallFailed,
+    PaymentObserved,
+    PaymentRedriven,
+    PaymentRequested,
+    decode_event,
+    encode,
+)
+from schemas.periods import now_ms
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCE_WINDOW_MS = 23 * 3600 * 1000  # YooKassa honours a key 24 h; keep a margin
+_WANTED = (b'{"type":"PaymentRequested"', b'{"type":"PaymentRedriven"')
+
+
+def observation_from(
+    payment: ProviderPayment, subscription_id: str, payment_id: str
+) -> PaymentObserved:
+    """The provider's answer as a provider event (the gateway's own normalisation)."""
+    status = payment.status
+    if status not in ("pending", "waiting_for_capture", "succeeded", "canceled"):
+        raise ValueError(f"unexpected provider status {status!r}")
+    return PaymentObserved(
+        observation_id=observation_id_for(payment.provider_payment_id, status),
+        subscription_id=subscription_id,
+        observed_at=now_ms(),
+        source="gateway",
+        payment_id=payment_id,
+        provider_payment_id=payment.provider_payment_id,
+        status=status,  # type: ignore[arg-type]
+        amount=payment.amount,
+        paid=payment.paid,
+        confirmation_url=payment.confirmation_url,
+        cancellation_party=payment.cancellation_party,
+        cancellation_reason=payment.cancellation_reason,
+        payment_method_id=payment.payment_method_id,
+        payment_method_saved=payment.payment_method_saved,
+    )
+
+
+async def execute(
+    provider: PaymentProvider, event: PaymentRequested | PaymentRedriven
+) -> PaymentObserved | PaymentCallFailed:
+    """One provider call for one request event; every failure becomes a provider event."""
+    request = event.request
+    attempt = event.attempt if isinstance(event, PaymentRedriven) else 0
+    try:
+        if isinstance(event, PaymentRedriven) and event.provider_payment_id:
+            payment = await provider.get_payment(event.provider_payment_id)
+        elif (
+            isinstance(event, PaymentRedriven)
+            and now_ms() - event.requested_at > IDEMPOTENCE_WINDOW_MS
+        ):
+            return _failed(
+                event,
+                attempt,
+                "unknown",
+                "idempotence_window_expired",
+                "create not repeated after the provider's key window",
+            )
+        else:
+            payment = await provider.create_payment(request, event.subscription_id)
+    except ProviderError as exc:
+        outcome = "unknown" if exc.unknown else "rejected"
+        log.warning("provider call for payment %s: %s (%s)", request.payment_id, exc.code, outcome)
+        return _failed(event, attempt, outcome, exc.code, str(exc))
+    return observation_from(payment, event.subscription_id, request.payment_id)
+
+
+def _failed(
+    event: PaymentRequested | PaymentRedriven, attempt: int, outcome: str, code: str, error: str
+) -> PaymentCallFailed:
+    payment_id = event.request.payment_id
+    return PaymentCallFailed(
+        observation_id=derived_id(payment_id, f"callfail-{attempt}-{outcome}"),
+        subscription_id=event.subscription_id,
+        observed_at=now_ms(),
+        source="gateway",
+        payment_id=payment_id,
+        outcome=outcome,  # type: ignore[arg-type]
+        error_code=code,
+        error=error[:500],
+        attempt=attempt,
+    )
+
+
+def register_gateway(
+    app: Any, topics: Topics, provider: PaymentProvider, settings: Settings
+) -> Any:
+    @app.agent(topics.events, name="gateway", concurrency=settings.gateway_concurrency)
+    async def gateway(stream: Any) -> None:
+        async for event in stream.events():
+            value: bytes = event.value
+            if not value.startswith(_WANTED):
+                continue
+            decoded = decode_event(value)
+            assert isinstance(decoded, PaymentRequested | PaymentRedriven)
+            outcome = await execute(provider, decoded)
+            await topics.provider_events.send(key=event.key, value=encode(outcome))
+
+    return gateway

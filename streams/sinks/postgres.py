@@ -1,0 +1,288 @@
+"""Projection: billing.events -> PostgreSQL read models, idempotent.
+
+A batch is applied in one transaction. Per subscription, an event applies only if its version
+is newer than the version already projected (``projection_versions``), so replays and
+re-emissions change nothing. Every event is also kept in ``subscription_events`` (the audit
+trail, deduplicated by event id). Projecting an outcome closes the intake loop: the command's
+outbox row becomes processing, done or rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from schemas.messages import (
+    AnyEvent,
+    PaymentCanceled,
+    PaymentOutcomeUnknown,
+    PaymentPending,
+    PaymentRedriven,
+    PaymentRejected,
+    PaymentRequested,
+    PaymentSucceeded,
+    SubscriptionActivated,
+    decode_event,
+)
+from schemas.periods import ms_to_dt
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+BATCH_WITHIN_S = 0.02
+
+
+def _ts(ms: int) -> datetime:
+    return ms_to_dt(ms)
+
+
+def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
+    """The SQL that projects one event (applied only when its version is new)."""
+    at = _ts(event.occurred_at)
+    v = event.version
+    sub = event.subscription_id
+    if isinstance(event, PaymentRequested):
+        r = event.request
+        return [
+            (
+                "INSERT INTO payments (payment_id, subscription_id, user_id, command_id, plan_id,"
+                " amount_minor, currency, status, created_at, updated_at, version)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s)"
+                " ON CONFLICT (payment_id) DO NOTHING",
+                (
+                    r.payment_id,
+                    sub,
+                    event.user_id,
+                    r.command_id,
+                    r.plan_id,
+                    r.amount.amount_minor,
+                    r.amount.currency,
+                    at,
+                    at,
+                    v,
+                ),
+            ),
+            (
+                "INSERT INTO subscriptions (subscription_id, user_id, status, version, updated_at)"
+                " VALUES (%s, %s, 'pending', %s, %s)"
+                " ON CONFLICT (subscription_id) DO UPDATE SET"
+                " status = CASE WHEN subscriptions.status IN ('none', 'inactive')"
+                " THEN 'pending' ELSE subscriptions.status END,"
+                " version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+                (sub, event.user_id, v, at),
+            ),
+            (
+                "UPDATE command_outbox SET status = 'processing', updated_at = now()"
+                " WHERE command_id = %s AND status = 'accepted'",
+                (r.command_id,),
+            ),
+        ]
+    if isinstance(event, PaymentRedriven):
+        return [
+            (
+                "UPDATE payments SET status_reason = %s, updated_at = %s, version = %s"
+                " WHERE payment_id = %s",
+                (
+                    f"awaiting provider outcome (check {event.attempt})",
+                    at,
+                    v,
+                    event.request.payment_id,
+                ),
+            )
+        ]
+    if isinstance(event, PaymentRejected):
+        return [
+            (
+                "UPDATE command_outbox SET status = 'rejected', status_reason = %s,"
+                " updated_at = now() WHERE command_id = %s"
+                " AND status IN ('accepted', 'processing')",
+                (
+                    f"{event.reason}: {event.detail}" if event.detail else event.reason,
+                    event.command_id,
+                ),
+            )
+        ]
+    if isinstance(event, PaymentPending):
+        reason = "awaiting confirmation" if event.confirmation_url else "awaiting provider"
+        return [
+            (
+                "UPDATE payments SET status = %s, provider_payment_id = %s,"
+                " confirmation_url = %s, status_reason = %s, updated_at = %s, version = %s"
+                " WHERE payment_id = %s",
+                (
+                    event.status,
+                    event.provider_payment_id,
+                    event.confirmation_url,
+                    reason,
+                    at,
+                    v,
+                    event.payment_id,
+                ),
+            )
+        ]
+    if isinstance(event, PaymentOutcomeUnknown):
+        return [
+            (
+                "UPDATE payments SET status = 'unknown', status_reason = %s, updated_at = %s,"
+                " version = %s WHERE payment_id = %s",
+                (event.error, at, v, event.payment_id),
+            )
+        ]
+    if isinstance(event, PaymentSucceeded):
+        return [
+            (
+                "UPDATE payments SET status = 'succeeded', provider_payment_id = %s,"
+                " confirmation_url = NULL, status_reason = NULL, updated_at = %s, version = %s"
+                " WHERE payment_id = %s",
+                (event.provider_payment_id, at, v, event.payment_id),
+            ),
+            (
+                "UPDATE command_outbox SET status = 'done', status_reason = 'succeeded',"
+                " updated_at = now() WHERE command_id = %s"
+                " AND status IN ('accepted', 'processing')",
+                (event.command_id,),
+            ),
+        ]
+    if isinstance(event, PaymentCanceled):
+        return [
+            (
+                "UPDATE payments SET status = 'canceled', status_reason = %s,"
+                " provider_payment_id = COALESCE(%s, provider_payment_id),"
+                " confirmation_url = NULL, updated_at = %s, version = %s WHERE payment_id = %s",
+                (event.reason, event.provider_payment_id, at, v, event.payment_id),
+            ),
+            (
+                "UPDATE command_outbox SET status = 'done', status_reason = %s,"
+                " updated_at = now() WHERE command_id = %s"
+                " AND status IN ('accepted', 'processing')",
+                (f"canceled: {event.reason}", event.command_id),
+            ),
+            (
+                "UPDATE subscriptions SET status = 'inactive', version = %s, updated_at = %s"
+                " WHERE subscription_id = %s AND status = 'pending'",
+                (v, at, sub),
+            ),
+        ]
+    if isinstance(event, SubscriptionActivated):
+        return [
+            (
+                "UPDATE payments SET period_start = %s, period_end = %s, version = %s"
+                " WHERE payment_id = %s",
+                (_ts(event.period_start), _ts(event.period_end), v, event.payment_id),
+            ),
+            (
+                "INSERT INTO subscriptions (subscription_id, user_id, status, plan_id,"
+                " period_start, period_end, version, updated_at)"
+                " VALUES (%s, %s, 'active', %s, %s, %s, %s, %s)"
+                " ON CONFLICT (subscription_id) DO UPDATE SET status = 'active',"
+                " plan_id = EXCLUDED.plan_id,"
+                " period_start = CASE WHEN %s AND subscriptions.period_start IS NOT NULL"
+                " THEN subscriptions.period_start ELSE EXCLUDED.period_start END,"
+                " period_end = EXCLUDED.period_end, version = EXCLUDED.version,"
+                " updated_at = EXCLUDED.updated_at",
+                (
+                    sub,
+                    event.user_id,
+                    event.plan_id,
+                    _ts(event.period_start),
+                    _ts(event.period_end),
+                    v,
+                    at,
+                    event.extended,
+                ),
+            ),
+        ]
+    return []
+
+
+async def project(
+    conn: psycopg.AsyncConnection[Any], batch: Sequence[tuple[AnyEvent, bytes]]
+) -> int:
+    """Apply a batch of (event, raw bytes) in one transaction; returns events applied."""
+    if not batch:
+        return 0
+    subs = sorted({e.subscription_id for e, _ in batch})
+    async with conn.transaction():
+        # Lock the guard rows in a fixed order: two workers briefly sharing a partition during
+        # a rebalance serialise here instead of interleaving.
+        await conn.execute(
+            "INSERT INTO projection_versions (subscription_id, version)"
+            " SELECT unnest(%s::uuid[]), 0 ON CONFLICT DO NOTHING",
+            (subs,),
+        )
+        cur = await conn.execute(
+            "SELECT subscription_id::text, version FROM projection_versions"
+            " WHERE subscription_id = ANY(%s::uuid[]) ORDER BY subscription_id FOR UPDATE",
+            (subs,),
+        )
+        current: dict[str, int] = {row[0]: row[1] for row in await cur.fetchall()}
+        todo: list[tuple[AnyEvent, bytes]] = []
+        for event, raw in batch:
+            seen = current.get(event.subscription_id, 0)
+            if event.version <= seen:
+                continue
+            if event.version != seen + 1:
+                log.error(
+                    "version gap for subscription %s: projected %s, got %s (%s)",
+                    event.subscription_id,
+                    seen,
+                    event.version,
+                    type(event).__name__,
+                )
+            current[event.subscription_id] = event.version
+            todo.append((event, raw))
+        if not todo:
+            return 0
+        async with conn.cursor() as c:
+            await c.executemany(
+                "INSERT INTO subscription_events (event_id, subscription_id, version, event_type,"
+                " occurred_at, causation_id, body) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)"
+                " ON CONFLICT DO NOTHING",
+                [
+                    (
+                        e.event_id,
+                        e.subscription_id,
+                        e.version,
+                        type(e).__name__,
+                        _ts(e.occurred_at),
+                        e.causation_id,
+                        raw.decode(),
+                    )
+                    for e, raw in todo
+                ],
+            )
+            for event, _ in todo:
+                for sql, params in statements(event):
+                    await c.execute(sql, params)
+            await c.executemany(
+                "UPDATE projection_versions SET version = %s WHERE subscription_id = %s",
+                [(v, s) for s, v in current.items()],
+            )
+    return len(todo)
+
+
+def register_projection(app: Any, topics: Topics, dsn: str) -> Any:
+    pool: AsyncConnectionPool[Any] | None = None
+
+    async def get_pool() -> AsyncConnectionPool[Any]:
+        nonlocal pool
+        if pool is None:
+            pool = AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False)
+            await pool.open(wait=True, timeout=30)
+        return pool
+
+    @app.agent(topics.events, name="projection")
+    async def projection(stream: Any) -> None:
+        async for values in stream.take(BATCH_SIZE, within=BATCH_WITHIN_S):
+            batch = [(decode_event(v), v) for v in values]
+            p = await get_pool()
+            async with p.connection() as conn:
+                await project(conn, batch)
+
+    return projection
