@@ -1,0 +1,51 @@
+"""Operator CLI: ``billing token``, ``billing migrate``, ``billing init-topics``.
+
+Settings come from BILLING_* environment variables, as for every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from billing.config import Settings
+
+
+def _dsn(settings: Settings) -> str:
+    if settings.postgres_dsn is None:
+        sys.exit("BILLING_POSTGRES_DSN is not set (the local stack sets it for its children)")
+    return settings.postgres_dsn.get_secret_value()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="billing", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tok = sub.add_parser("token", help="mint a development JWT for a user (or an admin)")
+    tok.add_argument("--user", required=True, help="user id (the token's sub)")
+    tok.add_argument("--admin", action="store_true", help="add the admin role")
+    tok.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    sub.add_parser("migrate", help="upgrade PostgreSQL to the latest schema")
+    sub.add_parser("init-topics", help="create the billing topics (partition count from settings)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+
+    if args.cmd == "token":
+        from api.auth import mint_token
+
+        roles = ("admin",) if args.admin else ()
+        print(mint_token(settings, args.user, roles=roles, ttl_s=args.ttl))
+    elif args.cmd == "migrate":
+        from schemas.pg import migrate
+
+        migrate(_dsn(settings))
+        print("migrated to head")
+    elif args.cmd == "init-topics":
+        from billing.kafka_local import ensure_topics
+
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions))
+        print(f"topics ready ({settings.kafka_partitions} partitions)")
+
+
+if __name__ == "__main__":
+    main()
