@@ -1,0 +1,11 @@
+# One image for every Python process of the stack (api, worker, emulator, one-shot jobs).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY schemas schemas
+COPY api api
+COPY streams streams
+COPY providers providers
+COPY billing billing
+RUN pip install --no-cache-dir .
+USER nobody
