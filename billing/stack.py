@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 from billing.config import Settings
