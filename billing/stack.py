@@ -49,7 +49,7 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    host, port = settings.kafka_bootstrap.rsplit(":", 1)
+    _host, port = settings.kafka_bootstrap.rsplit(":", 1)
     children: list[ManagedProcess] = []
     broker = None
     pg = None
