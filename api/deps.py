@@ -1,0 +1,165 @@
+"""Dependencies as ``Annotated`` aliases. Everything lives on ``app.state`` (opened by the
+lifespan in api/main.py), so tests inject fakes through create_app or dependency_overrides."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Protocol
+
+import psycopg
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import AsyncConnectionPool
+
+from api.auth import Principal, decode_token
+from api.errors import (
+    Forbidden,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    ServiceUnavailable,
+    TokenMissing,
+    UnsupportedMediaType,
+)
+from api.publisher import Publisher
+from api.relay import Background
+from billing.config import Settings
+from providers.port import PaymentProvider
+from schemas.messages import PaymentObserved
+
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+
+class Normaliser(Protocol):
+    """``providers.yookassa_adapter.normalise``: a re-read provider payment → PaymentObserved."""
+
+    def __call__(self, payment: Any, *, source: str, observed_at: int) -> PaymentObserved: ...
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_pool(request: Request) -> AsyncConnectionPool[Any]:
+    pool: AsyncConnectionPool[Any] | None = getattr(request.app.state, "pool", None)
+    if pool is None:
+        raise ServiceUnavailable("the database pool is not open", code="database_unavailable")
+    return pool
+
+
+PoolDep = Annotated[AsyncConnectionPool[Any], Depends(get_pool)]
+
+
+async def get_db(pool: PoolDep) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with pool.connection() as conn:
+        yield conn
+
+
+def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+def get_background(request: Request) -> Background:
+    background: Background = request.app.state.background
+    return background
+
+
+def get_provider(request: Request) -> PaymentProvider:
+    provider: PaymentProvider | None = getattr(request.app.state, "provider", None)
+    if provider is None:
+        raise ServiceUnavailable(
+            "the payment provider is not configured", code="provider_unavailable"
+        )
+    return provider
+
+
+def get_normaliser(request: Request) -> Normaliser:
+    """The adapter's normalise, imported on first use so this package imports without it."""
+    fn: Normaliser | None = getattr(request.app.state, "normalise", None)
+    if fn is None:
+        try:
+            from providers.yookassa_adapter import normalise
+        except ImportError as exc:
+            raise ServiceUnavailable(
+                "the provider adapter is not installed", code="provider_unavailable"
+            ) from exc
+        fn = normalise
+        request.app.state.normalise = fn
+    return fn
+
+
+_bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with sub, roles, exp, aud")
+
+
+def get_current_user(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise TokenMissing()
+    return decode_token(settings, credentials.credentials)
+
+
+def get_admin_user(user: Annotated[Principal, Depends(get_current_user)]) -> Principal:
+    if not user.is_admin:
+        raise Forbidden("admin role required")
+    return user
+
+
+def require_json(request: Request) -> None:
+    """415 for a body that is not JSON, rather than a confusing validation error."""
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaType()
+
+
+def get_idempotency_key(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="unique per operation, 1..255 characters (IETF Idempotency-Key draft)",
+        ),
+    ] = None,
+) -> str:
+    if idempotency_key is None:
+        raise IdempotencyKeyMissing()
+    key = idempotency_key.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':  # the draft's sf-string form
+        key = key[1:-1]
+    if not key:
+        raise IdempotencyKeyMissing()
+    if len(key) > MAX_IDEMPOTENCY_KEY_LEN or not key.isprintable():
+        raise IdempotencyKeyInvalid()
+    return key
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbDep = Annotated[psycopg.AsyncConnection[Any], Depends(get_db)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+BackgroundDep = Annotated[Background, Depends(get_background)]
+ProviderDep = Annotated[PaymentProvider, Depends(get_provider)]
+NormaliserDep = Annotated[Normaliser, Depends(get_normaliser)]
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
+AdminUser = Annotated[Principal, Depends(get_admin_user)]
+IdempotencyKey = Annotated[str, Depends(get_idempotency_key)]
+JsonBody = Depends(require_json)
+
+__all__ = [
+    "AdminUser",
+    "BackgroundDep",
+    "CurrentUser",
+    "DbDep",
+    "IdempotencyKey",
+    "JsonBody",
+    "Normaliser",
+    "NormaliserDep",
+    "PoolDep",
+    "ProviderDep",
+    "PublisherDep",
+    "SettingsDep",
+]

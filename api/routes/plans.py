@@ -1,0 +1,17 @@
+"""The plan catalogue (public): the only source of prices."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api import queries
+from api.deps import DbDep
+from api.models import PlanOut
+
+router = APIRouter(prefix="/api/v1/plans", tags=["plans"])
+
+
+@router.get("", response_model=list[PlanOut])
+async def list_plans(db: DbDep) -> list[PlanOut]:
+    """Plans on sale, with their price and period. No authentication needed."""
+    return await queries.list_plans(db)
