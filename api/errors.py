@@ -82,7 +82,9 @@ class Unauthorized(ApiError):
     message = "authentication required"
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
-        error = "invalid_token" if code in {"token_invalid", "token_expired"} else None
+        # RFC 6750: a token that was presented but is bad is "invalid_token".
+        effective = code or self.code
+        error = "invalid_token" if effective in {"token_invalid", "token_expired"} else None
         challenge = "Bearer" + (f' error="{error}"' if error else "")
         super().__init__(message, code=code, headers={"WWW-Authenticate": challenge})
 

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.deps import Normaliser
+from api.middleware import BodyLimit
 from api.publisher import KafkaPublisher, Publisher
 from api.relay import Background, run_relay
 from api.routes import admin, health, payments, plans, subscriptions, webhooks
@@ -61,6 +62,7 @@ def create_app(
     normalise: Normaliser | None = None,
     relay: bool = True,
     pool_max_size: int = 10,
+    pool_timeout_s: float = POOL_TIMEOUT_S,
 ) -> FastAPI:
     dsn = _dsn(settings)
     networks = webhooks.allowed_networks(settings)
@@ -74,7 +76,7 @@ def create_app(
             min_size=1,
             max_size=pool_max_size,
             open=False,
-            timeout=POOL_TIMEOUT_S,
+            timeout=pool_timeout_s,
             kwargs={"autocommit": True},
             name="api",
         )
@@ -125,12 +127,12 @@ def create_app(
         ),
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.settings = settings
     app.state.webhook_networks = networks
     app.state.normalise = normalise
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for module in (health, plans, payments, subscriptions, webhooks, admin):
         app.include_router(module.router)
     return app

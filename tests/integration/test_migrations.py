@@ -36,7 +36,7 @@ def _steps() -> list[tuple[str, str]]:
     steps: list[tuple[str, str]] = []
     for rev in revs:
         down = rev.down_revision
-        assert not isinstance(down, tuple), "merge revisions need their own test"
+        assert down is None or isinstance(down, str), "merge revisions need their own test"
         steps.append((down or "base", rev.revision))
     return steps
 
