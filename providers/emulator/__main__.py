@@ -1,0 +1,38 @@
+"""``python -m providers.emulator``: the YooKassa emulator on BILLING_EMULATOR_HOST/PORT,
+credentials BILLING_YOOKASSA_SHOP_ID/SECRET_KEY, notifications to the API's webhook URL."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from billing.config import Settings
+from providers.emulator.app import Emulator, create_app
+from providers.emulator.server import config_from_settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    emulator = Emulator(config_from_settings(settings))
+    logging.getLogger(__name__).info(
+        "YooKassa emulator on http://%s:%s/v3, notifications to %s",
+        settings.emulator_host,
+        settings.emulator_port,
+        emulator.config.webhook_url or "(none)",
+    )
+    uvicorn.run(
+        create_app(emulator),
+        host=settings.emulator_host,
+        port=settings.emulator_port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+
+
+if __name__ == "__main__":
+    main()
