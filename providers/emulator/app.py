@@ -15,6 +15,8 @@ import hmac
 import html
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
@@ -44,6 +46,16 @@ class Emulator:
         self.notifier = Notifier(config, self.faults)
         self.store = Store(config)
         self.store.notify = self.notifier.submit
+        # Set on shutdown so that hung (fault-injected) requests end instead of blocking it.
+        self.stopping = threading.Event()
+
+    async def pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.is_set():
+                return
+            await asyncio.sleep(min(left, 0.1))
 
     def reset(self, seed: int | None = None) -> None:
         config = copy.deepcopy(self.initial)
@@ -149,9 +161,9 @@ def create_app(emu: Emulator) -> FastAPI:
         fault = emu.faults.pick(endpoint, "before")
         if fault is not None:
             if fault.kind == "delay":
-                await asyncio.sleep(fault.delay_s)
+                await emu.pause(fault.delay_s)
             elif fault.kind == "timeout":
-                await asyncio.sleep(fault.delay_s)
+                await emu.pause(fault.delay_s)
                 return _fault_response(fault)
             else:
                 return _fault_response(fault)
@@ -162,7 +174,7 @@ def create_app(emu: Emulator) -> FastAPI:
         fault = emu.faults.pick(endpoint, "after")
         if fault is not None:
             if fault.kind in ("delay", "timeout"):
-                await asyncio.sleep(fault.delay_s)
+                await emu.pause(fault.delay_s)
             else:
                 return _fault_response(fault)
         return _ok(result)

@@ -58,6 +58,7 @@ class EmulatorServer:
         return f"{self.url}/v3"
 
     def start(self, timeout_s: float = 10.0) -> None:
+        self.emulator.stopping.clear()
         cfg = uvicorn.Config(
             create_app(self.emulator),
             host=self.host,
@@ -80,6 +81,7 @@ class EmulatorServer:
         log.info("YooKassa emulator on %s", self.api_url)
 
     def stop(self) -> None:
+        self.emulator.stopping.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -1,0 +1,451 @@
+"""YooKassa behind the PaymentProvider port, through the official ``yookassa`` SDK.
+
+The SDK is synchronous, configured process-wide and sets no HTTP timeout (YOOKASSA-API.md
+§8). So every call runs in this provider's own thread pool under our deadline, with a client
+bound to this provider's credentials (several providers can live in one process), a socket
+timeout (a hung call cannot pin a thread for ever) and the SDK's own 202 retries switched off
+(they end in an AttributeError; ours use the same key and a known backoff).
+
+Idempotence-Key = our payment id (refund id for refunds), fixed before the first attempt, so
+a retry can only ever re-obtain the same payment. The retry policy is two pure functions,
+``should_retry`` and ``backoff_s``, after stripe-python's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import requests
+from requests.adapters import HTTPAdapter
+from yookassa import Configuration, Payment, Refund
+from yookassa.client import ApiClient
+from yookassa.domain.exceptions import ApiError
+
+from billing.config import Settings
+from providers.port import (
+    ProviderError,
+    ProviderNotFound,
+    ProviderPayment,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from schemas.ids import observation_id_for
+from schemas.messages import PaymentObserved, PaymentRequest
+from schemas.money import Money
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Source = Literal["gateway", "webhook", "poll", "reconciliation"]
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 5.0
+PROVIDER_STATUSES = ("pending", "waiting_for_capture", "succeeded", "canceled")
+# HTTP statuses whose outcome is unknown: the operation may have happened.
+_UNKNOWN_HTTP = {202, 429}
+
+
+# ---------------------------------------------------------------------------- retry policy
+def should_retry(error: BaseException, attempt: int, max_attempts: int = 3) -> bool:
+    """Retry (same key) only an unknown outcome, and only while attempts remain.
+
+    ``attempt`` is the number of attempts already made (1 after the first). A definite
+    rejection is never retried: the same body would be refused again.
+    """
+    if attempt >= max_attempts:
+        return False
+    return isinstance(error, ProviderError) and error.unknown
+
+
+def backoff_s(
+    attempt: int,
+    rng: random.Random,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+) -> float:
+    """Sleep before attempt ``attempt + 1``: base doubling per attempt, capped, jittered to
+    0.5-1.0 times, so that many gateways retrying one outage do not arrive together."""
+    raw = min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
+    return raw * rng.uniform(0.5, 1.0)
+
+
+def classify(exc: BaseException) -> ProviderError:
+    """Any failure of an SDK call as a port error; unknown unless certainly refused."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProviderUnavailable("no answer within the deadline", code="timeout")
+    if isinstance(exc, ApiError):
+        content = exc.content if isinstance(exc.content, dict) else {}
+        http = int(getattr(exc, "HTTP_CODE", 0) or 0)
+        code = str(content.get("code") or content.get("type") or f"http_{http}")
+        detail = str(content.get("description") or type(exc).__name__)
+        if content.get("parameter"):
+            detail = f"{detail} (parameter {content['parameter']})"
+        if http == 404:
+            return ProviderNotFound(detail, code=code)
+        if 400 <= http < 500 and http not in _UNKNOWN_HTTP:
+            return ProviderRejected(detail, code=code)
+        # 5xx, 202 processing, 429, or a status the SDK does not name (HTTP_CODE 0).
+        return ProviderUnavailable(detail, code=code)
+    if isinstance(exc, AttributeError | requests.RequestException | OSError):
+        # The SDK turns a connection failure into AttributeError (exc.response is None).
+        return ProviderUnavailable(f"connection failed: {type(exc).__name__}", code="connection")
+    # A 200 we could not parse also lands here: the operation may have happened.
+    return ProviderUnavailable(f"unexpected {type(exc).__name__}: {exc}", code="unexpected")
+
+
+# ------------------------------------------------------------------------------- parsing
+class ProviderRefund(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of a provider refund the engine uses."""
+
+    provider_refund_id: str
+    provider_payment_id: str
+    status: str  # pending | succeeded | canceled
+    amount: Money
+    created_at: str | None = None
+    cancellation_reason: str | None = None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def _as_dict(obj: Any) -> Mapping[str, Any]:
+    """A raw dict stays; an SDK response object becomes its nested dict."""
+    if isinstance(obj, Mapping):
+        return obj
+    return dict(obj)
+
+
+def _money(raw: Any) -> Money:
+    data = _as_dict(raw)
+    return Money.from_decimal(str(data["value"]), str(data["currency"]))
+
+
+def parse_payment(obj: Any) -> ProviderPayment:
+    """An SDK ``PaymentResponse`` or a raw API/notification dict → ProviderPayment.
+
+    Card details are dropped on purpose: nothing of the card is kept.
+    """
+    data = _as_dict(obj)
+    confirmation = data.get("confirmation") or {}
+    cancellation = data.get("cancellation_details") or {}
+    method = data.get("payment_method") or {}
+    metadata = data.get("metadata") or {}
+    return ProviderPayment(
+        provider_payment_id=str(data["id"]),
+        status=str(data["status"]),
+        amount=_money(data["amount"]),
+        paid=bool(data.get("paid", False)),
+        metadata={str(k): str(v) for k, v in _as_dict(metadata).items()},
+        confirmation_url=_as_dict(confirmation).get("confirmation_url"),
+        cancellation_party=_as_dict(cancellation).get("party"),
+        cancellation_reason=_as_dict(cancellation).get("reason"),
+        payment_method_id=_as_dict(method).get("id"),
+        payment_method_saved=bool(_as_dict(method).get("saved", False)),
+        created_at=data.get("created_at"),
+    )
+
+
+def parse_refund(obj: Any) -> ProviderRefund:
+    data = _as_dict(obj)
+    cancellation = _as_dict(data.get("cancellation_details") or {})
+    metadata = _as_dict(data.get("metadata") or {})
+    return ProviderRefund(
+        provider_refund_id=str(data["id"]),
+        provider_payment_id=str(data["payment_id"]),
+        status=str(data["status"]),
+        amount=_money(data["amount"]),
+        created_at=data.get("created_at"),
+        cancellation_reason=cancellation.get("reason"),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+
+
+def normalise(payment: ProviderPayment, *, source: str, observed_at: int) -> PaymentObserved:
+    """The provider's view of a payment as a provider event for the ledger.
+
+    Our ids come from the metadata we sent at create; a payment without them is not ours.
+    The observation id depends only on (provider id, status), so the same outcome seen by the
+    gateway, a webhook, a poll and reconciliation deduplicates to one.
+    """
+    if payment.status not in PROVIDER_STATUSES:
+        raise ValueError(f"unexpected provider status {payment.status!r}")
+    if source not in ("gateway", "webhook", "poll", "reconciliation"):
+        raise ValueError(f"unknown observation source {source!r}")
+    payment_id, subscription_id = payment.payment_id, payment.subscription_id
+    if not payment_id or not subscription_id:
+        raise ValueError(f"payment {payment.provider_payment_id} carries no billing metadata")
+    return PaymentObserved(
+        observation_id=observation_id_for(payment.provider_payment_id, payment.status),
+        subscription_id=subscription_id,
+        observed_at=observed_at,
+        source=source,  # type: ignore[arg-type]
+        payment_id=payment_id,
+        provider_payment_id=payment.provider_payment_id,
+        status=payment.status,  # type: ignore[arg-type]
+        amount=payment.amount,
+        paid=payment.paid,
+        confirmation_url=payment.confirmation_url,
+        cancellation_party=payment.cancellation_party,
+        cancellation_reason=payment.cancellation_reason,
+        payment_method_id=payment.payment_method_id,
+        payment_method_saved=payment.payment_method_saved,
+    )
+
+
+def build_create_body(request: PaymentRequest, subscription_id: str) -> dict[str, Any]:
+    """The create body. It depends only on the request, so every retry sends the same one
+    under the same key (a different body under a used key is a 400)."""
+    body: dict[str, Any] = {
+        "amount": request.amount.to_provider(),
+        "capture": request.capture,
+        "metadata": {
+            "payment_id": request.payment_id,
+            "subscription_id": subscription_id,
+            "user_id": request.user_id,
+            "command_id": request.command_id,
+            "plan_id": request.plan_id,
+        },
+    }
+    if request.description:
+        body["description"] = request.description[:128]
+    if request.payment_method_id:
+        # Autopayment: charge the saved method now, no user, no confirmation.
+        body["payment_method_id"] = request.payment_method_id
+    else:
+        body["confirmation"] = {"type": "redirect", "return_url": request.return_url}
+        body["save_payment_method"] = request.save_payment_method
+    return body
+
+
+def _iso(dt: datetime) -> str:
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------- SDK binding
+class _TimeoutAdapter(HTTPAdapter):
+    """requests with a socket timeout, which the SDK never passes."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(max_retries=0)
+        self._timeout_s = timeout_s
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout_s
+        return super().send(request, *args, **kwargs)
+
+
+class _BoundClient(ApiClient):  # type: ignore[misc]
+    """The SDK client with this provider's endpoint and credentials, not the global ones."""
+
+    def __init__(self, api_url: str, shop_id: str, secret: str, socket_timeout_s: float) -> None:
+        super().__init__()
+        self.endpoint = api_url
+        self.shop_id = shop_id
+        self.shop_password = secret
+        self.auth_token = None
+        self._socket_timeout_s = socket_timeout_s
+
+    def get_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = _TimeoutAdapter(self._socket_timeout_s)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+
+def _bound(sdk_class: type[Any], factory: Callable[[], ApiClient]) -> type[Any]:
+    """A subclass of ``Payment``/``Refund`` whose instances use our client."""
+
+    def __init__(self: Any) -> None:
+        self.client = factory()
+
+    return type(f"Bound{sdk_class.__name__}", (sdk_class,), {"__init__": __init__})
+
+
+# ------------------------------------------------------------------------------ provider
+class YooKassaProvider:
+    """``PaymentProvider`` over the official SDK. Build once per process from Settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_cap_s: float = BACKOFF_CAP_S,
+        rng: random.Random | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        self.api_url = settings.provider_api_url.rstrip("/")
+        self.timeout_s = settings.provider_timeout_s if timeout_s is None else timeout_s
+        self.max_attempts = max(1, max_attempts or settings.provider_max_attempts)
+        self._backoff = functools.partial(backoff_s, base_s=backoff_base_s, cap_s=backoff_cap_s)
+        self._rng = rng or random.Random()
+        shop_id = settings.yookassa_shop_id
+        secret = settings.yookassa_secret_key.get_secret_value()
+        # The SDK's ApiClient refuses to build without global credentials; ours override them.
+        Configuration.configure(shop_id, secret, api_url=self.api_url)
+        socket_timeout_s = self.timeout_s + 1.0
+
+        def client() -> ApiClient:
+            return _BoundClient(self.api_url, shop_id, secret, socket_timeout_s)
+
+        self._payment = _bound(Payment, client)
+        self._refund = _bound(Refund, client)
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers or max(4, settings.gateway_concurrency + 4),
+            thread_name_prefix="yookassa",
+        )
+
+    # ----------------------------------------------------------------------- plumbing
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """One SDK call in our pool under our deadline. On a deadline the thread runs on
+        (bounded by the socket timeout) and its result is dropped: outcome unknown."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self.timeout_s)
+        except TimeoutError as exc:
+            raise ProviderUnavailable(
+                f"no answer within {self.timeout_s:g}s", code="timeout"
+            ) from exc
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    async def _retrying(self, op: str, fn: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._call(fn)
+            except ProviderError as exc:
+                if not should_retry(exc, attempt, self.max_attempts):
+                    raise
+                delay = self._backoff(attempt, self._rng)
+                log.warning(
+                    "yookassa %s attempt %d: %s (%s); retrying in %.2fs",
+                    op,
+                    attempt,
+                    exc.code,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------------ payments
+    async def create_payment(
+        self, request: PaymentRequest, subscription_id: str
+    ) -> ProviderPayment:
+        """Create, or under the same key (our payment id) re-obtain, the payment."""
+        body = build_create_body(request, subscription_id)
+        key = request.payment_id
+        resp = await self._retrying("create", lambda: self._payment.create(body, key))
+        return parse_payment(resp)
+
+    async def get_payment(self, provider_payment_id: str) -> ProviderPayment:
+        resp = await self._retrying("get", lambda: self._payment.find_one(provider_payment_id))
+        return parse_payment(resp)
+
+    async def capture_payment(
+        self, provider_payment_id: str, *, key: str, amount: Money | None = None
+    ) -> ProviderPayment:
+        """Capture a held (waiting_for_capture) payment; ``amount`` for a partial capture."""
+        params = {"amount": amount.to_provider()} if amount is not None else None
+        resp = await self._retrying(
+            "capture", lambda: self._payment.capture(provider_payment_id, params, key)
+        )
+        return parse_payment(resp)
+
+    async def cancel_payment(self, provider_payment_id: str, *, key: str) -> ProviderPayment:
+        resp = await self._retrying(
+            "cancel", lambda: self._payment.cancel(provider_payment_id, key)
+        )
+        return parse_payment(resp)
+
+    async def list_payments(
+        self,
+        created_gte: datetime,
+        created_lt: datetime,
+        *,
+        status: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[ProviderPayment]:
+        """Every payment created in [gte, lt), newest first, page by page (cursor)."""
+        params: dict[str, Any] = {
+            "created_at.gte": _iso(created_gte),
+            "created_at.lt": _iso(created_lt),
+            "limit": page_size,
+        }
+        if status:
+            params["status"] = status
+        async for item in self._pages("list", self._payment.list, params):
+            yield parse_payment(item)
+
+    async def _pages(
+        self, op: str, lister: Callable[[dict[str, Any]], Any], params: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        cursor: str | None = None
+        while True:
+            page_params = dict(params, cursor=cursor) if cursor else dict(params)
+            page = await self._retrying(op, lambda p=page_params: lister(p))  # type: ignore[misc]
+            for item in page.items or []:
+                yield item
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    # ------------------------------------------------------------------------- refunds
+    async def create_refund(
+        self,
+        provider_payment_id: str,
+        amount: Money,
+        *,
+        refund_id: str,
+        description: str = "",
+    ) -> ProviderRefund:
+        """Refund (part of) a succeeded payment; Idempotence-Key = our refund id."""
+        body: dict[str, Any] = {
+            "payment_id": provider_payment_id,
+            "amount": amount.to_provider(),
+            "metadata": {"refund_id": refund_id},
+        }
+        if description:
+            body["description"] = description[:128]
+        resp = await self._retrying("refund", lambda: self._refund.create(body, refund_id))
+        return parse_refund(resp)
+
+    async def get_refund(self, provider_refund_id: str) -> ProviderRefund:
+        resp = await self._retrying("get_refund", lambda: self._refund.find_one(provider_refund_id))
+        return parse_refund(resp)
+
+    async def list_refunds(
+        self,
+        created_gte: datetime,
+        created_lt: datetime,
+        *,
+        payment_id: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[ProviderRefund]:
+        params: dict[str, Any] = {
+            "created_at.gte": _iso(created_gte),
+            "created_at.lt": _iso(created_lt),
+            "limit": page_size,
+        }
+        if payment_id:
+            params["payment_id"] = payment_id
+        async for item in self._pages("list_refunds", self._refund.list, params):
+            yield parse_refund(item)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
