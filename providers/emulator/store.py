@@ -247,6 +247,7 @@ class Store:
     def reset(self, config: EmulatorConfig) -> None:
         with self.lock:
             self.config = config
+            self.clock = Clock()
             self._reset_state()
 
     # ------------------------------------------------------------------------- helpers
