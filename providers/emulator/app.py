@@ -151,7 +151,7 @@ def create_app(emu: Emulator) -> FastAPI:
         request: Request, endpoint: str, work: Callable[[JSON], JSON], *, post: bool
     ) -> Response:
         """Auth, body, faults before and after the work, error mapping."""
-        emu.store.stats.count(emu.store.stats.requests, endpoint)
+        emu.store.count_request(endpoint)
         if not _authorised(emu, request):
             return _error(401, "invalid_credentials", "Basic authentication failed")
         try:

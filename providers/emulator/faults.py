@@ -50,13 +50,13 @@ class Fault:
 class FaultBook:
     """The active faults; ``pick`` consumes one firing of the first rule that matches."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._next_id = 1
         self.rng = random.Random(seed)
 
-    def reset(self, seed: int) -> None:
+    def reset(self, seed: int | None) -> None:
         with self._lock:
             self._faults.clear()
             self.rng = random.Random(seed)

@@ -68,8 +68,23 @@ class Notifier:
         self._loop = None
 
     def reset(self, config: EmulatorConfig) -> None:
+        """New config, empty log, and nothing of the previous test still on its way."""
         self.config = config
         self.log.clear()
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._drop_pending)
+
+    def _drop_pending(self) -> None:
+        for _, handle in self._held.values():
+            handle.cancel()
+        self._held.clear()
+        for q in self._queues:
+            while not q.empty():
+                q.get_nowait()
+        for t in list(self._tasks):
+            if not t.get_name().startswith("notify-worker"):
+                t.cancel()
 
     def submit(self, notice: Notice) -> None:
         """Called from the store (any thread) on every status change."""

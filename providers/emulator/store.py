@@ -9,6 +9,7 @@ expiry, confirmation timeouts and the 24-hour key window can be tested in second
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import heapq
 import json
@@ -56,7 +57,9 @@ class EmulatorConfig:
     shop_id: str = "100500"
     secret_key: str = "emulator-secret"
     webhook_url: str = ""
-    seed: int = 0
+    # None: fresh entropy, so ids never repeat across restarts (a persisted ledger would
+    # mistake a new payment for an old one). A seed makes ids and draws reproducible.
+    seed: int | None = None
     # Load tests: the "user" confirms by itself this long after create.
     auto_confirm: AutoConfirm = "none"
     auto_confirm_delay_s: float = 0.0
@@ -557,17 +560,20 @@ class Store:
                     after_seq = int(base64.urlsafe_b64decode(query["cursor"].encode()).decode())
                 except ValueError as exc:
                     raise bad_request("invalid cursor", "cursor") from exc
-            objects: list[PaymentRecord | RefundRecord]
-            if kind == "payments":
-                objects = [*self.payments.values()]
-            else:
-                wanted = query.get("payment_id")
-                objects = [r for r in self.refunds.values() if not wanted or r.payment_id == wanted]
+            # Dicts keep insertion order, which is seq order: no sort, and the cursor is found
+            # by bisection, so paging through a large store stays cheap.
+            objects: list[PaymentRecord | RefundRecord] = [
+                *(self.payments.values() if kind == "payments" else self.refunds.values())
+            ]
+            start = len(objects)
+            if after_seq is not None:
+                start = bisect.bisect_left(objects, after_seq, key=lambda o: o.seq)
+            wanted = query.get("payment_id") if kind == "refunds" else None
             selected: list[PaymentRecord | RefundRecord] = []
-            for o in sorted(objects, key=lambda o: o.seq, reverse=True):
-                if after_seq is not None and o.seq >= after_seq:
-                    continue
+            for o in reversed(objects[:start]):
                 if status and o.status != status:
+                    continue
+                if wanted and isinstance(o, RefundRecord) and o.payment_id != wanted:
                     continue
                 # Compare at millisecond precision, as the wire shows it.
                 t = round(o.created_at * 1000)
@@ -711,6 +717,10 @@ class Store:
     def stats_json(self) -> JSON:
         with self.lock:
             return asdict(self.stats)
+
+    def count_request(self, endpoint: str) -> None:
+        with self.lock:
+            self.stats.count(self.stats.requests, endpoint)
 
 
 def _cmp(op: str, value: int, bound: int) -> bool:

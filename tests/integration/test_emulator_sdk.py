@@ -15,7 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from yookassa import Configuration, Payment, Refund
-from yookassa.domain.exceptions import BadRequestError, NotFoundError, UnauthorizedError
+from yookassa.domain.exceptions import (
+    BadRequestError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
 from yookassa.domain.notification import WebhookNotificationFactory
 
 from billing.config import Settings
@@ -494,9 +499,9 @@ async def test_not_found_through_the_adapter(provider: YooKassaProvider) -> None
         await provider.get_payment(str(uuid.uuid4()))
 
 
-def test_probabilistic_faults_are_deterministic_when_seeded(sdk: EmulatorHandle) -> None:
-    def pattern() -> list[bool]:
-        sdk.control.reset(seed=42)
+def test_seeded_emulator_is_deterministic(sdk: EmulatorHandle) -> None:
+    def run(seed: int) -> tuple[str, list[bool]]:
+        sdk.control.reset(seed=seed)
         sdk.control.add_fault("payments.get", "429", count=None, probability=0.5)
         p = Payment.create(sdk_body(), str(uuid.uuid4()))
         out = []
@@ -504,13 +509,20 @@ def test_probabilistic_faults_are_deterministic_when_seeded(sdk: EmulatorHandle)
             try:
                 Payment.find_one(p.id)
                 out.append(True)
-            except Exception:
+            except TooManyRequestsError:
                 out.append(False)
-        return out
+        return p.id, out
 
-    first, second = pattern(), pattern()
+    first, second, other = run(42), run(42), run(43)
     assert first == second
-    assert 0 < first.count(False) < 20
+    assert other[0] != first[0]
+    assert 0 < first[1].count(False) < 20
+
+
+def test_unseeded_reset_never_repeats_ids(sdk: EmulatorHandle) -> None:
+    a = Payment.create(sdk_body(), str(uuid.uuid4())).id
+    sdk.control.reset()
+    assert Payment.create(sdk_body(), str(uuid.uuid4())).id != a
 
 
 # -------------------------------------------------------------------------- notifications
