@@ -71,7 +71,9 @@ class ProviderNotFound(ProviderRejected):
 
 
 class PaymentProvider(Protocol):
-    async def create_payment(self, request: PaymentRequest, subscription_id: str) -> ProviderPayment:
+    async def create_payment(
+        self, request: PaymentRequest, subscription_id: str
+    ) -> ProviderPayment:
         """Create (or, under the same Idempotence-Key = payment_id, re-obtain) the payment."""
         ...
 

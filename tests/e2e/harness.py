@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 
+from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess, http_ok, log_contains
 from schemas.pg import migrate
 
@@ -127,7 +127,6 @@ class Stack:
 
     def token(self, user: str, *, admin: bool = False) -> str:
         from api.auth import mint_token
-
         from billing.config import Settings
 
         roles = ("admin",) if admin else ()

@@ -117,7 +117,8 @@ async def test_happy_path_projects_payment_subscription_and_closes_the_outbox(
     )
     assert outbox_status == "done"
     (n,) = await row(
-        conn, "SELECT count(*) FROM subscription_events WHERE subscription_id = %s",
+        conn,
+        "SELECT count(*) FROM subscription_events WHERE subscription_id = %s",
         cmd.subscription_id,
     )
     assert n == len(events)
@@ -136,7 +137,8 @@ async def test_replayed_and_reordered_batches_change_nothing(
     after = await row(conn, "SELECT * FROM payments WHERE payment_id = %s", cmd.payment_id)
     assert before == after
     (n,) = await row(
-        conn, "SELECT count(*) FROM subscription_events WHERE subscription_id = %s",
+        conn,
+        "SELECT count(*) FROM subscription_events WHERE subscription_id = %s",
         cmd.subscription_id,
     )
     assert n == len(events)
@@ -156,7 +158,8 @@ async def test_declined_payment_leaves_the_subscription_inactive_with_a_reason(
     (sub_status,) = await row(conn, "SELECT status FROM subscriptions WHERE user_id = %s", user)
     assert sub_status == "inactive"
     ob_status, ob_reason = await row(
-        conn, "SELECT status, status_reason FROM command_outbox WHERE command_id = %s",
+        conn,
+        "SELECT status, status_reason FROM command_outbox WHERE command_id = %s",
         cmd.command_id,
     )
     assert ob_status == "done" and "insufficient_funds" in ob_reason
