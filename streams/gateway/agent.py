@@ -13,8 +13,9 @@ import logging
 from typing import Any
 
 from billing.config import Settings
-from providers.port import PaymentProvider, ProviderError, ProviderPayment
-from schemas.ids import derived_id, observation_id_for
+from providers.port import PaymentProvider, ProviderError
+from providers.yookassa_adapter import normalise
+from schemas.ids import derived_id
 from schemas.messages import (
     PaymentCallFailed,
     PaymentObserved,
@@ -30,31 +31,6 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCE_WINDOW_MS = 23 * 3600 * 1000  # YooKassa honours a key 24 h; keep a margin
 _WANTED = (b'{"type":"PaymentRequested"', b'{"type":"PaymentRedriven"')
-
-
-def observation_from(
-    payment: ProviderPayment, subscription_id: str, payment_id: str
-) -> PaymentObserved:
-    """The provider's answer as a provider event (the gateway's own normalisation)."""
-    status = payment.status
-    if status not in ("pending", "waiting_for_capture", "succeeded", "canceled"):
-        raise ValueError(f"unexpected provider status {status!r}")
-    return PaymentObserved(
-        observation_id=observation_id_for(payment.provider_payment_id, status),
-        subscription_id=subscription_id,
-        observed_at=now_ms(),
-        source="gateway",
-        payment_id=payment_id,
-        provider_payment_id=payment.provider_payment_id,
-        status=status,  # type: ignore[arg-type]
-        amount=payment.amount,
-        paid=payment.paid,
-        confirmation_url=payment.confirmation_url,
-        cancellation_party=payment.cancellation_party,
-        cancellation_reason=payment.cancellation_reason,
-        payment_method_id=payment.payment_method_id,
-        payment_method_saved=payment.payment_method_saved,
-    )
 
 
 async def execute(
@@ -83,7 +59,23 @@ async def execute(
         outcome = "unknown" if exc.unknown else "rejected"
         log.warning("provider call for payment %s: %s (%s)", request.payment_id, exc.code, outcome)
         return _failed(event, attempt, outcome, exc.code, str(exc))
-    return observation_from(payment, event.subscription_id, request.payment_id)
+    try:
+        observed = normalise(payment, source="gateway", observed_at=now_ms())
+    except ValueError as exc:
+        return _failed(event, attempt, "unknown", "provider_answer_invalid", str(exc))
+    if (observed.payment_id, observed.subscription_id) != (
+        request.payment_id,
+        event.subscription_id,
+    ):
+        # The key was reused for another object: never attribute it to this payment.
+        return _failed(
+            event,
+            attempt,
+            "unknown",
+            "provider_answer_mismatch",
+            f"provider payment {payment.provider_payment_id} belongs to {observed.payment_id}",
+        )
+    return observed
 
 
 def _failed(

@@ -43,9 +43,7 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
         default=None,
         partitions=settings.kafka_partitions,
         key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+        value_type=bytes,  # bytes → "raw" serializers: state is msgspec-encoded by us
     )
     # Earliest open deadline per subscription key, maintained on every write; a periodic full
     # scan rebuilds it for state recovered from the changelog.
@@ -78,7 +76,7 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
             if key is None or key.decode() != msg.subscription_id:
                 log.error("ledger input keyed %r for subscription %s", key, msg.subscription_id)
                 continue
-            raw = table[key]
+            raw = table.get(key)
             state = decode_state(raw) if raw is not None else None
             decision = decide(state, msg, policy)
             if not decision.duplicate and decision.state is not None:
@@ -125,7 +123,7 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
         for key in due:
             if partition_for(key, settings.kafka_partitions) not in active:
                 continue
-            raw = table[key]
+            raw = table.get(key)
             if raw is None:
                 continue
             state = decode_state(raw)
