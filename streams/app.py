@@ -41,6 +41,8 @@ def create_app(
     agents: tuple[str, ...] = ("ledger", "gateway", "projection"),
 ) -> Any:
     faust_fix.apply()
+    datadir = settings.state_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -57,7 +59,7 @@ def create_app(
         web_port=settings.worker_web_port,
         web_host="127.0.0.1",
         web_bind="127.0.0.1",
-        datadir=str(settings.state_dir / "faust"),
+        datadir=str(datadir),
         producer_acks=-1,
         stream_recovery_delay=0.0,
     )

@@ -1,6 +1,6 @@
-"""The whole stack for end-to-end and chaos tests: its own broker (so restarts and offsets are
-this test's own), a fresh PostgreSQL database, the emulator, the API and N Faust workers as
-real processes, all on loopback free ports."""
+"""The whole stack for end-to-end and chaos tests: its own broker (so restarts and offsets
+are this test's own), a database of its own on the session's PostgreSQL, the emulator, the API
+and N Faust workers as real processes, all on loopback free ports."""
 
 from __future__ import annotations
 
@@ -17,24 +17,14 @@ import psycopg
 
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess, http_ok, log_contains
-from schemas.pg import migrate
-
-
-def fresh_database(server_dsn: str) -> str:
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, query = server_dsn.partition("?")
-    dsn = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-    migrate(dsn)
-    return dsn
+from tests.fixtures.emulator import EmulatorControl
 
 
 class Stack:
     def __init__(
         self,
         root: Path,
-        server_dsn: str,
+        dsn: str,
         *,
         workers: int = 1,
         partitions: int = 4,
@@ -44,7 +34,7 @@ class Stack:
         self.partitions = partitions
         self.kafka_port = free_port()
         self.broker = KafkaBroker(root / "kafka", self.kafka_port, free_port(), fetch_kafka_jars())
-        self.dsn = fresh_database(server_dsn)
+        self.dsn = dsn  # a migrated database of this stack's own
         self.api_port = free_port()
         self.emulator_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
@@ -80,7 +70,11 @@ class Stack:
         self.workers = [self._worker(i) for i in range(workers)]
 
     def _worker(self, i: int) -> ManagedProcess:
-        env = dict(self.env, BILLING_WORKER_WEB_PORT=str(free_port()))
+        env = dict(
+            self.env,
+            BILLING_WORKER_WEB_PORT=str(free_port()),
+            BILLING_STATE_DIR=str(self.root / f"state-worker-{i}"),
+        )
         return ManagedProcess.python(
             f"worker-{i}",
             ["streams", "worker", "-l", "info"],
@@ -90,6 +84,7 @@ class Stack:
 
     # ----------------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        self.control = EmulatorControl(self.emulator_url)
         self.broker.start()
         asyncio.run(ensure_topics(self.broker.bootstrap, self.partitions))
         self.emulator.start()
@@ -114,6 +109,8 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
+        if hasattr(self, "control"):
+            self.control.close()
         self.api.stop()
         self.emulator.stop()
         self.broker.stop()
@@ -151,4 +148,4 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
-__all__ = ["Stack", "fresh_database", "log_contains", "wait_until"]
+__all__ = ["Stack", "log_contains", "wait_until"]

@@ -1,0 +1,22 @@
+"""One whole stack per e2e module: broker, database, emulator, API and a Faust worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.harness import Stack
+from tests.fixtures.postgres import FreshDatabase
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, fresh_database: FreshDatabase
+) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("stack"), fresh_database("e2e"))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
