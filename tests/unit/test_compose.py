@@ -52,7 +52,8 @@ def test_compose_settings_validate_as_prod() -> None:
         BILLING_YOOKASSA_SHOP_ID="1",
         BILLING_YOOKASSA_SECRET_KEY="live_x",
     )
-    settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in resolved.items()})
+    fields: dict[str, Any] = {k.removeprefix("BILLING_").lower(): v for k, v in resolved.items()}
+    settings = Settings(**fields)
     assert settings.env == "prod"
     assert settings.kafka_bootstrap == "kafka:9092"
 
