@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 2.0
     payment_deadline_s: float = 15.0
     payment_redrive_max_backoff_s: float = 3600.0
+    # Lifecycle: renewals are charged this long before the period ends; a declined renewal is
+    # retried after each of these waits (seconds), then the subscription expires.
+    renew_lead_s: float = Field(default=86400.0, ge=0)
+    dunning_schedule_s: list[float] = Field(default=[86400.0, 259200.0, 432000.0, 432000.0])
 
     # Dashboard
     dashboard_port: int = 8501

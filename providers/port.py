@@ -40,6 +40,18 @@ class ProviderPayment(msgspec.Struct, frozen=True, kw_only=True):
         return self.metadata.get("subscription_id")
 
 
+class ProviderRefund(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of a provider refund the engine uses."""
+
+    provider_refund_id: str
+    provider_payment_id: str
+    status: str  # pending | succeeded | canceled
+    amount: Money
+    created_at: str | None = None
+    cancellation_reason: str | None = None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class ProviderError(Exception):
     """Root of provider failures. ``unknown`` means the operation may or may not have
     happened: never create a new operation, retry with the same key or re-read."""
@@ -80,5 +92,19 @@ class PaymentProvider(Protocol):
     async def get_payment(self, provider_payment_id: str) -> ProviderPayment:
         """Re-read a payment; the only way a webhook's claim is trusted."""
         ...
+
+    async def create_refund(
+        self,
+        provider_payment_id: str,
+        amount: Money,
+        *,
+        refund_id: str,
+        description: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> ProviderRefund:
+        """Refund (part of) a payment under Idempotence-Key = refund_id."""
+        ...
+
+    async def get_refund(self, provider_refund_id: str) -> ProviderRefund: ...
 
     async def close(self) -> None: ...

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-import msgspec
 import requests
 from requests.adapters import HTTPAdapter
 from yookassa import Configuration, Payment, Refund
@@ -34,6 +33,7 @@ from providers.port import (
     ProviderError,
     ProviderNotFound,
     ProviderPayment,
+    ProviderRefund,
     ProviderRejected,
     ProviderUnavailable,
 )
@@ -105,18 +105,6 @@ def classify(exc: BaseException) -> ProviderError:
 
 
 # ------------------------------------------------------------------------------- parsing
-class ProviderRefund(msgspec.Struct, frozen=True, kw_only=True):
-    """The fields of a provider refund the engine uses."""
-
-    provider_refund_id: str
-    provider_payment_id: str
-    status: str  # pending | succeeded | canceled
-    amount: Money
-    created_at: str | None = None
-    cancellation_reason: str | None = None
-    metadata: dict[str, str] = msgspec.field(default_factory=dict)
-
-
 def _as_dict(obj: Any) -> Mapping[str, Any]:
     """A raw dict stays; an SDK response object becomes its nested dict."""
     if isinstance(obj, Mapping):
@@ -413,12 +401,14 @@ class YooKassaProvider:
         *,
         refund_id: str,
         description: str = "",
+        metadata: dict[str, str] | None = None,
     ) -> ProviderRefund:
-        """Refund (part of) a succeeded payment; Idempotence-Key = our refund id."""
+        """Refund (part of) a succeeded payment; Idempotence-Key = our refund id. The body
+        depends only on the arguments, so a retry under the same key sends the same one."""
         body: dict[str, Any] = {
             "payment_id": provider_payment_id,
             "amount": amount.to_provider(),
-            "metadata": {"refund_id": refund_id},
+            "metadata": {**(metadata or {}), "refund_id": refund_id},
         }
         if description:
             body["description"] = description[:128]

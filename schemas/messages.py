@@ -54,7 +54,46 @@ class SweepPayment(Command, tag="SweepPayment", frozen=True):
     attempt: int
 
 
-AnyCommand = PaySubscription | SweepPayment
+class RefundPayment(Command, tag="RefundPayment", frozen=True):
+    """Refund (part of) a succeeded payment. ``amount`` None = everything still refundable.
+    The ledger enforces the refundable amount, serially per subscription."""
+
+    user_id: str
+    refund_id: str
+    payment_id: str
+    amount: Money | None = None
+    reason: str = ""
+    actor: str = "user"  # "user", "admin:<id>" or "reconciler"
+
+
+class SweepRefund(Command, tag="SweepRefund", frozen=True):
+    """The sweeper's re-drive of a refund whose outcome is overdue; id from (refund, attempt)."""
+
+    refund_id: str
+    attempt: int
+
+
+class SetAutoRenew(Command, tag="SetAutoRenew", frozen=True):
+    """Turn auto-renewal off (cancel at period end) or back on."""
+
+    user_id: str
+    enabled: bool
+    actor: str = "user"
+    reason: str = ""
+
+
+class SubscriptionDue(Command, tag="SubscriptionDue", frozen=True):
+    """Issued by the ledger's timer when something is due (renewal charge, dunning retry,
+    lapse at period end). Its id is derived from (subscription, kind, due_at): two timers or
+    two workers collapse into one, and a stale one (state moved on) applies nothing."""
+
+    kind: Literal["renew", "retry", "lapse"]
+    due_at: int
+
+
+AnyCommand = (
+    PaySubscription | SweepPayment | RefundPayment | SweepRefund | SetAutoRenew | SubscriptionDue
+)
 
 
 # ------------------------------------------------------ provider events (billing.provider-events)
@@ -91,7 +130,27 @@ class PaymentCallFailed(ProviderEvent, tag="PaymentCallFailed", frozen=True):
     attempt: int
 
 
-AnyProviderEvent = PaymentObserved | PaymentCallFailed
+class RefundObserved(ProviderEvent, tag="RefundObserved", frozen=True):
+    """The provider's view of one refund."""
+
+    refund_id: str
+    payment_id: str
+    provider_refund_id: str
+    status: Literal["pending", "succeeded", "canceled"]
+    amount: Money
+    cancellation_reason: str | None = None
+
+
+class RefundCallFailed(ProviderEvent, tag="RefundCallFailed", frozen=True):
+    refund_id: str
+    payment_id: str
+    outcome: Literal["unknown", "rejected"]
+    error_code: str
+    error: str
+    attempt: int
+
+
+AnyProviderEvent = PaymentObserved | PaymentCallFailed | RefundObserved | RefundCallFailed
 
 
 # -------------------------------------------------------------- domain events (billing.events)
@@ -109,7 +168,8 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     save_payment_method: bool = True
     capture: bool = True
-    payment_method_id: str | None = None
+    payment_method_id: str | None = None  # set: an autopayment with a saved method
+    kind: Literal["purchase", "renewal"] = "purchase"
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -185,6 +245,102 @@ class SubscriptionActivated(Event, tag="SubscriptionActivated", frozen=True):
     extended: bool = False
 
 
+class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What the gateway needs for a refund; fixed before the first attempt (same key, same
+    body on every retry)."""
+
+    refund_id: str
+    command_id: str
+    payment_id: str
+    provider_payment_id: str
+    amount: Money
+    reason: str = ""
+    actor: str = "user"
+
+
+class RefundRequested(Event, tag="RefundRequested", frozen=True):
+    request: RefundRequest
+    deadline_at: int
+
+
+class RefundRedriven(Event, tag="RefundRedriven", frozen=True):
+    request: RefundRequest
+    attempt: int
+    requested_at: int
+    deadline_at: int
+    provider_refund_id: str | None = None
+
+
+class RefundRejected(Event, tag="RefundRejected", frozen=True):
+    """Refused by the ledger (nothing sent): not refundable, too much, unknown payment."""
+
+    command_id: str
+    refund_id: str
+    payment_id: str
+    reason: str
+    detail: str = ""
+
+
+class RefundSucceeded(Event, tag="RefundSucceeded", frozen=True):
+    refund_id: str
+    command_id: str
+    payment_id: str
+    provider_refund_id: str
+    amount: Money
+    fully_refunded: bool  # the payment has nothing left to refund
+
+
+class RefundFailed(Event, tag="RefundFailed", frozen=True):
+    refund_id: str
+    command_id: str
+    payment_id: str
+    provider_refund_id: str | None
+    reason: str
+
+
+class RefundOutcomeUnknown(Event, tag="RefundOutcomeUnknown", frozen=True):
+    refund_id: str
+    attempt: int
+    error: str
+
+
+class AutoRenewChanged(Event, tag="AutoRenewChanged", frozen=True):
+    command_id: str
+    enabled: bool
+    actor: str
+    reason: str = ""
+
+
+class RenewalFailed(Event, tag="RenewalFailed", frozen=True):
+    """A renewal charge was declined. ``hard``: retrying cannot help (dunning stops)."""
+
+    payment_id: str
+    reason: str
+    hard: bool
+    attempt: int
+    next_retry_at: int | None
+
+
+class SubscriptionPastDue(Event, tag="SubscriptionPastDue", frozen=True):
+    """The period ended without a successful renewal; dunning retries continue."""
+
+    period_end: int
+    next_retry_at: int | None
+
+
+class SubscriptionExpired(Event, tag="SubscriptionExpired", frozen=True):
+    reason: Literal["auto_renew_off", "renewal_failed", "no_payment_method"]
+    period_end: int
+
+
+class SubscriptionCanceled(Event, tag="SubscriptionCanceled", frozen=True):
+    """Access ended before the period's end (the current period's payment fully refunded)."""
+
+    payment_id: str
+    reason: str
+    access_until: int
+
+
 AnyEvent = (
     PaymentRequested
     | PaymentRedriven
@@ -194,6 +350,17 @@ AnyEvent = (
     | PaymentSucceeded
     | PaymentCanceled
     | SubscriptionActivated
+    | RefundRequested
+    | RefundRedriven
+    | RefundRejected
+    | RefundSucceeded
+    | RefundFailed
+    | RefundOutcomeUnknown
+    | AutoRenewChanged
+    | RenewalFailed
+    | SubscriptionPastDue
+    | SubscriptionExpired
+    | SubscriptionCanceled
 )
 
 _encoder = msgspec.json.Encoder()

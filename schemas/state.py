@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.messages import AnyEvent, PaymentRequest, PaymentStatus
+from schemas.messages import AnyEvent, PaymentRequest, PaymentStatus, RefundRequest
 from schemas.money import Money
 
 SubscriptionStatus = Literal[
@@ -32,6 +32,32 @@ class PaymentRecord(msgspec.Struct, frozen=True, kw_only=True):
     succeeded_at: int | None = None
     period_start: int | None = None
     period_end: int | None = None
+    kind: str = "purchase"
+    refunded_minor: int = 0  # succeeded refunds
+    refunding_minor: int = 0  # refunds in flight (count against the refundable amount)
+
+    @property
+    def refundable_minor(self) -> int:
+        if self.status != "succeeded":
+            return 0
+        return self.amount.amount_minor - self.refunded_minor - self.refunding_minor
+
+
+RefundStatus = Literal["requested", "unknown", "pending", "succeeded", "canceled"]
+
+
+class RefundRecord(msgspec.Struct, frozen=True, kw_only=True):
+    refund_id: str
+    command_id: str
+    payment_id: str
+    amount: Money
+    status: RefundStatus
+    request: RefundRequest
+    requested_at: int
+    deadline_at: int | None
+    attempts: int = 0
+    provider_refund_id: str | None = None
+    status_reason: str | None = None
 
 
 class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,7 +69,16 @@ class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True):
     period_end: int | None = None
     version: int = 0
     payment_method_id: str | None = None
+    auto_renew: bool = True
+    # What a renewal charges: the plan and price the current period was sold at.
+    renew_plan_id: str | None = None
+    renew_amount: Money | None = None
+    renew_period_months: int = 1
+    dunning_attempt: int = 0  # renewal charges declined for the current period
+    next_retry_at: int | None = None
+    dunning_stopped: bool = False  # a hard decline or the schedule is exhausted
     payments: dict[str, PaymentRecord] = {}
+    refunds: dict[str, RefundRecord] = {}
     # Source message id -> the events it produced, for the last few sources: a replayed
     # command or provider event re-emits exactly these (same ids, same versions).
     recent: dict[str, list[AnyEvent]] = {}

@@ -30,6 +30,8 @@ def policy_from(settings: Settings) -> Policy:
     return Policy(
         payment_deadline_ms=int(settings.payment_deadline_s * 1000),
         redrive_max_backoff_ms=int(settings.payment_redrive_max_backoff_s * 1000),
+        renew_lead_ms=int(settings.renew_lead_s * 1000),
+        dunning_schedule_ms=tuple(int(s * 1000) for s in settings.dunning_schedule_s),
     )
 
 

@@ -15,12 +15,16 @@ from typing import Any
 from billing.config import Settings
 from providers.port import PaymentProvider, ProviderError
 from providers.yookassa_adapter import normalise
-from schemas.ids import derived_id
+from schemas.ids import derived_id, observation_id_for
 from schemas.messages import (
     PaymentCallFailed,
     PaymentObserved,
     PaymentRedriven,
     PaymentRequested,
+    RefundCallFailed,
+    RefundObserved,
+    RefundRedriven,
+    RefundRequested,
     decode_event,
     encode,
 )
@@ -30,7 +34,12 @@ from streams.topics import Topics
 log = logging.getLogger(__name__)
 
 IDEMPOTENCE_WINDOW_MS = 23 * 3600 * 1000  # YooKassa honours a key 24 h; keep a margin
-_WANTED = (b'{"type":"PaymentRequested"', b'{"type":"PaymentRedriven"')
+_WANTED = (
+    b'{"type":"PaymentRequested"',
+    b'{"type":"PaymentRedriven"',
+    b'{"type":"RefundRequested"',
+    b'{"type":"RefundRedriven"',
+)
 
 
 async def execute(
@@ -95,6 +104,63 @@ def _failed(
     )
 
 
+async def execute_refund(
+    provider: PaymentProvider, event: RefundRequested | RefundRedriven
+) -> RefundObserved | RefundCallFailed:
+    """One provider call for one refund event (Idempotence-Key = refund id)."""
+    req = event.request
+    attempt = event.attempt if isinstance(event, RefundRedriven) else 0
+
+    def failed(outcome: str, code: str, error: str) -> RefundCallFailed:
+        return RefundCallFailed(
+            observation_id=derived_id(req.refund_id, f"callfail-{attempt}-{outcome}"),
+            subscription_id=event.subscription_id,
+            observed_at=now_ms(),
+            source="gateway",
+            refund_id=req.refund_id,
+            payment_id=req.payment_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            error_code=code,
+            error=error[:500],
+            attempt=attempt,
+        )
+
+    try:
+        if isinstance(event, RefundRedriven) and event.provider_refund_id:
+            refund = await provider.get_refund(event.provider_refund_id)
+        elif (
+            isinstance(event, RefundRedriven)
+            and now_ms() - event.requested_at > IDEMPOTENCE_WINDOW_MS
+        ):
+            return failed("unknown", "idempotence_window_expired", "refund not repeated")
+        else:
+            refund = await provider.create_refund(
+                req.provider_payment_id,
+                req.amount,
+                refund_id=req.refund_id,
+                description=req.reason,
+                metadata={"subscription_id": event.subscription_id, "payment_id": req.payment_id},
+            )
+    except ProviderError as exc:
+        outcome = "unknown" if exc.unknown else "rejected"
+        log.warning("provider refund %s: %s (%s)", req.refund_id, exc.code, outcome)
+        return failed(outcome, exc.code, str(exc))
+    if refund.status not in ("pending", "succeeded", "canceled"):
+        return failed("unknown", "provider_answer_invalid", f"refund status {refund.status!r}")
+    return RefundObserved(
+        observation_id=observation_id_for(refund.provider_refund_id, refund.status),
+        subscription_id=event.subscription_id,
+        observed_at=now_ms(),
+        source="gateway",
+        refund_id=req.refund_id,
+        payment_id=req.payment_id,
+        provider_refund_id=refund.provider_refund_id,
+        status=refund.status,  # type: ignore[arg-type]
+        amount=refund.amount,
+        cancellation_reason=refund.cancellation_reason,
+    )
+
+
 def register_gateway(
     app: Any, topics: Topics, provider: PaymentProvider, settings: Settings
 ) -> Any:
@@ -105,8 +171,13 @@ def register_gateway(
             if not value.startswith(_WANTED):
                 continue
             decoded = decode_event(value)
-            assert isinstance(decoded, PaymentRequested | PaymentRedriven)
-            outcome = await execute(provider, decoded)
+            outcome: PaymentObserved | PaymentCallFailed | RefundObserved | RefundCallFailed
+            if isinstance(decoded, PaymentRequested | PaymentRedriven):
+                outcome = await execute(provider, decoded)
+            elif isinstance(decoded, RefundRequested | RefundRedriven):
+                outcome = await execute_refund(provider, decoded)
+            else:
+                continue
             await topics.provider_events.send(key=event.key, value=encode(outcome))
 
     return gateway

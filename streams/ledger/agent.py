@@ -5,8 +5,10 @@ keeps one state per subscription in a table, and emits the decided events to bil
 A replayed input re-emits the same events (same ids and versions); Faust flushes the table
 changelog and the events before committing the input offset.
 
-The sweeper (a timer) finds payments whose outcome is overdue and sends a SweepPayment command
-with an id derived from (payment, attempt), so concurrent or repeated sweeps collapse into one.
+The sweeper (a timer) asks the pure machine what is due for each subscription whose wake-up
+time has come (``due_commands``): re-drives of overdue payments and refunds, renewal charges,
+dunning retries, lapses at period end. Every such command has an id derived from what it is
+for, so concurrent or repeated sweeps collapse into one.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from aiokafka.partitioner import murmur2
 
 from billing.config import Settings
 from schemas import topics as topic_names
-from schemas.ids import derived_id
-from schemas.messages import DecodeError, SweepPayment, ValidationError, decode_ledger_input, encode
+from schemas.messages import DecodeError, ValidationError, decode_ledger_input, encode
 from schemas.periods import now_ms
-from schemas.state import decode_state, encode_state
-from streams.ledger.machine import Policy, decide, overdue_payments
+from schemas.state import SubscriptionState, decode_state, encode_state
+from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,15 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
         key_type=bytes,
         value_type=bytes,  # bytes → "raw" serializers: state is msgspec-encoded by us
     )
-    # Earliest open deadline per subscription key, maintained on every write; a periodic full
-    # scan rebuilds it for state recovered from the changelog.
+    # Next wake-up time per subscription key, maintained on every write; a periodic full scan
+    # rebuilds it for state recovered from the changelog.
     deadlines: dict[bytes, int] = {}
     ticks = [0]
 
-    def track(key: bytes, state_deadlines: list[int]) -> None:
-        if state_deadlines:
-            deadlines[key] = min(state_deadlines)
+    def track(key: bytes, state: SubscriptionState) -> None:
+        at = next_wakeup(state, policy)
+        if at is not None:
+            deadlines[key] = at
         else:
             deadlines.pop(key, None)
 
@@ -81,14 +83,7 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
             decision = decide(state, msg, policy)
             if not decision.duplicate and decision.state is not None:
                 table[key] = encode_state(decision.state)
-                track(
-                    key,
-                    [
-                        p.deadline_at
-                        for p in decision.state.payments.values()
-                        if p.deadline_at is not None and p.status not in ("succeeded", "canceled")
-                    ],
-                )
+                track(key, decision.state)
             for out in decision.events:
                 await topics.events.send(key=key, value=encode(out))
 
@@ -110,15 +105,7 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
             for key, raw in list(table.items()):
                 if raw is None:
                     continue
-                st = decode_state(raw)
-                track(
-                    key,
-                    [
-                        p.deadline_at
-                        for p in st.payments.values()
-                        if p.deadline_at is not None and p.status not in ("succeeded", "canceled")
-                    ],
-                )
+                track(key, decode_state(raw))
         due = [k for k, d in deadlines.items() if d <= now]
         for key in due:
             if partition_for(key, settings.kafka_partitions) not in active:
@@ -126,18 +113,9 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
             raw = table.get(key)
             if raw is None:
                 continue
-            state = decode_state(raw)
-            for rec in overdue_payments(state, now):
-                attempt = rec.attempts + 1
-                cmd = SweepPayment(
-                    command_id=derived_id(rec.payment_id, f"sweep-{attempt}"),
-                    subscription_id=state.subscription_id,
-                    issued_at=now,
-                    payment_id=rec.payment_id,
-                    attempt=attempt,
-                )
+            for cmd in due_commands(decode_state(raw), now, policy):
                 await topics.commands.send(key=key, value=encode(cmd))
-            # Wait for the ledger to apply the sweep before sweeping this key again.
+            # Wait for the ledger to apply these before looking at this key again.
             deadlines[key] = now + int(settings.sweep_interval_s * 1000) * 5
 
     return ledger

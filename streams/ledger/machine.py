@@ -16,12 +16,14 @@ from typing import Any
 
 import msgspec
 
-from schemas.ids import event_id_for
+from schemas.ids import derived_id, event_id_for
 from schemas.messages import (
     TERMINAL_PAYMENT_STATUSES,
     AnyCommand,
     AnyEvent,
     AnyProviderEvent,
+    AutoRenewChanged,
+    Command,
     Event,
     PaymentCallFailed,
     PaymentCanceled,
@@ -34,11 +36,29 @@ from schemas.messages import (
     PaymentRequested,
     PaymentSucceeded,
     PaySubscription,
+    RefundCallFailed,
+    RefundFailed,
+    RefundObserved,
+    RefundOutcomeUnknown,
+    RefundPayment,
+    RefundRedriven,
+    RefundRejected,
+    RefundRequest,
+    RefundRequested,
+    RefundSucceeded,
+    RenewalFailed,
+    SetAutoRenew,
     SubscriptionActivated,
+    SubscriptionCanceled,
+    SubscriptionDue,
+    SubscriptionExpired,
+    SubscriptionPastDue,
     SweepPayment,
+    SweepRefund,
 )
+from schemas.money import Money
 from schemas.periods import period_end_ms
-from schemas.state import PaymentRecord, SubscriptionState
+from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 
 LedgerInput = AnyCommand | AnyProviderEvent
 
@@ -53,6 +73,28 @@ _RANK: dict[str, int] = {
 }
 
 
+DAY_MS = 86_400_000
+
+# YooKassa ``cancellation_details.reason`` values after which retrying the same saved method
+# cannot succeed: dunning stops. Everything else (insufficient_funds, internal_timeout,
+# general_decline, issuer_unavailable, …) is soft and retried on the schedule.
+HARD_DECLINES: frozenset[str] = frozenset(
+    {
+        "permission_revoked",
+        "card_expired",
+        "payment_method_restricted",
+        "fraud_suspected",
+        "invalid_card_number",
+        "invalid_csc",
+        "country_forbidden",
+        "identification_required",
+        "deal_expired",
+        "canceled_by_merchant",
+        "3d_secure_failed",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Policy:
     """Tunables of the machine. Deadlines are relative to the message's own time."""
@@ -60,6 +102,10 @@ class Policy:
     payment_deadline_ms: int = 15_000
     redrive_max_backoff_ms: int = 3_600_000
     recent_sources: int = 16
+    renew_lead_ms: int = DAY_MS  # charge a renewal this long before the period ends
+    # Waits after each declined renewal charge before the next try: 4 retries over 14 days.
+    dunning_schedule_ms: tuple[int, ...] = (DAY_MS, 3 * DAY_MS, 5 * DAY_MS, 5 * DAY_MS)
+    hard_declines: frozenset[str] = HARD_DECLINES
 
     def redrive_deadline(self, now: int, attempt: int) -> int:
         """Exponential backoff between re-drives of one payment, capped."""
@@ -99,15 +145,15 @@ class _Emitter:
 
 
 def source_id_of(msg: LedgerInput) -> str:
-    if isinstance(msg, PaymentObserved | PaymentCallFailed):
-        return msg.observation_id
-    return msg.command_id
+    if isinstance(msg, Command):
+        return msg.command_id
+    return msg.observation_id
 
 
 def time_of(msg: LedgerInput) -> int:
-    if isinstance(msg, PaymentObserved | PaymentCallFailed):
-        return msg.observed_at
-    return msg.issued_at
+    if isinstance(msg, Command):
+        return msg.issued_at
+    return msg.observed_at
 
 
 def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) -> Decision:
@@ -128,9 +174,27 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
     elif isinstance(msg, SweepPayment):
         _sweep(emitter, msg, policy)
     elif isinstance(msg, PaymentObserved):
-        _observed(emitter, msg)
+        _observed(emitter, msg, policy)
+    elif isinstance(msg, PaymentCallFailed):
+        _call_failed(emitter, msg, policy)
+    elif isinstance(msg, RefundPayment):
+        _refund(emitter, msg, policy)
+    elif isinstance(msg, SweepRefund):
+        _sweep_refund(emitter, msg, policy)
+    elif isinstance(msg, RefundObserved):
+        _refund_observed(emitter, msg)
+    elif isinstance(msg, RefundCallFailed):
+        _refund_call_failed(emitter, msg)
+    elif isinstance(msg, SetAutoRenew):
+        emitter.emit(
+            AutoRenewChanged,
+            command_id=msg.command_id,
+            enabled=msg.enabled,
+            actor=msg.actor,
+            reason=msg.reason,
+        )
     else:
-        _call_failed(emitter, msg)
+        _due(emitter, msg, policy)
 
     if not emitter.events:
         return Decision(state, duplicate=True)
@@ -198,7 +262,7 @@ def _sweep(em: _Emitter, cmd: SweepPayment, policy: Policy) -> None:
     )
 
 
-def _observed(em: _Emitter, obs: PaymentObserved) -> None:
+def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
     rec = em.state.payments.get(obs.payment_id)
     if rec is None or rec.status in TERMINAL_PAYMENT_STATUSES:
         return
@@ -242,9 +306,35 @@ def _observed(em: _Emitter, obs: PaymentObserved) -> None:
             reason=obs.cancellation_reason or "canceled",
             party=obs.cancellation_party,
         )
+        _after_renewal_failure(em, rec, obs.cancellation_reason or "canceled", policy)
 
 
-def _call_failed(em: _Emitter, failed: PaymentCallFailed) -> None:
+def _after_renewal_failure(
+    em: _Emitter, rec: PaymentRecord, reason: str, policy: Policy
+) -> None:
+    """Dunning: a declined renewal is retried on the schedule unless the decline is hard."""
+    if rec.kind != "renewal":
+        return
+    state = em.state
+    attempt = state.dunning_attempt + 1
+    hard = reason in policy.hard_declines or reason.startswith("provider_rejected")
+    exhausted = attempt > len(policy.dunning_schedule_ms)
+    next_retry = None if hard or exhausted else em.now + policy.dunning_schedule_ms[attempt - 1]
+    em.emit(
+        RenewalFailed,
+        payment_id=rec.payment_id,
+        reason=reason,
+        hard=hard,
+        attempt=attempt,
+        next_retry_at=next_retry,
+    )
+    if next_retry is None and em.state.status == "past_due":
+        em.emit(
+            SubscriptionExpired, reason="renewal_failed", period_end=em.state.period_end or em.now
+        )
+
+
+def _call_failed(em: _Emitter, failed: PaymentCallFailed, policy: Policy) -> None:
     rec = em.state.payments.get(failed.payment_id)
     if rec is None or rec.status in TERMINAL_PAYMENT_STATUSES:
         return
@@ -258,14 +348,278 @@ def _call_failed(em: _Emitter, failed: PaymentCallFailed) -> None:
             )
         return
     if rec.status in ("requested", "unknown") and rec.provider_payment_id is None:
+        reason = f"provider_rejected:{failed.error_code}"
         em.emit(
             PaymentCanceled,
             payment_id=rec.payment_id,
             command_id=rec.command_id,
             provider_payment_id=None,
-            reason=f"provider_rejected:{failed.error_code}",
+            reason=reason,
             party="merchant",
         )
+        _after_renewal_failure(em, rec, reason, policy)
+
+
+def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
+    state = em.state
+    if cmd.refund_id in state.refunds:
+        return  # applied long ago (evicted from the replay window)
+    rec = state.payments.get(cmd.payment_id)
+
+    def reject(reason: str, detail: str = "") -> None:
+        em.emit(
+            RefundRejected,
+            command_id=cmd.command_id,
+            refund_id=cmd.refund_id,
+            payment_id=cmd.payment_id,
+            reason=reason,
+            detail=detail,
+        )
+
+    if rec is None:
+        return reject("payment_not_found")
+    if rec.status != "succeeded" or rec.provider_payment_id is None:
+        return reject("payment_not_refundable", f"payment is {rec.status}")
+    refundable = rec.refundable_minor
+    amount = cmd.amount or Money(refundable, rec.amount.currency)
+    if amount.currency != rec.amount.currency:
+        return reject("currency_mismatch", f"payment is in {rec.amount.currency}")
+    if amount.amount_minor <= 0 or refundable <= 0:
+        return reject("nothing_to_refund", f"refundable {refundable}")
+    if amount.amount_minor > refundable:
+        return reject("amount_exceeds_refundable", f"refundable {refundable}")
+    em.emit(
+        RefundRequested,
+        request=RefundRequest(
+            refund_id=cmd.refund_id,
+            command_id=cmd.command_id,
+            payment_id=rec.payment_id,
+            provider_payment_id=rec.provider_payment_id,
+            amount=amount,
+            reason=cmd.reason,
+            actor=cmd.actor,
+        ),
+        deadline_at=cmd.issued_at + policy.payment_deadline_ms,
+    )
+
+
+def _sweep_refund(em: _Emitter, cmd: SweepRefund, policy: Policy) -> None:
+    ref = em.state.refunds.get(cmd.refund_id)
+    if ref is None or ref.status in TERMINAL_PAYMENT_STATUSES or cmd.attempt != ref.attempts + 1:
+        return
+    em.emit(
+        RefundRedriven,
+        request=ref.request,
+        attempt=cmd.attempt,
+        requested_at=ref.requested_at,
+        deadline_at=policy.redrive_deadline(cmd.issued_at, cmd.attempt),
+        provider_refund_id=ref.provider_refund_id,
+    )
+
+
+def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
+    ref = em.state.refunds.get(obs.refund_id)
+    if ref is None or ref.status in TERMINAL_PAYMENT_STATUSES:
+        return
+    if obs.status == "pending":
+        return  # YooKassa refunds are normally final at once; a pending one is swept
+    if obs.status == "canceled":
+        em.emit(
+            RefundFailed,
+            refund_id=ref.refund_id,
+            command_id=ref.command_id,
+            payment_id=ref.payment_id,
+            provider_refund_id=obs.provider_refund_id,
+            reason=obs.cancellation_reason or "canceled",
+        )
+        return
+    pay = em.state.payments[ref.payment_id]
+    fully = pay.refunded_minor + ref.amount.amount_minor >= pay.amount.amount_minor
+    em.emit(
+        RefundSucceeded,
+        refund_id=ref.refund_id,
+        command_id=ref.command_id,
+        payment_id=ref.payment_id,
+        provider_refund_id=obs.provider_refund_id,
+        amount=ref.amount,
+        fully_refunded=fully,
+    )
+    state = em.state
+    covers_now = (
+        pay.period_start is not None
+        and pay.period_end is not None
+        and pay.period_start <= em.now < pay.period_end
+    )
+    if fully and covers_now and state.status in ("active", "past_due"):
+        # The current period's payment is fully refunded: access ends at once.
+        em.emit(
+            SubscriptionCanceled, payment_id=pay.payment_id, reason="refunded", access_until=em.now
+        )
+
+
+def _refund_call_failed(em: _Emitter, failed: RefundCallFailed) -> None:
+    ref = em.state.refunds.get(failed.refund_id)
+    if ref is None or ref.status in TERMINAL_PAYMENT_STATUSES:
+        return
+    if failed.outcome == "unknown":
+        if ref.status == "requested":
+            em.emit(
+                RefundOutcomeUnknown,
+                refund_id=ref.refund_id,
+                attempt=failed.attempt,
+                error=f"{failed.error_code}: {failed.error}"[:500],
+            )
+        return
+    if ref.provider_refund_id is None:
+        em.emit(
+            RefundFailed,
+            refund_id=ref.refund_id,
+            command_id=ref.command_id,
+            payment_id=ref.payment_id,
+            provider_refund_id=None,
+            reason=f"provider_rejected:{failed.error_code}",
+        )
+
+
+# ------------------------------------------------------------------------ time-driven work
+def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None:
+    """What the subscription waits for next (renewal charge, dunning retry, lapse) and when.
+
+    Pure: the ledger's timer sends a SubscriptionDue for it once the time has come, and
+    ``decide`` recomputes it, so a stale or repeated tick applies nothing.
+    """
+    if state.status not in ("active", "past_due") or state.period_end is None:
+        return None
+    if _in_flight(state) is not None:
+        # A charge is under way: its outcome decides. Only the lapse of an active period
+        # is still due (access must not outlive its payment).
+        return ("lapse", state.period_end) if state.status == "active" else None
+    can_charge = (
+        state.auto_renew
+        and state.payment_method_id is not None
+        and state.renew_amount is not None
+        and not state.dunning_stopped
+    )
+    if can_charge and state.dunning_attempt == 0 and not _renewal_requested(state):
+        return ("renew", state.period_end - policy.renew_lead_ms)
+    if can_charge and state.next_retry_at is not None:
+        if state.status == "active" and state.period_end <= state.next_retry_at:
+            return ("lapse", state.period_end)
+        return ("retry", state.next_retry_at)
+    if state.status == "active":
+        return ("lapse", state.period_end)
+    return ("lapse", state.period_end)  # past_due with nothing left to try: expire
+
+
+def _renewal_requested(state: SubscriptionState) -> bool:
+    return renewal_payment_id(state, 0) in state.payments
+
+
+def renewal_payment_id(state: SubscriptionState, attempt: int) -> str:
+    """Deterministic per (subscription, period, attempt): a timer firing twice, or two
+    workers, ask for the same payment and the provider key collapses them."""
+    return derived_id(state.subscription_id, f"renew-{state.period_end}-{attempt}")
+
+
+def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
+    state = em.state
+    due = next_due(state, policy)
+    if due is None or due != (cmd.kind, cmd.due_at) or cmd.issued_at < cmd.due_at:
+        return  # stale or early: the state moved on since the timer looked
+    if cmd.kind in ("renew", "retry"):
+        assert state.renew_amount is not None and state.renew_plan_id is not None
+        payment_id = renewal_payment_id(state, state.dunning_attempt)
+        em.emit(
+            PaymentRequested,
+            request=PaymentRequest(
+                payment_id=payment_id,
+                command_id=cmd.command_id,
+                user_id=state.user_id,
+                plan_id=state.renew_plan_id,
+                amount=state.renew_amount,
+                period_months=state.renew_period_months,
+                return_url="",
+                description=f"Renewal: {state.renew_plan_id}",
+                save_payment_method=False,
+                capture=True,
+                payment_method_id=state.payment_method_id,
+                kind="renewal",
+            ),
+            deadline_at=cmd.issued_at + policy.payment_deadline_ms,
+        )
+        return
+    period_end = state.period_end or cmd.due_at
+    if not state.auto_renew:
+        em.emit(SubscriptionExpired, reason="auto_renew_off", period_end=period_end)
+    elif state.payment_method_id is None or state.renew_amount is None:
+        em.emit(SubscriptionExpired, reason="no_payment_method", period_end=period_end)
+    elif state.status == "past_due" or state.dunning_stopped:
+        em.emit(SubscriptionExpired, reason="renewal_failed", period_end=period_end)
+    else:
+        em.emit(SubscriptionPastDue, period_end=period_end, next_retry_at=state.next_retry_at)
+
+
+def due_commands(state: SubscriptionState, now: int, policy: Policy) -> list[AnyCommand]:
+    """Everything the timer should send for this subscription at ``now`` (ids derived, so a
+    repeat collapses): sweeps of overdue payments and refunds, and the due lifecycle step."""
+    out: list[AnyCommand] = []
+    sub = state.subscription_id
+    for rec in overdue_payments(state, now):
+        attempt = rec.attempts + 1
+        out.append(
+            SweepPayment(
+                command_id=derived_id(rec.payment_id, f"sweep-{attempt}"),
+                subscription_id=sub,
+                issued_at=now,
+                payment_id=rec.payment_id,
+                attempt=attempt,
+            )
+        )
+    for ref in state.refunds.values():
+        if ref.status in TERMINAL_PAYMENT_STATUSES or ref.deadline_at is None:
+            continue
+        if ref.deadline_at <= now:
+            attempt = ref.attempts + 1
+            out.append(
+                SweepRefund(
+                    command_id=derived_id(ref.refund_id, f"sweep-{attempt}"),
+                    subscription_id=sub,
+                    issued_at=now,
+                    refund_id=ref.refund_id,
+                    attempt=attempt,
+                )
+            )
+    due = next_due(state, policy)
+    if due is not None and due[1] <= now:
+        kind, at = due
+        out.append(
+            SubscriptionDue(
+                command_id=derived_id(sub, f"due-{kind}-{at}"),
+                subscription_id=sub,
+                issued_at=now,
+                kind=kind,  # type: ignore[arg-type]
+                due_at=at,
+            )
+        )
+    return out
+
+
+def next_wakeup(state: SubscriptionState, policy: Policy) -> int | None:
+    """The earliest time ``due_commands`` would return something (the timer's index)."""
+    times = [
+        p.deadline_at
+        for p in state.payments.values()
+        if p.deadline_at is not None and p.status not in TERMINAL_PAYMENT_STATUSES
+    ]
+    times += [
+        r.deadline_at
+        for r in state.refunds.values()
+        if r.deadline_at is not None and r.status not in TERMINAL_PAYMENT_STATUSES
+    ]
+    due = next_due(state, policy)
+    if due is not None:
+        times.append(due[1])
+    return min(times) if times else None
 
 
 # -------------------------------------------------------------------------------- evolve
@@ -293,9 +647,10 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 request=req,
                 requested_at=event.occurred_at,
                 deadline_at=event.deadline_at,
+                kind=req.kind,
             )
         )
-        if state.status in ("none", "inactive"):
+        if state.status in ("none", "inactive", "expired", "canceled"):
             new["status"] = "pending"
     elif isinstance(event, PaymentRedriven):
         rec = payments[event.request.payment_id]
@@ -351,6 +706,78 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         new["period_end"] = event.period_end
         if not event.extended or state.period_start is None:
             new["period_start"] = event.period_start
+        # The next renewal charges what this period was sold at; dunning starts afresh.
+        new.update(
+            renew_plan_id=rec.plan_id,
+            renew_amount=rec.amount,
+            renew_period_months=rec.period_months,
+            dunning_attempt=0,
+            next_retry_at=None,
+            dunning_stopped=False,
+        )
+    elif isinstance(event, RenewalFailed):
+        new.update(
+            dunning_attempt=event.attempt,
+            next_retry_at=event.next_retry_at,
+            dunning_stopped=event.next_retry_at is None,
+        )
+    elif isinstance(event, SubscriptionPastDue):
+        new["status"] = "past_due"
+    elif isinstance(event, SubscriptionExpired):
+        new["status"] = "expired"
+        new["next_retry_at"] = None
+    elif isinstance(event, SubscriptionCanceled):
+        new["status"] = "canceled"
+        new["period_end"] = event.access_until
+    elif isinstance(event, AutoRenewChanged):
+        new["auto_renew"] = event.enabled
+    elif isinstance(event, RefundRequested):
+        req_r = event.request
+        prec = payments[req_r.payment_id]
+        put(replace(prec, refunding_minor=prec.refunding_minor + req_r.amount.amount_minor))
+        refunds = dict(state.refunds)
+        refunds[req_r.refund_id] = RefundRecord(
+            refund_id=req_r.refund_id,
+            command_id=req_r.command_id,
+            payment_id=req_r.payment_id,
+            amount=req_r.amount,
+            status="requested",
+            request=req_r,
+            requested_at=event.occurred_at,
+            deadline_at=event.deadline_at,
+        )
+        new["refunds"] = refunds
+    elif isinstance(event, RefundRedriven):
+        refunds = dict(state.refunds)
+        ref = refunds[event.request.refund_id]
+        refunds[ref.refund_id] = replace(ref, attempts=event.attempt, deadline_at=event.deadline_at)
+        new["refunds"] = refunds
+    elif isinstance(event, RefundOutcomeUnknown):
+        refunds = dict(state.refunds)
+        ref = refunds[event.refund_id]
+        refunds[ref.refund_id] = replace(ref, status="unknown", status_reason=event.error)
+        new["refunds"] = refunds
+    elif isinstance(event, RefundSucceeded | RefundFailed):
+        refunds = dict(state.refunds)
+        ref = refunds[event.refund_id]
+        ok = isinstance(event, RefundSucceeded)
+        refunds[ref.refund_id] = replace(
+            ref,
+            status="succeeded" if ok else "canceled",
+            provider_refund_id=event.provider_refund_id or ref.provider_refund_id,
+            deadline_at=None,
+            status_reason=None if isinstance(event, RefundSucceeded) else event.reason,
+        )
+        new["refunds"] = refunds
+        prec = payments[ref.payment_id]
+        amt = ref.amount.amount_minor
+        put(
+            replace(
+                prec,
+                refunding_minor=prec.refunding_minor - amt,
+                refunded_minor=prec.refunded_minor + (amt if ok else 0),
+            )
+        )
     # PaymentRejected changes nothing but the version: the command is answered, not applied.
     return replace(state, **new)
 

@@ -79,6 +79,20 @@ class FakeProvider:
         except KeyError:
             raise ProviderNotFound(f"no payment {provider_payment_id}") from None
 
+    async def create_refund(
+        self,
+        provider_payment_id: str,
+        amount: Any,
+        *,
+        refund_id: str,
+        description: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    async def get_refund(self, provider_refund_id: str) -> Any:
+        raise NotImplementedError
+
     async def close(self) -> None:
         return None
 
