@@ -132,6 +132,11 @@ class PaymentNotFound(NotFound):
     message = "no such payment"
 
 
+class RefundNotFound(NotFound):
+    code = "refund_not_found"
+    message = "no such refund"
+
+
 class SubscriptionNotFound(NotFound):
     code = "subscription_not_found"
     message = "no subscription yet"
@@ -166,6 +171,12 @@ class IdempotencyKeyReused(Unprocessable):
 class PlanUnavailable(Unprocessable):
     code = "plan_unavailable"
     message = "this plan can no longer be bought"
+
+
+class RefundInvalid(ApiError):
+    status_code = 422
+    code = "refund_invalid"
+    message = "the refund request is not valid"
 
 
 # -------------------------------------------------------------------------- 413 / 415 / 503

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import psycopg
@@ -25,13 +27,16 @@ from psycopg_pool import AsyncConnectionPool
 from api.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
+    PaymentNotFound,
     PlanNotFound,
     PlanUnavailable,
+    RefundInvalid,
+    SubscriptionNotFound,
 )
-from api.models import PaymentCreate
+from api.models import AutoRenewUpdate, PaymentCreate, RefundCreate
 from billing.config import Settings
-from schemas.ids import command_id_for, payment_id_for, subscription_id_for
-from schemas.messages import PaySubscription, encode
+from schemas.ids import command_id_for, derived_id, payment_id_for, subscription_id_for
+from schemas.messages import Command, PaySubscription, RefundPayment, SetAutoRenew, encode
 from schemas.money import Money, MoneyError
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
@@ -79,20 +84,25 @@ def status_url(payment_id: str) -> str:
     return f"/api/v1/payments/{payment_id}"
 
 
-async def accept_payment(
+Build = Callable[[psycopg.AsyncConnection[Any]], Awaitable[tuple[Command, dict[str, Any]]]]
+
+
+async def accept_command(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
     *,
     user_id: str,
     idem_key: str,
-    request: PaymentCreate,
-    method: str,
-    path: str,
+    fp: str,
+    build: Build,
+    payment_id: str | None = None,
+    refund_id: str | None = None,
 ) -> IntakeOutcome:
-    fp = fingerprint(method, path, request.model_dump(mode="json"))
+    """Store the idempotency record and the command built by ``build`` in one transaction.
+
+    ``build`` runs inside it (it may read plans or check ownership and raise an ApiError, in
+    which case nothing is stored) and returns the command and the 202 body."""
     command_id = command_id_for(user_id, idem_key)
-    payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(user_id)
     try:
         async with pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -113,39 +123,28 @@ async def accept_payment(
                     raise IdempotencyKeyReused()
                 return IntakeOutcome(int(stored[1]), dict(stored[2]), True, None)
 
-            command = await _build_command(
-                conn,
-                request,
-                user_id=user_id,
-                command_id=command_id,
-                payment_id=payment_id,
-                subscription_id=subscription_id,
-            )
+            command, body = await build(conn)
+            assert command.command_id == command_id
             payload = encode(command)
             cur = await conn.execute(
                 "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
-                " payload, payment_id, next_publish_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+                " payload, payment_id, refund_id, next_publish_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
                 " ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
                 (
                     command_id,
-                    subscription_id,
+                    command.subscription_id,
                     user_id,
-                    "PaySubscription",
+                    type(command).__name__,
                     payload,
                     payment_id,
+                    refund_id,
                     settings.relay_delay_s,
                 ),
             )
             # No row: the command exists from before an idempotency record expired; the relay
             # owns it, and the answer names the same ids anyway.
             created = await cur.fetchone() is not None
-            body: dict[str, Any] = {
-                "payment_id": payment_id,
-                "subscription_id": subscription_id,
-                "status": "accepted",
-                "status_url": status_url(payment_id),
-            }
             await conn.execute(
                 "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, command_id,"
                 " response_status, response_body) VALUES (%s, %s, %s, %s, %s, %s)",
@@ -155,8 +154,167 @@ async def accept_payment(
         # Two transactions got past the advisory lock (hash collision or a lock-less
         # writer): the other one wins, this one is "in flight" from the client's view.
         raise IdempotencyKeyInFlight() from exc
-    message = OutboxMessage(command_id, subscription_id, payload) if created else None
+    message = OutboxMessage(command_id, command.subscription_id, payload) if created else None
     return IntakeOutcome(202, body, False, message)
+
+
+async def accept_payment(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    user_id: str,
+    idem_key: str,
+    request: PaymentCreate,
+    method: str,
+    path: str,
+) -> IntakeOutcome:
+    command_id = command_id_for(user_id, idem_key)
+    payment_id = payment_id_for(command_id)
+    subscription_id = subscription_id_for(user_id)
+
+    async def build(conn: psycopg.AsyncConnection[Any]) -> tuple[Command, dict[str, Any]]:
+        command = await _build_command(
+            conn,
+            request,
+            user_id=user_id,
+            command_id=command_id,
+            payment_id=payment_id,
+            subscription_id=subscription_id,
+        )
+        body: dict[str, Any] = {
+            "payment_id": payment_id,
+            "subscription_id": subscription_id,
+            "status": "accepted",
+            "status_url": status_url(payment_id),
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=user_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
+        payment_id=payment_id,
+    )
+
+
+async def accept_refund(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    user_id: str,
+    idem_key: str,
+    payment_id: str,
+    request: RefundCreate,
+    method: str,
+    path: str,
+    actor: str = "user",
+    owner_id: str | None = None,
+) -> IntakeOutcome:
+    """Ask for a refund of one of ``owner_id``'s payments (the caller's own unless an admin
+    acts). The refundable amount is enforced by the ledger, serially per subscription."""
+    owner = owner_id or user_id
+    command_id = command_id_for(user_id, idem_key)
+    refund_id = derived_id(command_id, "refund")
+
+    async def build(conn: psycopg.AsyncConnection[Any]) -> tuple[Command, dict[str, Any]]:
+        cur = await conn.execute(
+            "SELECT subscription_id::text, currency FROM payments"
+            " WHERE payment_id = %s AND user_id = %s",
+            (payment_id, owner),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise PaymentNotFound()
+        subscription_id, currency = row[0], str(row[1]).strip()
+        amount = None
+        if request.amount is not None:
+            if request.amount.currency != currency:
+                raise RefundInvalid(
+                    "the refund currency must be the payment's",
+                    details={"payment_currency": currency},
+                )
+            try:
+                amount = Money.from_decimal(Decimal(request.amount.value), currency)
+            except (MoneyError, InvalidOperation) as exc:
+                raise RefundInvalid(str(exc)) from exc
+            if amount.amount_minor <= 0:
+                raise RefundInvalid("the refund amount must be positive")
+        command = RefundPayment(
+            command_id=command_id,
+            subscription_id=subscription_id,
+            issued_at=int(time.time() * 1000),
+            user_id=owner,
+            refund_id=refund_id,
+            payment_id=payment_id,
+            amount=amount,
+            reason=request.reason,
+            actor=actor,
+        )
+        body: dict[str, Any] = {
+            "refund_id": refund_id,
+            "payment_id": payment_id,
+            "status": "accepted",
+            "status_url": f"/api/v1/refunds/{refund_id}",
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=user_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
+        refund_id=refund_id,
+    )
+
+
+async def accept_auto_renew(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    user_id: str,
+    idem_key: str,
+    request: AutoRenewUpdate,
+    method: str,
+    path: str,
+) -> IntakeOutcome:
+    """Turn auto-renewal off (access lasts to the period end, then it expires) or on."""
+    command_id = command_id_for(user_id, idem_key)
+    subscription_id = subscription_id_for(user_id)
+
+    async def build(conn: psycopg.AsyncConnection[Any]) -> tuple[Command, dict[str, Any]]:
+        cur = await conn.execute(
+            "SELECT 1 FROM subscriptions WHERE subscription_id = %s", (subscription_id,)
+        )
+        if await cur.fetchone() is None:
+            raise SubscriptionNotFound()
+        command = SetAutoRenew(
+            command_id=command_id,
+            subscription_id=subscription_id,
+            issued_at=int(time.time() * 1000),
+            user_id=user_id,
+            enabled=request.enabled,
+        )
+        body: dict[str, Any] = {
+            "subscription_id": subscription_id,
+            "auto_renew": request.enabled,
+            "status": "accepted",
+            "status_url": "/api/v1/subscriptions/me",
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=user_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
+    )
 
 
 async def _build_command(

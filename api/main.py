@@ -22,7 +22,7 @@ from api.deps import Normaliser
 from api.middleware import BodyLimit
 from api.publisher import KafkaPublisher, Publisher
 from api.relay import Background, run_relay
-from api.routes import admin, health, payments, plans, subscriptions, webhooks
+from api.routes import admin, health, payments, plans, refunds, subscriptions, webhooks
 from billing.config import Settings
 from providers.port import PaymentProvider
 
@@ -133,6 +133,6 @@ def create_app(
     app.state.normalise = normalise
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    for module in (health, plans, payments, subscriptions, webhooks, admin):
+    for module in (health, plans, payments, refunds, subscriptions, webhooks, admin):
         app.include_router(module.router)
     return app

@@ -48,6 +48,52 @@ class PaymentCreate(BaseModel):
     return_url: ReturnUrl = Field(description="where the provider sends the user back")
 
 
+class MoneyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    value: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}(\.[0-9]{1,2})?$")] = Field(
+        examples=["100.00"], description="a decimal string, as YooKassa writes amounts"
+    )
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(examples=["RUB"])
+
+
+class RefundCreate(BaseModel):
+    """Refund a payment: ``amount`` omitted = everything still refundable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    amount: MoneyIn | None = None
+    reason: Annotated[str, StringConstraints(max_length=250)] = ""
+
+
+class AutoRenewUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(description="false: access lasts to the period end, then expires")
+
+
+class RefundAccepted(BaseModel):
+    refund_id: str
+    payment_id: str
+    status: Literal["accepted"] = "accepted"
+    status_url: str
+
+
+class RefundOut(BaseModel):
+    refund_id: str
+    payment_id: str
+    status: str = Field(
+        description="accepted | rejected (not yet with the ledger, or refused by it) or"
+        " requested, unknown, succeeded, canceled"
+    )
+    status_reason: str | None
+    amount: MoneyOut | None
+    provider_refund_id: str | None
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+
+
 class MoneyOut(BaseModel):
     value: str = Field(examples=["299.00"])
     currency: str = Field(examples=["RUB"])
@@ -101,6 +147,9 @@ class SubscriptionOut(BaseModel):
     period_start: datetime | None
     period_end: datetime | None
     updated_at: datetime
+    auto_renew: bool = True
+    status_reason: str | None = None
+    next_retry_at: datetime | None = None
 
 
 class PlanOut(BaseModel):

@@ -24,9 +24,10 @@ from api.models import (
     PaymentPage,
     PlanOut,
     PlanRef,
+    RefundOut,
     SubscriptionOut,
 )
-from schemas.messages import DecodeError, PaySubscription, decode_command
+from schemas.messages import DecodeError, PaySubscription, RefundPayment, decode_command
 from schemas.money import MoneyError
 
 Conn = psycopg.AsyncConnection[Any]
@@ -159,8 +160,8 @@ async def get_subscription(conn: Conn, user_id: str) -> SubscriptionOut | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT s.subscription_id::text, s.status, s.plan_id, p.name AS plan_name,"
-            " s.period_start, s.period_end, s.updated_at,"
-            " (s.status = 'active' AND s.period_end > now()) AS active"
+            " s.period_start, s.period_end, s.updated_at, s.auto_renew, s.status_reason,"
+            " s.next_retry_at, (s.status = 'active' AND s.period_end > now()) AS active"
             " FROM subscriptions s LEFT JOIN plans p ON p.plan_id = s.plan_id"
             " WHERE s.user_id = %s",
             (user_id,),
@@ -177,7 +178,77 @@ async def get_subscription(conn: Conn, user_id: str) -> SubscriptionOut | None:
         period_start=row["period_start"],
         period_end=row["period_end"],
         updated_at=row["updated_at"],
+        auto_renew=row["auto_renew"],
+        status_reason=row["status_reason"],
+        next_retry_at=row["next_retry_at"],
     )
+
+
+_REFUND_COLUMNS = (
+    "refund_id::text, payment_id::text, status, status_reason, amount_minor, currency,"
+    " provider_refund_id, reason, created_at, updated_at"
+)
+
+
+def _refund(row: dict[str, Any]) -> RefundOut:
+    return RefundOut(
+        refund_id=row["refund_id"],
+        payment_id=row["payment_id"],
+        status=row["status"],
+        status_reason=row["status_reason"],
+        amount=_money(row["amount_minor"], row["currency"]),
+        provider_refund_id=row["provider_refund_id"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def get_refund(conn: Conn, user_id: str, refund_id: uuid.UUID) -> RefundOut | None:
+    """A refund of yours; before the ledger has it, its outbox row (accepted/rejected)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE refund_id = %s AND user_id = %s",
+            (refund_id, user_id),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            return _refund(row)
+        await cur.execute(
+            "SELECT status, status_reason, payload, created_at, updated_at FROM command_outbox"
+            " WHERE refund_id = %s AND user_id = %s",
+            (refund_id, user_id),
+        )
+        outbox = await cur.fetchone()
+    if outbox is None:
+        return None
+    try:
+        cmd = decode_command(bytes(outbox["payload"]))
+    except DecodeError:
+        return None
+    if not isinstance(cmd, RefundPayment):
+        return None
+    return RefundOut(
+        refund_id=str(refund_id),
+        payment_id=cmd.payment_id,
+        status=outbox["status"],
+        status_reason=outbox["status_reason"],
+        amount=_money(cmd.amount.amount_minor, cmd.amount.currency) if cmd.amount else None,
+        provider_refund_id=None,
+        reason=cmd.reason,
+        created_at=outbox["created_at"],
+        updated_at=outbox["updated_at"],
+    )
+
+
+async def list_refunds(conn: Conn, user_id: str, payment_id: uuid.UUID) -> list[RefundOut]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE payment_id = %s AND user_id = %s"
+            " ORDER BY created_at, refund_id",
+            (payment_id, user_id),
+        )
+        return [_refund(r) for r in await cur.fetchall()]
 
 
 async def list_plans(conn: Conn) -> list[PlanOut]:

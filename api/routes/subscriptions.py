@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
 
-from api import queries
-from api.deps import CurrentUser, DbDep
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api import intake, queries
+from api.deps import (
+    BackgroundDep,
+    CurrentUser,
+    DbDep,
+    IdempotencyKey,
+    JsonBody,
+    PoolDep,
+    PublisherDep,
+    SettingsDep,
+)
 from api.errors import SubscriptionNotFound
-from api.models import SubscriptionOut, error_responses
+from api.models import AutoRenewUpdate, SubscriptionOut, error_responses
+from api.relay import publish_soon
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/subscriptions", tags=["subscriptions"])
 
@@ -19,3 +34,36 @@ async def my_subscription(user: CurrentUser, db: DbDep) -> SubscriptionOut:
     if sub is None:
         raise SubscriptionNotFound()
     return sub
+
+
+@router.put(
+    "/me/auto-renew",
+    status_code=202,
+    dependencies=[JsonBody],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def set_auto_renew(
+    request: Request,
+    user: CurrentUser,
+    key: IdempotencyKey,
+    body: AutoRenewUpdate,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    background: BackgroundDep,
+    settings: SettingsDep,
+) -> JSONResponse:
+    """Turn auto-renewal off (``cancel_at_period_end``: access lasts to the period end, then
+    the subscription expires) or back on. Needs an ``Idempotency-Key``."""
+    outcome = await intake.accept_auto_renew(
+        pool,
+        settings,
+        user_id=user.user_id,
+        idem_key=key,
+        request=body,
+        method=request.method,
+        path=request.url.path,
+    )
+    if outcome.message is not None:
+        publish_soon(background, pool, publisher, settings, outcome.message)
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)

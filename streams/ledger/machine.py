@@ -162,10 +162,12 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
     if state is not None and source_id in state.recent:
         return Decision(state, list(state.recent[source_id]), duplicate=True)
     if state is None:
-        if not isinstance(msg, PaySubscription):
+        if not isinstance(msg, PaySubscription | RefundPayment | SetAutoRenew):
             # Nothing to apply to: an outcome for a subscription we never billed is the
             # reconciler's to classify, not the ledger's to invent.
             return Decision(None, duplicate=True)
+        # A user's command always gets an answer (an event that closes its outbox row), even
+        # when it finds no subscription: it is then refused or recorded on an empty state.
         state = SubscriptionState(subscription_id=msg.subscription_id, user_id=msg.user_id)
 
     emitter = _Emitter(state, source_id, time_of(msg))

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from schemas.messages import (
     AnyEvent,
+    AutoRenewChanged,
     PaymentCanceled,
     PaymentOutcomeUnknown,
     PaymentPending,
@@ -26,7 +27,17 @@ from schemas.messages import (
     PaymentRejected,
     PaymentRequested,
     PaymentSucceeded,
+    RefundFailed,
+    RefundOutcomeUnknown,
+    RefundRedriven,
+    RefundRejected,
+    RefundRequested,
+    RefundSucceeded,
+    RenewalFailed,
     SubscriptionActivated,
+    SubscriptionCanceled,
+    SubscriptionExpired,
+    SubscriptionPastDue,
     decode_event,
 )
 from schemas.periods import ms_to_dt
@@ -52,8 +63,8 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
                 "INSERT INTO payments (payment_id, subscription_id, user_id, command_id, plan_id,"
-                " amount_minor, currency, status, created_at, updated_at, version)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s)"
+                " amount_minor, currency, status, created_at, updated_at, version, kind)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s, %s)"
                 " ON CONFLICT (payment_id) DO NOTHING",
                 (
                     r.payment_id,
@@ -66,13 +77,15 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                     at,
                     at,
                     v,
+                    r.kind,
                 ),
             ),
             (
                 "INSERT INTO subscriptions (subscription_id, user_id, status, version, updated_at)"
                 " VALUES (%s, %s, 'pending', %s, %s)"
                 " ON CONFLICT (subscription_id) DO UPDATE SET"
-                " status = CASE WHEN subscriptions.status IN ('none', 'inactive')"
+                " status = CASE WHEN subscriptions.status"
+                " IN ('none', 'inactive', 'expired', 'canceled')"
                 " THEN 'pending' ELSE subscriptions.status END,"
                 " version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
                 (sub, event.user_id, v, at),
@@ -181,7 +194,7 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 " period_start, period_end, version, updated_at)"
                 " VALUES (%s, %s, 'active', %s, %s, %s, %s, %s)"
                 " ON CONFLICT (subscription_id) DO UPDATE SET status = 'active',"
-                " plan_id = EXCLUDED.plan_id,"
+                " plan_id = EXCLUDED.plan_id, next_retry_at = NULL, status_reason = NULL,"
                 " period_start = CASE WHEN %s AND subscriptions.period_start IS NOT NULL"
                 " THEN subscriptions.period_start ELSE EXCLUDED.period_start END,"
                 " period_end = EXCLUDED.period_end, version = EXCLUDED.version,"
@@ -197,6 +210,144 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                     event.extended,
                 ),
             ),
+        ]
+    return _lifecycle_statements(event)
+
+
+def _close(command_id: str, status: str, reason: str) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "UPDATE command_outbox SET status = %s, status_reason = %s, updated_at = now()"
+        " WHERE command_id = %s AND status IN ('accepted', 'processing')",
+        (status, reason, command_id),
+    )
+
+
+def _sub(sets: str, params: tuple[Any, ...], event: AnyEvent) -> tuple[str, tuple[Any, ...]]:
+    """Update the subscription row, creating it for a user whose first command is not a
+    payment (e.g. auto-renew toggled before ever paying)."""
+    return (
+        "INSERT INTO subscriptions (subscription_id, user_id, status, version, updated_at)"
+        " VALUES (%s, %s, 'none', %s, %s) ON CONFLICT (subscription_id) DO UPDATE SET"
+        f" {sets}, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+        (event.subscription_id, event.user_id, event.version, _ts(event.occurred_at), *params),
+    )
+
+
+def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
+    at = _ts(event.occurred_at)
+    v = event.version
+    if isinstance(event, RefundRequested):
+        r = event.request
+        return [
+            (
+                "INSERT INTO refunds (refund_id, payment_id, subscription_id, user_id, command_id,"
+                " amount_minor, currency, status, reason, actor, created_at, updated_at,"
+                " version) VALUES (%s, %s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s, %s, %s)"
+                " ON CONFLICT (refund_id) DO NOTHING",
+                (
+                    r.refund_id,
+                    r.payment_id,
+                    event.subscription_id,
+                    event.user_id,
+                    r.command_id,
+                    r.amount.amount_minor,
+                    r.amount.currency,
+                    r.reason,
+                    r.actor,
+                    at,
+                    at,
+                    v,
+                ),
+            ),
+            (
+                "UPDATE command_outbox SET status = 'processing', updated_at = now()"
+                " WHERE command_id = %s AND status = 'accepted'",
+                (r.command_id,),
+            ),
+        ]
+    if isinstance(event, RefundRedriven):
+        return [
+            (
+                "UPDATE refunds SET status_reason = %s, updated_at = %s, version = %s"
+                " WHERE refund_id = %s",
+                (
+                    f"awaiting provider outcome (check {event.attempt})",
+                    at,
+                    v,
+                    event.request.refund_id,
+                ),
+            )
+        ]
+    if isinstance(event, RefundOutcomeUnknown):
+        return [
+            (
+                "UPDATE refunds SET status = 'unknown', status_reason = %s, updated_at = %s,"
+                " version = %s WHERE refund_id = %s",
+                (event.error, at, v, event.refund_id),
+            )
+        ]
+    if isinstance(event, RefundSucceeded):
+        return [
+            (
+                "UPDATE refunds SET status = 'succeeded', status_reason = NULL,"
+                " provider_refund_id = %s, updated_at = %s, version = %s WHERE refund_id = %s",
+                (event.provider_refund_id, at, v, event.refund_id),
+            ),
+            (
+                "UPDATE payments SET refunded_minor = refunded_minor + %s, updated_at = %s"
+                " WHERE payment_id = %s",
+                (event.amount.amount_minor, at, event.payment_id),
+            ),
+            _close(event.command_id, "done", "refunded"),
+        ]
+    if isinstance(event, RefundFailed):
+        return [
+            (
+                "UPDATE refunds SET status = 'canceled', status_reason = %s,"
+                " provider_refund_id = COALESCE(%s, provider_refund_id), updated_at = %s,"
+                " version = %s WHERE refund_id = %s",
+                (event.reason, event.provider_refund_id, at, v, event.refund_id),
+            ),
+            _close(event.command_id, "done", f"refund failed: {event.reason}"),
+        ]
+    if isinstance(event, RefundRejected):
+        reason = f"{event.reason}: {event.detail}" if event.detail else event.reason
+        return [_close(event.command_id, "rejected", reason)]
+    if isinstance(event, AutoRenewChanged):
+        return [
+            _sub("auto_renew = %s", (event.enabled,), event),
+            _close(
+                event.command_id, "done", "auto_renew on" if event.enabled else "auto_renew off"
+            ),
+        ]
+    if isinstance(event, RenewalFailed):
+        return [
+            _sub(
+                "next_retry_at = %s, status_reason = %s",
+                (
+                    _ts(event.next_retry_at) if event.next_retry_at else None,
+                    f"renewal declined: {event.reason}",
+                ),
+                event,
+            )
+        ]
+    if isinstance(event, SubscriptionPastDue):
+        return [_sub("status = 'past_due'", (), event)]
+    if isinstance(event, SubscriptionExpired):
+        return [
+            _sub(
+                "status = 'expired', status_reason = %s, next_retry_at = NULL",
+                (event.reason,),
+                event,
+            )
+        ]
+    if isinstance(event, SubscriptionCanceled):
+        return [
+            _sub(
+                "status = 'canceled', status_reason = %s, period_end = %s",
+                (event.reason, _ts(event.access_until)),
+                event,
+            )
         ]
     return []
 

@@ -1,0 +1,89 @@
+"""Refunds: ask for one (intake → outbox → ledger, which enforces the refundable amount) and
+read your own."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api import intake, queries
+from api.deps import (
+    BackgroundDep,
+    CurrentUser,
+    DbDep,
+    IdempotencyKey,
+    JsonBody,
+    PoolDep,
+    PublisherDep,
+    SettingsDep,
+)
+from api.errors import RefundNotFound
+from api.models import RefundAccepted, RefundCreate, RefundOut, error_responses
+from api.relay import publish_soon
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["refunds"])
+
+
+@router.post(
+    "/payments/{payment_id}/refunds",
+    status_code=202,
+    response_model=RefundAccepted,
+    dependencies=[JsonBody],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def create_refund(
+    payment_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    key: IdempotencyKey,
+    body: RefundCreate,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    background: BackgroundDep,
+    settings: SettingsDep,
+) -> JSONResponse:
+    """Refund one of your payments, fully (no ``amount``) or partly. Needs an
+    ``Idempotency-Key``. 202 means accepted; the ledger refuses more than is still
+    refundable (``status: rejected`` with the reason on the status URL). A full refund of the
+    current period's payment ends access at once; a partial one keeps it."""
+    outcome = await intake.accept_refund(
+        pool,
+        settings,
+        user_id=user.user_id,
+        idem_key=key,
+        payment_id=str(payment_id),
+        request=body,
+        method=request.method,
+        path=request.url.path,
+    )
+    if outcome.message is not None:
+        publish_soon(background, pool, publisher, settings, outcome.message)
+        log.info("accepted refund command %s", outcome.message.command_id)
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    if outcome.location:
+        headers["Location"] = outcome.location
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+@router.get(
+    "/payments/{payment_id}/refunds",
+    response_model=list[RefundOut],
+    responses=error_responses(401, 422),
+)
+async def list_refunds(payment_id: uuid.UUID, user: CurrentUser, db: DbDep) -> list[RefundOut]:
+    """The refunds of one of your payments, oldest first."""
+    return await queries.list_refunds(db, user.user_id, payment_id)
+
+
+@router.get("/refunds/{refund_id}", response_model=RefundOut, responses=error_responses(401, 404))
+async def get_refund(refund_id: uuid.UUID, user: CurrentUser, db: DbDep) -> RefundOut:
+    """One of your refunds; someone else's is a 404, like a missing one."""
+    refund = await queries.get_refund(db, user.user_id, refund_id)
+    if refund is None:
+        raise RefundNotFound()
+    return refund

@@ -1,0 +1,267 @@
+"""ClickHouse DDL: the analytical history. Pure data, no I/O; ``billing.clickhouse`` applies it.
+
+The same statements run on the embedded engine (chdb) and on a ClickHouse server. Table names
+are unqualified: the client is bound to one database (``billing`` by default), so tests can give
+each case its own database inside one engine.
+
+Idempotent on replay, twice over:
+- every table fed from ``billing.events`` is a ``ReplacingMergeTree`` whose sorting key ends in
+  ``event_id``, and every other key column is a function of the event (an event id names one
+  immutable event: the ledger re-emits byte-identical events), so a replayed row is a duplicate
+  of the same key and merges away;
+- the sink inserts each batch with an ``insert_deduplication_token`` derived from the batch's
+  event ids, and ``non_replicated_deduplication_window`` makes a plain (non-replicated)
+  MergeTree remember the last blocks' tokens, so a replayed batch is dropped at insert time.
+Merges happen whenever they like, so queries never count raw rows: they deduplicate by key
+(``GROUP BY payment_id`` / ``event_id``, ``uniqExact``, or ``FINAL``); see analytics/queries.py.
+
+Grain: one row per event in ``events`` and in each derived table (``payments``: one row per
+payment lifecycle event, ``refunds``: per refund lifecycle event, ``subscription_periods``: per
+period granted). Derived tables carry what the queries need so they rarely touch JSON.
+
+Times are ``DateTime64(3, 'UTC')`` and are inserted as epoch milliseconds, the messages' unit.
+Money is integer minor units plus currency, as everywhere (schemas/money.py).
+
+Migrations are append-only: never edit a shipped statement, add a new migration (and write it
+so that running it twice is harmless: ``IF NOT EXISTS``), since several workers may start at
+once against a server.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DEFAULT_DATABASE = "billing"
+
+# Blocks (insert parts) whose tokens each table remembers. A crash replays the few batches after
+# the last committed offset; older duplicates are still removed by the replacing key.
+DEDUP_WINDOW = 1000
+
+_DEDUP = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
+
+MIGRATIONS_TABLE = "schema_migrations"
+
+CREATE_MIGRATIONS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+    version UInt32,
+    name String,
+    applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY version
+"""
+
+EVENTS = f"""
+CREATE TABLE IF NOT EXISTS events (
+    event_id String,
+    event_type LowCardinality(String),
+    subscription_id String,
+    user_id String,
+    version UInt64,
+    occurred_at DateTime64(3, 'UTC'),
+    causation_id String,
+    payment_id String,
+    refund_id String,
+    body String CODEC(ZSTD(3)),
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (event_type, occurred_at, event_id)
+SETTINGS {_DEDUP}
+"""
+
+# status: requested | redriven | rejected | pending | waiting_for_capture | unknown | succeeded
+# | canceled. Only ``requested`` rows carry the price (plan, amount, period_months, kind); the
+# succeeded row carries the captured amount; canceled/rejected rows the reason.
+PAYMENTS = f"""
+CREATE TABLE IF NOT EXISTS payments (
+    event_id String,
+    payment_id String,
+    subscription_id String,
+    user_id String,
+    status LowCardinality(String),
+    occurred_at DateTime64(3, 'UTC'),
+    version UInt64,
+    command_id String,
+    kind LowCardinality(String),
+    plan_id LowCardinality(String),
+    amount_minor Int64,
+    currency LowCardinality(String),
+    period_months UInt16,
+    provider_payment_id String,
+    attempt UInt32,
+    reason String,
+    party LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (status, occurred_at, event_id)
+SETTINGS {_DEDUP}
+"""
+
+# Filled once the refund events exist (their own issue): status requested | redriven | rejected
+# | pending | unknown | succeeded | canceled; ``fully_refunded`` on the succeeded row that
+# leaves nothing to refund (it ends access: analytics/queries.py).
+REFUNDS = f"""
+CREATE TABLE IF NOT EXISTS refunds (
+    event_id String,
+    refund_id String,
+    payment_id String,
+    subscription_id String,
+    user_id String,
+    status LowCardinality(String),
+    occurred_at DateTime64(3, 'UTC'),
+    version UInt64,
+    command_id String,
+    amount_minor Int64,
+    currency LowCardinality(String),
+    provider_refund_id String,
+    attempt UInt32,
+    reason String,
+    actor LowCardinality(String),
+    fully_refunded UInt8
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (status, occurred_at, event_id)
+SETTINGS {_DEDUP}
+"""
+
+SUBSCRIPTION_PERIODS = f"""
+CREATE TABLE IF NOT EXISTS subscription_periods (
+    event_id String,
+    subscription_id String,
+    user_id String,
+    payment_id String,
+    plan_id LowCardinality(String),
+    period_start DateTime64(3, 'UTC'),
+    period_end DateTime64(3, 'UTC'),
+    extended UInt8,
+    occurred_at DateTime64(3, 'UTC'),
+    version UInt64
+) ENGINE = ReplacingMergeTree
+ORDER BY (subscription_id, event_id)
+SETTINGS {_DEDUP}
+"""
+
+# Reconciliation results: one row per discrepancy state; the highest version is its current
+# state (open -> resolved | escalated). Fed by the reconciler (its own issue).
+DISCREPANCIES = f"""
+CREATE TABLE IF NOT EXISTS discrepancies (
+    discrepancy_id String,
+    run_id String,
+    class LowCardinality(String),
+    status LowCardinality(String),
+    resolution String,
+    subscription_id String,
+    payment_id String,
+    refund_id String,
+    provider_object_id String,
+    expected_amount_minor Nullable(Int64),
+    provider_amount_minor Nullable(Int64),
+    currency LowCardinality(String),
+    detected_at DateTime64(3, 'UTC'),
+    updated_at DateTime64(3, 'UTC'),
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY discrepancy_id
+SETTINGS {_DEDUP}
+"""
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "analytics history: events, payments, refunds, periods, discrepancies",
+        (EVENTS, PAYMENTS, REFUNDS, SUBSCRIPTION_PERIODS, DISCREPANCIES),
+    ),
+)
+
+# Insert column order of each table (every column but the ``DEFAULT`` ones). The sink builds
+# its row tuples in exactly this order; an integration test checks it against system.columns.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": (
+        "event_id",
+        "event_type",
+        "subscription_id",
+        "user_id",
+        "version",
+        "occurred_at",
+        "causation_id",
+        "payment_id",
+        "refund_id",
+        "body",
+    ),
+    "payments": (
+        "event_id",
+        "payment_id",
+        "subscription_id",
+        "user_id",
+        "status",
+        "occurred_at",
+        "version",
+        "command_id",
+        "kind",
+        "plan_id",
+        "amount_minor",
+        "currency",
+        "period_months",
+        "provider_payment_id",
+        "attempt",
+        "reason",
+        "party",
+    ),
+    "refunds": (
+        "event_id",
+        "refund_id",
+        "payment_id",
+        "subscription_id",
+        "user_id",
+        "status",
+        "occurred_at",
+        "version",
+        "command_id",
+        "amount_minor",
+        "currency",
+        "provider_refund_id",
+        "attempt",
+        "reason",
+        "actor",
+        "fully_refunded",
+    ),
+    "subscription_periods": (
+        "event_id",
+        "subscription_id",
+        "user_id",
+        "payment_id",
+        "plan_id",
+        "period_start",
+        "period_end",
+        "extended",
+        "occurred_at",
+        "version",
+    ),
+    "discrepancies": (
+        "discrepancy_id",
+        "run_id",
+        "class",
+        "status",
+        "resolution",
+        "subscription_id",
+        "payment_id",
+        "refund_id",
+        "provider_object_id",
+        "expected_amount_minor",
+        "provider_amount_minor",
+        "currency",
+        "detected_at",
+        "updated_at",
+        "version",
+    ),
+}
+
+# Tables the events sink writes, in insert order (``events`` last: it is the widest).
+EVENT_TABLES: tuple[str, ...] = ("payments", "refunds", "subscription_periods", "events")

@@ -1,0 +1,402 @@
+"""Sink core: billing.events -> ClickHouse history (schemas/clickhouse.py), idempotent.
+
+``rows_from_events`` is pure: raw event values in, rows per table out (tuples in
+``schemas.clickhouse.COLUMNS`` order). ``write_batch`` inserts them, one block per table, each
+under an ``insert_deduplication_token`` derived from the event ids of its rows: a batch
+delivered again (a replay after a crash) is dropped by the engine, and rows that slip through
+in differently cut batches are duplicates of the same ``event_id`` key, which the
+ReplacingMergeTree tables merge away and the queries ignore (analytics/queries.py).
+
+Extending it (refund events, reconciliation results): write a mapper returning
+``(table, row)`` pairs, build rows with ``payment_row``/``refund_row``/``period_row`` and
+register it with ``@maps(TheEvent)``. An event this build cannot decode (a newer producer)
+still lands in ``events`` with its raw body, so the history stays complete and derived rows can
+be backfilled from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from billing.clickhouse import ClickHouse
+from schemas.clickhouse import COLUMNS, EVENT_TABLES
+from schemas.messages import (
+    Event,
+    PaymentCanceled,
+    PaymentOutcomeUnknown,
+    PaymentPending,
+    PaymentRedriven,
+    PaymentRejected,
+    PaymentRequested,
+    PaymentSucceeded,
+    SubscriptionActivated,
+    decode_event,
+)
+from schemas.money import Money
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+TableRows = dict[str, list[Row]]
+Mapper = Callable[[Any], Iterable[tuple[str, Row]]]
+
+E = TypeVar("E", bound=Event)
+
+MAPPERS: dict[type[Event], Mapper] = {}
+
+
+def maps(*classes: type[E]) -> Callable[[Callable[[E], Iterable[tuple[str, Row]]]], Mapper]:
+    """Register the mapper of one or more event classes (derived rows beyond ``events``)."""
+
+    def register(fn: Callable[[E], Iterable[tuple[str, Row]]]) -> Mapper:
+        for cls in classes:
+            MAPPERS[cls] = fn
+        return fn
+
+    return register
+
+
+# ------------------------------------------------------------------------------ row builders
+def payment_row(
+    e: Event,
+    *,
+    status: str,
+    payment_id: str,
+    command_id: str = "",
+    kind: str = "",
+    plan_id: str = "",
+    amount: Money | None = None,
+    period_months: int = 0,
+    provider_payment_id: str | None = None,
+    attempt: int = 0,
+    reason: str = "",
+    party: str | None = None,
+) -> Row:
+    """A ``payments`` row, in COLUMNS["payments"] order."""
+    return (
+        e.event_id,
+        payment_id,
+        e.subscription_id,
+        e.user_id,
+        status,
+        e.occurred_at,
+        e.version,
+        command_id,
+        kind,
+        plan_id,
+        amount.amount_minor if amount is not None else 0,
+        amount.currency if amount is not None else "",
+        period_months,
+        provider_payment_id or "",
+        attempt,
+        reason,
+        party or "",
+    )
+
+
+def refund_row(
+    e: Event,
+    *,
+    status: str,
+    refund_id: str,
+    payment_id: str,
+    command_id: str = "",
+    amount: Money | None = None,
+    provider_refund_id: str | None = None,
+    attempt: int = 0,
+    reason: str = "",
+    actor: str = "",
+    fully_refunded: bool = False,
+) -> Row:
+    """A ``refunds`` row, in COLUMNS["refunds"] order (for the refund events' mappers)."""
+    return (
+        e.event_id,
+        refund_id,
+        payment_id,
+        e.subscription_id,
+        e.user_id,
+        status,
+        e.occurred_at,
+        e.version,
+        command_id,
+        amount.amount_minor if amount is not None else 0,
+        amount.currency if amount is not None else "",
+        provider_refund_id or "",
+        attempt,
+        reason,
+        actor,
+        int(fully_refunded),
+    )
+
+
+def period_row(
+    e: Event, *, payment_id: str, plan_id: str, start: int, end: int, extended: bool
+) -> Row:
+    """A ``subscription_periods`` row, in COLUMNS["subscription_periods"] order."""
+    return (
+        e.event_id,
+        e.subscription_id,
+        e.user_id,
+        payment_id,
+        plan_id,
+        start,
+        end,
+        int(extended),
+        e.occurred_at,
+        e.version,
+    )
+
+
+# ---------------------------------------------------------------------------------- mappers
+@maps(PaymentRequested, PaymentRedriven)
+def _payment_requested(e: PaymentRequested | PaymentRedriven) -> Iterable[tuple[str, Row]]:
+    r = e.request
+    redriven = isinstance(e, PaymentRedriven)
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status="redriven" if redriven else "requested",
+                payment_id=r.payment_id,
+                command_id=r.command_id,
+                kind=getattr(r, "kind", "purchase"),
+                plan_id=r.plan_id,
+                amount=r.amount,
+                period_months=r.period_months,
+                provider_payment_id=e.provider_payment_id if redriven else None,
+                attempt=e.attempt if redriven else 0,
+            ),
+        ),
+    )
+
+
+@maps(PaymentRejected)
+def _payment_rejected(e: PaymentRejected) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status="rejected",
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                reason=e.reason,
+            ),
+        ),
+    )
+
+
+@maps(PaymentPending)
+def _payment_pending(e: PaymentPending) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status=e.status,
+                payment_id=e.payment_id,
+                provider_payment_id=e.provider_payment_id,
+            ),
+        ),
+    )
+
+
+@maps(PaymentOutcomeUnknown)
+def _payment_unknown(e: PaymentOutcomeUnknown) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "payments",
+            payment_row(
+                e, status="unknown", payment_id=e.payment_id, attempt=e.attempt, reason=e.error
+            ),
+        ),
+    )
+
+
+@maps(PaymentSucceeded)
+def _payment_succeeded(e: PaymentSucceeded) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status="succeeded",
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                amount=e.amount,
+                provider_payment_id=e.provider_payment_id,
+            ),
+        ),
+    )
+
+
+@maps(PaymentCanceled)
+def _payment_canceled(e: PaymentCanceled) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status="canceled",
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                provider_payment_id=e.provider_payment_id,
+                reason=e.reason,
+                party=e.party,
+            ),
+        ),
+    )
+
+
+@maps(SubscriptionActivated)
+def _subscription_activated(e: SubscriptionActivated) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_periods",
+            period_row(
+                e,
+                payment_id=e.payment_id,
+                plan_id=e.plan_id,
+                start=e.period_start,
+                end=e.period_end,
+                extended=e.extended,
+            ),
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------- batch -> rows
+class _Envelope(msgspec.Struct):
+    """The common fields of any event, for a value this build cannot decode in full."""
+
+    type: str
+    event_id: str
+    subscription_id: str = ""
+    user_id: str = ""
+    version: int = 0
+    occurred_at: int = 0
+    causation_id: str = ""
+    payment_id: str = ""
+    refund_id: str = ""
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def _subject_ids(event: Event) -> tuple[str, str]:
+    """(payment_id, refund_id) an event is about, '' when none."""
+    request = getattr(event, "request", None)
+    payment_id = getattr(event, "payment_id", None) or getattr(request, "payment_id", "")
+    refund_id = getattr(event, "refund_id", None) or getattr(request, "refund_id", "")
+    return payment_id, refund_id
+
+
+def rows_from_events(values: Iterable[bytes]) -> TableRows:
+    """Rows per table (EVENT_TABLES; empty lists included) for a batch of raw event values.
+
+    An event id seen twice in the batch yields its rows once. A value that is not an event at
+    all is logged and skipped (it cannot be keyed).
+    """
+    tables: TableRows = {table: [] for table in EVENT_TABLES}
+    events = tables["events"]
+    seen: set[str] = set()
+    for raw in values:
+        try:
+            event = decode_event(raw)
+        except msgspec.DecodeError:
+            _unknown_event(raw, events, seen)
+            continue
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        payment_id, refund_id = _subject_ids(event)
+        events.append(
+            (
+                event.event_id,
+                type(event).__name__,
+                event.subscription_id,
+                event.user_id,
+                event.version,
+                event.occurred_at,
+                event.causation_id,
+                payment_id,
+                refund_id,
+                raw,
+            )
+        )
+        mapper = MAPPERS.get(type(event))
+        if mapper is not None:
+            for table, row in mapper(event):
+                tables[table].append(row)
+    return tables
+
+
+def _unknown_event(raw: bytes, events: list[Row], seen: set[str]) -> None:
+    try:
+        env = _envelope_decoder.decode(raw)
+    except msgspec.DecodeError:
+        log.error("clickhouse sink: skipping a value that is not an event: %.200r", raw)
+        return
+    log.warning("clickhouse sink: %s %s kept in events only (unknown here)", env.type, env.event_id)
+    if env.event_id in seen:
+        return
+    seen.add(env.event_id)
+    events.append(
+        (
+            env.event_id,
+            env.type,
+            env.subscription_id,
+            env.user_id,
+            env.version,
+            env.occurred_at,
+            env.causation_id,
+            env.payment_id,
+            env.refund_id,
+            raw,
+        )
+    )
+
+
+def dedup_token(table: str, rows: Sequence[Row]) -> str:
+    """The insert deduplication token of a block: the table and the set of its rows' keys
+    (first column: the event id), so the same events give the same token in any order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(str(row[0]) for row in rows):
+        digest.update(key.encode())
+        digest.update(b"\n")
+    return f"{table}:{len(rows)}:{digest.hexdigest()}"
+
+
+def write_rows(client: ClickHouse, tables: TableRows) -> dict[str, int]:
+    """Insert each non-empty table's rows as one deduplicated block (synchronous)."""
+    written: dict[str, int] = {}
+    for table in EVENT_TABLES:
+        rows = tables.get(table)
+        if not rows:
+            continue
+        client.insert(table, rows, COLUMNS[table], dedup_token=dedup_token(table, rows))
+        written[table] = len(rows)
+    return written
+
+
+def write_batch_sync(client: ClickHouse, batch: Sequence[bytes]) -> dict[str, int]:
+    return write_rows(client, rows_from_events(batch))
+
+
+async def write_batch(client: ClickHouse, batch: Sequence[bytes]) -> dict[str, int]:
+    """Map and insert a batch of raw billing.events values; returns rows written per table.
+
+    Runs in a thread: mapping is CPU work and the engine call blocks (chdb releases the GIL).
+    Raises on a store error; the caller retries the same batch (the tokens make that safe)
+    before it lets the offsets be committed.
+    """
+    if not batch:
+        return {}
+    return await asyncio.to_thread(write_batch_sync, client, batch)
