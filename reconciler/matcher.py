@@ -1,0 +1,569 @@
+"""The reconciliation matcher: pure classification of the provider's report against the ledger.
+
+No Faust, no database, no clock: the time (``now``), the window and the pending SLA come in a
+``MatchConfig``, so the same inputs always give the same items, and a replayed report line
+gives the same item again (its repair is idempotent: observation ids and refund keys are
+derived, never random).
+
+Two entry points, one logic. The streaming agent calls ``match_line`` for each report line
+(with the subscription's state and the ``SubscriptionRun`` it keeps for this run) and
+``end_of_report`` for each subscription when the end-of-report marker arrives. ``reconcile``
+(the nightly batch) is exactly that fold over a whole report, so both paths agree by
+construction.
+
+Inputs
+------
+- Ledger: ``SubscriptionState.payments`` (``PaymentRecord``) and, until refunds live in the
+  state, the ledger's refunds as ``LedgerRefund`` items passed alongside.
+- Report: ``reconciler.report.PaymentLine``/``RefundLine``, the provider's objects created in
+  the window. The report should cover provider ``created_at`` in ``[start, end + lag)`` where
+  lag covers the delay from our request to the provider's create: a ledger item requested
+  just before ``end`` is otherwise judged missing.
+- ``MatchConfig``: the window ``[window_start, window_end)`` (epoch ms) judged on the
+  ledger's ``requested_at``; ``now`` (when the report was taken, the same for every line of a
+  run); ``pending_sla_ms``.
+
+Definitions
+-----------
+- Terminal: ``succeeded`` and ``canceled``. Anything else (ours: requested, unknown, pending,
+  waiting_for_capture; theirs: pending, waiting_for_capture) is in flight.
+- Overdue: ``now - requested_at >= pending_sla_ms`` for a ledger item (a provider object with
+  no ledger item: ``now - created_at``). Within the SLA an in-flight item on either side is
+  classified ``in_flight`` (not a discrepancy, judged again by a later run). Past the SLA an
+  in-flight status counts as no outcome at all, which is what "missing" means here:
+  *pending past the SLA is missing*. A provider line still in flight past the SLA, or a
+  ledger item still in flight past the SLA that the provider never reported, is
+  ``missing_at_provider`` (escalate). A ledger item in flight past the SLA for which the
+  provider reports a terminal status is repaired like any other (apply it).
+- The ledger payment of a payment line: ``metadata.payment_id`` in the subscription's state,
+  else the record holding that provider id. The provider object *bound* to a ledger payment
+  is the record's ``provider_payment_id``, else the first line for it processed in the run.
+  Another provider object under the same payment id is a *sibling* (it only exists after an
+  Idempotence-Key failure); a sibling line has no "ours" side.
+- One payment request buys exactly one period, and the ledger refuses a second payment while
+  one is in flight, so "two succeeded charges for one subscription period" is two succeeded
+  provider objects under one payment id. The charge *kept* is the one the ledger recorded
+  (a ledger ``succeeded`` was re-read from the provider, so it exists), else the first
+  succeeded line processed (the oldest: ``reconcile`` processes lines in
+  ``report.report_order``); every other succeeded one is ``duplicate_charge``, refunded in
+  full under a refund key derived from its provider id. This refunds "the later one" except
+  when the ledger recorded the later one: then the unrecorded one is refunded, so the ledger
+  never points at refunded money.
+
+Classes (one item per ledger object and per report object; each ledger object is "ours" in
+exactly one item, each provider object "theirs" in exactly one, so totals add up)
+--------------------------------------------------------------------------------------------
+Checked in this order for a payment line:
+
+1. no ledger payment (no state, unknown ids) -> ``missing_internal``, escalate (the ledger
+   cannot apply an outcome to a payment it never requested).
+2. currency differs from the ledger payment's -> ``currency_mismatch``, escalate.
+3. amount differs -> ``amount_mismatch``, escalate.
+4. succeeded, and another charge is kept for the payment -> ``duplicate_charge``,
+   refund_later_duplicate.
+5. status (same object): equal terminal -> ``matched``; theirs succeeded, ours in flight ->
+   ``missing_internal`` (the missed webhook), apply; any other terminal difference ->
+   ``status_mismatch``, apply; theirs in flight -> ``in_flight``, or past the SLA
+   ``missing_at_provider``, escalate.
+   Sibling: succeeded -> as if ours were absent (``missing_internal``, or ``status_mismatch``
+   when the ledger canceled the payment), apply; canceled -> ``matched`` (no money on either
+   side); in flight -> ``in_flight``, past the SLA ``missing_at_provider``.
+
+At the end of the report, for each ledger payment requested in the window that no line
+accounted for: succeeded -> ``missing_at_provider``, escalate; canceled without a provider id
+-> ``matched`` (the provider never created it: no money on either side); canceled with one ->
+``missing_at_provider``; in flight -> ``in_flight``, past the SLA ``missing_at_provider``.
+
+Refunds (lines matched by ``metadata.refund_id``, else by provider refund id) have one
+discrepancy class, ``refund_mismatch`` (escalate; ``detail`` says why): unknown to the
+ledger, currency or amount differ, terminal statuses differ, in flight past the SLA, or, at
+the end, a ledger refund in the window that the provider never reported (succeeded, canceled
+with a provider id, or in flight past the SLA). Equal terminal statuses -> ``matched``;
+in flight within the SLA -> ``in_flight``.
+
+Repairs proposed: ``none`` | ``apply_provider_status`` (``observation`` is a
+``PaymentObserved`` with ``source="reconciliation"``, deduplicated with the webhook's by its
+observation id, so applying it while the webhook is in flight is harmless) |
+``refund_later_duplicate`` (``refund_key`` is the refund's Idempotence-Key) | ``escalate``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from reconciler.report import PaymentLine, RefundLine, RefundStatus, ReportLine, report_order
+from schemas.ids import NS_BILLING, observation_id_for
+from schemas.messages import TERMINAL_PAYMENT_STATUSES, PaymentObserved
+from schemas.money import Money
+from schemas.state import PaymentRecord, SubscriptionState
+
+MatchClass = Literal[
+    "matched",
+    "in_flight",
+    "missing_internal",
+    "status_mismatch",
+    "missing_at_provider",
+    "amount_mismatch",
+    "currency_mismatch",
+    "duplicate_charge",
+    "refund_mismatch",
+]
+MATCH_CLASSES: tuple[MatchClass, ...] = (
+    "matched",
+    "in_flight",
+    "missing_internal",
+    "status_mismatch",
+    "missing_at_provider",
+    "amount_mismatch",
+    "currency_mismatch",
+    "duplicate_charge",
+    "refund_mismatch",
+)
+# Not discrepancies: the books agree, or the item is still in flight within the SLA.
+AGREEING_CLASSES: frozenset[str] = frozenset({"matched", "in_flight"})
+DISCREPANCY_CLASSES: frozenset[str] = frozenset(MATCH_CLASSES) - AGREEING_CLASSES
+
+RepairKind = Literal["none", "apply_provider_status", "refund_later_duplicate", "escalate"]
+
+# Beyond the ledger's longest re-drive backoff (1 h) with room for the user's 3-DS step.
+DEFAULT_PENDING_SLA_MS = 2 * 3_600_000
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """What the matcher is not told by its inputs. All times epoch ms UTC."""
+
+    window_start: int
+    window_end: int
+    now: int
+    pending_sla_ms: int = DEFAULT_PENDING_SLA_MS
+
+    def __post_init__(self) -> None:
+        if self.window_start >= self.window_end:
+            raise ValueError("empty window: window_start must be before window_end")
+        if self.pending_sla_ms < 0:
+            raise ValueError("pending_sla_ms must not be negative")
+
+    def in_window(self, at: int) -> bool:
+        return self.window_start <= at < self.window_end
+
+    def overdue(self, since: int) -> bool:
+        return self.now - since >= self.pending_sla_ms
+
+
+class LedgerRefund(msgspec.Struct, frozen=True, kw_only=True):
+    """The ledger's view of one refund (until the ledger state carries refunds)."""
+
+    refund_id: str
+    payment_id: str
+    amount: Money
+    status: RefundStatus
+    requested_at: int
+    provider_refund_id: str | None = None
+
+
+class MatchItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One classified object. ``kind`` is the class; ``ours_*`` is the ledger object (absent
+    when the ledger has none for this provider object) and ``theirs_*`` the provider's
+    (absent when the provider never reported it)."""
+
+    kind: MatchClass
+    object: Literal["payment", "refund"]
+    subscription_id: str | None
+    payment_id: str | None
+    refund_id: str | None = None
+    provider_id: str | None
+    ours_status: str | None
+    theirs_status: str | None
+    ours_amount: Money | None
+    theirs_amount: Money | None
+    repair: RepairKind
+    observation: PaymentObserved | None = None
+    refund_key: str | None = None
+    detail: str = ""
+
+    @property
+    def discrepancy(self) -> bool:
+        return self.kind in DISCREPANCY_CLASSES
+
+
+class SubscriptionRun(msgspec.Struct, frozen=True, kw_only=True):
+    """What one run has processed for one subscription: the streaming agent keeps it per
+    (run, subscription) between lines and hands it to ``end_of_report``."""
+
+    seen: frozenset[str] = frozenset()  # "payment:<provider id>" / "refund:<provider id>"
+    accounted: frozenset[str] = frozenset()  # ledger payment ids already "ours" in an item
+    accounted_refunds: frozenset[str] = frozenset()  # ledger refund ids likewise
+    bound: dict[str, str] = {}  # payment id -> provider object standing for it
+    kept: dict[str, str] = {}  # payment id -> the succeeded charge kept (not yet recorded)
+
+
+class Summary(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts per class (every class present) and succeeded totals per currency."""
+
+    counts: dict[str, int]
+    payments_ours: dict[str, Money]
+    payments_theirs: dict[str, Money]
+    refunds_ours: dict[str, Money]
+    refunds_theirs: dict[str, Money]
+
+    @property
+    def discrepancies(self) -> int:
+        return sum(n for kind, n in self.counts.items() if kind in DISCREPANCY_CLASSES)
+
+
+class MatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[MatchItem]
+    summary: Summary
+
+
+def duplicate_refund_key(provider_payment_id: str) -> str:
+    """The refund id (provider Idempotence-Key) of the refund of a duplicate charge: one
+    per charge, however many runs propose it."""
+    return str(uuid.uuid5(NS_BILLING, f"duplicate-refund:{provider_payment_id}"))
+
+
+# ------------------------------------------------------------------------ streaming steps
+def match_line(
+    state: SubscriptionState | None,
+    line: ReportLine,
+    cfg: MatchConfig,
+    run: SubscriptionRun | None = None,
+    refunds: Sequence[LedgerRefund] = (),
+) -> tuple[MatchItem | None, SubscriptionRun]:
+    """Classify one report line against its subscription's state (``None`` when the ledger
+    has no such subscription or the line names none). Returns the item, or ``None`` for a
+    provider object this run already classified (a redelivered line), and the updated run.
+    """
+    if state is not None and line.subscription_id != state.subscription_id:
+        raise ValueError(
+            f"line for subscription {line.subscription_id!r} matched against the state of "
+            f"{state.subscription_id!r}"
+        )
+    run = run or SubscriptionRun()
+    if isinstance(line, PaymentLine):
+        key = f"payment:{line.provider_payment_id}"
+    else:
+        key = f"refund:{line.provider_refund_id}"
+    if key in run.seen:
+        return None, run
+    run = msgspec.structs.replace(run, seen=run.seen | {key})
+    if isinstance(line, PaymentLine):
+        return _match_payment(state, line, cfg, run)
+    return _match_refund(line, cfg, run, refunds)
+
+
+def end_of_report(
+    state: SubscriptionState,
+    cfg: MatchConfig,
+    run: SubscriptionRun | None = None,
+    refunds: Sequence[LedgerRefund] = (),
+) -> list[MatchItem]:
+    """The ledger's items of one subscription requested in the window that no line of this
+    run accounted for (the provider never reported them)."""
+    run = run or SubscriptionRun()
+    items: list[MatchItem] = []
+    for rec in sorted(state.payments.values(), key=lambda r: (r.requested_at, r.payment_id)):
+        if cfg.in_window(rec.requested_at) and rec.payment_id not in run.accounted:
+            items.append(_unreported_payment(state.subscription_id, rec, cfg))
+    for ref in sorted(refunds, key=lambda r: (r.requested_at, r.refund_id)):
+        if cfg.in_window(ref.requested_at) and ref.refund_id not in run.accounted_refunds:
+            items.append(_unreported_refund(state.subscription_id, ref, cfg))
+    return items
+
+
+# ---------------------------------------------------------------------------------- batch
+def reconcile(
+    states: Iterable[SubscriptionState],
+    lines: Iterable[ReportLine],
+    cfg: MatchConfig,
+    refunds: Mapping[str, Sequence[LedgerRefund]] | None = None,
+) -> MatchResult:
+    """The whole report against the whole ledger: ``match_line`` over the lines in
+    ``report_order``, then ``end_of_report`` for every subscription."""
+    by_sub = {s.subscription_id: s for s in states}
+    refunds = refunds or {}
+    runs: dict[str, SubscriptionRun] = {}
+    items: list[MatchItem] = []
+    for line in sorted(lines, key=report_order):
+        sub_id = line.subscription_id
+        state = by_sub.get(sub_id) if sub_id is not None else None
+        run_key = sub_id or ""
+        item, runs[run_key] = match_line(
+            state, line, cfg, runs.get(run_key), refunds.get(sub_id or "", ())
+        )
+        if item is not None:
+            items.append(item)
+    for sub_id in sorted(by_sub):
+        items.extend(end_of_report(by_sub[sub_id], cfg, runs.get(sub_id), refunds.get(sub_id, ())))
+    return MatchResult(items=items, summary=summarize(items))
+
+
+def summarize(items: Iterable[MatchItem]) -> Summary:
+    counts: dict[str, int] = dict.fromkeys(MATCH_CLASSES, 0)
+    totals: dict[str, dict[str, Money]] = {
+        "payments_ours": {},
+        "payments_theirs": {},
+        "refunds_ours": {},
+        "refunds_theirs": {},
+    }
+    for item in items:
+        counts[item.kind] += 1
+        prefix = "payments" if item.object == "payment" else "refunds"
+        if item.ours_status == "succeeded" and item.ours_amount is not None:
+            _add(totals[f"{prefix}_ours"], item.ours_amount)
+        if item.theirs_status == "succeeded" and item.theirs_amount is not None:
+            _add(totals[f"{prefix}_theirs"], item.theirs_amount)
+    return Summary(counts=counts, **totals)
+
+
+def _add(totals: dict[str, Money], amount: Money) -> None:
+    prior = totals.get(amount.currency)
+    minor = amount.amount_minor + (prior.amount_minor if prior is not None else 0)
+    totals[amount.currency] = Money(minor, amount.currency)
+
+
+# ------------------------------------------------------------------------------ payments
+def _find_record(state: SubscriptionState | None, line: PaymentLine) -> PaymentRecord | None:
+    if state is None:
+        return None
+    if line.payment_id is not None and line.payment_id in state.payments:
+        return state.payments[line.payment_id]
+    for rec in state.payments.values():
+        if rec.provider_payment_id == line.provider_payment_id:
+            return rec
+    return None
+
+
+def _observation(sub_id: str, rec: PaymentRecord, line: PaymentLine, now: int) -> PaymentObserved:
+    return PaymentObserved(
+        observation_id=observation_id_for(line.provider_payment_id, line.status),
+        subscription_id=sub_id,
+        observed_at=now,
+        source="reconciliation",
+        payment_id=rec.payment_id,
+        provider_payment_id=line.provider_payment_id,
+        status=line.status,
+        amount=line.amount,
+        paid=line.paid,
+        cancellation_party=line.cancellation_party,
+        cancellation_reason=line.cancellation_reason,
+        payment_method_id=line.payment_method_id,
+        payment_method_saved=line.payment_method_saved,
+    )
+
+
+def _match_payment(
+    state: SubscriptionState | None, line: PaymentLine, cfg: MatchConfig, run: SubscriptionRun
+) -> tuple[MatchItem, SubscriptionRun]:
+    rec = _find_record(state, line)
+    theirs = line.status
+    if state is None or rec is None:
+        return (
+            MatchItem(
+                kind="missing_internal",
+                object="payment",
+                subscription_id=line.subscription_id,
+                payment_id=line.payment_id,
+                provider_id=line.provider_payment_id,
+                ours_status=None,
+                theirs_status=theirs,
+                ours_amount=None,
+                theirs_amount=line.amount,
+                repair="escalate",
+                detail="the ledger has no payment for this provider object",
+            ),
+            run,
+        )
+
+    pid = rec.payment_id
+    bound = run.bound.get(pid) or rec.provider_payment_id
+    if bound is None:
+        bound = line.provider_payment_id
+        run = msgspec.structs.replace(run, bound={**run.bound, pid: bound})
+    same = bound == line.provider_payment_id
+    if same:
+        run = msgspec.structs.replace(run, accounted=run.accounted | {pid})
+
+    recorded = rec.provider_payment_id if rec.status == "succeeded" else None
+    kept = recorded or run.kept.get(pid)
+    if theirs == "succeeded" and kept is None:
+        run = msgspec.structs.replace(run, kept={**run.kept, pid: line.provider_payment_id})
+
+    def item(kind: MatchClass, repair: RepairKind, detail: str) -> MatchItem:
+        return MatchItem(
+            kind=kind,
+            object="payment",
+            subscription_id=state.subscription_id,
+            payment_id=pid,
+            provider_id=line.provider_payment_id,
+            ours_status=rec.status if same else None,
+            theirs_status=theirs,
+            ours_amount=rec.amount if same else None,
+            theirs_amount=line.amount,
+            repair=repair,
+            observation=(
+                _observation(state.subscription_id, rec, line, cfg.now)
+                if repair == "apply_provider_status"
+                else None
+            ),
+            refund_key=(
+                duplicate_refund_key(line.provider_payment_id)
+                if repair == "refund_later_duplicate"
+                else None
+            ),
+            detail=detail if same else f"second provider object for payment {pid}: {detail}",
+        )
+
+    if line.amount.currency != rec.amount.currency:
+        return item("currency_mismatch", "escalate", f"ours in {rec.amount.currency}"), run
+    if line.amount != rec.amount:
+        return item("amount_mismatch", "escalate", f"ours {rec.amount}"), run
+    if theirs == "succeeded" and kept is not None and kept != line.provider_payment_id:
+        return item("duplicate_charge", "refund_later_duplicate", f"charge {kept} is kept"), run
+
+    overdue = cfg.overdue(rec.requested_at)
+    if same:
+        ours = rec.status
+        if theirs in TERMINAL_PAYMENT_STATUSES:
+            if ours == theirs:
+                return item("matched", "none", ""), run
+            if theirs == "succeeded" and ours not in TERMINAL_PAYMENT_STATUSES:
+                return item("missing_internal", "apply_provider_status", "missed outcome"), run
+            return item("status_mismatch", "apply_provider_status", f"ours {ours}"), run
+    else:
+        age_from = line.created_at if line.created_at is not None else rec.requested_at
+        overdue = cfg.overdue(age_from)
+        if theirs == "succeeded":
+            if rec.status == "canceled":
+                return item("status_mismatch", "apply_provider_status", "ours canceled"), run
+            return item("missing_internal", "apply_provider_status", "missed outcome"), run
+        if theirs == "canceled":
+            return item("matched", "none", "canceled: no money on either side"), run
+    if overdue:
+        return item("missing_at_provider", "escalate", "no provider outcome past the SLA"), run
+    return item("in_flight", "none", ""), run
+
+
+def _unreported_payment(sub_id: str, rec: PaymentRecord, cfg: MatchConfig) -> MatchItem:
+    kind: MatchClass
+    if rec.status == "canceled" and rec.provider_payment_id is None:
+        kind, detail = "matched", "never created at the provider: no money on either side"
+    elif rec.status in TERMINAL_PAYMENT_STATUSES or cfg.overdue(rec.requested_at):
+        kind, detail = "missing_at_provider", "not in the provider's report"
+    else:
+        kind, detail = "in_flight", "not in the provider's report yet"
+    return MatchItem(
+        kind=kind,
+        object="payment",
+        subscription_id=sub_id,
+        payment_id=rec.payment_id,
+        provider_id=rec.provider_payment_id,
+        ours_status=rec.status,
+        theirs_status=None,
+        ours_amount=rec.amount,
+        theirs_amount=None,
+        repair="escalate" if kind == "missing_at_provider" else "none",
+        detail=detail,
+    )
+
+
+# ------------------------------------------------------------------------------- refunds
+def _match_refund(
+    line: RefundLine, cfg: MatchConfig, run: SubscriptionRun, refunds: Sequence[LedgerRefund]
+) -> tuple[MatchItem, SubscriptionRun]:
+    ref = _find_refund(line, refunds)
+    if ref is None or ref.refund_id in run.accounted_refunds:
+        return (
+            MatchItem(
+                kind="refund_mismatch",
+                object="refund",
+                subscription_id=line.subscription_id,
+                payment_id=line.payment_id if ref is None else ref.payment_id,
+                refund_id=line.refund_id if ref is None else ref.refund_id,
+                provider_id=line.provider_refund_id,
+                ours_status=None,
+                theirs_status=line.status,
+                ours_amount=None,
+                theirs_amount=line.amount,
+                repair="escalate",
+                detail=(
+                    "the ledger has no such refund"
+                    if ref is None
+                    else "second provider refund for one ledger refund"
+                ),
+            ),
+            run,
+        )
+    run = msgspec.structs.replace(run, accounted_refunds=run.accounted_refunds | {ref.refund_id})
+    ours, theirs = ref.status, line.status
+    kind: MatchClass = "refund_mismatch"
+    if line.amount.currency != ref.amount.currency:
+        detail = f"currency differs: ours in {ref.amount.currency}"
+    elif line.amount != ref.amount:
+        detail = f"amount differs: ours {ref.amount}"
+    elif ours == theirs and ours != "pending":
+        kind, detail = "matched", ""
+    elif (ours == "pending" or theirs == "pending") and not cfg.overdue(ref.requested_at):
+        kind, detail = "in_flight", ""
+    elif ours == "pending" or theirs == "pending":
+        detail = "no outcome past the SLA"
+    else:
+        detail = f"status differs: ours {ours}"
+    return (
+        MatchItem(
+            kind=kind,
+            object="refund",
+            subscription_id=line.subscription_id,
+            payment_id=ref.payment_id,
+            refund_id=ref.refund_id,
+            provider_id=line.provider_refund_id,
+            ours_status=ours,
+            theirs_status=theirs,
+            ours_amount=ref.amount,
+            theirs_amount=line.amount,
+            repair="escalate" if kind == "refund_mismatch" else "none",
+            detail=detail,
+        ),
+        run,
+    )
+
+
+def _find_refund(line: RefundLine, refunds: Sequence[LedgerRefund]) -> LedgerRefund | None:
+    if line.refund_id is not None:
+        for ref in refunds:
+            if ref.refund_id == line.refund_id:
+                return ref
+    for ref in refunds:
+        if ref.provider_refund_id == line.provider_refund_id:
+            return ref
+    return None
+
+
+def _unreported_refund(sub_id: str, ref: LedgerRefund, cfg: MatchConfig) -> MatchItem:
+    kind: MatchClass
+    if ref.status == "canceled" and ref.provider_refund_id is None:
+        kind, detail = "matched", "never created at the provider: no money on either side"
+    elif ref.status != "pending" or cfg.overdue(ref.requested_at):
+        kind, detail = "refund_mismatch", "not in the provider's report"
+    else:
+        kind, detail = "in_flight", "not in the provider's report yet"
+    return MatchItem(
+        kind=kind,
+        object="refund",
+        subscription_id=sub_id,
+        payment_id=ref.payment_id,
+        refund_id=ref.refund_id,
+        provider_id=ref.provider_refund_id,
+        ours_status=ref.status,
+        theirs_status=None,
+        ours_amount=ref.amount,
+        theirs_amount=None,
+        repair="escalate" if kind == "refund_mismatch" else "none",
+        detail=detail,
+    )
