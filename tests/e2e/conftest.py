@@ -12,9 +12,13 @@ from tests.fixtures.postgres import FreshDatabase
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, fresh_database: FreshDatabase
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fresh_database: FreshDatabase,
 ) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"), fresh_database("e2e"))
+    """A module may set ``STACK_ENV`` (extra BILLING_* settings for every process)."""
+    extra = dict(getattr(request.module, "STACK_ENV", {}))
+    s = Stack(tmp_path_factory.mktemp("stack"), fresh_database("e2e"), extra_env=extra)
     s.start()
     try:
         yield s
