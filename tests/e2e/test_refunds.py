@@ -142,12 +142,11 @@ def test_auto_renew_off_and_on(stack: Stack) -> None:
             url, headers=headers(stack, user, str(uuid.uuid4())), json={"enabled": enabled}
         )
         assert r.status_code == 202, r.text
-        wait_until(
-            lambda e=enabled: (
-                get(stack, user, "/api/v1/subscriptions/me").json()["auto_renew"] is e
-            ),
-            message=f"auto_renew {enabled}",
-        )
+
+        def applied(e: bool = enabled) -> bool:
+            return get(stack, user, "/api/v1/subscriptions/me").json()["auto_renew"] is e
+
+        wait_until(applied, message=f"auto_renew {enabled}")
     nobody = httpx.put(
         url, headers=headers(stack, "never-paid", str(uuid.uuid4())), json={"enabled": False}
     )
