@@ -51,12 +51,15 @@ E = TypeVar("E", bound=Event)
 MAPPERS: dict[type[Event], Mapper] = {}
 
 
-def maps(*classes: type[E]) -> Callable[[Callable[[E], Iterable[tuple[str, Row]]]], Mapper]:
-    """Register the mapper of one or more event classes (derived rows beyond ``events``)."""
+def maps(
+    cls: type[E],
+) -> Callable[[Callable[[E], Iterable[tuple[str, Row]]]], Callable[[E], Iterable[tuple[str, Row]]]]:
+    """Register the mapper of an event class (its rows beyond the ``events`` row)."""
 
-    def register(fn: Callable[[E], Iterable[tuple[str, Row]]]) -> Mapper:
-        for cls in classes:
-            MAPPERS[cls] = fn
+    def register(
+        fn: Callable[[E], Iterable[tuple[str, Row]]],
+    ) -> Callable[[E], Iterable[tuple[str, Row]]]:
+        MAPPERS[cls] = fn
         return fn
 
     return register
@@ -154,24 +157,43 @@ def period_row(
 
 
 # ---------------------------------------------------------------------------------- mappers
-@maps(PaymentRequested, PaymentRedriven)
-def _payment_requested(e: PaymentRequested | PaymentRedriven) -> Iterable[tuple[str, Row]]:
+@maps(PaymentRequested)
+def _payment_requested(e: PaymentRequested) -> Iterable[tuple[str, Row]]:
     r = e.request
-    redriven = isinstance(e, PaymentRedriven)
     return (
         (
             "payments",
             payment_row(
                 e,
-                status="redriven" if redriven else "requested",
+                status="requested",
                 payment_id=r.payment_id,
                 command_id=r.command_id,
                 kind=getattr(r, "kind", "purchase"),
                 plan_id=r.plan_id,
                 amount=r.amount,
                 period_months=r.period_months,
-                provider_payment_id=e.provider_payment_id if redriven else None,
-                attempt=e.attempt if redriven else 0,
+            ),
+        ),
+    )
+
+
+@maps(PaymentRedriven)
+def _payment_redriven(e: PaymentRedriven) -> Iterable[tuple[str, Row]]:
+    r = e.request
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status="redriven",
+                payment_id=r.payment_id,
+                command_id=r.command_id,
+                kind=getattr(r, "kind", "purchase"),
+                plan_id=r.plan_id,
+                amount=r.amount,
+                period_months=r.period_months,
+                provider_payment_id=e.provider_payment_id,
+                attempt=e.attempt,
             ),
         ),
     )
@@ -293,9 +315,9 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 def _subject_ids(event: Event) -> tuple[str, str]:
     """(payment_id, refund_id) an event is about, '' when none."""
     request = getattr(event, "request", None)
-    payment_id = getattr(event, "payment_id", None) or getattr(request, "payment_id", "")
-    refund_id = getattr(event, "refund_id", None) or getattr(request, "refund_id", "")
-    return payment_id, refund_id
+    payment_id = getattr(event, "payment_id", None) or getattr(request, "payment_id", None)
+    refund_id = getattr(event, "refund_id", None) or getattr(request, "refund_id", None)
+    return str(payment_id or ""), str(refund_id or "")
 
 
 def rows_from_events(values: Iterable[bytes]) -> TableRows:

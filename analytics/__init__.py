@@ -1,0 +1,1 @@
+"""Analytical queries over the ClickHouse history (schemas/clickhouse.py)."""

@@ -1,0 +1,392 @@
+"""The SQL behind the analytics pages, over the history in schemas/clickhouse.py.
+
+One SQL text per question, run unchanged on chdb and on a server; parameters are ClickHouse
+``{name:Type}`` placeholders bound by the engine. Functions take any ``ClickHouse`` client and
+return typed rows.
+
+Correct before merges: the tables are ReplacingMergeTree and may still hold a replayed row
+twice, so no query counts raw rows. Each first collapses to its unit (``GROUP BY payment_id``,
+``refund_id`` or ``event_id`` with ``any``/``min``: the duplicates are identical) or counts
+distinct keys (``uniqExact``); nothing depends on ``OPTIMIZE`` or ``FINAL``.
+
+Conventions: days and months are UTC; amounts are integer minor units and never summed across
+currencies; a time window is ``[from_ms, to_ms)`` in epoch milliseconds.
+
+Definitions (what exists today: payments and periods; refunds once their events are mapped):
+- revenue: gross = payments succeeded in the window (by the day they succeeded), refunds =
+  refunds succeeded in the window (by their day), net = gross - refunds; the plan is the one
+  the payment was requested for.
+- active subscribers at t: distinct subscriptions with a granted period covering t whose
+  payment was not fully refunded by t.
+- MRR at a month's close (the first instant of the next month): each active period's price
+  divided by its months, rounded to a minor unit. Movements against the previous close: new
+  (0 -> >0, reactivations included), expansion, contraction, churn (>0 -> 0); churn rate =
+  churned / subscribers at the previous close.
+- payment success rate: of the payments that reached a terminal state in the window,
+  succeeded / (succeeded + canceled); ledger rejections never reached the provider and are
+  not counted. Decline reasons: canceled payments by reason and party.
+- refund rate: refunds / gross of the same window, per currency.
+Not yet answerable: dunning recovery (needs the renewal/dunning events).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from billing.clickhouse import ClickHouse
+
+_WINDOW = (
+    "occurred_at >= fromUnixTimestamp64Milli({from_ms:Int64}, 'UTC')"
+    " AND occurred_at < fromUnixTimestamp64Milli({to_ms:Int64}, 'UTC')"
+)
+
+# One row per payment/refund that succeeded in the window (duplicates collapse on the id).
+_PAID = f"""
+    SELECT payment_id, any(currency) AS currency, any(amount_minor) AS amount_minor,
+           toDate(min(occurred_at)) AS day
+    FROM payments
+    WHERE status = 'succeeded' AND {_WINDOW}
+    GROUP BY payment_id
+"""
+_REFUNDED = f"""
+    SELECT refund_id, any(payment_id) AS payment_id, any(currency) AS currency,
+           any(amount_minor) AS amount_minor, toDate(min(occurred_at)) AS day
+    FROM refunds
+    WHERE status = 'succeeded' AND {_WINDOW}
+    GROUP BY refund_id
+"""
+
+REVENUE_BY_DAY = f"""
+WITH
+moves AS (
+    SELECT day, currency, payment_id, amount_minor AS gross_minor,
+           toInt64(0) AS refunds_minor, 1 AS payments, 0 AS refunds
+    FROM ({_PAID})
+    UNION ALL
+    SELECT day, currency, payment_id, toInt64(0), amount_minor, 0, 1
+    FROM ({_REFUNDED})
+),
+plans AS (
+    SELECT payment_id, any(plan_id) AS plan_id
+    FROM payments
+    WHERE status = 'requested' AND payment_id IN (SELECT payment_id FROM moves)
+    GROUP BY payment_id
+)
+SELECT m.day AS day, m.currency AS currency, p.plan_id AS plan_id,
+       sum(m.gross_minor) AS gross_minor, sum(m.refunds_minor) AS refunds_minor,
+       gross_minor - refunds_minor AS net_minor,
+       sum(m.payments) AS payments, sum(m.refunds) AS refunds
+FROM moves AS m
+LEFT JOIN plans AS p ON m.payment_id = p.payment_id
+GROUP BY day, currency, plan_id
+ORDER BY day, currency, plan_id
+"""
+
+# The cross-store check (event log = PostgreSQL = ClickHouse): sums per currency and day.
+TOTALS_BY_DAY = f"""
+SELECT day, currency, sum(gross_minor) AS gross_minor, sum(refunds_minor) AS refunds_minor,
+       gross_minor - refunds_minor AS net_minor, sum(payments) AS payments,
+       sum(refunds) AS refunds
+FROM (
+    SELECT day, currency, amount_minor AS gross_minor, toInt64(0) AS refunds_minor,
+           1 AS payments, 0 AS refunds
+    FROM ({_PAID})
+    UNION ALL
+    SELECT day, currency, toInt64(0), amount_minor, 0, 1
+    FROM ({_REFUNDED})
+)
+GROUP BY day, currency
+ORDER BY day, currency
+"""
+
+# Payments whose (succeeded) refunds left nothing to refund, and since when.
+_FULL_REFUNDS = """
+    SELECT payment_id, min(occurred_at) AS refunded_at
+    FROM refunds
+    WHERE status = 'succeeded' AND fully_refunded = 1
+    GROUP BY payment_id
+"""
+
+ACTIVE_SUBSCRIBERS = """
+WITH fromUnixTimestamp64Milli({at_ms:Int64}, 'UTC') AS at_time
+SELECT grouping(plan_id) AS is_total, plan_id, uniqExact(subscription_id) AS subscribers
+FROM subscription_periods
+WHERE period_start <= at_time AND period_end > at_time
+  AND payment_id NOT IN (
+      SELECT payment_id FROM refunds
+      WHERE status = 'succeeded' AND fully_refunded = 1 AND occurred_at <= at_time
+  )
+GROUP BY GROUPING SETS ((plan_id), ())
+ORDER BY is_total, plan_id
+"""
+
+PAYMENT_SUCCESS_BY_DAY = f"""
+SELECT day, countIf(outcome = 'succeeded') AS succeeded,
+       countIf(outcome = 'canceled') AS canceled
+FROM (
+    SELECT payment_id, argMin(status, occurred_at) AS outcome,
+           toDate(min(occurred_at)) AS day
+    FROM payments
+    WHERE status IN ('succeeded', 'canceled') AND {_WINDOW}
+    GROUP BY payment_id
+)
+GROUP BY day
+ORDER BY day
+"""
+
+DECLINE_REASONS = f"""
+SELECT reason, party, uniqExact(payment_id) AS payments
+FROM payments
+WHERE status = 'canceled' AND {_WINDOW}
+GROUP BY reason, party
+ORDER BY payments DESC, reason, party
+"""
+
+# Each subscription's MRR at the close of each month from the month before {from_month} (the
+# baseline of the first movement) to the last month; then each close against the previous.
+MRR_MOVEMENTS = f"""
+WITH
+mrr AS (
+    SELECT subscription_id, currency, month, sum(monthly_minor) AS mrr
+    FROM (
+        SELECT p.subscription_id AS subscription_id, pr.currency AS currency,
+               toInt64(round(pr.amount_minor / greatest(pr.period_months, 1))) AS monthly_minor,
+               p.start AS period_start,
+               if(r.payment_id = '', p.end, least(p.end, r.refunded_at)) AS active_until
+        FROM (
+            SELECT event_id, any(subscription_id) AS subscription_id,
+                   any(payment_id) AS payment_id, any(period_start) AS start,
+                   any(period_end) AS end
+            FROM subscription_periods
+            WHERE period_end > toDateTime64(addMonths({{from_month:Date}}, -1), 3, 'UTC')
+              AND period_start < toDateTime64(
+                  addMonths({{from_month:Date}}, toInt32({{months:UInt16}})), 3, 'UTC')
+            GROUP BY event_id
+        ) AS p
+        INNER JOIN (
+            SELECT payment_id, any(amount_minor) AS amount_minor, any(currency) AS currency,
+                   any(period_months) AS period_months
+            FROM payments
+            WHERE status = 'requested'
+            GROUP BY payment_id
+        ) AS pr ON pr.payment_id = p.payment_id
+        LEFT JOIN ({_FULL_REFUNDS}) AS r ON r.payment_id = p.payment_id
+    )
+    ARRAY JOIN arrayMap(
+        i -> addMonths({{from_month:Date}}, toInt32(i) - 1),
+        range(toUInt32({{months:UInt16}}) + 1)
+    ) AS month
+    WHERE period_start <= toDateTime64(addMonths(month, 1), 3, 'UTC')
+      AND toDateTime64(addMonths(month, 1), 3, 'UTC') < active_until
+    GROUP BY subscription_id, currency, month
+)
+SELECT month, currency,
+       sum(cur_mrr) AS mrr_minor,
+       sumIf(cur_mrr, prev_mrr = 0) AS new_minor,
+       sumIf(cur_mrr - prev_mrr, prev_mrr > 0 AND cur_mrr > prev_mrr) AS expansion_minor,
+       sumIf(prev_mrr - cur_mrr, cur_mrr > 0 AND cur_mrr < prev_mrr) AS contraction_minor,
+       sumIf(prev_mrr, cur_mrr = 0) AS churn_minor,
+       countIf(prev_mrr > 0) AS subscribers_at_start,
+       countIf(cur_mrr > 0) AS subscribers,
+       countIf(prev_mrr = 0) AS new_subscribers,
+       countIf(cur_mrr = 0) AS churned_subscribers
+FROM (
+    SELECT subscription_id, currency, month, cur.mrr AS cur_mrr, prev.mrr AS prev_mrr
+    FROM mrr AS cur
+    FULL OUTER JOIN (
+        SELECT subscription_id, currency, addMonths(month, 1) AS month, mrr FROM mrr
+    ) AS prev USING (subscription_id, currency, month)
+)
+WHERE month >= {{from_month:Date}}
+  AND month < addMonths({{from_month:Date}}, toInt32({{months:UInt16}}))
+GROUP BY month, currency
+ORDER BY month, currency
+"""
+
+
+# ------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class RevenueRow:
+    day: date
+    currency: str
+    plan_id: str  # '' when the payment's request is not in the history
+    gross_minor: int
+    refunds_minor: int
+    net_minor: int
+    payments: int
+    refunds: int
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    day: date
+    currency: str
+    gross_minor: int
+    refunds_minor: int
+    net_minor: int
+    payments: int
+    refunds: int
+
+
+@dataclass(frozen=True)
+class ActiveSubscribers:
+    at_ms: int
+    total: int
+    by_plan: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuccessRateRow:
+    day: date
+    succeeded: int
+    canceled: int
+
+    @property
+    def rate(self) -> float | None:
+        done = self.succeeded + self.canceled
+        return self.succeeded / done if done else None
+
+
+@dataclass(frozen=True)
+class DeclineReason:
+    reason: str
+    party: str
+    payments: int
+    share: float  # of all canceled payments in the window
+
+
+@dataclass(frozen=True)
+class MrrMovement:
+    month: date
+    currency: str
+    mrr_minor: int  # at the month's close
+    new_minor: int
+    expansion_minor: int
+    contraction_minor: int
+    churn_minor: int
+    subscribers_at_start: int
+    subscribers: int
+    new_subscribers: int
+    churned_subscribers: int
+
+    @property
+    def net_new_minor(self) -> int:
+        return self.new_minor + self.expansion_minor - self.contraction_minor - self.churn_minor
+
+    @property
+    def churn_rate(self) -> float | None:
+        if not self.subscribers_at_start:
+            return None
+        return self.churned_subscribers / self.subscribers_at_start
+
+
+@dataclass(frozen=True)
+class RefundRate:
+    currency: str
+    gross_minor: int
+    refunds_minor: int
+    payments: int
+    refunds: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.refunds_minor / self.gross_minor if self.gross_minor else None
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What the overview page shows."""
+
+    revenue: list[RevenueRow]
+    active: ActiveSubscribers
+    success: list[SuccessRateRow]
+    declines: list[DeclineReason]
+    mrr: list[MrrMovement]
+    refund_rate: list[RefundRate]
+
+
+# ----------------------------------------------------------------------------- functions
+def _window(from_ms: int, to_ms: int) -> dict[str, Any]:
+    return {"from_ms": from_ms, "to_ms": to_ms}
+
+
+def revenue_by_day(ch: ClickHouse, from_ms: int, to_ms: int) -> list[RevenueRow]:
+    return [
+        RevenueRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7]))
+        for r in ch.query(REVENUE_BY_DAY, _window(from_ms, to_ms))
+    ]
+
+
+def totals_by_day(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DayTotals]:
+    return [
+        DayTotals(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]))
+        for r in ch.query(TOTALS_BY_DAY, _window(from_ms, to_ms))
+    ]
+
+
+def refund_rate(ch: ClickHouse, from_ms: int, to_ms: int) -> list[RefundRate]:
+    per: dict[str, list[int]] = {}
+    for t in totals_by_day(ch, from_ms, to_ms):
+        acc = per.setdefault(t.currency, [0, 0, 0, 0])
+        acc[0] += t.gross_minor
+        acc[1] += t.refunds_minor
+        acc[2] += t.payments
+        acc[3] += t.refunds
+    return [RefundRate(cur, *acc) for cur, acc in sorted(per.items())]
+
+
+def active_subscribers(ch: ClickHouse, at_ms: int) -> ActiveSubscribers:
+    total = 0
+    by_plan: dict[str, int] = {}
+    for is_total, plan_id, n in ch.query(ACTIVE_SUBSCRIBERS, {"at_ms": at_ms}):
+        if is_total:
+            total = int(n)
+        else:
+            by_plan[plan_id] = int(n)
+    return ActiveSubscribers(at_ms=at_ms, total=total, by_plan=by_plan)
+
+
+def payment_success(ch: ClickHouse, from_ms: int, to_ms: int) -> list[SuccessRateRow]:
+    return [
+        SuccessRateRow(r[0], int(r[1]), int(r[2]))
+        for r in ch.query(PAYMENT_SUCCESS_BY_DAY, _window(from_ms, to_ms))
+    ]
+
+
+def decline_reasons(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DeclineReason]:
+    rows = ch.query(DECLINE_REASONS, _window(from_ms, to_ms))
+    total = sum(int(r[2]) for r in rows)
+    return [DeclineReason(r[0], r[1], int(r[2]), int(r[2]) / total) for r in rows]
+
+
+def mrr_movements(ch: ClickHouse, from_month: date, months: int) -> list[MrrMovement]:
+    """Movements of each month from ``from_month`` (its first day is used) for ``months``."""
+    if not 1 <= months <= 120:
+        raise ValueError("months must be within 1..120")
+    params = {"from_month": from_month.replace(day=1), "months": months}
+    return [
+        MrrMovement(r[0], r[1], *(int(v) for v in r[2:])) for r in ch.query(MRR_MOVEMENTS, params)
+    ]
+
+
+def month_start(ms: int, back: int = 0) -> date:
+    """The first day (UTC) of the month ``back`` months before the one holding ``ms``."""
+    d = date(1970, 1, 1).fromordinal(date(1970, 1, 1).toordinal() + ms // 86_400_000)
+    index = d.year * 12 + d.month - 1 - back
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def overview(ch: ClickHouse, now_ms: int, *, days: int = 30, months: int = 12) -> Overview:
+    """The overview page: the last ``days`` of revenue, success and declines, subscribers now,
+    and MRR movements of the last ``months`` months (the current one included)."""
+    since = now_ms - days * 86_400_000
+    return Overview(
+        revenue=revenue_by_day(ch, since, now_ms),
+        active=active_subscribers(ch, now_ms),
+        success=payment_success(ch, since, now_ms),
+        declines=decline_reasons(ch, since, now_ms),
+        mrr=mrr_movements(ch, month_start(now_ms, months - 1), months),
+        refund_rate=refund_rate(ch, since, now_ms),
+    )

@@ -1,0 +1,229 @@
+"""The analytics store: one small client over the embedded engine (chdb) or a ClickHouse server.
+
+``connect(target)`` opens either, through clickhouse-connect (its chdb backend for
+``chdb://DIR``, HTTP otherwise), so the same DDL and SQL run on both:
+- a ``Settings`` (or anything with ``state_dir`` and an optional ``clickhouse_url``): the URL
+  when it is set, else the embedded engine with its data in ``state_dir/clickhouse``;
+- a URL string: ``http(s)://user:password@host:8123[/database]`` or ``chdb://DIR``;
+- a path: the embedded engine with its data there.
+
+chdb runs inside this process and locks its data directory: one process at a time may own it
+(a second fails with "Cannot lock file .../status"), and a process can have one engine
+directory open at a time. In embedded mode the Faust worker owns the store; other processes
+read through it, never by opening the directory themselves.
+
+Calls are synchronous (chdb has no async client; it releases the GIL while it works): from
+async code run them in a thread (``asyncio.to_thread``), as ``streams.sinks.clickhouse`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from schemas.clickhouse import (
+    CREATE_MIGRATIONS_TABLE,
+    DEFAULT_DATABASE,
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+)
+
+log = logging.getLogger(__name__)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Inserts are synchronous (the rows are stored when the call returns, so a committed Kafka
+# offset never runs ahead of ClickHouse; chdb enables async_insert by default) and
+# deduplicated (a token, or the block's hash without one).
+_INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 1}
+
+
+class StoreSettings(Protocol):
+    """What ``connect`` reads from the process settings (billing.config.Settings)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+
+class ClickHouse(Protocol):
+    """The store as the sink and the analytics queries see it."""
+
+    @property
+    def embedded(self) -> bool: ...
+
+    @property
+    def database(self) -> str: ...
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None: ...
+
+    def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
+    ) -> None: ...
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+class ClickHouseClient:
+    """clickhouse-connect's client (chdb or HTTP backend) behind the ``ClickHouse`` protocol.
+
+    Query parameters use ClickHouse's own ``{name:Type}`` placeholders, bound by the engine on
+    both backends (never string formatting).
+    """
+
+    def __init__(self, client: Client, *, database: str, embedded: bool) -> None:
+        self._client = client
+        self._database = database
+        self._embedded = embedded
+        # clickhouse-connect serialises calls per client on chdb; do the same on HTTP so one
+        # client may be shared by the sink thread and readers.
+        self._lock = threading.Lock()
+
+    @property
+    def embedded(self) -> bool:
+        return self._embedded
+
+    @property
+    def database(self) -> str:
+        return self._database
+
+    @property
+    def raw(self) -> Client:
+        """The underlying clickhouse-connect client (Arrow/DataFrame results, benchmarks)."""
+        return self._client
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        with self._lock:
+            self._client.command(sql, parameters=dict(params) if params else None)
+
+    def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
+    ) -> None:
+        """Insert rows (tuples in ``columns`` order) as one block. With ``dedup_token``, a
+        block inserted again under the same token within the table's deduplication window is
+        dropped, even if the engine split it by partition."""
+        if not rows:
+            return
+        settings = dict(_INSERT_SETTINGS)
+        if dedup_token is not None:
+            settings["insert_deduplication_token"] = dedup_token
+        # Column-oriented: clickhouse-connect serialises columns; transposing here is cheaper
+        # than letting it walk rows.
+        data = list(zip(*rows, strict=True))
+        with self._lock:
+            self._client.insert(
+                table,
+                data,
+                column_names=list(columns),
+                column_oriented=True,
+                settings=settings,
+            )
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock:
+            result = self._client.query(sql, parameters=dict(params) if params else None)
+        return [tuple(row) for row in result.result_rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+
+def embedded_dir(state_dir: Path) -> Path:
+    """Where the embedded engine keeps its data under a process state directory."""
+    return Path(state_dir) / "clickhouse"
+
+
+def _resolve(target: StoreSettings | str | Path) -> tuple[str, str | None]:
+    """(dsn, database named in it) for a settings object, a URL or a directory."""
+    if isinstance(target, Path):
+        return f"chdb://{target.resolve()}", None
+    if isinstance(target, str):
+        if "://" not in target:
+            return f"chdb://{Path(target).resolve()}", None
+        if target.startswith("chdb://"):
+            return target, None
+        parts = urlsplit(target)
+        database = parts.path.strip("/").split("/")[0] or None
+        return urlunsplit((parts.scheme, parts.netloc, "", parts.query, "")), database
+    url = getattr(target, "clickhouse_url", None)
+    if url is not None and hasattr(url, "get_secret_value"):
+        url = url.get_secret_value()
+    if url:
+        return _resolve(str(url))
+    return _resolve(embedded_dir(target.state_dir))
+
+
+def connect(
+    target: StoreSettings | str | Path,
+    *,
+    database: str | None = None,
+    migrate: bool = True,
+) -> ClickHouseClient:
+    """Open the store, create its database and (by default) apply pending migrations.
+
+    ``database``: overrides the one named in the URL, else ``billing``.
+    """
+    dsn, url_database = _resolve(target)
+    database = database or url_database or DEFAULT_DATABASE
+    if not _IDENTIFIER.match(database):
+        raise ValueError(f"not a plain database name: {database!r}")
+    embedded = dsn.startswith("chdb://")
+    if embedded:
+        Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+    raw = clickhouse_connect.get_client(dsn=dsn)
+    try:
+        raw.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+        raw.database = database
+    except Exception:
+        raw.close()
+        raise
+    client = ClickHouseClient(raw, database=database, embedded=embedded)
+    if migrate:
+        try:
+            apply_migrations(client)
+        except Exception:
+            client.close()
+            raise
+    return client
+
+
+def applied_migrations(client: ClickHouse) -> set[int]:
+    client.command(CREATE_MIGRATIONS_TABLE)
+    return {int(row[0]) for row in client.query(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+
+
+def apply_migrations(client: ClickHouse) -> list[int]:
+    """Apply the migrations not yet recorded, in order; returns the versions applied."""
+    done = applied_migrations(client)
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement)
+        client.insert(
+            MIGRATIONS_TABLE,
+            [(migration.version, migration.name)],
+            ("version", "name"),
+        )
+        log.info("clickhouse migration %s applied: %s", migration.version, migration.name)
+        applied.append(migration.version)
+    return applied
