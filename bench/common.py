@@ -63,8 +63,12 @@ class Result:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"bench": self.bench, "seconds": self.seconds, "notes": self.notes,
-             "rows": [asdict(r) for r in self.rows]},
+            {
+                "bench": self.bench,
+                "seconds": self.seconds,
+                "notes": self.notes,
+                "rows": [asdict(r) for r in self.rows],
+            },
             indent=1,
         )
 
@@ -173,7 +177,7 @@ def cpu_seconds(pid: int) -> float:
 
 def loadavg() -> str:
     try:
-        return "%.2f %.2f %.2f" % os.getloadavg()
+        return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         return "n/a"
 
@@ -181,7 +185,7 @@ def loadavg() -> str:
 def machine_line() -> str:
     cores = os.cpu_count() or 0
     try:
-        load = "load %.2f %.2f %.2f" % os.getloadavg()
+        load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = ""
     model = ""

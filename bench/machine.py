@@ -102,9 +102,7 @@ def run(n: int = 20_000) -> Result:
 
     old, t_old = aged_state(60)
     old_raw = encode_state(old)
-    old_cmds = [
-        encode(pay_command("bench-aged-user", f"next-{i}", t_old + i)) for i in range(n)
-    ]
+    old_cmds = [encode(pay_command("bench-aged-user", f"next-{i}", t_old + i)) for i in range(n)]
     old_key = old.subscription_id.encode()
     aged_table = {old_key: old_raw}
 
@@ -135,10 +133,15 @@ def run(n: int = 20_000) -> Result:
         r = rate(fn, n)
         if name.startswith("decide: pay"):
             base = r
-        result.add(name, r, "calls/s", ratio=ratio(r, base), baseline="decide pay",
-                   note=f"{1e6 / r:.1f} us/call")
-    result.add("state size, fresh subscription after pay", len(encode_state(after_pay[0])),
-               "bytes")
+        result.add(
+            name,
+            r,
+            "calls/s",
+            ratio=ratio(r, base),
+            baseline="decide pay",
+            note=f"{1e6 / r:.1f} us/call",
+        )
+    result.add("state size, fresh subscription after pay", len(encode_state(after_pay[0])), "bytes")
     result.add("state size, 60 past payments", len(old_raw), "bytes")
     result.notes.append(f"one core, in-process; load average {load0} → {loadavg()}")
     result.seconds = time.monotonic() - started

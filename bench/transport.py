@@ -42,7 +42,6 @@ from bench.common import (
     print_result,
     ratio,
     self_peak_rss_mb,
-    wait_log,
     workdir,
 )
 from bench.workload import pay_commands, preload, records
@@ -175,7 +174,7 @@ class OutputWatch:
     def __init__(self, bootstrap: str, topic: str, n: int, pid: int) -> None:
         self.bootstrap, self.topic, self.n, self.pid = bootstrap, topic, n, pid
 
-    async def run(self, timeout: float, alive: Any) -> dict[str, Any]:
+    async def run(self, limit_s: float, alive: Any) -> dict[str, Any]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
@@ -199,8 +198,8 @@ class OutputWatch:
                 last = count
                 if count >= self.n:
                     break
-                if now - start > timeout:
-                    raise TimeoutError(f"{self.topic}: {count} of {self.n} after {timeout:.0f}s")
+                if now - start > limit_s:
+                    raise TimeoutError(f"{self.topic}: {count} of {self.n} after {limit_s:.0f}s")
                 if not alive():
                     raise RuntimeError(f"worker exited with {count} of {self.n} outputs")
                 await asyncio.sleep(0.05)
@@ -239,7 +238,11 @@ def _start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
             start_new_session=True,
         )
 
@@ -265,7 +268,7 @@ def run_worker(
     proc = _start(argv, env, log_path)
     try:
         watch = OutputWatch(bootstrap, out_topic, n, proc.pid)
-        stats = asyncio.run(watch.run(timeout=60 + n / 100, alive=lambda: proc.poll() is None))
+        stats = asyncio.run(watch.run(limit_s=60 + n / 100, alive=lambda: proc.poll() is None))
         stats["peak_rss_mb"] = peak_rss_mb(proc.pid)
         stats["cpu_s"] = cpu_seconds(proc.pid)
     except BaseException:
@@ -316,9 +319,7 @@ def ledger_agent(root: Path, bootstrap: str, n: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ main
-def run(
-    n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VARIANTS
-) -> Result:
+def run(n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VARIANTS) -> Result:
     from billing.kafka_local import ensure_topics
 
     result = Result("transport")
@@ -334,7 +335,11 @@ def run(
                 bootstrap,
                 PARTITIONS,
                 topics=[
-                    raw_in, faust_in, warm_in, warm_out, *outs.values(),
+                    raw_in,
+                    faust_in,
+                    warm_in,
+                    warm_out,
+                    *outs.values(),
                     *billing_topics.BILLING_TOPICS,
                 ],
             )
@@ -342,8 +347,10 @@ def run(
         t = time.monotonic()
         cmds = pay_commands(max(n_raw, n_faust), tag)
         recs = records(cmds)
-        log(f"built {len(recs)} commands in {time.monotonic() - t:.1f} s "
-            f"({sum(len(v) for _, v in recs) / len(recs):.0f} bytes each)")
+        log(
+            f"built {len(recs)} commands in {time.monotonic() - t:.1f} s "
+            f"({sum(len(v) for _, v in recs) / len(recs):.0f} bytes each)"
+        )
         if {"a", "b"} & set(only):
             s = asyncio.run(preload(bootstrap, raw_in, recs[:n_raw], PARTITIONS))
             log(f"preloaded {n_raw} to {raw_in} in {s:.1f} s")
@@ -351,9 +358,7 @@ def run(
             s = asyncio.run(preload(bootstrap, faust_in, recs[:n_faust], PARTITIONS))
             log(f"preloaded {n_faust} to {faust_in} in {s:.1f} s")
         if "d" in only:
-            s = asyncio.run(
-                preload(bootstrap, billing_topics.COMMANDS, recs[:n_faust], PARTITIONS)
-            )
+            s = asyncio.run(preload(bootstrap, billing_topics.COMMANDS, recs[:n_faust], PARTITIONS))
             log(f"preloaded {n_faust} PaySubscription to {billing_topics.COMMANDS} in {s:.1f} s")
         del cmds
         # The broker's JVM is cold: a first, untimed pass of the baseline loop warms it up.
@@ -371,16 +376,16 @@ def run(
                 st["outputs"] = asyncio.run(count_records(bootstrap, outs[v]))
                 st["peak_rss_mb"] = self_peak_rss_mb()
             elif v in ("c", "c2"):
-                st = faust_passthrough(
-                    root, bootstrap, faust_in, outs[v], n_faust, table=v == "c2"
-                )
+                st = faust_passthrough(root, bootstrap, faust_in, outs[v], n_faust, table=v == "c2")
                 st["outputs"] = asyncio.run(count_records(bootstrap, outs[v]))
             else:
                 st = ledger_agent(root, bootstrap, n_faust)
                 st["outputs"] = asyncio.run(count_records(bootstrap, billing_topics.EVENTS))
             stats[v] = st
-            log(f"{LABELS[v]}: {st['rate']:,.0f} msg/s over {st['seconds']:.1f} s, "
-                f"outputs {st['outputs']}")
+            log(
+                f"{LABELS[v]}: {st['rate']:,.0f} msg/s over {st['seconds']:.1f} s, "
+                f"outputs {st['outputs']}"
+            )
 
     base = stats.get("a", {}).get("rate", float("nan"))
     for v in only:
@@ -394,20 +399,31 @@ def run(
         if st.get("thirds"):
             note += ", by thirds " + "/".join(f"{r:,.0f}" for r in st["thirds"])
         unit = "commands/s" if v == "d" else "msgs/s"
-        result.add(LABELS[v], st["rate"], unit, ratio=ratio(st["rate"], base),
-                   baseline="(a)", note=note)
+        result.add(
+            LABELS[v], st["rate"], unit, ratio=ratio(st["rate"], base), baseline="(a)", note=note
+        )
     base_cpu = stats.get("a", {}).get("cpu_us", float("nan"))
     for v in only:
         st = stats[v]
         who = "benchmark process" if v in ("a", "b") else "worker process"
-        result.add(f"{LABELS[v]}: CPU per message", st["cpu_us"], "us", baseline="(a)",
-                   ratio=ratio(st["cpu_us"], base_cpu), note=f"{who}, timed window")
+        result.add(
+            f"{LABELS[v]}: CPU per message",
+            st["cpu_us"],
+            "us",
+            baseline="(a)",
+            ratio=ratio(st["cpu_us"], base_cpu),
+            note=f"{who}, timed window",
+        )
     for v in only:
         st = stats[v]
         if v in ("c", "c2", "d"):
             cpu = st.get("cpu_s", float("nan"))
-            result.add(f"{LABELS[v]}: worker peak RSS", st["peak_rss_mb"], "MiB",
-                       note=f"worker CPU {cpu:.1f} s in total")
+            result.add(
+                f"{LABELS[v]}: worker peak RSS",
+                st["peak_rss_mb"],
+                "MiB",
+                note=f"worker CPU {cpu:.1f} s in total",
+            )
     result.notes.append(
         "raw loops run in the benchmark process (timed first fetch → last commit); Faust "
         "variants are worker processes (timed first output → last output visible, 50 ms poll)"

@@ -79,7 +79,9 @@ async def preload(
     for k, v in recs:
         by_part[partition_of(k, partitions)].append((k, v))
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", max_batch_size=1 << 20,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        max_batch_size=1 << 20,
         max_request_size=4 << 20,
     )
     t = time.monotonic()
