@@ -17,7 +17,8 @@ Merges happen whenever they like, so queries never count raw rows: they deduplic
 
 Grain: one row per event in ``events`` and in each derived table (``payments``: one row per
 payment lifecycle event, ``refunds``: per refund lifecycle event, ``subscription_periods``: per
-period granted). Derived tables carry what the queries need so they rarely touch JSON.
+period granted, ``subscription_changes``: per dunning/expiry/cancel/auto-renew event).
+Derived tables carry what the queries need, so they never parse the JSON bodies.
 
 Times are ``DateTime64(3, 'UTC')`` and are inserted as epoch milliseconds, the messages' unit.
 Money is integer minor units plus currency, as everywhere (schemas/money.py).
@@ -97,9 +98,9 @@ ORDER BY (status, occurred_at, event_id)
 SETTINGS {_DEDUP}
 """
 
-# Filled once the refund events exist (their own issue): status requested | redriven | rejected
-# | pending | unknown | succeeded | canceled; ``fully_refunded`` on the succeeded row that
-# leaves nothing to refund (it ends access: analytics/queries.py).
+# status: requested | redriven | rejected | unknown | succeeded | canceled (RefundFailed);
+# ``fully_refunded`` on the succeeded row that leaves nothing to refund (the payment's period
+# stops counting as access: analytics/queries.py, invariant 4).
 REFUNDS = f"""
 CREATE TABLE IF NOT EXISTS refunds (
     event_id String,
@@ -141,22 +142,48 @@ ORDER BY (subscription_id, event_id)
 SETTINGS {_DEDUP}
 """
 
-# Reconciliation results: one row per discrepancy state; the highest version is its current
-# state (open -> resolved | escalated). Fed by the reconciler (its own issue).
+# Subscription lifecycle beyond periods: change = renewal_failed | past_due | expired | canceled
+# | auto_renew_on | auto_renew_off. ``until``: the period end (past_due, expired), the end of
+# access (canceled) or the next dunning retry (renewal_failed; 0 when none).
+SUBSCRIPTION_CHANGES = f"""
+CREATE TABLE IF NOT EXISTS subscription_changes (
+    event_id String,
+    subscription_id String,
+    user_id String,
+    change LowCardinality(String),
+    occurred_at DateTime64(3, 'UTC'),
+    version UInt64,
+    payment_id String,
+    reason LowCardinality(String),
+    hard UInt8,
+    attempt UInt32,
+    until DateTime64(3, 'UTC'),
+    actor LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+ORDER BY (subscription_id, event_id)
+SETTINGS {_DEDUP}
+"""
+
+# Reconciliation results (reconciler/matcher.py MatchItem): one row per discrepancy state, the
+# highest version being its current one (open -> repaired | escalated | ...).
 DISCREPANCIES = f"""
 CREATE TABLE IF NOT EXISTS discrepancies (
     discrepancy_id String,
     run_id String,
     class LowCardinality(String),
+    object LowCardinality(String),
     status LowCardinality(String),
-    resolution String,
+    repair LowCardinality(String),
     subscription_id String,
     payment_id String,
     refund_id String,
     provider_object_id String,
-    expected_amount_minor Nullable(Int64),
-    provider_amount_minor Nullable(Int64),
+    ours_status LowCardinality(String),
+    theirs_status LowCardinality(String),
+    ours_amount_minor Nullable(Int64),
+    theirs_amount_minor Nullable(Int64),
     currency LowCardinality(String),
+    detail String,
     detected_at DateTime64(3, 'UTC'),
     updated_at DateTime64(3, 'UTC'),
     version UInt64
@@ -175,8 +202,8 @@ class Migration(NamedTuple):
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "analytics history: events, payments, refunds, periods, discrepancies",
-        (EVENTS, PAYMENTS, REFUNDS, SUBSCRIPTION_PERIODS, DISCREPANCIES),
+        "analytics history: events, payments, refunds, periods, changes, discrepancies",
+        (EVENTS, PAYMENTS, REFUNDS, SUBSCRIPTION_PERIODS, SUBSCRIPTION_CHANGES, DISCREPANCIES),
     ),
 )
 
@@ -244,19 +271,37 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "occurred_at",
         "version",
     ),
+    "subscription_changes": (
+        "event_id",
+        "subscription_id",
+        "user_id",
+        "change",
+        "occurred_at",
+        "version",
+        "payment_id",
+        "reason",
+        "hard",
+        "attempt",
+        "until",
+        "actor",
+    ),
     "discrepancies": (
         "discrepancy_id",
         "run_id",
         "class",
+        "object",
         "status",
-        "resolution",
+        "repair",
         "subscription_id",
         "payment_id",
         "refund_id",
         "provider_object_id",
-        "expected_amount_minor",
-        "provider_amount_minor",
+        "ours_status",
+        "theirs_status",
+        "ours_amount_minor",
+        "theirs_amount_minor",
         "currency",
+        "detail",
         "detected_at",
         "updated_at",
         "version",
@@ -264,4 +309,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 # Tables the events sink writes, in insert order (``events`` last: it is the widest).
-EVENT_TABLES: tuple[str, ...] = ("payments", "refunds", "subscription_periods", "events")
+EVENT_TABLES: tuple[str, ...] = (
+    "payments",
+    "refunds",
+    "subscription_periods",
+    "subscription_changes",
+    "events",
+)

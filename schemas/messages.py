@@ -82,17 +82,72 @@ class SetAutoRenew(Command, tag="SetAutoRenew", frozen=True):
     reason: str = ""
 
 
-class SubscriptionDue(Command, tag="SubscriptionDue", frozen=True):
-    """Issued by the ledger's timer when something is due (renewal charge, dunning retry,
-    lapse at period end). Its id is derived from (subscription, kind, due_at): two timers or
-    two workers collapse into one, and a stale one (state moved on) applies nothing."""
+class PriceQuote(msgspec.Struct, frozen=True, kw_only=True):
+    """A plan's price in force at a moment (from the catalogue's effective-dated versions)."""
 
-    kind: Literal["renew", "retry", "lapse"]
+    plan_id: str
+    amount: Money
+    period_months: int
+    price_version: int = 0
+
+
+class SubscriptionDue(Command, tag="SubscriptionDue", frozen=True):
+    """Issued by the ledger's timer when something is due (renewal reminder, renewal charge,
+    dunning retry, lapse at period end). Its id is derived from (subscription, kind, due_at):
+    two timers or two workers collapse into one, and a stale one (state moved on) applies
+    nothing. A charge carries the price in force, looked up by the timer in the catalogue."""
+
+    kind: Literal["remind", "renew", "retry", "lapse"]
     due_at: int
+    price: PriceQuote | None = None
+
+
+class RetryPayment(Command, tag="RetryPayment", frozen=True):
+    """Pay again for what a canceled payment was for (a new payment, new provider key)."""
+
+    user_id: str
+    retry_of: str  # the canceled payment
+    payment_id: str
+    price: PriceQuote
+    return_url: str
+    description: str
+
+
+class ChangePlan(Command, tag="ChangePlan", frozen=True):
+    """Switch plan. A dearer plan starts at once, its price less the unused part of the
+    current period (proration); a cheaper one starts at the period end."""
+
+    user_id: str
+    payment_id: str  # the upgrade charge, if one is needed
+    price: PriceQuote
+    return_url: str
+    description: str
+
+
+class AdminAdjust(Command, tag="AdminAdjust", frozen=True):
+    """An admin's manual action, with who and why (the event log is the audit trail).
+    ``extend``: add ``days`` to the current period; ``grant``: a period of ``plan_id`` from
+    now or from the current end; ``cancel``: end access at once and stop renewals."""
+
+    user_id: str
+    action: Literal["extend", "grant", "cancel"]
+    actor: str
+    reason: str
+    days: int = 0
+    plan_id: str | None = None
+    period_months: int = 0
 
 
 AnyCommand = (
-    PaySubscription | SweepPayment | RefundPayment | SweepRefund | SetAutoRenew | SubscriptionDue
+    PaySubscription
+    | SweepPayment
+    | RefundPayment
+    | SweepRefund
+    | SetAutoRenew
+    | SubscriptionDue
+    | RetryPayment
+    | ChangePlan
+    | AdminAdjust
 )
 
 
@@ -169,7 +224,9 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
     save_payment_method: bool = True
     capture: bool = True
     payment_method_id: str | None = None  # set: an autopayment with a saved method
-    kind: Literal["purchase", "renewal"] = "purchase"
+    kind: Literal["purchase", "renewal", "upgrade", "retry"] = "purchase"
+    price_version: int = 0
+    plan_amount: Money | None = None  # the plan's full price when the charge differs (upgrade)
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -334,11 +391,56 @@ class SubscriptionExpired(Event, tag="SubscriptionExpired", frozen=True):
 
 
 class SubscriptionCanceled(Event, tag="SubscriptionCanceled", frozen=True):
-    """Access ended before the period's end (the current period's payment fully refunded)."""
+    """Access ended before the period's end: the current period's payment fully refunded, or
+    an admin canceled it."""
 
     payment_id: str
     reason: str
     access_until: int
+    actor: str = "system"
+
+
+class RenewalUpcoming(Event, tag="RenewalUpcoming", frozen=True):
+    """Reminder, sent once per period, a few days before a renewal charge."""
+
+    period_end: int
+    plan_id: str
+    amount: Money
+
+
+class PlanChangeScheduled(Event, tag="PlanChangeScheduled", frozen=True):
+    """A downgrade: the next renewal charges this plan."""
+
+    command_id: str
+    plan_id: str
+    amount: Money
+    period_months: int
+    effective_at: int
+
+
+class PlanChangeRejected(Event, tag="PlanChangeRejected", frozen=True):
+    command_id: str
+    reason: str
+    detail: str = ""
+
+
+class PeriodAdjusted(Event, tag="PeriodAdjusted", frozen=True):
+    """An admin extended or granted access (no payment): the audit trail says who and why."""
+
+    command_id: str
+    action: Literal["extend", "grant"]
+    actor: str
+    reason: str
+    plan_id: str | None
+    period_start: int
+    period_end: int
+
+
+class AdminActionRejected(Event, tag="AdminActionRejected", frozen=True):
+    command_id: str
+    action: str
+    actor: str
+    reason: str
 
 
 AnyEvent = (
@@ -361,6 +463,11 @@ AnyEvent = (
     | SubscriptionPastDue
     | SubscriptionExpired
     | SubscriptionCanceled
+    | RenewalUpcoming
+    | PlanChangeScheduled
+    | PlanChangeRejected
+    | PeriodAdjusted
+    | AdminActionRejected
 )
 
 _encoder = msgspec.json.Encoder()

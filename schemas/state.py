@@ -32,7 +32,7 @@ class PaymentRecord(msgspec.Struct, frozen=True, kw_only=True):
     succeeded_at: int | None = None
     period_start: int | None = None
     period_end: int | None = None
-    kind: str = "purchase"
+    kind: str = "purchase"  # purchase | renewal | upgrade | retry
     refunded_minor: int = 0  # succeeded refunds
     refunding_minor: int = 0  # refunds in flight (count against the refundable amount)
 
@@ -77,6 +77,7 @@ class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True):
     dunning_attempt: int = 0  # renewal charges declined for the current period
     next_retry_at: int | None = None
     dunning_stopped: bool = False  # a hard decline or the schedule is exhausted
+    reminded_for: int | None = None  # the period end whose renewal reminder went out
     payments: dict[str, PaymentRecord] = {}
     refunds: dict[str, RefundRecord] = {}
     # Source message id -> the events it produced, for the last few sources: a replayed

@@ -19,10 +19,13 @@ import msgspec
 from schemas.ids import derived_id, event_id_for
 from schemas.messages import (
     TERMINAL_PAYMENT_STATUSES,
+    AdminActionRejected,
+    AdminAdjust,
     AnyCommand,
     AnyEvent,
     AnyProviderEvent,
     AutoRenewChanged,
+    ChangePlan,
     Command,
     Event,
     PaymentCallFailed,
@@ -36,6 +39,10 @@ from schemas.messages import (
     PaymentRequested,
     PaymentSucceeded,
     PaySubscription,
+    PeriodAdjusted,
+    PlanChangeRejected,
+    PlanChangeScheduled,
+    PriceQuote,
     RefundCallFailed,
     RefundFailed,
     RefundObserved,
@@ -47,6 +54,8 @@ from schemas.messages import (
     RefundRequested,
     RefundSucceeded,
     RenewalFailed,
+    RenewalUpcoming,
+    RetryPayment,
     SetAutoRenew,
     SubscriptionActivated,
     SubscriptionCanceled,
@@ -106,6 +115,7 @@ class Policy:
     # Waits after each declined renewal charge before the next try: 4 retries over 14 days.
     dunning_schedule_ms: tuple[int, ...] = (DAY_MS, 3 * DAY_MS, 5 * DAY_MS, 5 * DAY_MS)
     hard_declines: frozenset[str] = HARD_DECLINES
+    remind_ms: int = 3 * DAY_MS  # "renewal upcoming" this long before the period ends; 0: off
 
     def redrive_deadline(self, now: int, attempt: int) -> int:
         """Exponential backoff between re-drives of one payment, capped."""
@@ -162,7 +172,9 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
     if state is not None and source_id in state.recent:
         return Decision(state, list(state.recent[source_id]), duplicate=True)
     if state is None:
-        if not isinstance(msg, PaySubscription | RefundPayment | SetAutoRenew):
+        if not isinstance(
+            msg, PaySubscription | RefundPayment | SetAutoRenew | RetryPayment | ChangePlan
+        ) and not (isinstance(msg, AdminAdjust) and msg.action == "grant"):
             # Nothing to apply to: an outcome for a subscription we never billed is the
             # reconciler's to classify, not the ledger's to invent.
             return Decision(None, duplicate=True)
@@ -195,6 +207,12 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
             actor=msg.actor,
             reason=msg.reason,
         )
+    elif isinstance(msg, RetryPayment):
+        _retry(emitter, msg, policy)
+    elif isinstance(msg, ChangePlan):
+        _change_plan(emitter, msg, policy)
+    elif isinstance(msg, AdminAdjust):
+        _admin(emitter, msg)
     else:
         _due(emitter, msg, policy)
 
@@ -288,8 +306,14 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
             payment_method_id=obs.payment_method_id if obs.payment_method_saved else None,
         )
         state = em.state
-        # Stacking: a period bought while one is running starts where that one ends.
-        extended = state.period_end is not None and state.period_end > obs.observed_at
+        # Stacking: a period bought while one is running starts where that one ends; an
+        # upgrade replaces the running period (its unused part was credited in the price).
+        extended = (
+            rec.kind != "upgrade"
+            and state.period_end is not None
+            and state.period_end > obs.observed_at
+            and state.status in ("active", "past_due")
+        )
         start = state.period_end if extended and state.period_end is not None else obs.observed_at
         em.emit(
             SubscriptionActivated,
@@ -311,9 +335,7 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
         _after_renewal_failure(em, rec, obs.cancellation_reason or "canceled", policy)
 
 
-def _after_renewal_failure(
-    em: _Emitter, rec: PaymentRecord, reason: str, policy: Policy
-) -> None:
+def _after_renewal_failure(em: _Emitter, rec: PaymentRecord, reason: str, policy: Policy) -> None:
     """Dunning: a declined renewal is retried on the schedule unless the decline is hard."""
     if rec.kind != "renewal":
         return
@@ -484,33 +506,43 @@ def _refund_call_failed(em: _Emitter, failed: RefundCallFailed) -> None:
 
 
 # ------------------------------------------------------------------------ time-driven work
+_DUE_ORDER = {"remind": 0, "renew": 1, "retry": 2, "lapse": 3}
+
+
 def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None:
-    """What the subscription waits for next (renewal charge, dunning retry, lapse) and when.
+    """What the subscription waits for next (renewal reminder, renewal charge, dunning retry,
+    lapse at period end) and when.
 
     Pure: the ledger's timer sends a SubscriptionDue for it once the time has come, and
     ``decide`` recomputes it, so a stale or repeated tick applies nothing.
     """
     if state.status not in ("active", "past_due") or state.period_end is None:
         return None
-    if _in_flight(state) is not None:
-        # A charge is under way: its outcome decides. Only the lapse of an active period
-        # is still due (access must not outlive its payment).
-        return ("lapse", state.period_end) if state.status == "active" else None
+    end = state.period_end
+    in_flight = _in_flight(state) is not None
     can_charge = (
         state.auto_renew
         and state.payment_method_id is not None
         and state.renew_amount is not None
         and not state.dunning_stopped
     )
-    if can_charge and state.dunning_attempt == 0 and not _renewal_requested(state):
-        return ("renew", state.period_end - policy.renew_lead_ms)
-    if can_charge and state.next_retry_at is not None:
-        if state.status == "active" and state.period_end <= state.next_retry_at:
-            return ("lapse", state.period_end)
-        return ("retry", state.next_retry_at)
+    first_charge_pending = (
+        can_charge and state.dunning_attempt == 0 and not _renewal_requested(state)
+    )
+    candidates: list[tuple[str, int]] = []
     if state.status == "active":
-        return ("lapse", state.period_end)
-    return ("lapse", state.period_end)  # past_due with nothing left to try: expire
+        candidates.append(("lapse", end))  # access must never outlive its payment
+        if first_charge_pending and policy.remind_ms > 0 and state.reminded_for != end:
+            candidates.append(("remind", end - policy.remind_ms))
+    if not in_flight and first_charge_pending:
+        candidates.append(("renew", end - policy.renew_lead_ms))
+    elif not in_flight and can_charge and state.next_retry_at is not None:
+        candidates.append(("retry", state.next_retry_at))
+    elif state.status == "past_due" and not in_flight:
+        candidates.append(("lapse", end))  # nothing left to try: it expires
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: (c[1], _DUE_ORDER[c[0]]))
 
 
 def _renewal_requested(state: SubscriptionState) -> bool:
@@ -528,8 +560,17 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
     due = next_due(state, policy)
     if due is None or due != (cmd.kind, cmd.due_at) or cmd.issued_at < cmd.due_at:
         return  # stale or early: the state moved on since the timer looked
+    assert state.renew_amount is not None or cmd.kind == "lapse"
+    price = _renewal_price(state, cmd.price)
+    if cmd.kind == "remind":
+        em.emit(
+            RenewalUpcoming,
+            period_end=state.period_end or cmd.due_at,
+            plan_id=price.plan_id,
+            amount=price.amount,
+        )
+        return
     if cmd.kind in ("renew", "retry"):
-        assert state.renew_amount is not None and state.renew_plan_id is not None
         payment_id = renewal_payment_id(state, state.dunning_attempt)
         em.emit(
             PaymentRequested,
@@ -537,11 +578,12 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
                 payment_id=payment_id,
                 command_id=cmd.command_id,
                 user_id=state.user_id,
-                plan_id=state.renew_plan_id,
-                amount=state.renew_amount,
-                period_months=state.renew_period_months,
+                plan_id=price.plan_id,
+                amount=price.amount,
+                period_months=price.period_months,
+                price_version=price.price_version,
                 return_url="",
-                description=f"Renewal: {state.renew_plan_id}",
+                description=f"Renewal: {price.plan_id}",
                 save_payment_method=False,
                 capture=True,
                 payment_method_id=state.payment_method_id,
@@ -559,6 +601,180 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
         em.emit(SubscriptionExpired, reason="renewal_failed", period_end=period_end)
     else:
         em.emit(SubscriptionPastDue, period_end=period_end, next_retry_at=state.next_retry_at)
+
+
+def _renewal_price(state: SubscriptionState, quote: PriceQuote | None) -> PriceQuote:
+    """The price in force (looked up by the timer) for the plan the subscription renews to;
+    without a quote, what the current period was sold at."""
+    if quote is not None and quote.plan_id == state.renew_plan_id:
+        return quote
+    return PriceQuote(
+        plan_id=state.renew_plan_id or state.plan_id or "",
+        amount=state.renew_amount or Money(0, "RUB"),
+        period_months=state.renew_period_months,
+    )
+
+
+def _retry(em: _Emitter, cmd: RetryPayment, policy: Policy) -> None:
+    state = em.state
+    if cmd.payment_id in state.payments:
+        return
+
+    def reject(reason: str, detail: str = "") -> None:
+        em.emit(
+            PaymentRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason=reason,
+            detail=detail,
+        )
+
+    orig = state.payments.get(cmd.retry_of)
+    if orig is None:
+        return reject("payment_not_found")
+    if orig.status != "canceled":
+        return reject("payment_not_retryable", f"payment is {orig.status}")
+    busy = _in_flight(state)
+    if busy is not None:
+        return reject("payment_in_progress", busy.payment_id)
+    if state.status == "active" and (state.period_end or 0) > cmd.issued_at:
+        # Whatever the failed payment was for is paid by now (a late success, a renewal
+        # retry or another purchase): a retry must not charge for the same period again.
+        return reject("period_already_paid", str(state.period_end))
+    em.emit(
+        PaymentRequested,
+        request=PaymentRequest(
+            payment_id=cmd.payment_id,
+            command_id=cmd.command_id,
+            user_id=cmd.user_id,
+            plan_id=cmd.price.plan_id,
+            amount=cmd.price.amount,
+            period_months=cmd.price.period_months,
+            price_version=cmd.price.price_version,
+            return_url=cmd.return_url,
+            description=cmd.description,
+            kind="retry",
+        ),
+        deadline_at=cmd.issued_at + policy.payment_deadline_ms,
+    )
+
+
+def upgrade_credit(state: SubscriptionState, now: int) -> int:
+    """The unused part of the period running at ``now``, in minor units, pro rata temporis
+    of what was paid for it (net of refunds), rounded down."""
+    for rec in state.payments.values():
+        if (
+            rec.status == "succeeded"
+            and rec.period_start is not None
+            and rec.period_end is not None
+            and rec.period_start <= now < rec.period_end
+        ):
+            paid = rec.amount.amount_minor - rec.refunded_minor
+            if rec.request.plan_amount is not None:
+                paid = min(paid, rec.request.plan_amount.amount_minor)
+            return paid * (rec.period_end - now) // (rec.period_end - rec.period_start)
+    return 0
+
+
+def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
+    state = em.state
+    if cmd.payment_id in state.payments:
+        return
+
+    def reject(reason: str, detail: str = "") -> None:
+        em.emit(PlanChangeRejected, command_id=cmd.command_id, reason=reason, detail=detail)
+
+    now = cmd.issued_at
+    if state.status != "active" or (state.period_end or 0) <= now:
+        return reject("not_active", "buy the plan instead")
+    current = state.renew_plan_id or state.plan_id
+    if cmd.price.plan_id == current:
+        return reject("same_plan")
+    busy = _in_flight(state)
+    if busy is not None:
+        return reject("payment_in_progress", busy.payment_id)
+    current_amount = state.renew_amount
+    new = cmd.price.amount
+    if current_amount is None or new.currency != current_amount.currency:
+        return reject("currency_mismatch")
+    if new.amount_minor <= current_amount.amount_minor:
+        em.emit(
+            PlanChangeScheduled,
+            command_id=cmd.command_id,
+            plan_id=cmd.price.plan_id,
+            amount=new,
+            period_months=cmd.price.period_months,
+            effective_at=state.period_end or now,
+        )
+        return
+    charge = new.amount_minor - upgrade_credit(state, now)
+    em.emit(
+        PaymentRequested,
+        request=PaymentRequest(
+            payment_id=cmd.payment_id,
+            command_id=cmd.command_id,
+            user_id=cmd.user_id,
+            plan_id=cmd.price.plan_id,
+            amount=Money(max(charge, 1), new.currency),
+            period_months=cmd.price.period_months,
+            price_version=cmd.price.price_version,
+            return_url=cmd.return_url,
+            description=cmd.description,
+            payment_method_id=state.payment_method_id,
+            save_payment_method=state.payment_method_id is None,
+            kind="upgrade",
+            plan_amount=new,
+        ),
+        deadline_at=now + policy.payment_deadline_ms,
+    )
+
+
+def _admin(em: _Emitter, cmd: AdminAdjust) -> None:
+    state = em.state
+    now = cmd.issued_at
+    covering = state.status == "active" and (state.period_end or 0) > now
+
+    def reject(reason: str) -> None:
+        em.emit(
+            AdminActionRejected,
+            command_id=cmd.command_id,
+            action=cmd.action,
+            actor=cmd.actor,
+            reason=reason,
+        )
+
+    if cmd.action == "cancel":
+        if state.status not in ("active", "past_due"):
+            return reject(f"subscription is {state.status}")
+        em.emit(
+            SubscriptionCanceled,
+            payment_id="",
+            reason=cmd.reason,
+            access_until=min(now, state.period_end or now),
+            actor=cmd.actor,
+        )
+        return
+    if cmd.action == "extend":
+        if not covering or state.period_end is None or cmd.days <= 0:
+            return reject("nothing to extend" if cmd.days > 0 else "days must be positive")
+        start, end = state.period_start or now, state.period_end + cmd.days * DAY_MS
+        plan_id = state.plan_id
+    else:
+        if cmd.period_months <= 0 or not cmd.plan_id:
+            return reject("a grant needs a plan and a period")
+        start = state.period_end if covering and state.period_end is not None else now
+        end = period_end_ms(start, cmd.period_months)
+        plan_id = cmd.plan_id
+    em.emit(
+        PeriodAdjusted,
+        command_id=cmd.command_id,
+        action=cmd.action,
+        actor=cmd.actor,
+        reason=cmd.reason,
+        plan_id=plan_id,
+        period_start=state.period_start if covering and state.period_start else start,
+        period_end=end,
+    )
 
 
 def due_commands(state: SubscriptionState, now: int, policy: Policy) -> list[AnyCommand]:
@@ -711,7 +927,7 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         # The next renewal charges what this period was sold at; dunning starts afresh.
         new.update(
             renew_plan_id=rec.plan_id,
-            renew_amount=rec.amount,
+            renew_amount=rec.request.plan_amount or rec.amount,
             renew_period_months=rec.period_months,
             dunning_attempt=0,
             next_retry_at=None,
@@ -733,6 +949,24 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         new["period_end"] = event.access_until
     elif isinstance(event, AutoRenewChanged):
         new["auto_renew"] = event.enabled
+    elif isinstance(event, RenewalUpcoming):
+        new["reminded_for"] = event.period_end
+    elif isinstance(event, PlanChangeScheduled):
+        new.update(
+            renew_plan_id=event.plan_id,
+            renew_amount=event.amount,
+            renew_period_months=event.period_months,
+        )
+    elif isinstance(event, PeriodAdjusted):
+        new.update(
+            status="active",
+            period_start=event.period_start,
+            period_end=event.period_end,
+            plan_id=event.plan_id or state.plan_id,
+            next_retry_at=None,
+            dunning_attempt=0,
+            dunning_stopped=False,
+        )
     elif isinstance(event, RefundRequested):
         req_r = event.request
         prec = payments[req_r.payment_id]

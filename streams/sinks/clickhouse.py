@@ -7,11 +7,11 @@ delivered again (a replay after a crash) is dropped by the engine, and rows that
 in differently cut batches are duplicates of the same ``event_id`` key, which the
 ReplacingMergeTree tables merge away and the queries ignore (analytics/queries.py).
 
-Extending it (refund events, reconciliation results): write a mapper returning
-``(table, row)`` pairs, build rows with ``payment_row``/``refund_row``/``period_row`` and
-register it with ``@maps(TheEvent)``. An event this build cannot decode (a newer producer)
-still lands in ``events`` with its raw body, so the history stays complete and derived rows can
-be backfilled from it.
+Extending it (a new event): write a mapper returning ``(table, row)`` pairs, build the rows
+with ``payment_row``/``refund_row``/``period_row``/``change_row`` and register it with
+``@maps(TheEvent)``; an event without a mapper still gets its ``events`` row. So does an event
+this build cannot decode (a newer producer), with its raw body: the history stays complete and
+derived rows can be backfilled from it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import msgspec
 from billing.clickhouse import ClickHouse
 from schemas.clickhouse import COLUMNS, EVENT_TABLES
 from schemas.messages import (
+    AutoRenewChanged,
     Event,
     PaymentCanceled,
     PaymentOutcomeUnknown,
@@ -35,7 +36,17 @@ from schemas.messages import (
     PaymentRejected,
     PaymentRequested,
     PaymentSucceeded,
+    RefundFailed,
+    RefundOutcomeUnknown,
+    RefundRedriven,
+    RefundRejected,
+    RefundRequested,
+    RefundSucceeded,
+    RenewalFailed,
     SubscriptionActivated,
+    SubscriptionCanceled,
+    SubscriptionExpired,
+    SubscriptionPastDue,
     decode_event,
 )
 from schemas.money import Money
@@ -156,6 +167,34 @@ def period_row(
     )
 
 
+def change_row(
+    e: Event,
+    *,
+    change: str,
+    payment_id: str = "",
+    reason: str = "",
+    hard: bool = False,
+    attempt: int = 0,
+    until: int | None = None,
+    actor: str = "",
+) -> Row:
+    """A ``subscription_changes`` row, in COLUMNS["subscription_changes"] order."""
+    return (
+        e.event_id,
+        e.subscription_id,
+        e.user_id,
+        change,
+        e.occurred_at,
+        e.version,
+        payment_id,
+        reason,
+        int(hard),
+        attempt,
+        until or 0,
+        actor,
+    )
+
+
 # ---------------------------------------------------------------------------------- mappers
 @maps(PaymentRequested)
 def _payment_requested(e: PaymentRequested) -> Iterable[tuple[str, Row]]:
@@ -168,7 +207,7 @@ def _payment_requested(e: PaymentRequested) -> Iterable[tuple[str, Row]]:
                 status="requested",
                 payment_id=r.payment_id,
                 command_id=r.command_id,
-                kind=getattr(r, "kind", "purchase"),
+                kind=r.kind,
                 plan_id=r.plan_id,
                 amount=r.amount,
                 period_months=r.period_months,
@@ -188,7 +227,7 @@ def _payment_redriven(e: PaymentRedriven) -> Iterable[tuple[str, Row]]:
                 status="redriven",
                 payment_id=r.payment_id,
                 command_id=r.command_id,
-                kind=getattr(r, "kind", "purchase"),
+                kind=r.kind,
                 plan_id=r.plan_id,
                 amount=r.amount,
                 period_months=r.period_months,
@@ -289,6 +328,183 @@ def _subscription_activated(e: SubscriptionActivated) -> Iterable[tuple[str, Row
                 start=e.period_start,
                 end=e.period_end,
                 extended=e.extended,
+            ),
+        ),
+    )
+
+
+@maps(RefundRequested)
+def _refund_requested(e: RefundRequested) -> Iterable[tuple[str, Row]]:
+    r = e.request
+    return (
+        (
+            "refunds",
+            refund_row(
+                e,
+                status="requested",
+                refund_id=r.refund_id,
+                payment_id=r.payment_id,
+                command_id=r.command_id,
+                amount=r.amount,
+                reason=r.reason,
+                actor=r.actor,
+            ),
+        ),
+    )
+
+
+@maps(RefundRedriven)
+def _refund_redriven(e: RefundRedriven) -> Iterable[tuple[str, Row]]:
+    r = e.request
+    return (
+        (
+            "refunds",
+            refund_row(
+                e,
+                status="redriven",
+                refund_id=r.refund_id,
+                payment_id=r.payment_id,
+                command_id=r.command_id,
+                amount=r.amount,
+                provider_refund_id=e.provider_refund_id,
+                attempt=e.attempt,
+                reason=r.reason,
+                actor=r.actor,
+            ),
+        ),
+    )
+
+
+@maps(RefundRejected)
+def _refund_rejected(e: RefundRejected) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "refunds",
+            refund_row(
+                e,
+                status="rejected",
+                refund_id=e.refund_id,
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                reason=e.reason,
+            ),
+        ),
+    )
+
+
+@maps(RefundOutcomeUnknown)
+def _refund_unknown(e: RefundOutcomeUnknown) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "refunds",
+            refund_row(
+                e,
+                status="unknown",
+                refund_id=e.refund_id,
+                payment_id="",
+                attempt=e.attempt,
+                reason=e.error,
+            ),
+        ),
+    )
+
+
+@maps(RefundSucceeded)
+def _refund_succeeded(e: RefundSucceeded) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "refunds",
+            refund_row(
+                e,
+                status="succeeded",
+                refund_id=e.refund_id,
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                amount=e.amount,
+                provider_refund_id=e.provider_refund_id,
+                fully_refunded=e.fully_refunded,
+            ),
+        ),
+    )
+
+
+@maps(RefundFailed)
+def _refund_failed(e: RefundFailed) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "refunds",
+            refund_row(
+                e,
+                status="canceled",
+                refund_id=e.refund_id,
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                provider_refund_id=e.provider_refund_id,
+                reason=e.reason,
+            ),
+        ),
+    )
+
+
+@maps(RenewalFailed)
+def _renewal_failed(e: RenewalFailed) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_changes",
+            change_row(
+                e,
+                change="renewal_failed",
+                payment_id=e.payment_id,
+                reason=e.reason,
+                hard=e.hard,
+                attempt=e.attempt,
+                until=e.next_retry_at,
+            ),
+        ),
+    )
+
+
+@maps(SubscriptionPastDue)
+def _past_due(e: SubscriptionPastDue) -> Iterable[tuple[str, Row]]:
+    return (("subscription_changes", change_row(e, change="past_due", until=e.period_end)),)
+
+
+@maps(SubscriptionExpired)
+def _expired(e: SubscriptionExpired) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_changes",
+            change_row(e, change="expired", reason=e.reason, until=e.period_end),
+        ),
+    )
+
+
+@maps(SubscriptionCanceled)
+def _canceled(e: SubscriptionCanceled) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_changes",
+            change_row(
+                e,
+                change="canceled",
+                payment_id=e.payment_id,
+                reason=e.reason,
+                until=e.access_until,
+            ),
+        ),
+    )
+
+
+@maps(AutoRenewChanged)
+def _auto_renew(e: AutoRenewChanged) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_changes",
+            change_row(
+                e,
+                change="auto_renew_on" if e.enabled else "auto_renew_off",
+                reason=e.reason,
+                actor=e.actor,
             ),
         ),
     )

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from schemas.ids import derived_id, observation_id_for
 from schemas.messages import (
+    AdminAdjust,
+    ChangePlan,
     PaymentObserved,
+    PriceQuote,
     RefundCallFailed,
     RefundObserved,
     RefundPayment,
+    RetryPayment,
     SetAutoRenew,
     SubscriptionDue,
     SweepRefund,
@@ -37,6 +42,7 @@ POLICY = Policy(
     redrive_max_backoff_ms=80_000,
     renew_lead_ms=DAY,
     dunning_schedule_ms=(DAY, 3 * DAY),
+    remind_ms=0,  # reminders have their own test
 )
 PERIOD_END = period_end_ms(T0 + 1_000, 1)
 METHOD = "pm-1"
@@ -407,3 +413,187 @@ def test_paying_again_after_expiry_starts_a_new_period() -> None:
     state, _ = apply(state, [lapse])
     state, types = apply(state, [pay("k2", at=PERIOD_END + 100)])
     assert types == ["PaymentRequested"] and state.status == "pending"
+
+
+# ------------------------------------------------- reminders, prices, retry, plan change, admin
+REMIND = Policy(
+    payment_deadline_ms=10_000,
+    renew_lead_ms=DAY,
+    dunning_schedule_ms=(DAY,),
+    remind_ms=3 * DAY,
+)
+
+
+def quote(plan: str = "monthly", amount: int = 29900, months: int = 1, v: int = 0) -> PriceQuote:
+    return PriceQuote(
+        plan_id=plan, amount=Money(amount, "RUB"), period_months=months, price_version=v
+    )
+
+
+def test_reminder_goes_out_once_per_period_before_the_charge() -> None:
+    state = active()
+    assert next_due(state, REMIND) == ("remind", PERIOD_END - 3 * DAY)
+    (remind,) = due_commands(state, PERIOD_END - 3 * DAY, REMIND)
+    d = decide(state, remind, REMIND)
+    assert [type(e).__name__ for e in d.events] == ["RenewalUpcoming"]
+    assert d.state is not None and d.state.reminded_for == PERIOD_END
+    assert next_due(d.state, REMIND) == ("renew", PERIOD_END - DAY)
+
+
+def test_renewal_charges_the_price_in_force_from_the_timer() -> None:
+    state = active()
+    due = SubscriptionDue(
+        command_id=derived_id(SUB, "due"),
+        subscription_id=SUB,
+        issued_at=PERIOD_END - DAY,
+        kind="renew",
+        due_at=PERIOD_END - DAY,
+        price=quote(amount=34900, v=2),
+    )
+    state, _types = apply(state, [due])
+    renewal = state.payments[renewal_payment_id(state, 0)]
+    assert renewal.amount == Money(34900, "RUB") and renewal.request.price_version == 2
+    # a quote for another plan is not this subscription's price: the sold price is used
+    state2, _ = apply(active(), [msgspec.structs.replace(due, price=quote("yearly", 1))])
+    assert state2.payments[renewal_payment_id(state2, 0)].amount == PRICE
+
+
+def retry(of: str, key: str, at: int) -> RetryPayment:
+    return RetryPayment(
+        command_id=derived_id(SUB, f"retry-{key}"),
+        subscription_id=SUB,
+        issued_at=at,
+        user_id=USER,
+        retry_of=of,
+        payment_id=derived_id(SUB, f"retry-payment-{key}"),
+        price=quote(),
+        return_url="https://cinema.example/return",
+        description="retry",
+    )
+
+
+def test_retry_of_a_declined_payment_pays_once() -> None:
+    state, _ = apply(None, [pay(), observed("canceled", cancellation_reason="insufficient_funds")])
+    state, types = apply(state, [retry(pid(), "a", T0 + 5_000)])
+    assert types == ["PaymentRequested"]
+    new_id = derived_id(SUB, "retry-payment-a")
+    assert state.payments[new_id].kind == "retry"
+    # a second retry while the first is in flight is refused
+    state, types = apply(state, [retry(pid(), "b", T0 + 6_000)])
+    assert types == ["PaymentRejected"]
+
+
+def test_retry_racing_a_late_success_never_pays_the_period_twice() -> None:
+    # the retry is accepted only while the period is unpaid; once another payment has
+    # activated it, the retry is refused with period_already_paid
+    state, _ = apply(None, [pay(), observed("canceled"), pay("k2", at=T0 + 2_000)])
+    state, _ = apply(state, [observed("succeeded", "k2", at=T0 + 3_000)])
+    state, types = apply(state, [retry(pid(), "late", T0 + 4_000)])
+    assert types == ["PaymentRejected"]
+    assert sum(p.status == "succeeded" for p in state.payments.values()) == 1
+
+
+def test_retry_of_a_payment_that_did_not_fail_is_refused() -> None:
+    _state, types = apply(active(), [retry(pid(), "x", T0 + 5_000)])
+    assert types == ["PaymentRejected"]
+
+
+def change(plan: str, amount: int, months: int, at: int, key: str = "c") -> ChangePlan:
+    return ChangePlan(
+        command_id=derived_id(SUB, f"change-{key}"),
+        subscription_id=SUB,
+        issued_at=at,
+        user_id=USER,
+        payment_id=derived_id(SUB, f"change-payment-{key}"),
+        price=quote(plan, amount, months),
+        return_url="https://cinema.example/return",
+        description="change",
+    )
+
+
+def test_upgrade_charges_the_new_price_less_the_unused_part_and_starts_now() -> None:
+    state = active()
+    start, end = state.period_start or 0, state.period_end or 0
+    half = start + (end - start) // 2
+    state, types = apply(state, [change("yearly", 299000, 12, half)])
+    assert types == ["PaymentRequested"]
+    charge = state.payments[derived_id(SUB, "change-payment-c")]
+    credit = 29900 * (end - half) // (end - start)
+    assert charge.amount == Money(299000 - credit, "RUB") and charge.kind == "upgrade"
+    assert charge.request.payment_method_id == METHOD  # the saved card, no redirect
+    provider = "prov-upgrade"
+    ok = PaymentObserved(
+        observation_id=observation_id_for(provider, "succeeded"),
+        subscription_id=SUB,
+        observed_at=half + 10,
+        source="gateway",
+        payment_id=charge.payment_id,
+        provider_payment_id=provider,
+        status="succeeded",
+        amount=charge.amount,
+        paid=True,
+    )
+    state, types = apply(state, [ok])
+    assert types == ["PaymentSucceeded", "SubscriptionActivated"]
+    assert state.plan_id == "yearly" and state.period_start == half + 10
+    assert state.period_end == period_end_ms(half + 10, 12)
+    assert state.renew_amount == Money(299000, "RUB")  # renewals charge the full price
+
+
+def test_downgrade_applies_at_the_period_end() -> None:
+    state, types = apply(active(), [change("cheap", 19900, 1, T0 + 5_000)])
+    assert types == ["PlanChangeScheduled"]
+    assert state.plan_id == "monthly" and state.renew_plan_id == "cheap"
+    (due,) = tick(state, PERIOD_END - DAY)
+    state, _ = apply(state, [due])
+    renewal = state.payments[renewal_payment_id(state, 0)]
+    assert renewal.plan_id == "cheap" and renewal.amount == Money(19900, "RUB")
+
+
+@pytest.mark.parametrize(
+    ("name", "prior", "cmd", "reason"),
+    [
+        ("not active", [pay()], change("yearly", 299000, 12, T0 + 5_000), "not_active"),
+        ("same plan", None, change("monthly", 29900, 1, T0 + 5_000), "same_plan"),
+    ],
+)
+def test_plan_change_refusals(
+    name: str, prior: list[LedgerInput] | None, cmd: ChangePlan, reason: str
+) -> None:
+    state = apply(None, prior)[0] if prior else active()
+    d = decide(state, cmd, POLICY)
+    assert [type(e).__name__ for e in d.events] == ["PlanChangeRejected"]
+    assert d.events[0].reason == reason
+
+
+def admin(action: str, at: int, **kw: object) -> AdminAdjust:
+    return AdminAdjust(
+        command_id=derived_id(SUB, f"admin-{action}-{at}"),
+        subscription_id=SUB,
+        issued_at=at,
+        user_id=USER,
+        action=action,  # type: ignore[arg-type]
+        actor="admin:ops-1",
+        reason="goodwill",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_admin_extend_grant_and_cancel_are_recorded_with_actor_and_reason() -> None:
+    state, types = apply(active(), [admin("extend", T0 + 5_000, days=7)])
+    assert types == ["PeriodAdjusted"] and state.period_end == PERIOD_END + 7 * DAY
+    state, types = apply(state, [admin("grant", T0 + 6_000, plan_id="monthly", period_months=1)])
+    assert types == ["PeriodAdjusted"]
+    assert state.period_end == period_end_ms(PERIOD_END + 7 * DAY, 1)  # stacked after
+    state, types = apply(state, [admin("cancel", T0 + 7_000)])
+    assert types == ["SubscriptionCanceled"] and state.status == "canceled"
+    assert next_due(state, POLICY) is None
+    state, types = apply(state, [admin("extend", T0 + 8_000, days=1)])
+    assert types == ["AdminActionRejected"]
+
+
+def test_admin_grant_to_someone_who_never_paid() -> None:
+    state, types = apply(None, [admin("grant", T0, plan_id="monthly", period_months=1)])
+    assert types == ["PeriodAdjusted"] and state.status == "active"
+    assert state.period_end == period_end_ms(T0, 1)
+    assert next_due(state, POLICY) == ("lapse", state.period_end)  # no method: it lapses
