@@ -13,6 +13,7 @@ from schemas.messages import (
     AdminAdjust,
     ChangePlan,
     PaymentObserved,
+    PlanChangeRejected,
     PriceQuote,
     RefundCallFailed,
     RefundObserved,
@@ -563,7 +564,8 @@ def test_plan_change_refusals(
     state = apply(None, prior)[0] if prior else active()
     d = decide(state, cmd, POLICY)
     assert [type(e).__name__ for e in d.events] == ["PlanChangeRejected"]
-    assert d.events[0].reason == reason
+    (event,) = d.events
+    assert isinstance(event, PlanChangeRejected) and event.reason == reason
 
 
 def admin(action: str, at: int, **kw: object) -> AdminAdjust:
