@@ -1,0 +1,241 @@
+"""End-to-end latency on the whole stack: ``python -m bench.e2e_latency``.
+
+Real processes (broker, PostgreSQL, emulator, API, one Faust worker with the ledger, gateway
+and projection agents), production timings. The emulator confirms every payment at once
+(auto_confirm="succeed", delay 0), so a payment goes: POST 202 → outbox → billing.commands →
+ledger → PaymentRequested → gateway → emulator create (pending) → PaymentObserved → ledger →
+projection; emulator confirms → webhook → API re-reads → provider event → ledger →
+PaymentSucceeded → projection → ``payments.status = 'succeeded'`` in PostgreSQL.
+
+Latency = from the 202 answer to the payment's row showing ``succeeded`` (the table is polled
+every 20 ms for all payments in flight, so figures carry up to ~20 ms of polling error).
+
+  baseline: payments one at a time on the idle stack (p50)
+  load:     ``--count`` payments at a steady ``--rate`` (open loop), distinct users and keys;
+            p50/p95/p99 accept → succeeded, and accept → pending (provider object created)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from bench.common import Result, loadavg, log, percentile, print_result, ratio
+from bench.load import open_loop
+from bench.stack_env import process_rss, running_stack
+
+BODY = {"plan_id": "monthly", "return_url": "https://cinema.example/return"}
+POLL_S = 0.02
+TERMINAL = ("succeeded", "canceled")
+
+
+class Tracker:
+    """Accept times of payments, and when each was first seen pending and terminal."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.accepted: dict[str, float] = {}
+        self.pending: dict[str, float] = {}
+        self.terminal: dict[str, tuple[float, str]] = {}
+        self.stop = asyncio.Event()
+
+    def open(self) -> list[str]:
+        return [p for p in self.accepted if p not in self.terminal]
+
+    async def poll(self) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                ids = self.open()
+                if ids:
+                    cur = await conn.execute(
+                        "SELECT payment_id::text, status FROM payments"
+                        " WHERE payment_id = ANY(%s::uuid[])"
+                        " AND status IN ('pending', 'waiting_for_capture', 'succeeded',"
+                        " 'canceled')",
+                        (ids,),
+                    )
+                    seen = time.monotonic()
+                    for pid, status in await cur.fetchall():
+                        self.pending.setdefault(pid, seen)
+                        if status in TERMINAL:
+                            self.terminal[pid] = (seen, status)
+                await asyncio.sleep(POLL_S)
+
+    async def wait_all(self, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while self.open() and time.monotonic() < deadline:  # noqa: ASYNC110 (polls the DB)
+            await asyncio.sleep(0.1)
+
+    def latencies(self, ids: list[str] | None = None) -> dict[str, list[float]]:
+        ids = ids if ids is not None else list(self.accepted)
+        done = [p for p in ids if p in self.terminal and self.terminal[p][1] == "succeeded"]
+        return {
+            "succeeded": [(self.terminal[p][0] - self.accepted[p]) * 1000 for p in done],
+            "pending": [
+                (self.pending[p] - self.accepted[p]) * 1000 for p in ids if p in self.pending
+            ],
+        }
+
+
+async def scenario(stack: Any, rate: float, count: int, idle_n: int) -> dict[str, Any]:
+    import aiohttp
+
+    tag = uuid.uuid4().hex[:6]
+    n_total = idle_n + count + 10
+    tokens = [stack.token(f"e2e-{tag}-{i}") for i in range(n_total)]
+    tracker = Tracker(stack.dsn)
+    poller = asyncio.create_task(tracker.poll())
+    url = f"{stack.api_url}/api/v1/payments"
+    statuses: dict[int, int] = {}
+    owner: dict[str, int] = {}
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    ) as http:
+
+        async def pay(i: int) -> int:
+            headers = {"Authorization": f"Bearer {tokens[i]}", "Idempotency-Key": str(uuid.uuid4())}
+            async with http.post(url, json=BODY, headers=headers) as resp:
+                body = await resp.json()
+                if resp.status == 202:
+                    tracker.accepted[body["payment_id"]] = time.monotonic()
+                    owner[body["payment_id"]] = i
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                return resp.status
+
+        # Warm-up: every process's first requests pay for imports, JIT and connections.
+        for i in range(5):
+            await pay(n_total - 1 - i)
+        await tracker.wait_all(60)
+
+        idle_ids: list[str] = []
+        for i in range(idle_n):
+            before = set(tracker.accepted)
+            await pay(i)
+            (pid,) = set(tracker.accepted) - before
+            idle_ids.append(pid)
+            await tracker.wait_all(30)
+
+        before = set(tracker.accepted)
+        samples, wall = await open_loop(rate, count, lambda i: pay(idle_n + i))
+        load_ids = [p for p in tracker.accepted if p not in before]
+        await tracker.wait_all(120)
+        tracker.stop.set()
+        await poller
+
+        # Cross-check through the API: a sample of payments reads back as succeeded.
+        checked = 0
+        for pid in load_ids[:: max(1, len(load_ids) // 20)]:
+            headers = {"Authorization": f"Bearer {tokens[owner[pid]]}"}
+            async with http.get(f"{url}/{pid}", headers=headers) as resp:
+                if resp.status == 200 and (await resp.json())["status"] == "succeeded":
+                    checked += 1
+
+    post_ms = [s.service * 1000 for s in samples if s.status == 202]
+    return {
+        "idle": tracker.latencies(idle_ids),
+        "load": tracker.latencies(load_ids),
+        "accepted": len(load_ids),
+        "not_terminal": len([p for p in load_ids if p not in tracker.terminal]),
+        "canceled": len(
+            [p for p in load_ids if p in tracker.terminal and tracker.terminal[p][1] != "succeeded"]
+        ),
+        "post_p50": percentile(post_ms, 50),
+        "post_p99": percentile(post_ms, 99),
+        "statuses": statuses,
+        "wall": wall,
+        "checked": checked,
+        "check_of": len(load_ids[:: max(1, len(load_ids) // 20)]),
+    }
+
+
+def run(rate: float = 20.0, count: int = 400, idle_n: int = 20) -> Result:
+    result = Result("e2e_latency")
+    started = time.monotonic()
+    load0 = loadavg()
+    with running_stack("e2e") as stack:
+        stack.control.configure(auto_confirm="succeed", auto_confirm_delay_s=0)
+        out = asyncio.run(scenario(stack, rate, count, idle_n))
+        rss = process_rss(stack)
+        stats = stack.control.stats()
+        provider_payments = sum(stats.get("by_payment_id", {}).values())
+    idle = out["idle"]["succeeded"]
+    base = percentile(idle, 50)
+    result.add(
+        "idle, one at a time: accept → succeeded p50",
+        base,
+        "ms",
+        ratio=1.0,
+        baseline="idle p50",
+        note=f"n={len(idle)}, p95 {percentile(idle, 95):.0f} ms",
+    )
+    lat = out["load"]["succeeded"]
+    for p in (50, 95, 99):
+        v = percentile(lat, p)
+        result.add(
+            f"{rate:g}/s steady: accept → succeeded p{p}",
+            v,
+            "ms",
+            ratio=ratio(v, base),
+            baseline="idle p50",
+            note=f"n={len(lat)}" if p == 50 else "",
+        )
+    pend = out["load"]["pending"]
+    result.add(
+        f"{rate:g}/s steady: accept → pending p50",
+        percentile(pend, 50),
+        "ms",
+        ratio=ratio(percentile(pend, 50), base),
+        baseline="idle p50",
+        note=f"p99 {percentile(pend, 99):.0f} ms (provider payment created)",
+    )
+    result.add(
+        f"{rate:g}/s steady: POST 202 p50",
+        out["post_p50"],
+        "ms",
+        ratio=ratio(out["post_p50"], base),
+        baseline="idle p50",
+        note=f"p99 {out['post_p99']:.0f} ms",
+    )
+    result.add(
+        "payments not succeeded within 120 s",
+        out["not_terminal"] + out["canceled"],
+        "count",
+        note=f"of {out['accepted']} accepted; HTTP {out['statuses']}",
+    )
+    for name, mb in rss.items():
+        result.add(f"peak RSS {name}", mb, "MiB")
+    result.notes.append(
+        f"provider payments created {provider_payments} for "
+        f"{out['accepted'] + len(idle) + 5} accepted (warm-up 5 + idle {len(idle)} + load)"
+    )
+    result.notes.append(
+        f"GET /api/v1/payments/{{id}} says succeeded for {out['checked']} of "
+        f"{out['check_of']} sampled payments"
+    )
+    result.notes.append(f"load average {load0} → {loadavg()}")
+    result.seconds = time.monotonic() - started
+    log(f"e2e done in {result.seconds:.0f} s")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, default=20.0, help="payments per second")
+    ap.add_argument("--count", type=int, default=400)
+    ap.add_argument("--idle", type=int, default=20, help="sequential payments for the baseline")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = run(args.rate, args.count, args.idle)
+    print_result(res)
+    if args.json:
+        print(res.to_json())
+
+
+if __name__ == "__main__":
+    main()
