@@ -12,7 +12,7 @@ distinct keys (``uniqExact``); nothing depends on ``OPTIMIZE`` or ``FINAL``.
 Conventions: days and months are UTC; amounts are integer minor units and never summed across
 currencies; a time window is ``[from_ms, to_ms)`` in epoch milliseconds.
 
-Definitions (what exists today: payments and periods; refunds once their events are mapped):
+Definitions:
 - revenue: gross = payments succeeded in the window (by the day they succeeded), refunds =
   refunds succeeded in the window (by their day), net = gross - refunds; the plan is the one
   the payment was requested for.
@@ -26,13 +26,15 @@ Definitions (what exists today: payments and periods; refunds once their events 
   succeeded / (succeeded + canceled); ledger rejections never reached the provider and are
   not counted. Decline reasons: canceled payments by reason and party.
 - refund rate: refunds / gross of the same window, per currency.
-Not yet answerable: dunning recovery (needs the renewal/dunning events).
+- dunning recovery: of the dunning episodes (a renewal's first decline) started in the window,
+  recovered = a payment succeeded before access was lost (expired or canceled), lost = access
+  was lost first; the rate counts ended episodes only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from billing.clickhouse import ClickHouse
@@ -206,6 +208,39 @@ ORDER BY month, currency
 """
 
 
+# Dunning episodes (a renewal's first decline) started in the window, each with the first
+# outcome after it: any succeeded payment (a retry or the user paying) or the loss of access.
+DUNNING_RECOVERY = f"""
+WITH
+episodes AS (
+    SELECT event_id, any(subscription_id) AS subscription_id, min(occurred_at) AS started_at
+    FROM subscription_changes
+    WHERE change = 'renewal_failed' AND attempt = 1 AND {_WINDOW}
+    GROUP BY event_id
+),
+outcomes AS (
+    SELECT subscription_id, occurred_at AS at, 'recovered' AS outcome
+    FROM payments
+    WHERE status = 'succeeded'
+      AND subscription_id IN (SELECT subscription_id FROM episodes)
+    UNION ALL
+    SELECT subscription_id, occurred_at, 'lost'
+    FROM subscription_changes
+    WHERE change IN ('expired', 'canceled')
+      AND subscription_id IN (SELECT subscription_id FROM episodes)
+)
+SELECT toStartOfMonth(e.started_at) AS month,
+       count() AS episodes,
+       countIf(o.outcome = 'recovered') AS recovered,
+       countIf(o.outcome = 'lost') AS lost
+FROM episodes AS e
+ASOF LEFT JOIN outcomes AS o
+    ON e.subscription_id = o.subscription_id AND e.started_at < o.at
+GROUP BY month
+ORDER BY month
+"""
+
+
 # ------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class RevenueRow:
@@ -296,6 +331,24 @@ class RefundRate:
 
 
 @dataclass(frozen=True)
+class DunningRecovery:
+    month: date  # when the episodes started
+    episodes: int
+    recovered: int
+    lost: int
+
+    @property
+    def open(self) -> int:
+        return self.episodes - self.recovered - self.lost
+
+    @property
+    def rate(self) -> float | None:
+        """Recovered of the episodes that ended (open ones are not counted yet)."""
+        ended = self.recovered + self.lost
+        return self.recovered / ended if ended else None
+
+
+@dataclass(frozen=True)
 class Overview:
     """What the overview page shows."""
 
@@ -305,6 +358,7 @@ class Overview:
     declines: list[DeclineReason]
     mrr: list[MrrMovement]
     refund_rate: list[RefundRate]
+    dunning: list[DunningRecovery]
 
 
 # ----------------------------------------------------------------------------- functions
@@ -371,9 +425,16 @@ def mrr_movements(ch: ClickHouse, from_month: date, months: int) -> list[MrrMove
     ]
 
 
+def dunning_recovery(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DunningRecovery]:
+    return [
+        DunningRecovery(r[0], int(r[1]), int(r[2]), int(r[3]))
+        for r in ch.query(DUNNING_RECOVERY, _window(from_ms, to_ms))
+    ]
+
+
 def month_start(ms: int, back: int = 0) -> date:
     """The first day (UTC) of the month ``back`` months before the one holding ``ms``."""
-    d = date(1970, 1, 1).fromordinal(date(1970, 1, 1).toordinal() + ms // 86_400_000)
+    d = datetime.fromtimestamp(ms / 1000, tz=UTC).date()
     index = d.year * 12 + d.month - 1 - back
     return date(index // 12, index % 12 + 1, 1)
 
@@ -389,4 +450,5 @@ def overview(ch: ClickHouse, now_ms: int, *, days: int = 30, months: int = 12) -
         declines=decline_reasons(ch, since, now_ms),
         mrr=mrr_movements(ch, month_start(now_ms, months - 1), months),
         refund_rate=refund_rate(ch, since, now_ms),
+        dunning=dunning_recovery(ch, since, now_ms),
     )
