@@ -398,6 +398,7 @@ class SubscriptionCanceled(Event, tag="SubscriptionCanceled", frozen=True):
     reason: str
     access_until: int
     actor: str = "system"
+    command_id: str = ""  # the admin command that canceled it, if any
 
 
 class RenewalUpcoming(Event, tag="RenewalUpcoming", frozen=True):

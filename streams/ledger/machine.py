@@ -752,6 +752,7 @@ def _admin(em: _Emitter, cmd: AdminAdjust) -> None:
             reason=cmd.reason,
             access_until=min(now, state.period_end or now),
             actor=cmd.actor,
+            command_id=cmd.command_id,
         )
         return
     if cmd.action == "extend":

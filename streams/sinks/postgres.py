@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from schemas.messages import (
+    AdminActionRejected,
     AnyEvent,
     AutoRenewChanged,
     PaymentCanceled,
@@ -27,6 +28,9 @@ from schemas.messages import (
     PaymentRejected,
     PaymentRequested,
     PaymentSucceeded,
+    PeriodAdjusted,
+    PlanChangeRejected,
+    PlanChangeScheduled,
     RefundFailed,
     RefundOutcomeUnknown,
     RefundRedriven,
@@ -63,8 +67,9 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
                 "INSERT INTO payments (payment_id, subscription_id, user_id, command_id, plan_id,"
-                " amount_minor, currency, status, created_at, updated_at, version, kind)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s, %s)"
+                " amount_minor, currency, status, created_at, updated_at, version, kind,"
+                " price_version)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'requested', %s, %s, %s, %s, %s)"
                 " ON CONFLICT (payment_id) DO NOTHING",
                 (
                     r.payment_id,
@@ -78,6 +83,7 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                     at,
                     v,
                     r.kind,
+                    r.price_version,
                 ),
             ),
             (
@@ -195,6 +201,7 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 " VALUES (%s, %s, 'active', %s, %s, %s, %s, %s)"
                 " ON CONFLICT (subscription_id) DO UPDATE SET status = 'active',"
                 " plan_id = EXCLUDED.plan_id, next_retry_at = NULL, status_reason = NULL,"
+                " next_plan_id = NULL,"
                 " period_start = CASE WHEN %s AND subscriptions.period_start IS NOT NULL"
                 " THEN subscriptions.period_start ELSE EXCLUDED.period_start END,"
                 " period_end = EXCLUDED.period_end, version = EXCLUDED.version,"
@@ -341,14 +348,39 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 event,
             )
         ]
-    if isinstance(event, SubscriptionCanceled):
+    if isinstance(event, PlanChangeScheduled):
         return [
+            _sub("next_plan_id = %s", (event.plan_id,), event),
+            _close(event.command_id, "done", f"plan change to {event.plan_id} at period end"),
+        ]
+    if isinstance(event, PlanChangeRejected | AdminActionRejected):
+        return [_close(event.command_id, "rejected", event.reason)]
+    if isinstance(event, PeriodAdjusted):
+        return [
+            _sub(
+                "status = 'active', plan_id = COALESCE(%s, subscriptions.plan_id),"
+                " period_start = %s, period_end = %s, status_reason = %s, next_retry_at = NULL",
+                (
+                    event.plan_id,
+                    _ts(event.period_start),
+                    _ts(event.period_end),
+                    f"{event.action} by {event.actor}: {event.reason}",
+                ),
+                event,
+            ),
+            _close(event.command_id, "done", event.action),
+        ]
+    if isinstance(event, SubscriptionCanceled):
+        out = [
             _sub(
                 "status = 'canceled', status_reason = %s, period_end = %s",
                 (event.reason, _ts(event.access_until)),
                 event,
             )
         ]
+        if event.command_id:
+            out.append(_close(event.command_id, "done", "canceled"))
+        return out
     return []
 
 
