@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     # Lifecycle: renewals are charged this long before the period ends; a declined renewal is
     # retried after each of these waits (seconds), then the subscription expires.
     renew_lead_s: float = Field(default=86400.0, ge=0)
+    renewal_reminder_s: float = Field(default=3 * 86400.0, ge=0)  # 0: no reminder
     dunning_schedule_s: list[float] = Field(default=[86400.0, 259200.0, 432000.0, 432000.0])
 
     # Dashboard

@@ -31,6 +31,7 @@ def policy_from(settings: Settings) -> Policy:
         payment_deadline_ms=int(settings.payment_deadline_s * 1000),
         redrive_max_backoff_ms=int(settings.payment_redrive_max_backoff_s * 1000),
         renew_lead_ms=int(settings.renew_lead_s * 1000),
+        remind_ms=int(settings.renewal_reminder_s * 1000),
         dunning_schedule_ms=tuple(int(s * 1000) for s in settings.dunning_schedule_s),
     )
 
@@ -66,8 +67,11 @@ def create_app(
         stream_recovery_delay=0.0,
     )
     topics = declare(app, settings.kafka_partitions)
+    dsn = postgres_dsn or (
+        settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else None
+    )
     if "ledger" in agents:
-        register_ledger(app, topics, policy_from(settings), settings)
+        register_ledger(app, topics, policy_from(settings), settings, dsn)
     if "gateway" in agents:
         if provider is None:
             from providers.yookassa_adapter import YooKassaProvider
@@ -75,9 +79,6 @@ def create_app(
             provider = YooKassaProvider(settings)
         register_gateway(app, topics, provider, settings)
     if "projection" in agents:
-        dsn = postgres_dsn or (
-            settings.postgres_dsn.get_secret_value() if settings.postgres_dsn else None
-        )
         if dsn is None:
             raise RuntimeError("the projection needs BILLING_POSTGRES_DSN")
         register_projection(app, topics, dsn)

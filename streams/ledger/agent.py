@@ -14,6 +14,7 @@ for, so concurrent or repeated sweeps collapse into one.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -24,6 +25,7 @@ from schemas.messages import DecodeError, ValidationError, decode_ledger_input, 
 from schemas.periods import now_ms
 from schemas.state import SubscriptionState, decode_state, encode_state
 from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
+from streams.ledger.prices import PriceBook, load_price_book
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,16 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (h & 0x7FFFFFFF) % partitions
 
 
-def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings) -> Any:
+PRICE_REFRESH_S = 30.0
+
+
+def register_ledger(
+    app: Any,
+    topics: Topics,
+    policy: Policy,
+    settings: Settings,
+    postgres_dsn: str | None = None,
+) -> Any:
     table = app.Table(
         TABLE_NAME,
         default=None,
@@ -50,6 +61,18 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
     # rebuilds it for state recovered from the changelog.
     deadlines: dict[bytes, int] = {}
     ticks = [0]
+    book = [PriceBook()]
+
+    async def price_book() -> PriceBook:
+        """Refreshed every PRICE_REFRESH_S; on a database error the last one is kept (a
+        renewal then charges the last known price or, before any, what was sold)."""
+        if postgres_dsn and time.monotonic() - book[0].loaded_at > PRICE_REFRESH_S:
+            try:
+                book[0] = await load_price_book(postgres_dsn)
+            except Exception as exc:
+                log.warning("price book refresh failed: %r", exc)
+                book[0].loaded_at = time.monotonic()
+        return book[0]
 
     def track(key: bytes, state: SubscriptionState) -> None:
         at = next_wakeup(state, policy)
@@ -107,13 +130,14 @@ def register_ledger(app: Any, topics: Topics, policy: Policy, settings: Settings
                     continue
                 track(key, decode_state(raw))
         due = [k for k, d in deadlines.items() if d <= now]
+        prices = (await price_book()).quote if due else None
         for key in due:
             if partition_for(key, settings.kafka_partitions) not in active:
                 continue
             raw = table.get(key)
             if raw is None:
                 continue
-            for cmd in due_commands(decode_state(raw), now, policy):
+            for cmd in due_commands(decode_state(raw), now, policy, prices):
                 await topics.commands.send(key=key, value=encode(cmd))
             # Wait for the ledger to apply these before looking at this key again.
             deadlines[key] = now + int(settings.sweep_interval_s * 1000) * 5

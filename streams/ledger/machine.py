@@ -778,9 +778,15 @@ def _admin(em: _Emitter, cmd: AdminAdjust) -> None:
     )
 
 
-def due_commands(state: SubscriptionState, now: int, policy: Policy) -> list[AnyCommand]:
+PriceLookup = Callable[[str | None, int], PriceQuote | None]
+
+
+def due_commands(
+    state: SubscriptionState, now: int, policy: Policy, prices: PriceLookup | None = None
+) -> list[AnyCommand]:
     """Everything the timer should send for this subscription at ``now`` (ids derived, so a
-    repeat collapses): sweeps of overdue payments and refunds, and the due lifecycle step."""
+    repeat collapses): sweeps of overdue payments and refunds, and the due lifecycle step.
+    A charge (or its reminder) carries the price in force when the new period starts."""
     out: list[AnyCommand] = []
     sub = state.subscription_id
     for rec in overdue_payments(state, now):
@@ -811,6 +817,9 @@ def due_commands(state: SubscriptionState, now: int, policy: Policy) -> list[Any
     due = next_due(state, policy)
     if due is not None and due[1] <= now:
         kind, at = due
+        price = None
+        if prices is not None and kind != "lapse" and state.period_end is not None:
+            price = prices(state.renew_plan_id, state.period_end)
         out.append(
             SubscriptionDue(
                 command_id=derived_id(sub, f"due-{kind}-{at}"),
@@ -818,6 +827,7 @@ def due_commands(state: SubscriptionState, now: int, policy: Policy) -> list[Any
                 issued_at=now,
                 kind=kind,  # type: ignore[arg-type]
                 due_at=at,
+                price=price,
             )
         )
     return out

@@ -35,6 +35,7 @@ from streams.ledger.machine import (
     next_wakeup,
     renewal_payment_id,
 )
+from streams.ledger.prices import PriceBook
 from tests.unit.test_machine import PRICE, SUB, T0, USER, observed, pay, pid
 
 DAY = 86_400_000
@@ -599,3 +600,18 @@ def test_admin_grant_to_someone_who_never_paid() -> None:
     assert types == ["PeriodAdjusted"] and state.status == "active"
     assert state.period_end == period_end_ms(T0, 1)
     assert next_due(state, POLICY) == ("lapse", state.period_end)  # no method: it lapses
+
+
+def test_price_book_answers_the_version_in_force() -> None:
+    book = PriceBook.of(
+        [
+            ("monthly", 1, -(2**62), 29900, "RUB", 1),
+            ("monthly", 2, PERIOD_END, 34900, "RUB", 1),
+        ]
+    )
+    assert book.quote("monthly", PERIOD_END - 1) == quote(v=1)
+    assert book.quote("monthly", PERIOD_END) == quote(amount=34900, v=2)
+    assert book.quote("unknown", PERIOD_END) is None
+    # the timer asks for the price at the new period's start: the scheduled one
+    (due,) = due_commands(active(), PERIOD_END - DAY, POLICY, book.quote)
+    assert isinstance(due, SubscriptionDue) and due.price == quote(amount=34900, v=2)
