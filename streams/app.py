@@ -22,6 +22,7 @@ from streams import faust_fix
 from streams.gateway.agent import register_gateway
 from streams.ledger.agent import register_ledger
 from streams.ledger.machine import Policy
+from streams.notify.agent import register_notifier
 from streams.sinks.postgres import register_projection
 from streams.topics import declare
 
@@ -41,7 +42,7 @@ def create_app(
     *,
     provider: PaymentProvider | None = None,
     postgres_dsn: str | None = None,
-    agents: tuple[str, ...] = ("ledger", "gateway", "projection"),
+    agents: tuple[str, ...] = ("ledger", "gateway", "projection", "notifier"),
 ) -> Any:
     faust_fix.apply()
     datadir = settings.state_dir / "faust"
@@ -78,6 +79,8 @@ def create_app(
 
             provider = YooKassaProvider(settings)
         register_gateway(app, topics, provider, settings)
+    if "notifier" in agents:
+        register_notifier(app, topics, topics.notifications, topics.entitlements)
     if "projection" in agents:
         if dsn is None:
             raise RuntimeError("the projection needs BILLING_POSTGRES_DSN")

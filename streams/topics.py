@@ -16,6 +16,8 @@ class Topics:
     provider_events: Any
     events: Any
     ledger_input: Any  # commands + provider events, co-partitioned, one agent
+    notifications: Any
+    entitlements: Any
 
 
 def declare(app: Any, partitions: int) -> Topics:
@@ -35,4 +37,6 @@ def declare(app: Any, partitions: int) -> Topics:
         provider_events=topic(topics.PROVIDER_EVENTS),
         events=topic(topics.EVENTS),
         ledger_input=topic(topics.COMMANDS, topics.PROVIDER_EVENTS),
+        notifications=topic(topics.NOTIFICATIONS),
+        entitlements=topic(topics.ENTITLEMENTS),
     )
