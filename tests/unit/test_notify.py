@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from schemas.notifications import Notification
 from streams.ledger.machine import LedgerInput, decide
 from streams.notify.agent import derive
 from tests.unit.test_lifecycle import POLICY, refund, refund_seen
@@ -18,9 +19,12 @@ def test_a_payment_and_a_full_refund_map_to_notifications_and_entitlements() -> 
         state = d.state
         for event in d.events:
             for out in derive(event):
-                label = getattr(out, "kind", None) or f"entitlement-{out.action}"
-                kinds.append(str(label))
-                ids.append(getattr(out, "notification_id", None) or out.entitlement_id)
+                if isinstance(out, Notification):
+                    kinds.append(out.kind)
+                    ids.append(out.notification_id)
+                else:
+                    kinds.append(f"entitlement-{out.action}")
+                    ids.append(out.entitlement_id)
     assert kinds == [
         "payment_succeeded",
         "entitlement-granted",
