@@ -199,6 +199,8 @@ PAYMENT_CASES = [
      [pay("p1", "succeeded")], [("status_mismatch", "prov-p1", "apply_provider_status")]),
     ("ours succeeded, provider has nothing", [rec("p1", "succeeded")], [],
      [("missing_at_provider", "prov-p1", "escalate")]),
+    ("ours fresh succeeded, provider has nothing", [rec("p1", "succeeded", at=FRESH)], [],
+     [("missing_at_provider", "prov-p1", "escalate")]),
     ("ours pending past the SLA, provider has nothing", [rec("p1", "pending")], [],
      [("missing_at_provider", "prov-p1", "escalate")]),
     ("ours requested past the SLA, provider has nothing", [no_provider("p1", "requested")], [],
@@ -311,6 +313,12 @@ REFUND_CASES = [
      [("refund_mismatch", "prov-r1", "escalate")]),
     ("ours succeeded, provider has nothing", [lref("r1", "succeeded")], [],
      [("refund_mismatch", "prov-r1", "escalate")]),
+    ("ours fresh succeeded, provider has nothing", [lref("r1", "succeeded", at=FRESH)], [],
+     [("refund_mismatch", "prov-r1", "escalate")]),
+    ("ours canceled with a provider id, provider has nothing", [lref("r1", "canceled")], [],
+     [("refund_mismatch", "prov-r1", "escalate")]),
+    ("ours pending past the SLA, provider has nothing", [lref("r1", "pending", None)], [],
+     [("refund_mismatch", "ours:r1", "escalate")]),
     ("ours canceled, never created at the provider", [lref("r1", "canceled", None)], [],
      [("matched", "ours:r1", "none")]),
     ("ours fresh pending, provider has nothing yet", [lref("r1", "pending", None, at=FRESH)], [],
@@ -392,12 +400,14 @@ def test_summary_counts_every_class_and_totals_succeeded_money_per_currency() ->
         rec("p2", "succeeded", amount=usd),
         rec("p3", "pending"),
         rec("p4", "succeeded"),  # unreported
+        rec("p5", "succeeded", amount=Money(1000, "EUR")),
     ]
     lines = [
         pay("p1", "succeeded"),
         pay("p1", "succeeded", "prov-dup", created=OLD + 900),
         pay("p2", "succeeded", amount=usd),
         pay("p3", "succeeded"),
+        pay("p5", "succeeded", amount=Money(1200, "EUR")),
     ]
     refunds = [lref("r1", "succeeded", amount=Money(100, "RUB"))]
     result = reconcile(
@@ -411,10 +421,21 @@ def test_summary_counts_every_class_and_totals_succeeded_money_per_currency() ->
         "missing_internal": 1,
         "duplicate_charge": 1,
         "missing_at_provider": 1,
+        "amount_mismatch": 1,
     }
-    assert s.discrepancies == 3
-    assert s.payments_ours == {"RUB": Money(2 * 29900, "RUB"), "USD": usd}
-    assert s.payments_theirs == {"RUB": Money(3 * 29900, "RUB"), "USD": usd}
+    assert s.discrepancies == 4
+    # ours: p1 p4 (RUB), p2 (USD), p5 (EUR); p3 is still pending in the ledger
+    assert s.payments_ours == {
+        "RUB": Money(2 * 29900, "RUB"),
+        "USD": usd,
+        "EUR": Money(1000, "EUR"),
+    }
+    # theirs: p1, the duplicate and p3 (RUB), p2 (USD), p5 as the provider charged it (EUR)
+    assert s.payments_theirs == {
+        "RUB": Money(3 * 29900, "RUB"),
+        "USD": usd,
+        "EUR": Money(1200, "EUR"),
+    }
     assert s.refunds_ours == s.refunds_theirs == {"RUB": Money(100, "RUB")}
 
 
