@@ -5,8 +5,9 @@ lines.
 A report is the provider's payments and refunds created in a window. Each line carries our
 ids from the metadata we sent at create (``subscription_id`` is the Kafka key of the line on
 ``billing.provider-report``). YooKassa refunds carry only ``metadata.refund_id`` and the
-provider payment id, so the feeder resolves a refund's ``subscription_id``/``payment_id``
-from the payment it refunds (a payment line of the same report, or a re-read).
+provider payment id unless we add ours at create, so the feeder resolves a refund's
+``subscription_id``/``payment_id`` from the payment it refunds (a payment line of the same
+report, or a re-read) when the refund's metadata lacks them.
 
 Times are epoch milliseconds UTC, like every message. Amounts are ``Money``.
 
@@ -156,7 +157,7 @@ def payment_line(payment: ProviderPayment) -> PaymentLine:
 
 
 class ProviderRefundLike(Protocol):
-    """What a provider refund object offers (``providers.yookassa_adapter.ProviderRefund``)."""
+    """What a provider refund object offers (``ProviderRefund`` of the providers package)."""
 
     @property
     def provider_refund_id(self) -> str: ...
@@ -175,21 +176,26 @@ class ProviderRefundLike(Protocol):
 
 
 def refund_line(
-    refund: ProviderRefundLike, *, subscription_id: str | None, payment_id: str | None
+    refund: ProviderRefundLike,
+    *,
+    subscription_id: str | None = None,
+    payment_id: str | None = None,
 ) -> RefundLine:
-    """A refund from the list API as a report line; our ids of the refunded payment come
-    from the caller (the provider's refund object does not carry them)."""
+    """A refund from the list API as a report line. Our ids of the refunded payment come
+    from the refund's metadata when we put them there at create, else from the caller
+    (resolved from the refunded payment)."""
     if refund.status not in REFUND_STATUSES:
         raise ReportError(f"unexpected refund status {refund.status!r}")
+    meta = refund.metadata
     return RefundLine(
         provider_refund_id=refund.provider_refund_id,
         provider_payment_id=refund.provider_payment_id,
         status=refund.status,  # type: ignore[arg-type]
         amount=refund.amount,
         created_at=iso_to_ms(refund.created_at) if refund.created_at else None,
-        subscription_id=subscription_id,
-        payment_id=payment_id,
-        refund_id=refund.metadata.get("refund_id") or None,
+        subscription_id=subscription_id or meta.get("subscription_id") or None,
+        payment_id=payment_id or meta.get("payment_id") or None,
+        refund_id=meta.get("refund_id") or None,
         cancellation_reason=refund.cancellation_reason,
     )
 

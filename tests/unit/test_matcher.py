@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ from reconciler.report import (
     iso_to_ms,
     payment_line,
     read_registry,
+    refund_line,
     report_order,
 )
 from schemas.ids import observation_id_for
@@ -537,6 +539,31 @@ def test_payment_line_from_the_list_api() -> None:
     assert (line.payment_method_id, line.payment_method_saved) == ("pm-1", True)
     with pytest.raises(ReportError):
         payment_line(msgspec.structs.replace(payment, status="refunded"))
+
+
+@dataclass(frozen=True)
+class FakeRefund:
+    provider_refund_id: str
+    provider_payment_id: str
+    status: str
+    amount: Money
+    created_at: str | None
+    cancellation_reason: str | None
+    metadata: dict[str, str]
+
+
+def test_refund_line_takes_our_ids_from_metadata_or_from_the_caller() -> None:
+    meta = {"refund_id": "r1", "subscription_id": SUB, "payment_id": "p1"}
+    found = FakeRefund("prov-r1", "prov-p1", "succeeded", PRICE, "2026-03-01T02:00:00Z", None, meta)
+    line = refund_line(found)
+    assert (line.refund_id, line.subscription_id, line.payment_id) == ("r1", SUB, "p1")
+    assert line.created_at == OLD
+    bare = FakeRefund("prov-r2", "prov-p1", "pending", PRICE, None, None, {"refund_id": "r2"})
+    line = refund_line(bare, subscription_id=SUB, payment_id="p1")
+    assert (line.refund_id, line.subscription_id, line.payment_id) == ("r2", SUB, "p1")
+    assert refund_line(bare).subscription_id is None
+    with pytest.raises(ReportError):
+        refund_line(FakeRefund("x", "y", "refunded", PRICE, None, None, {}))
 
 
 def test_iso_times_need_a_zone() -> None:
