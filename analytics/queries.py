@@ -16,12 +16,15 @@ Definitions:
 - revenue: gross = payments succeeded in the window (by the day they succeeded), refunds =
   refunds succeeded in the window (by their day), net = gross - refunds; the plan is the one
   the payment was requested for.
-- active subscribers at t: distinct subscriptions with a granted period covering t whose
-  payment was not fully refunded by t.
-- MRR at a month's close (the first instant of the next month): each active period's price
-  divided by its months, rounded to a minor unit. Movements against the previous close: new
-  (0 -> >0, reactivations included), expansion, contraction, churn (>0 -> 0); churn rate =
-  churned / subscribers at the previous close.
+- active subscribers at t: subscriptions whose access state at t (the latest access row that
+  occurred by t: activation, stacking, admin extend/grant, cancel) covers t; by that state's
+  plan. This is the ledger's own view (a full refund of the current period cancels access).
+- MRR at a month's close (the first instant of the next month): each subscription's monthly
+  price in its access state at that instant (the plan's list price / its months, rounded to a
+  minor unit; a stacked period's plan counts from when it was bought; an admin extension keeps
+  the price, a grant is free). Movements against the previous close: new (0 -> >0,
+  reactivations included), expansion, contraction, churn (>0 -> 0); churn rate = churned /
+  subscribers at the previous close.
 - payment success rate: of the payments that reached a terminal state in the window,
   succeeded / (succeeded + canceled); ledger rejections never reached the provider and are
   not counted. Decline reasons: canceled payments by reason and party.
@@ -103,23 +106,21 @@ GROUP BY day, currency
 ORDER BY day, currency
 """
 
-# Payments whose (succeeded) refunds left nothing to refund, and since when.
-_FULL_REFUNDS = """
-    SELECT payment_id, min(occurred_at) AS refunded_at
-    FROM refunds
-    WHERE status = 'succeeded' AND fully_refunded = 1
-    GROUP BY payment_id
-"""
-
+# Each subscription's access state at t: its latest access row (by version) that occurred by
+# then (argMax over a replayed duplicate picks the same values).
 ACTIVE_SUBSCRIBERS = """
 WITH fromUnixTimestamp64Milli({at_ms:Int64}, 'UTC') AS at_time
 SELECT grouping(plan_id) AS is_total, plan_id, uniqExact(subscription_id) AS subscribers
-FROM subscription_periods
-WHERE period_start <= at_time AND period_end > at_time
-  AND payment_id NOT IN (
-      SELECT payment_id FROM refunds
-      WHERE status = 'succeeded' AND fully_refunded = 1 AND occurred_at <= at_time
-  )
+FROM (
+    SELECT subscription_id,
+           argMax(plan_id, version) AS plan_id,
+           argMax(access_from, version) AS access_from,
+           argMax(access_until, version) AS access_until
+    FROM subscription_periods
+    WHERE occurred_at <= at_time
+    GROUP BY subscription_id
+)
+WHERE access_from <= at_time AND at_time < access_until
 GROUP BY GROUPING SETS ((plan_id), ())
 ORDER BY is_total, plan_id
 """
@@ -146,43 +147,65 @@ GROUP BY reason, party
 ORDER BY payments DESC, reason, party
 """
 
-# Each subscription's MRR at the close of each month from the month before {from_month} (the
-# baseline of the first movement) to the last month; then each close against the previous.
-MRR_MOVEMENTS = f"""
+# Each subscription's MRR at the close of each month, from the month before {from_month} (the
+# baseline of the first movement) to the last one; then each close against the previous. An
+# access row holds from when it occurred until the subscription's next access row; it counts at
+# a close inside both that span and its access window. Its monthly price: the plan's list
+# price / months of the payment that opened it; an admin extension keeps the price before it,
+# a grant (no payment) is 0.
+MRR_MOVEMENTS = """
 WITH
+toDateTime64(addMonths({from_month:Date}, toInt32({months:UInt16})), 3, 'UTC') AS last_close,
 mrr AS (
-    SELECT subscription_id, currency, month, sum(monthly_minor) AS mrr
+    SELECT subscription_id, ifNull(carried_currency, '') AS currency, month,
+           sum(assumeNotNull(monthly_minor)) AS mrr
     FROM (
-        SELECT p.subscription_id AS subscription_id, pr.currency AS currency,
-               toInt64(round(pr.amount_minor / greatest(pr.period_months, 1))) AS monthly_minor,
-               p.start AS period_start,
-               if(r.payment_id = '', p.end, least(p.end, r.refunded_at)) AS active_until
+        SELECT subscription_id, version, access_from, access_until, occurred_at,
+               leadInFrame(occurred_at, 1, toDateTime64('2200-01-01', 3, 'UTC')) OVER w_next
+                   AS valid_to,
+               anyLast(price) OVER w_upto AS monthly_minor,
+               anyLast(price_currency) OVER w_upto AS carried_currency
         FROM (
-            SELECT event_id, any(subscription_id) AS subscription_id,
-                   any(payment_id) AS payment_id, any(period_start) AS start,
-                   any(period_end) AS end
-            FROM subscription_periods
-            WHERE period_end > toDateTime64(addMonths({{from_month:Date}}, -1), 3, 'UTC')
-              AND period_start < toDateTime64(
-                  addMonths({{from_month:Date}}, toInt32({{months:UInt16}})), 3, 'UTC')
-            GROUP BY event_id
-        ) AS p
-        INNER JOIN (
-            SELECT payment_id, any(amount_minor) AS amount_minor, any(currency) AS currency,
-                   any(period_months) AS period_months
-            FROM payments
-            WHERE status = 'requested'
-            GROUP BY payment_id
-        ) AS pr ON pr.payment_id = p.payment_id
-        LEFT JOIN ({_FULL_REFUNDS}) AS r ON r.payment_id = p.payment_id
+            SELECT s.subscription_id AS subscription_id, s.version AS version,
+                   s.occurred_at AS occurred_at, s.access_from AS access_from,
+                   s.access_until AS access_until,
+                   multiIf(
+                       s.change IN ('activated', 'stacked') AND pr.payment_id != '',
+                       toNullable(toInt64(round(pr.list_amount_minor
+                                                / greatest(pr.period_months, 1)))),
+                       s.change IN ('granted', 'canceled'), toNullable(toInt64(0)),
+                       NULL
+                   ) AS price,
+                   if(pr.payment_id != '', toNullable(pr.currency), NULL) AS price_currency
+            FROM (
+                SELECT subscription_id, version, occurred_at, change, payment_id,
+                       access_from, access_until
+                FROM subscription_periods
+                WHERE occurred_at < last_close
+                LIMIT 1 BY event_id
+            ) AS s
+            LEFT JOIN (
+                SELECT payment_id, any(list_amount_minor) AS list_amount_minor,
+                       any(currency) AS currency, any(period_months) AS period_months
+                FROM payments
+                WHERE status = 'requested'
+                GROUP BY payment_id
+            ) AS pr ON pr.payment_id = s.payment_id
+        )
+        WINDOW
+            w_next AS (PARTITION BY subscription_id ORDER BY version
+                       ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING),
+            w_upto AS (PARTITION BY subscription_id ORDER BY version
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     )
     ARRAY JOIN arrayMap(
-        i -> addMonths({{from_month:Date}}, toInt32(i) - 1),
-        range(toUInt32({{months:UInt16}}) + 1)
+        i -> addMonths({from_month:Date}, toInt32(i) - 1),
+        range(toUInt32({months:UInt16}) + 1)
     ) AS month
-    WHERE period_start <= toDateTime64(addMonths(month, 1), 3, 'UTC')
-      AND toDateTime64(addMonths(month, 1), 3, 'UTC') < active_until
-    GROUP BY subscription_id, currency, month
+    WHERE greatest(occurred_at, access_from) <= toDateTime64(addMonths(month, 1), 3, 'UTC')
+      AND toDateTime64(addMonths(month, 1), 3, 'UTC') < least(valid_to, access_until)
+      AND monthly_minor > 0
+    GROUP BY subscription_id, carried_currency, month
 )
 SELECT month, currency,
        sum(cur_mrr) AS mrr_minor,
@@ -201,8 +224,8 @@ FROM (
         SELECT subscription_id, currency, addMonths(month, 1) AS month, mrr FROM mrr
     ) AS prev USING (subscription_id, currency, month)
 )
-WHERE month >= {{from_month:Date}}
-  AND month < addMonths({{from_month:Date}}, toInt32({{months:UInt16}}))
+WHERE month >= {from_month:Date}
+  AND month < addMonths({from_month:Date}, toInt32({months:UInt16}))
 GROUP BY month, currency
 ORDER BY month, currency
 """

@@ -100,6 +100,19 @@ class DunningFact:
     ended_at: int | None = None
 
 
+@dataclass(frozen=True)
+class AccessFact:
+    """A change of a subscription's access window (in the order they happened)."""
+
+    subscription_id: str
+    at: int
+    access_from: int
+    access_until: int
+    plan_id: str
+    monthly_minor: int
+    currency: str
+
+
 @dataclass
 class History:
     start_ms: int
@@ -107,6 +120,7 @@ class History:
     events: list[bytes] = field(default_factory=list)
     payments: list[PaymentFact] = field(default_factory=list)
     dunning: list[DunningFact] = field(default_factory=list)
+    access: list[AccessFact] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -314,6 +328,17 @@ class _Life:
             period_end=end,
             extended=extended,
         )
+        self.history.access.append(
+            AccessFact(
+                sub.subscription_id,
+                done_at,
+                done_at if extended else start,
+                end,
+                plan.plan_id,
+                round(plan.amount_minor / plan.months),
+                plan.currency,
+            )
+        )
         refund = self._maybe_refund(request, provider_id, start, end)
         fact = PaymentFact(
             payment_id,
@@ -384,6 +409,7 @@ class _Life:
                 reason="refunded",
                 access_until=done,
             )
+            self.history.access.append(AccessFact(sub.subscription_id, done, done, done, "", 0, ""))
         return RefundFact(refund_id, amount.amount_minor, done, full)
 
     def _declined_renewal(self, fact: PaymentFact) -> bool:

@@ -71,8 +71,10 @@ SETTINGS {_DEDUP}
 """
 
 # status: requested | redriven | rejected | pending | waiting_for_capture | unknown | succeeded
-# | canceled. Only ``requested`` rows carry the price (plan, amount, period_months, kind); the
-# succeeded row carries the captured amount; canceled/rejected rows the reason.
+# | canceled. The requested (and redriven) rows carry the request: kind (purchase | renewal |
+# upgrade | retry), plan, amount charged, period_months, list_amount_minor (the plan's full
+# price, which an upgrade's prorated charge is not); the succeeded row carries the captured
+# amount; canceled/rejected rows the reason.
 PAYMENTS = f"""
 CREATE TABLE IF NOT EXISTS payments (
     event_id String,
@@ -88,6 +90,7 @@ CREATE TABLE IF NOT EXISTS payments (
     amount_minor Int64,
     currency LowCardinality(String),
     period_months UInt16,
+    list_amount_minor Int64,
     provider_payment_id String,
     attempt UInt32,
     reason String,
@@ -125,26 +128,38 @@ ORDER BY (status, occurred_at, event_id)
 SETTINGS {_DEDUP}
 """
 
+# Access as the ledger sees it: one row per event that changes a subscription's access window,
+# holding the window in force after it (``access_from``..``access_until``, half-open). The row
+# with the highest version among those that occurred by t is the subscription's state at t.
+# change: activated (a period starting now) | stacked (a period bought while one runs: access
+# already runs, so access_from is when it was bought) | extended | granted (admin, no
+# payment) | canceled (access ended at access_until; an empty window from then on).
+# period_start/period_end: the event's own period, for the record.
 SUBSCRIPTION_PERIODS = f"""
 CREATE TABLE IF NOT EXISTS subscription_periods (
     event_id String,
     subscription_id String,
     user_id String,
+    version UInt64,
+    occurred_at DateTime64(3, 'UTC'),
+    change LowCardinality(String),
     payment_id String,
     plan_id LowCardinality(String),
     period_start DateTime64(3, 'UTC'),
     period_end DateTime64(3, 'UTC'),
-    extended UInt8,
-    occurred_at DateTime64(3, 'UTC'),
-    version UInt64
+    access_from DateTime64(3, 'UTC'),
+    access_until DateTime64(3, 'UTC'),
+    actor LowCardinality(String),
+    reason String
 ) ENGINE = ReplacingMergeTree
-ORDER BY (subscription_id, event_id)
+ORDER BY (subscription_id, version, event_id)
 SETTINGS {_DEDUP}
 """
 
-# Subscription lifecycle beyond periods: change = renewal_failed | past_due | expired | canceled
-# | auto_renew_on | auto_renew_off. ``until``: the period end (past_due, expired), the end of
-# access (canceled) or the next dunning retry (renewal_failed; 0 when none).
+# Subscription lifecycle: change = renewal_failed | past_due | expired | canceled |
+# auto_renew_on | auto_renew_off | plan_change_scheduled. ``until``: the period end (past_due,
+# expired), the end of access (canceled), the next dunning retry (renewal_failed; 0 when none)
+# or when a scheduled plan (``plan_id``) takes effect.
 SUBSCRIPTION_CHANGES = f"""
 CREATE TABLE IF NOT EXISTS subscription_changes (
     event_id String,
@@ -154,6 +169,7 @@ CREATE TABLE IF NOT EXISTS subscription_changes (
     occurred_at DateTime64(3, 'UTC'),
     version UInt64,
     payment_id String,
+    plan_id LowCardinality(String),
     reason LowCardinality(String),
     hard UInt8,
     attempt UInt32,
@@ -236,6 +252,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "amount_minor",
         "currency",
         "period_months",
+        "list_amount_minor",
         "provider_payment_id",
         "attempt",
         "reason",
@@ -263,13 +280,17 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "event_id",
         "subscription_id",
         "user_id",
+        "version",
+        "occurred_at",
+        "change",
         "payment_id",
         "plan_id",
         "period_start",
         "period_end",
-        "extended",
-        "occurred_at",
-        "version",
+        "access_from",
+        "access_until",
+        "actor",
+        "reason",
     ),
     "subscription_changes": (
         "event_id",
@@ -279,6 +300,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "occurred_at",
         "version",
         "payment_id",
+        "plan_id",
         "reason",
         "hard",
         "attempt",

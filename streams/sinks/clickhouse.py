@@ -8,7 +8,7 @@ in differently cut batches are duplicates of the same ``event_id`` key, which th
 ReplacingMergeTree tables merge away and the queries ignore (analytics/queries.py).
 
 Extending it (a new event): write a mapper returning ``(table, row)`` pairs, build the rows
-with ``payment_row``/``refund_row``/``period_row``/``change_row`` and register it with
+with ``payment_row``/``refund_row``/``access_row``/``change_row`` and register it with
 ``@maps(TheEvent)``; an event without a mapper still gets its ``events`` row. So does an event
 this build cannot decode (a newer producer), with its raw body: the history stays complete and
 derived rows can be backfilled from it.
@@ -27,6 +27,7 @@ import msgspec
 from billing.clickhouse import ClickHouse
 from schemas.clickhouse import COLUMNS, EVENT_TABLES
 from schemas.messages import (
+    AdminActionRejected,
     AutoRenewChanged,
     Event,
     PaymentCanceled,
@@ -36,6 +37,9 @@ from schemas.messages import (
     PaymentRejected,
     PaymentRequested,
     PaymentSucceeded,
+    PeriodAdjusted,
+    PlanChangeRejected,
+    PlanChangeScheduled,
     RefundFailed,
     RefundOutcomeUnknown,
     RefundRedriven,
@@ -43,6 +47,7 @@ from schemas.messages import (
     RefundRequested,
     RefundSucceeded,
     RenewalFailed,
+    RenewalUpcoming,
     SubscriptionActivated,
     SubscriptionCanceled,
     SubscriptionExpired,
@@ -60,6 +65,11 @@ Mapper = Callable[[Any], Iterable[tuple[str, Row]]]
 E = TypeVar("E", bound=Event)
 
 MAPPERS: dict[type[Event], Mapper] = {}
+
+# Events kept in ``events`` only, on purpose (nothing the analytics count).
+EVENTS_ONLY: frozenset[type[Event]] = frozenset(
+    {RenewalUpcoming, PlanChangeRejected, AdminActionRejected}
+)
 
 
 def maps(
@@ -87,6 +97,7 @@ def payment_row(
     plan_id: str = "",
     amount: Money | None = None,
     period_months: int = 0,
+    list_amount: Money | None = None,
     provider_payment_id: str | None = None,
     attempt: int = 0,
     reason: str = "",
@@ -107,6 +118,7 @@ def payment_row(
         amount.amount_minor if amount is not None else 0,
         amount.currency if amount is not None else "",
         period_months,
+        list_amount.amount_minor if list_amount is not None else 0,
         provider_payment_id or "",
         attempt,
         reason,
@@ -149,21 +161,35 @@ def refund_row(
     )
 
 
-def period_row(
-    e: Event, *, payment_id: str, plan_id: str, start: int, end: int, extended: bool
+def access_row(
+    e: Event,
+    *,
+    change: str,
+    access_from: int,
+    access_until: int,
+    payment_id: str = "",
+    plan_id: str | None = None,
+    period_start: int = 0,
+    period_end: int = 0,
+    actor: str = "",
+    reason: str = "",
 ) -> Row:
-    """A ``subscription_periods`` row, in COLUMNS["subscription_periods"] order."""
+    """A ``subscription_periods`` row (the access window after ``e``), in COLUMNS order."""
     return (
         e.event_id,
         e.subscription_id,
         e.user_id,
-        payment_id,
-        plan_id,
-        start,
-        end,
-        int(extended),
-        e.occurred_at,
         e.version,
+        e.occurred_at,
+        change,
+        payment_id,
+        plan_id or "",
+        period_start,
+        period_end,
+        access_from,
+        access_until,
+        actor,
+        reason,
     )
 
 
@@ -172,6 +198,7 @@ def change_row(
     *,
     change: str,
     payment_id: str = "",
+    plan_id: str = "",
     reason: str = "",
     hard: bool = False,
     attempt: int = 0,
@@ -187,6 +214,7 @@ def change_row(
         e.occurred_at,
         e.version,
         payment_id,
+        plan_id,
         reason,
         int(hard),
         attempt,
@@ -211,6 +239,7 @@ def _payment_requested(e: PaymentRequested) -> Iterable[tuple[str, Row]]:
                 plan_id=r.plan_id,
                 amount=r.amount,
                 period_months=r.period_months,
+                list_amount=r.plan_amount or r.amount,
             ),
         ),
     )
@@ -231,6 +260,7 @@ def _payment_redriven(e: PaymentRedriven) -> Iterable[tuple[str, Row]]:
                 plan_id=r.plan_id,
                 amount=r.amount,
                 period_months=r.period_months,
+                list_amount=r.plan_amount or r.amount,
                 provider_payment_id=e.provider_payment_id,
                 attempt=e.attempt,
             ),
@@ -318,16 +348,39 @@ def _payment_canceled(e: PaymentCanceled) -> Iterable[tuple[str, Row]]:
 
 @maps(SubscriptionActivated)
 def _subscription_activated(e: SubscriptionActivated) -> Iterable[tuple[str, Row]]:
+    # Stacked: the running period already gives access, the new one only moves its end.
     return (
         (
             "subscription_periods",
-            period_row(
+            access_row(
                 e,
+                change="stacked" if e.extended else "activated",
+                access_from=e.occurred_at if e.extended else e.period_start,
+                access_until=e.period_end,
                 payment_id=e.payment_id,
                 plan_id=e.plan_id,
-                start=e.period_start,
-                end=e.period_end,
-                extended=e.extended,
+                period_start=e.period_start,
+                period_end=e.period_end,
+            ),
+        ),
+    )
+
+
+@maps(PeriodAdjusted)
+def _period_adjusted(e: PeriodAdjusted) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_periods",
+            access_row(
+                e,
+                change="extended" if e.action == "extend" else "granted",
+                access_from=e.period_start,
+                access_until=e.period_end,
+                plan_id=e.plan_id,
+                period_start=e.period_start,
+                period_end=e.period_end,
+                actor=e.actor,
+                reason=e.reason,
             ),
         ),
     )
@@ -483,6 +536,18 @@ def _expired(e: SubscriptionExpired) -> Iterable[tuple[str, Row]]:
 def _canceled(e: SubscriptionCanceled) -> Iterable[tuple[str, Row]]:
     return (
         (
+            "subscription_periods",
+            access_row(
+                e,
+                change="canceled",
+                access_from=e.access_until,
+                access_until=e.access_until,
+                payment_id=e.payment_id,
+                actor=e.actor,
+                reason=e.reason,
+            ),
+        ),
+        (
             "subscription_changes",
             change_row(
                 e,
@@ -490,6 +555,22 @@ def _canceled(e: SubscriptionCanceled) -> Iterable[tuple[str, Row]]:
                 payment_id=e.payment_id,
                 reason=e.reason,
                 until=e.access_until,
+                actor=e.actor,
+            ),
+        ),
+    )
+
+
+@maps(PlanChangeScheduled)
+def _plan_change_scheduled(e: PlanChangeScheduled) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_changes",
+            change_row(
+                e,
+                change="plan_change_scheduled",
+                plan_id=e.plan_id,
+                until=e.effective_at,
             ),
         ),
     )
