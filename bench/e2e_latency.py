@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.common import Result, loadavg, log, percentile, print_result, ratio
 from bench.load import open_loop
-from bench.stack_env import process_rss, running_stack
+from bench.stack_env import mint_tokens, process_rss, running_stack
 
 BODY = {"plan_id": "monthly", "return_url": "https://cinema.example/return"}
 POLL_S = 0.02
@@ -87,7 +87,7 @@ async def scenario(stack: Any, rate: float, count: int, idle_n: int) -> dict[str
 
     tag = uuid.uuid4().hex[:6]
     n_total = idle_n + count + 10
-    tokens = [stack.token(f"e2e-{tag}-{i}") for i in range(n_total)]
+    tokens = mint_tokens(f"e2e-{tag}", n_total)
     tracker = Tracker(stack.dsn)
     poller = asyncio.create_task(tracker.poll())
     url = f"{stack.api_url}/api/v1/payments"

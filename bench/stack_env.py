@@ -34,6 +34,7 @@ def running_stack(
 
     with workdir(name) as root, postgres(root) as dsn:
         env = dict(PRODUCTION_TIMINGS, **(extra_env or {}))
+        (root / "stack").mkdir()
         stack = Stack(root / "stack", dsn, workers=workers, extra_env=env)
         t = time.monotonic()
         try:
@@ -54,3 +55,12 @@ def process_rss(stack: Any) -> dict[str, float]:
     for i, w in enumerate(stack.workers):
         out[f"worker-{i}"] = peak_rss_mb(w.pid) if w.pid else float("nan")
     return out
+
+
+def mint_tokens(prefix: str, n: int) -> list[str]:
+    """Bearer tokens for n distinct users (the API's default dev secret, as the stack)."""
+    from api.auth import mint_token
+    from billing.config import Settings
+
+    settings = Settings()
+    return [mint_token(settings, f"{prefix}-{i}", ttl_s=3600) for i in range(n)]
