@@ -258,7 +258,7 @@ SELECT toStartOfMonth(e.started_at) AS month,
        countIf(o.outcome = 'lost') AS lost
 FROM episodes AS e
 ASOF LEFT JOIN outcomes AS o
-    ON e.subscription_id = o.subscription_id AND e.started_at < o.at
+    ON e.subscription_id = o.subscription_id AND e.started_at <= o.at
 GROUP BY month
 ORDER BY month
 """

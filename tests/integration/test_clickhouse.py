@@ -1,0 +1,551 @@
+"""The ClickHouse history on the embedded engine (chdb): migrations, the sink's idempotence on
+replay (insert deduplication tokens, and duplicates the queries ignore before any merge), and
+the analytics answers checked against what a synthetic history says (computed in Python).
+
+One engine directory per process (chdb's rule): this module opens one and gives each case its
+own database in it; every client is closed at the end, so another module may open another."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analytics import queries as q
+from analytics.synthetic import DAY_MS, History, synthetic_history
+from billing.clickhouse import ClickHouseClient, apply_migrations, connect, embedded_dir
+from billing.config import Settings
+from schemas.clickhouse import COLUMNS, EVENT_TABLES
+from schemas.ids import event_id_for, subscription_id_for
+from schemas.messages import (
+    Event,
+    PaymentRequest,
+    PaymentRequested,
+    PaymentSucceeded,
+    PeriodAdjusted,
+    SubscriptionActivated,
+    SubscriptionCanceled,
+    decode_event,
+    encode,
+)
+from schemas.money import Money
+from schemas.periods import period_end_ms
+from streams.sinks.clickhouse import write_batch
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+HOUR_MS = 3_600_000
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clickhouse-state")
+
+
+def _open(state_dir: Path) -> ClickHouseClient:
+    return connect(embedded_dir(state_dir), database=f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[ClickHouseClient]:
+    ch = _open(state_dir)
+    yield ch
+    ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    return synthetic_history(1500, start_ms=T0, days=240, seed=7)
+
+
+def ingest(ch: ClickHouseClient, batches: Sequence[Sequence[bytes]]) -> None:
+    async def run() -> None:
+        for batch in batches:
+            await write_batch(ch, batch)
+
+    asyncio.run(run())
+
+
+def cut(events: Sequence[bytes], size: int, step: int | None = None) -> list[Sequence[bytes]]:
+    step = step or size
+    return [events[i : i + size] for i in range(0, len(events), step)]
+
+
+@pytest.fixture(scope="module")
+def loaded(state_dir: Path, history: History) -> Iterator[ClickHouseClient]:
+    """The history ingested once, in batches of 1000."""
+    ch = _open(state_dir)
+    ingest(ch, cut(history.events, 1000))
+    yield ch
+    ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+    ch.close()
+
+
+def raw_counts(ch: ClickHouseClient) -> dict[str, int]:
+    return {t: int(ch.query(f"SELECT count() FROM {t}")[0][0]) for t in EVENT_TABLES}
+
+
+def unique_counts(ch: ClickHouseClient) -> dict[str, int]:
+    return {t: int(ch.query(f"SELECT uniqExact(event_id) FROM {t}")[0][0]) for t in EVENT_TABLES}
+
+
+def day(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
+
+
+def ms(year: int, month: int, day: int, hour: int = 0) -> int:
+    return int(datetime(year, month, day, hour, tzinfo=UTC).timestamp() * 1000)
+
+
+# ----------------------------------------------------------------------------- the store
+def test_migrations_create_the_tables_the_sink_writes(store: ClickHouseClient) -> None:
+    for table, columns in COLUMNS.items():
+        rows = store.query(
+            "SELECT name, default_kind FROM system.columns"
+            " WHERE database = {db:String} AND table = {t:String} ORDER BY position",
+            {"db": store.database, "t": table},
+        )
+        assert tuple(name for name, kind in rows if kind != "DEFAULT") == columns, table
+    assert apply_migrations(store) == []  # applied once, by connect
+    assert store.query("SELECT version FROM schema_migrations") == [(1,)]
+
+
+def test_connect_from_settings_opens_the_state_dirs_embedded_store(state_dir: Path) -> None:
+    ch = connect(Settings(state_dir=state_dir))
+    try:
+        assert (ch.embedded, ch.database) == (True, "billing")
+        assert ch.query("SELECT count() FROM events") == [(0,)]
+    finally:
+        ch.close()
+
+
+def test_a_second_process_cannot_open_the_embedded_store(
+    state_dir: Path, store: ClickHouseClient
+) -> None:
+    """While this process holds the engine open, another one is refused (so in embedded mode
+    one process, the worker, owns the store and the others read through it)."""
+    code = textwrap.dedent(
+        f"""
+        import clickhouse_connect
+        clickhouse_connect.get_client(dsn="chdb://{embedded_dir(state_dir)}")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Cannot lock file" in done.stderr
+
+
+# ------------------------------------------------------------------------ idempotence
+def test_a_replayed_batch_is_dropped_at_insert(store: ClickHouseClient, history: History) -> None:
+    batches = cut(history.events[:6000], 1500)
+    ingest(store, batches)
+    first = raw_counts(store)
+    assert first["events"] == 6000
+    assert first == unique_counts(store)
+    ingest(store, batches)  # a crash replay: the same batches again
+    ingest(store, [history.events[:6000]])  # and all at once: other tokens, all duplicates
+    assert unique_counts(store) == first
+    again = raw_counts(store)
+    assert again["payments"] - first["payments"] == first["payments"]  # only the last pass
+
+
+def test_tokens_need_the_deduplication_window_on_a_plain_mergetree(
+    store: ClickHouseClient,
+) -> None:
+    """Why every table sets non_replicated_deduplication_window: without it chdb (like a
+    server's non-replicated MergeTree) ignores insert_deduplication_token."""
+    for name, settings in (
+        ("plain", ""),
+        ("windowed", "SETTINGS non_replicated_deduplication_window = 10"),
+    ):
+        store.command(
+            f"CREATE TABLE {name} (k String) ENGINE = ReplacingMergeTree ORDER BY k {settings}"
+        )
+        for _ in range(2):
+            store.insert(name, [("a",), ("b",)], ("k",), dedup_token="same")
+    assert store.query("SELECT count() FROM plain") == [(4,)]
+    assert store.query("SELECT count() FROM windowed") == [(2,)]
+
+
+def test_duplicates_that_reach_the_tables_change_no_answer(
+    store: ClickHouseClient, loaded: ClickHouseClient, history: History
+) -> None:
+    """Overlapping batches (a replay cut differently: other tokens) store rows twice. Merges
+    are stopped, so the duplicates are there while the queries run: every answer equals the
+    clean load's. After OPTIMIZE FINAL the duplicates are gone and nothing changes."""
+    for table in EVENT_TABLES:
+        store.command(f"SYSTEM STOP MERGES {table}")
+    ingest(store, cut(history.events, 1000, step=700))
+    raw, unique = raw_counts(store), unique_counts(store)
+    assert unique == raw_counts(loaded)
+    assert all(raw[t] > unique[t] for t in EVENT_TABLES if unique[t]), (raw, unique)
+    expected = answers(loaded, history)
+    assert answers(store, history) == expected
+    for table in EVENT_TABLES:
+        store.command(f"SYSTEM START MERGES {table}")
+        store.command(f"OPTIMIZE TABLE {table} FINAL")
+    assert raw_counts(store) == unique
+    assert answers(store, history) == expected
+
+
+def test_event_bodies_are_the_log_verbatim(loaded: ClickHouseClient, history: History) -> None:
+    bodies = [row[0] for row in loaded.query("SELECT body FROM events LIMIT 1 BY event_type")]
+    assert bodies
+    index = set(history.events)
+    for body in bodies:
+        raw = body.encode() if isinstance(body, str) else body
+        assert raw in index
+        decode_event(raw)
+
+
+# --------------------------------------------------------------- answers vs the history
+def answers(ch: ClickHouseClient, h: History) -> dict[str, Any]:
+    mid = h.start_ms + 100 * DAY_MS
+    return {
+        "totals": q.totals_by_day(ch, h.start_ms, h.end_ms),
+        "totals_window": q.totals_by_day(ch, h.start_ms + 30 * DAY_MS, h.start_ms + 60 * DAY_MS),
+        "revenue": q.revenue_by_day(ch, h.start_ms, h.end_ms),
+        "success": q.payment_success(ch, h.start_ms, h.end_ms),
+        "declines": q.decline_reasons(ch, h.start_ms, h.end_ms),
+        "active": [q.active_subscribers(ch, t) for t in (mid, mid + 45 * DAY_MS, h.end_ms)],
+        "mrr": q.mrr_movements(ch, day(h.start_ms), 8),
+        "dunning": q.dunning_recovery(ch, h.start_ms, h.end_ms),
+        "refund_rate": q.refund_rate(ch, h.start_ms, h.end_ms),
+    }
+
+
+def expected_totals(h: History, lo: int, hi: int) -> list[q.DayTotals]:
+    acc: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for p in h.payments:
+        if p.outcome == "succeeded" and p.outcome_at is not None and lo <= p.outcome_at < hi:
+            a = acc[day(p.outcome_at), p.plan.currency]
+            a[0] += p.plan.amount_minor
+            a[2] += 1
+        if p.refund is not None and lo <= p.refund.at < hi:
+            a = acc[day(p.refund.at), p.plan.currency]
+            a[1] += p.refund.amount_minor
+            a[3] += 1
+    return [
+        q.DayTotals(d, cur, g, r, g - r, n, m) for (d, cur), (g, r, n, m) in sorted(acc.items())
+    ]
+
+
+def test_totals_per_day_and_currency(loaded: ClickHouseClient, history: History) -> None:
+    h = history
+    got = q.totals_by_day(loaded, h.start_ms, h.end_ms)
+    assert got == expected_totals(h, h.start_ms, h.end_ms)
+    assert sum(t.refunds for t in got) > 50 and {t.currency for t in got} == {"RUB", "USD"}
+    lo, hi = h.start_ms + 30 * DAY_MS + 5 * HOUR_MS, h.start_ms + 60 * DAY_MS
+    assert q.totals_by_day(loaded, lo, hi) == expected_totals(h, lo, hi)
+
+
+def test_revenue_per_day_and_plan(loaded: ClickHouseClient, history: History) -> None:
+    h = history
+    acc: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for p in h.payments:
+        if p.outcome == "succeeded" and p.outcome_at is not None:
+            a = acc[day(p.outcome_at), p.plan.currency, p.plan.plan_id]
+            a[0] += p.plan.amount_minor
+            a[2] += 1
+        if p.refund is not None:
+            a = acc[day(p.refund.at), p.plan.currency, p.plan.plan_id]
+            a[1] += p.refund.amount_minor
+            a[3] += 1
+    expected = [
+        q.RevenueRow(d, cur, plan, g, r, g - r, n, m)
+        for (d, cur, plan), (g, r, n, m) in sorted(acc.items())
+    ]
+    assert q.revenue_by_day(loaded, h.start_ms, h.end_ms) == expected
+
+
+def test_payment_success_and_decline_reasons(loaded: ClickHouseClient, history: History) -> None:
+    h = history
+    per_day: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+    for p in h.payments:
+        if p.outcome_at is not None:
+            per_day[day(p.outcome_at)][0 if p.outcome == "succeeded" else 1] += 1
+    expected = [q.SuccessRateRow(d, s, c) for d, (s, c) in sorted(per_day.items())]
+    assert q.payment_success(loaded, h.start_ms, h.end_ms) == expected
+    reasons = Counter((p.reason, p.party) for p in h.payments if p.outcome == "canceled")
+    got = q.decline_reasons(loaded, h.start_ms, h.end_ms)
+    assert {(d.reason, d.party): d.payments for d in got} == dict(reasons)
+    assert sum(d.share for d in got) == pytest.approx(1.0)
+
+
+def expected_active(h: History, t: int) -> q.ActiveSubscribers:
+    state: dict[str, Any] = {}
+    for a in h.access:  # in the order they happened, per subscription
+        if a.at <= t:
+            state[a.subscription_id] = a
+    plans = Counter(a.plan_id for a in state.values() if a.access_from <= t < a.access_until)
+    return q.ActiveSubscribers(at_ms=t, total=sum(plans.values()), by_plan=dict(plans))
+
+
+def test_active_subscribers(loaded: ClickHouseClient, history: History) -> None:
+    h = history
+    for t in (h.start_ms + 10 * DAY_MS, h.start_ms + 100 * DAY_MS + 7, h.end_ms - 1):
+        got = q.active_subscribers(loaded, t)
+        assert got == expected_active(h, t)
+        assert got.total > 30
+
+
+def expected_mrr(h: History, first: date, months: int) -> list[q.MrrMovement]:
+    closes = [
+        date(first.year + (first.month - 1 + i) // 12, (first.month - 1 + i) % 12 + 1, 1)
+        for i in range(months + 1)  # the close of each month is the next one's first instant
+    ]
+    per: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * (months + 1))
+    for i, close in enumerate(closes):
+        x = ms(close.year, close.month, close.day)
+        state: dict[str, Any] = {}
+        for a in h.access:
+            if a.at <= x:
+                state[a.subscription_id] = a
+        for sub, a in state.items():
+            if a.access_from <= x < a.access_until and a.monthly_minor > 0:
+                per[sub, a.currency][i] += a.monthly_minor
+    out: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0] * 9)
+    for (_, cur), values in per.items():
+        for i in range(1, months + 1):
+            prev, now = values[i - 1], values[i]
+            if not prev and not now:
+                continue
+            month = closes[i - 1]
+            o = out[month, cur]
+            o[0] += now
+            o[1] += now if not prev else 0
+            o[2] += now - prev if prev and now > prev else 0
+            o[3] += prev - now if now and now < prev else 0
+            o[4] += prev if not now else 0
+            o[5] += 1 if prev else 0
+            o[6] += 1 if now else 0
+            o[7] += 0 if prev else 1
+            o[8] += 0 if now else 1
+    return [q.MrrMovement(m, cur, *v) for (m, cur), v in sorted(out.items())]
+
+
+def test_mrr_movements(loaded: ClickHouseClient, history: History) -> None:
+    got = q.mrr_movements(loaded, day(history.start_ms), 8)
+    assert got == expected_mrr(history, day(history.start_ms), 8)
+    assert any(m.expansion_minor for m in got) and any(m.contraction_minor for m in got)
+    assert any(m.churn_minor for m in got) and all(m.churn_rate is not None for m in got[2:])
+
+
+def test_dunning_recovery(loaded: ClickHouseClient, history: History) -> None:
+    h = history
+    acc: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for f in h.dunning:
+        a = acc[day(f.started_at).replace(day=1)]
+        a[0] += 1
+        a[1] += f.outcome == "recovered"
+        a[2] += f.outcome == "lost"
+    expected = [q.DunningRecovery(m, *v) for m, v in sorted(acc.items())]
+    got = q.dunning_recovery(loaded, h.start_ms, h.end_ms)
+    assert got == expected
+    assert sum(d.recovered for d in got) > 0 and sum(d.lost for d in got) > 0
+
+
+def test_overview_runs_every_query(loaded: ClickHouseClient, history: History) -> None:
+    o = q.overview(loaded, history.end_ms, days=30, months=6)
+    assert o.revenue and o.success and o.declines and o.refund_rate and o.dunning
+    assert len({m.month for m in o.mrr}) == 6
+    assert o.active == expected_active(history, history.end_ms)
+
+
+# ------------------------------------------------------ lifecycle: upgrade, admin, stacking
+@dataclass
+class Life:
+    user: str
+    versions: int = 0
+
+    @property
+    def sub(self) -> str:
+        return subscription_id_for(self.user)
+
+    def emit(self, cls: type[Event], at: int, **kw: Any) -> bytes:
+        self.versions += 1
+        return encode(
+            cls(
+                event_id=event_id_for(str(uuid.uuid4()), 0),
+                subscription_id=self.sub,
+                user_id=self.user,
+                version=self.versions,
+                occurred_at=at,
+                causation_id=str(uuid.uuid4()),
+                **kw,
+            )
+        )
+
+    def pay(
+        self,
+        at: int,
+        plan: str,
+        amount: int,
+        *,
+        start: int,
+        extended: bool = False,
+        kind: str = "purchase",
+        list_amount: int | None = None,
+    ) -> list[bytes]:
+        pid = str(uuid.uuid4())
+        request = PaymentRequest(
+            payment_id=pid,
+            command_id=str(uuid.uuid4()),
+            user_id=self.user,
+            plan_id=plan,
+            amount=Money(amount, "RUB"),
+            period_months=1,
+            return_url="https://cinema.example",
+            description=plan,
+            kind=kind,  # type: ignore[arg-type]
+            plan_amount=Money(list_amount, "RUB") if list_amount else None,
+        )
+        end = period_end_ms(start, 1)
+        return [
+            self.emit(PaymentRequested, at, request=request, deadline_at=at),
+            self.emit(
+                PaymentSucceeded,
+                at + 1,
+                payment_id=pid,
+                command_id=request.command_id,
+                provider_payment_id="p-" + pid,
+                amount=request.amount,
+            ),
+            self.emit(
+                SubscriptionActivated,
+                at + 1,
+                payment_id=pid,
+                plan_id=plan,
+                period_start=start,
+                period_end=end,
+                extended=extended,
+            ),
+        ]
+
+
+def test_lifecycle_upgrade_admin_and_stacking(store: ClickHouseClient) -> None:
+    events: list[bytes] = []
+    r = Life("renews-into-premium")  # basic, then a stacked premium renewal: expansion
+    events += r.pay(ms(2025, 12, 15, 10), "basic", 29_900, start=ms(2025, 12, 15, 10))
+    events += r.pay(
+        ms(2026, 1, 15, 9),
+        "premium",
+        59_900,
+        start=ms(2026, 1, 15, 10),
+        extended=True,
+        kind="renewal",
+    )
+    d = Life("renews-into-basic")  # premium, then a stacked basic renewal: contraction
+    events += d.pay(ms(2025, 12, 20, 10), "premium", 59_900, start=ms(2025, 12, 20, 10))
+    events += d.pay(
+        ms(2026, 1, 20, 9),
+        "basic",
+        29_900,
+        start=ms(2026, 1, 20, 10),
+        extended=True,
+        kind="renewal",
+    )
+    s = Life("upgraded-extended-canceled")
+    events += s.pay(ms(2026, 1, 1, 1), "basic", 29_900, start=ms(2026, 1, 1, 1))
+    events += s.pay(
+        ms(2026, 1, 11),
+        "premium",
+        20_000,
+        start=ms(2026, 1, 11),
+        kind="upgrade",
+        list_amount=59_900,
+    )
+    events.append(
+        s.emit(
+            PeriodAdjusted,
+            ms(2026, 1, 21),
+            command_id="a1",
+            action="extend",
+            actor="admin",
+            reason="outage",
+            plan_id="premium",
+            period_start=ms(2026, 1, 11),
+            period_end=ms(2026, 2, 18),
+        )
+    )
+    events.append(
+        s.emit(
+            SubscriptionCanceled,
+            ms(2026, 2, 10),
+            payment_id="",
+            reason="abuse",
+            access_until=ms(2026, 2, 10),
+            actor="admin",
+            command_id="a2",
+        )
+    )
+    g = Life("granted")  # admin grant: access, no revenue
+    events.append(
+        g.emit(
+            PeriodAdjusted,
+            ms(2026, 1, 6),
+            command_id="a3",
+            action="grant",
+            actor="admin",
+            reason="promo",
+            plan_id="basic",
+            period_start=ms(2026, 1, 6),
+            period_end=ms(2026, 2, 6),
+        )
+    )
+    ingest(store, [events])
+
+    def active(t: int) -> tuple[int, dict[str, int]]:
+        a = q.active_subscribers(store, t)
+        return a.total, a.by_plan
+
+    assert active(ms(2026, 1, 5)) == (3, {"basic": 2, "premium": 1})
+    assert active(ms(2026, 1, 16)) == (4, {"basic": 1, "premium": 3})
+    assert active(ms(2026, 2, 12)) == (2, {"basic": 1, "premium": 1})
+    assert active(ms(2026, 2, 16)) == (1, {"basic": 1})
+
+    jan, feb = q.mrr_movements(store, date(2026, 1, 1), 3)
+    assert jan == q.MrrMovement(
+        date(2026, 1, 1),
+        "RUB",
+        mrr_minor=149_700,
+        new_minor=59_900,
+        expansion_minor=30_000,
+        contraction_minor=30_000,
+        churn_minor=0,
+        subscribers_at_start=2,
+        subscribers=3,
+        new_subscribers=1,
+        churned_subscribers=0,
+    )
+    assert feb == q.MrrMovement(
+        date(2026, 2, 1),
+        "RUB",
+        mrr_minor=0,
+        new_minor=0,
+        expansion_minor=0,
+        contraction_minor=0,
+        churn_minor=149_700,
+        subscribers_at_start=3,
+        subscribers=0,
+        new_subscribers=0,
+        churned_subscribers=3,
+    )
+    assert feb.churn_rate == 1.0
+    january = q.totals_by_day(store, ms(2026, 1, 1), ms(2026, 2, 1))
+    # Revenue is what was charged: the upgrade's prorated 200.00, not its plan's list price.
+    assert sum(t.gross_minor for t in january) == 59_900 + 29_900 + 29_900 + 20_000
+    assert sum(t.payments for t in january) == 4
