@@ -17,6 +17,7 @@ import psycopg
 
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess, http_ok, log_contains
+from schemas.periods import set_clock_offset
 from tests.fixtures.emulator import EmulatorControl
 
 
@@ -41,7 +42,11 @@ class Stack:
         self.emulator_url = f"http://127.0.0.1:{self.emulator_port}"
         self.worker_id = f"billing-{uuid.uuid4().hex[:6]}"
         self.env = dict(os.environ)
+        self.clock_file = root / "clock"
+        self.clock_offset_ms = 0
+        set_clock_offset(self.clock_file, 0)
         self.env.update(
+            BILLING_CLOCK_FILE=str(self.clock_file),
             BILLING_ENV="test",
             BILLING_STATE_DIR=str(root / "state"),
             BILLING_KAFKA_BOOTSTRAP=self.broker.bootstrap,
@@ -114,6 +119,17 @@ class Stack:
         self.api.stop()
         self.emulator.stop()
         self.broker.stop()
+
+    # ---------------------------------------------------------------------------- clock
+    def now_ms(self) -> int:
+        """The stack's clock (wall clock plus the offset every process reads)."""
+        return int(time.time() * 1000) + self.clock_offset_ms
+
+    def advance_clock(self, ms: int) -> None:
+        """Move every process's clock forward (the emulator's too)."""
+        self.clock_offset_ms += int(ms)
+        set_clock_offset(self.clock_file, self.clock_offset_ms)
+        self.control.advance_clock(ms / 1000)
 
     # -------------------------------------------------------------------------- helpers
     def client(self) -> httpx.AsyncClient:
