@@ -4,10 +4,12 @@ lifespan in api/main.py), so tests inject fakes through create_app or dependency
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 import psycopg
 from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
@@ -20,8 +22,9 @@ from api.errors import (
     TokenMissing,
     UnsupportedMediaType,
 )
+from api.intake import IntakeOutcome
 from api.publisher import Publisher
-from api.relay import Background
+from api.relay import Background, publish_soon
 from billing.config import Settings
 from providers.port import PaymentProvider
 from schemas.messages import PaymentObserved
@@ -89,6 +92,33 @@ def get_normaliser(request: Request) -> Normaliser:
     return fn
 
 
+@dataclass(frozen=True)
+class Intake:
+    """What a command-accepting route needs: the pool for the intake transaction, and the
+    publisher and background set for the publish right after the 202."""
+
+    pool: AsyncConnectionPool[Any]
+    publisher: Publisher
+    background: Background
+    settings: Settings
+
+    def answer(self, outcome: IntakeOutcome) -> JSONResponse:
+        """Publish a newly created command soon (the relay covers a failure) and answer
+        with the stored status and body, ``Location`` and ``Idempotent-Replayed``."""
+        if outcome.message is not None:
+            publish_soon(self.background, self.pool, self.publisher, self.settings, outcome.message)
+        headers: dict[str, str] = {}
+        if outcome.location:
+            headers["Location"] = outcome.location
+        if outcome.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+def get_intake(request: Request, pool: PoolDep) -> Intake:
+    return Intake(pool, get_publisher(request), get_background(request), get_settings(request))
+
+
 _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with sub, roles, exp, aud")
 
 
@@ -147,6 +177,7 @@ NormaliserDep = Annotated[Normaliser, Depends(get_normaliser)]
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 AdminUser = Annotated[Principal, Depends(get_admin_user)]
 IdempotencyKey = Annotated[str, Depends(get_idempotency_key)]
+IntakeDep = Annotated[Intake, Depends(get_intake)]
 JsonBody = Depends(require_json)
 
 __all__ = [
@@ -155,6 +186,8 @@ __all__ = [
     "CurrentUser",
     "DbDep",
     "IdempotencyKey",
+    "Intake",
+    "IntakeDep",
     "JsonBody",
     "Normaliser",
     "NormaliserDep",

@@ -142,7 +142,28 @@ class SubscriptionNotFound(NotFound):
     message = "no subscription yet"
 
 
-# ------------------------------------------------------------------------------- 409 / 422
+class CommandNotFound(NotFound):
+    code = "command_not_found"
+    message = "no such command"
+
+
+# ------------------------------------------------------------------------------------- 409
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+    message = "the request conflicts with the current state"
+
+
+class PlanExists(Conflict):
+    code = "plan_exists"
+    message = "a plan with this id already exists"
+
+
+class PriceConflict(Conflict):
+    code = "price_conflict"
+    message = "a price of this plan already takes effect at that moment"
+
+
 class IdempotencyKeyInFlight(ApiError):
     status_code = 409
     code = "idempotency_key_in_flight"
@@ -152,6 +173,7 @@ class IdempotencyKeyInFlight(ApiError):
         super().__init__(headers={"Retry-After": "1"})
 
 
+# ------------------------------------------------------------------------------------- 422
 class Unprocessable(ApiError):
     status_code = 422
     code = "unprocessable"
@@ -171,6 +193,26 @@ class IdempotencyKeyReused(Unprocessable):
 class PlanUnavailable(Unprocessable):
     code = "plan_unavailable"
     message = "this plan can no longer be bought"
+
+
+class PaymentNotRetryable(Unprocessable):
+    code = "payment_not_retryable"
+    message = "this payment was never started, so there is nothing to retry"
+
+
+class PriceInvalid(Unprocessable):
+    code = "price_invalid"
+    message = "the price is not valid"
+
+
+class PriceInPast(Unprocessable):
+    code = "price_effective_in_past"
+    message = "a new price can take effect now or later, never in the past"
+
+
+class InvalidRange(Unprocessable):
+    code = "invalid_range"
+    message = "the range is empty: its start is after its end"
 
 
 class RefundInvalid(ApiError):

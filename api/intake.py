@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -28,15 +28,37 @@ from api.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     PaymentNotFound,
+    PaymentNotRetryable,
     PlanNotFound,
     PlanUnavailable,
     RefundInvalid,
     SubscriptionNotFound,
 )
-from api.models import AutoRenewUpdate, PaymentCreate, RefundCreate
+from api.models import (
+    AdminAutoRenew,
+    AdminExtend,
+    AdminGrant,
+    AdminReason,
+    AdminRefundCreate,
+    AutoRenewUpdate,
+    PaymentCreate,
+    PlanChangeCreate,
+    RefundCreate,
+    RetryCreate,
+)
 from billing.config import Settings
 from schemas.ids import command_id_for, derived_id, payment_id_for, subscription_id_for
-from schemas.messages import Command, PaySubscription, RefundPayment, SetAutoRenew, encode
+from schemas.messages import (
+    AdminAdjust,
+    ChangePlan,
+    Command,
+    PaySubscription,
+    PriceQuote,
+    RefundPayment,
+    RetryPayment,
+    SetAutoRenew,
+    encode,
+)
 from schemas.money import Money, MoneyError
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
@@ -84,25 +106,36 @@ def status_url(payment_id: str) -> str:
     return f"/api/v1/payments/{payment_id}"
 
 
-Build = Callable[[psycopg.AsyncConnection[Any]], Awaitable[tuple[Command, dict[str, Any]]]]
+def command_status_url(command_id: str) -> str:
+    """Where an admin polls a command of theirs (accepted → processing → done | rejected)."""
+    return f"/api/v1/admin/commands/{command_id}"
 
 
-async def accept_command(
-    pool: AsyncConnectionPool[Any],
-    settings: Settings,
-    *,
-    user_id: str,
-    idem_key: str,
-    fp: str,
-    build: Build,
-    payment_id: str | None = None,
-    refund_id: str | None = None,
+def actor_of(admin_id: str) -> str:
+    return f"admin:{admin_id}"
+
+
+Conn = psycopg.AsyncConnection[Any]
+Build = Callable[[Conn], Awaitable[tuple[Command, dict[str, Any]]]]
+# A synchronous write (the admin catalogue): runs in the idempotency transaction and returns
+# the status and body to store and answer.
+Write = Callable[[Conn], Awaitable[tuple[int, dict[str, Any]]]]
+_Run = Callable[[Conn], Awaitable[tuple[int, dict[str, Any], OutboxMessage | None]]]
+
+
+def owner_of(command: Command) -> str | None:
+    """The user whose subscription a command is about (not necessarily who asked: an admin)."""
+    user_id = getattr(command, "user_id", None)
+    return user_id if isinstance(user_id, str) else None
+
+
+async def _idempotent(
+    pool: AsyncConnectionPool[Any], *, user_id: str, idem_key: str, fp: str, run: _Run
 ) -> IntakeOutcome:
-    """Store the idempotency record and the command built by ``build`` in one transaction.
-
-    ``build`` runs inside it (it may read plans or check ownership and raise an ApiError, in
-    which case nothing is stored) and returns the command and the 202 body."""
-    command_id = command_id_for(user_id, idem_key)
+    """The IETF Idempotency-Key semantics around ``run``, in one transaction: a stored answer
+    is replayed (same request) or refused (different request); otherwise ``run`` does the
+    work and its answer is stored with the key. An ApiError raised by ``run`` rolls
+    everything back: nothing is stored, the key stays free."""
     try:
         async with pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -123,39 +156,136 @@ async def accept_command(
                     raise IdempotencyKeyReused()
                 return IntakeOutcome(int(stored[1]), dict(stored[2]), True, None)
 
-            command, body = await build(conn)
-            assert command.command_id == command_id
-            payload = encode(command)
-            cur = await conn.execute(
-                "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
-                " payload, payment_id, refund_id, next_publish_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
-                " ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
-                (
-                    command_id,
-                    command.subscription_id,
-                    user_id,
-                    type(command).__name__,
-                    payload,
-                    payment_id,
-                    refund_id,
-                    settings.relay_delay_s,
-                ),
-            )
-            # No row: the command exists from before an idempotency record expired; the relay
-            # owns it, and the answer names the same ids anyway.
-            created = await cur.fetchone() is not None
+            status, body, message = await run(conn)
             await conn.execute(
                 "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, command_id,"
                 " response_status, response_body) VALUES (%s, %s, %s, %s, %s, %s)",
-                (user_id, idem_key, fp, command_id, 202, Jsonb(body)),
+                (user_id, idem_key, fp, command_id_for(user_id, idem_key), status, Jsonb(body)),
             )
     except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.table_name != "idempotency_keys":
+            raise
         # Two transactions got past the advisory lock (hash collision or a lock-less
         # writer): the other one wins, this one is "in flight" from the client's view.
         raise IdempotencyKeyInFlight() from exc
-    message = OutboxMessage(command_id, command.subscription_id, payload) if created else None
-    return IntakeOutcome(202, body, False, message)
+    return IntakeOutcome(status, body, False, message)
+
+
+async def accept_command(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    user_id: str,
+    idem_key: str,
+    fp: str,
+    build: Build,
+    payment_id: str | None = None,
+    refund_id: str | None = None,
+) -> IntakeOutcome:
+    """Store the idempotency record and the command built by ``build`` in one transaction.
+
+    ``build`` runs inside it (it may read plans or check ownership and raise an ApiError, in
+    which case nothing is stored) and returns the command and the 202 body. The idempotency
+    record belongs to the caller (``user_id``); the outbox row to the subscription's user
+    (the command's ``user_id``: an admin acts on someone else's subscription)."""
+    command_id = command_id_for(user_id, idem_key)
+
+    async def run(conn: Conn) -> tuple[int, dict[str, Any], OutboxMessage | None]:
+        command, body = await build(conn)
+        assert command.command_id == command_id
+        payload = encode(command)
+        cur = await conn.execute(
+            "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
+            " payload, payment_id, refund_id, next_publish_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
+            (
+                command_id,
+                command.subscription_id,
+                owner_of(command) or user_id,
+                type(command).__name__,
+                payload,
+                payment_id,
+                refund_id,
+                settings.relay_delay_s,
+            ),
+        )
+        # No row: the command exists from before an idempotency record expired; the relay
+        # owns it, and the answer names the same ids anyway.
+        created = await cur.fetchone() is not None
+        message = OutboxMessage(command_id, command.subscription_id, payload) if created else None
+        return 202, body, message
+
+    return await _idempotent(pool, user_id=user_id, idem_key=idem_key, fp=fp, run=run)
+
+
+async def accept_write(
+    pool: AsyncConnectionPool[Any], *, user_id: str, idem_key: str, fp: str, write: Write
+) -> IntakeOutcome:
+    """A synchronous write under the same Idempotency-Key rules as a command."""
+
+    async def run(conn: Conn) -> tuple[int, dict[str, Any], OutboxMessage | None]:
+        status, body = await write(conn)
+        return status, body, None
+
+    return await _idempotent(pool, user_id=user_id, idem_key=idem_key, fp=fp, run=run)
+
+
+# --------------------------------------------------------------------------- the catalogue
+@dataclass(frozen=True)
+class PlanQuote:
+    """A plan as intake sees it: its price in force now (None: no version in force yet)."""
+
+    plan_id: str
+    name: str
+    period_months: int
+    archived: bool
+    quote: PriceQuote | None
+
+
+async def plan_quote(conn: Conn, plan_id: str) -> PlanQuote | None:
+    """The plan and the price version in force now (greatest ``effective_from <= now()``)."""
+    cur = await conn.execute(
+        "SELECT p.name, p.period_months, p.archived, pp.version, pp.amount_minor, pp.currency"
+        " FROM plans p LEFT JOIN LATERAL (SELECT version, amount_minor, currency"
+        "  FROM plan_prices WHERE plan_id = p.plan_id AND effective_from <= now()"
+        "  ORDER BY effective_from DESC LIMIT 1) pp ON true"
+        " WHERE p.plan_id = %s",
+        (plan_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    name, months, archived, version, amount_minor, currency = row
+    quote = None
+    if version is not None:
+        try:
+            quote = PriceQuote(
+                plan_id=plan_id,
+                amount=Money(int(amount_minor), str(currency).strip()),
+                period_months=int(months),
+                price_version=int(version),
+            )
+        except MoneyError:
+            quote = None  # a currency we cannot bill in: not for sale
+    return PlanQuote(plan_id, str(name), int(months), bool(archived), quote)
+
+
+async def _quote_for_sale(conn: Conn, plan_id: str, *, kept_plan: str | None = None) -> PlanQuote:
+    """A plan that may be charged now: it exists, has a price in force, and is on sale, or is
+    archived but is ``kept_plan`` (the plan the subscription already has keeps its price)."""
+    plan = await plan_quote(conn, plan_id)
+    if plan is None:
+        raise PlanNotFound(details={"plan_id": plan_id})
+    if plan.archived and plan_id != kept_plan:
+        raise PlanUnavailable(details={"plan_id": plan_id})
+    if plan.quote is None:
+        raise PlanUnavailable("this plan has no price in force", details={"plan_id": plan_id})
+    return plan
+
+
+def _issued_at() -> int:
+    return int(time.time() * 1000)
 
 
 async def accept_payment(
@@ -168,22 +298,150 @@ async def accept_payment(
     method: str,
     path: str,
 ) -> IntakeOutcome:
+    """Buy a plan at its price in force now. An archived plan is not for sale (subscriptions
+    already on it keep renewing: that is the ledger's timer, not intake)."""
     command_id = command_id_for(user_id, idem_key)
     payment_id = payment_id_for(command_id)
     subscription_id = subscription_id_for(user_id)
 
-    async def build(conn: psycopg.AsyncConnection[Any]) -> tuple[Command, dict[str, Any]]:
-        command = await _build_command(
-            conn,
-            request,
-            user_id=user_id,
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        plan = await _quote_for_sale(conn, request.plan_id)
+        assert plan.quote is not None
+        # PaySubscription has no price_version field (schemas/messages.py): the version is
+        # known here but cannot be carried; the payment row then reads price_version 0.
+        command = PaySubscription(
             command_id=command_id,
-            payment_id=payment_id,
             subscription_id=subscription_id,
+            issued_at=_issued_at(),
+            user_id=user_id,
+            payment_id=payment_id,
+            plan_id=plan.plan_id,
+            amount=plan.quote.amount,
+            period_months=plan.quote.period_months,
+            return_url=request.return_url,
+            description=plan.name[:MAX_DESCRIPTION_LEN],
         )
         body: dict[str, Any] = {
             "payment_id": payment_id,
             "subscription_id": subscription_id,
+            "status": "accepted",
+            "status_url": status_url(payment_id),
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=user_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
+        payment_id=payment_id,
+    )
+
+
+async def accept_retry(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    user_id: str,
+    idem_key: str,
+    retry_of: str,
+    request: RetryCreate,
+    method: str,
+    path: str,
+) -> IntakeOutcome:
+    """Pay again for what one of the caller's canceled payments was for, at the price in force
+    now for its plan. Whether it may be retried (canceled, nothing in flight, the period not
+    paid meanwhile) is the ledger's call, made serially per subscription."""
+    command_id = command_id_for(user_id, idem_key)
+    payment_id = payment_id_for(command_id)
+    subscription_id = subscription_id_for(user_id)
+
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        cur = await conn.execute(
+            "SELECT p.plan_id, s.plan_id FROM payments p"
+            " LEFT JOIN subscriptions s ON s.subscription_id = p.subscription_id"
+            " WHERE p.payment_id = %s AND p.user_id = %s",
+            (retry_of, user_id),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            cur = await conn.execute(
+                "SELECT 1 FROM command_outbox WHERE payment_id = %s AND user_id = %s",
+                (retry_of, user_id),
+            )
+            if await cur.fetchone() is not None:
+                raise PaymentNotRetryable(details={"payment_id": retry_of})
+            raise PaymentNotFound()
+        plan = await _quote_for_sale(conn, str(row[0]), kept_plan=row[1])
+        assert plan.quote is not None
+        command = RetryPayment(
+            command_id=command_id,
+            subscription_id=subscription_id,
+            issued_at=_issued_at(),
+            user_id=user_id,
+            retry_of=retry_of,
+            payment_id=payment_id,
+            price=plan.quote,
+            return_url=request.return_url,
+            description=plan.name[:MAX_DESCRIPTION_LEN],
+        )
+        body: dict[str, Any] = {
+            "payment_id": payment_id,
+            "subscription_id": subscription_id,
+            "retry_of": retry_of,
+            "status": "accepted",
+            "status_url": status_url(payment_id),
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=user_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
+        payment_id=payment_id,
+    )
+
+
+async def accept_plan_change(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    user_id: str,
+    idem_key: str,
+    request: PlanChangeCreate,
+    method: str,
+    path: str,
+) -> IntakeOutcome:
+    """Switch the caller's subscription to another plan on sale, priced now. The ledger
+    decides upgrade (charged now, prorated) or downgrade (at the period end) and refuses a
+    subscription that is not active, the same plan, or a payment in flight."""
+    command_id = command_id_for(user_id, idem_key)
+    payment_id = payment_id_for(command_id)
+    subscription_id = subscription_id_for(user_id)
+
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        await _subscription_owner(conn, subscription_id)
+        plan = await _quote_for_sale(conn, request.plan_id)
+        assert plan.quote is not None
+        command = ChangePlan(
+            command_id=command_id,
+            subscription_id=subscription_id,
+            issued_at=_issued_at(),
+            user_id=user_id,
+            payment_id=payment_id,
+            price=plan.quote,
+            return_url=request.return_url,
+            description=plan.name[:MAX_DESCRIPTION_LEN],
+        )
+        body: dict[str, Any] = {
+            "payment_id": payment_id,
+            "subscription_id": subscription_id,
+            "plan_id": plan.plan_id,
             "status": "accepted",
             "status_url": status_url(payment_id),
         }
@@ -207,28 +465,34 @@ async def accept_refund(
     user_id: str,
     idem_key: str,
     payment_id: str,
-    request: RefundCreate,
+    request: RefundCreate | AdminRefundCreate,
     method: str,
     path: str,
-    actor: str = "user",
-    owner_id: str | None = None,
+    admin: bool = False,
 ) -> IntakeOutcome:
-    """Ask for a refund of one of ``owner_id``'s payments (the caller's own unless an admin
-    acts). The refundable amount is enforced by the ledger, serially per subscription."""
-    owner = owner_id or user_id
+    """Ask for a refund of one of the caller's payments, or (``admin``) of anyone's, with the
+    admin recorded as the actor. The refundable amount is enforced by the ledger, serially
+    per subscription."""
     command_id = command_id_for(user_id, idem_key)
     refund_id = derived_id(command_id, "refund")
 
-    async def build(conn: psycopg.AsyncConnection[Any]) -> tuple[Command, dict[str, Any]]:
-        cur = await conn.execute(
-            "SELECT subscription_id::text, currency FROM payments"
-            " WHERE payment_id = %s AND user_id = %s",
-            (payment_id, owner),
-        )
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        if admin:
+            cur = await conn.execute(
+                "SELECT subscription_id::text, currency, user_id FROM payments"
+                " WHERE payment_id = %s",
+                (payment_id,),
+            )
+        else:
+            cur = await conn.execute(
+                "SELECT subscription_id::text, currency, user_id FROM payments"
+                " WHERE payment_id = %s AND user_id = %s",
+                (payment_id, user_id),
+            )
         row = await cur.fetchone()
         if row is None:
             raise PaymentNotFound()
-        subscription_id, currency = row[0], str(row[1]).strip()
+        subscription_id, currency, owner = row[0], str(row[1]).strip(), str(row[2])
         amount = None
         if request.amount is not None:
             if request.amount.currency != currency:
@@ -245,13 +509,13 @@ async def accept_refund(
         command = RefundPayment(
             command_id=command_id,
             subscription_id=subscription_id,
-            issued_at=int(time.time() * 1000),
+            issued_at=_issued_at(),
             user_id=owner,
             refund_id=refund_id,
             payment_id=payment_id,
             amount=amount,
             reason=request.reason,
-            actor=actor,
+            actor=actor_of(user_id) if admin else "user",
         )
         body: dict[str, Any] = {
             "refund_id": refund_id,
@@ -259,6 +523,12 @@ async def accept_refund(
             "status": "accepted",
             "status_url": f"/api/v1/refunds/{refund_id}",
         }
+        if admin:
+            body.update(
+                command_id=command_id,
+                subscription_id=subscription_id,
+                status_url=command_status_url(command_id),
+            )
         return command, body
 
     return await accept_command(
@@ -272,39 +542,58 @@ async def accept_refund(
     )
 
 
+async def _subscription_owner(conn: Conn, subscription_id: str) -> tuple[str, str | None]:
+    """(user id, plan id) of a subscription the read model knows, else 404."""
+    cur = await conn.execute(
+        "SELECT user_id, plan_id FROM subscriptions WHERE subscription_id = %s",
+        (subscription_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise SubscriptionNotFound()
+    return str(row[0]), row[1]
+
+
 async def accept_auto_renew(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
     *,
     user_id: str,
     idem_key: str,
-    request: AutoRenewUpdate,
+    request: AutoRenewUpdate | AdminAutoRenew,
     method: str,
     path: str,
+    subscription_id: str | None = None,
 ) -> IntakeOutcome:
-    """Turn auto-renewal off (access lasts to the period end, then it expires) or on."""
+    """Turn auto-renewal off (access lasts to the period end, then it expires) or on: the
+    caller's own, or (``subscription_id`` given: an admin) anyone's, with actor and reason."""
     command_id = command_id_for(user_id, idem_key)
-    subscription_id = subscription_id_for(user_id)
+    admin = subscription_id is not None
+    sub_id = subscription_id or subscription_id_for(user_id)
 
-    async def build(conn: psycopg.AsyncConnection[Any]) -> tuple[Command, dict[str, Any]]:
-        cur = await conn.execute(
-            "SELECT 1 FROM subscriptions WHERE subscription_id = %s", (subscription_id,)
-        )
-        if await cur.fetchone() is None:
-            raise SubscriptionNotFound()
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        owner, _ = await _subscription_owner(conn, sub_id)
         command = SetAutoRenew(
             command_id=command_id,
-            subscription_id=subscription_id,
-            issued_at=int(time.time() * 1000),
-            user_id=user_id,
+            subscription_id=sub_id,
+            issued_at=_issued_at(),
+            user_id=owner,
             enabled=request.enabled,
+            actor=actor_of(user_id) if admin else "user",
+            reason=request.reason if isinstance(request, AdminAutoRenew) else "",
         )
         body: dict[str, Any] = {
-            "subscription_id": subscription_id,
+            "subscription_id": sub_id,
             "auto_renew": request.enabled,
             "status": "accepted",
             "status_url": "/api/v1/subscriptions/me",
         }
+        if admin:
+            body.update(
+                command_id=command_id,
+                action="auto_renew_on" if request.enabled else "auto_renew_off",
+                status_url=command_status_url(command_id),
+            )
         return command, body
 
     return await accept_command(
@@ -317,39 +606,58 @@ async def accept_auto_renew(
     )
 
 
-async def _build_command(
-    conn: psycopg.AsyncConnection[Any],
-    request: PaymentCreate,
+async def accept_admin_adjust(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
     *,
-    user_id: str,
-    command_id: str,
-    payment_id: str,
+    admin_id: str,
+    idem_key: str,
     subscription_id: str,
-) -> PaySubscription:
-    cur = await conn.execute(
-        "SELECT name, amount_minor, currency, period_months, archived FROM plans"
-        " WHERE plan_id = %s",
-        (request.plan_id,),
-    )
-    plan = await cur.fetchone()
-    if plan is None:
-        raise PlanNotFound(details={"plan_id": request.plan_id})
-    name, amount_minor, currency, period_months, archived = plan
-    if archived:
-        raise PlanUnavailable(details={"plan_id": request.plan_id})
-    try:
-        amount = Money(int(amount_minor), str(currency).strip())
-    except MoneyError as exc:
-        raise PlanUnavailable(details={"plan_id": request.plan_id}) from exc
-    return PaySubscription(
-        command_id=command_id,
-        subscription_id=subscription_id,
-        issued_at=int(time.time() * 1000),
-        user_id=user_id,
-        payment_id=payment_id,
-        plan_id=request.plan_id,
-        amount=amount,
-        period_months=int(period_months),
-        return_url=request.return_url,
-        description=str(name)[:MAX_DESCRIPTION_LEN],
+    action: Literal["extend", "grant", "cancel"],
+    request: AdminReason | AdminExtend | AdminGrant,
+    method: str,
+    path: str,
+) -> IntakeOutcome:
+    """An admin's extend / grant / cancel of a subscription the read model knows. A grant
+    gives one period of a plan (its own period length); an archived plan only to a
+    subscription already on it. What applies (nothing to extend, nothing to cancel) is the
+    ledger's call."""
+    command_id = command_id_for(admin_id, idem_key)
+
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        owner, current_plan = await _subscription_owner(conn, subscription_id)
+        days, plan_id, months = 0, None, 0
+        if isinstance(request, AdminExtend):
+            days = request.days
+        elif isinstance(request, AdminGrant):
+            plan = await _quote_for_sale(conn, request.plan_id, kept_plan=current_plan)
+            plan_id, months = plan.plan_id, plan.period_months
+        command = AdminAdjust(
+            command_id=command_id,
+            subscription_id=subscription_id,
+            issued_at=_issued_at(),
+            user_id=owner,
+            action=action,
+            actor=actor_of(admin_id),
+            reason=request.reason,
+            days=days,
+            plan_id=plan_id,
+            period_months=months,
+        )
+        body: dict[str, Any] = {
+            "command_id": command_id,
+            "subscription_id": subscription_id,
+            "action": action,
+            "status": "accepted",
+            "status_url": command_status_url(command_id),
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=admin_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
     )

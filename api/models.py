@@ -10,7 +10,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas.money import Money
 
@@ -36,6 +44,26 @@ ReturnUrl = Annotated[str, AfterValidator(_return_url)]
 PlanId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ]
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Reason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=250),
+    AfterValidator(_printable),
+    Field(description="why: recorded with the admin's id in the audit trail"),
+]
+PlanName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    AfterValidator(_printable),
+]
+TrialDays = Annotated[int, Field(ge=0, le=365)]
 
 
 class PaymentCreate(BaseModel):
@@ -70,6 +98,43 @@ class AutoRenewUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     enabled: bool = Field(description="false: access lasts to the period end, then expires")
+
+
+class RetryCreate(BaseModel):
+    """Pay again for what a canceled payment was for, at the price in force now."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    return_url: ReturnUrl = Field(description="where the provider sends the user back")
+
+
+class PlanChangeCreate(BaseModel):
+    """Switch to another plan: a dearer one now (prorated charge), a cheaper one at the
+    period end."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    plan_id: PlanId
+    return_url: ReturnUrl = Field(description="where the provider sends the user back")
+
+
+class RetryAccepted(BaseModel):
+    payment_id: str = Field(description="the new payment (derived from the command)")
+    subscription_id: str
+    retry_of: str
+    status: Literal["accepted"] = "accepted"
+    status_url: str
+
+
+class PlanChangeAccepted(BaseModel):
+    payment_id: str = Field(
+        description="the upgrade charge, if the ledger finds one is needed (a downgrade makes"
+        " none: its status URL then reads done with the reason)"
+    )
+    subscription_id: str
+    plan_id: str
+    status: Literal["accepted"] = "accepted"
+    status_url: str
 
 
 class RefundAccepted(BaseModel):
@@ -144,29 +209,207 @@ class SubscriptionOut(BaseModel):
     status: str
     active: bool = Field(description="status is active and the paid period covers now")
     plan: PlanRef | None
+    plan_price: MoneyOut | None = Field(
+        default=None, description="the current plan's price in force now"
+    )
     period_start: datetime | None
     period_end: datetime | None
     updated_at: datetime
     auto_renew: bool = True
     status_reason: str | None = None
     next_retry_at: datetime | None = None
+    next_plan_id: str | None = Field(
+        default=None, description="a scheduled downgrade: the plan the next period renews to"
+    )
+    next_charge_at: datetime | None = Field(
+        default=None,
+        description="when the next automatic charge is due (the dunning retry, or the renewal"
+        " lead before the period end) while auto-renewal is on; it needs a saved card",
+    )
+    next_charge_amount: MoneyOut | None = Field(
+        default=None,
+        description="the price in force at the period end for the plan the next period renews to",
+    )
+
+
+class ScheduledPrice(BaseModel):
+    price: MoneyOut
+    amount_minor: int
+    price_version: int
+    effective_from: datetime
 
 
 class PlanOut(BaseModel):
     plan_id: str
     name: str
-    price: MoneyOut
+    price: MoneyOut = Field(description="the price in force now")
     amount_minor: int
+    price_version: int = 0
     period_months: int
     trial_days: int
+    next_price: ScheduledPrice | None = Field(
+        default=None, description="the next scheduled price change, if any"
+    )
+
+
+class PlanPriceOut(BaseModel):
+    version: int
+    price: MoneyOut | None
+    amount_minor: int
+    effective_from: datetime | None = Field(description="null: in force since the beginning")
+    created_by: str
+    reason: str
+    created_at: datetime
+
+
+class AdminPlanOut(BaseModel):
+    plan_id: str
+    name: str
+    period_months: int
+    trial_days: int
+    archived: bool
+    price: MoneyOut | None = Field(description="the price in force now (null: none yet)")
+    price_version: int | None
+    prices: list[PlanPriceOut] = Field(description="every price version, oldest first")
+    created_at: datetime
+    updated_at: datetime
+
+
+class PlanCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    plan_id: PlanId
+    name: PlanName
+    price: MoneyIn
+    period_months: Annotated[int, Field(ge=1, le=36)]
+    trial_days: TrialDays = 0
+    reason: Reason
+
+
+class PlanUpdate(BaseModel):
+    """Rename a plan or change its trial; its price changes only through a new version."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: PlanName | None = None
+    trial_days: TrialDays | None = None
+    reason: Reason
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> PlanUpdate:
+        if self.name is None and self.trial_days is None:
+            raise ValueError("give name and/or trial_days")
+        return self
+
+
+class AdminReason(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: Reason
+
+
+class PriceCreate(BaseModel):
+    """A new price version: in force from ``effective_from`` (omitted: now)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price: MoneyIn
+    effective_from: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a time zone; now or later"
+    )
+    reason: Reason
+
+
+class AdminRefundCreate(BaseModel):
+    """Refund any user's payment: ``amount`` omitted = everything still refundable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    amount: MoneyIn | None = None
+    reason: Reason
+
+
+class AdminExtend(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    days: Annotated[int, Field(ge=1, le=366)]
+    reason: Reason
+
+
+class AdminGrant(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    plan_id: PlanId
+    reason: Reason
+
+
+class AdminAutoRenew(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool
+    reason: Reason
+
+
+class AdminActionAccepted(BaseModel):
+    command_id: str
+    subscription_id: str
+    action: str
+    status: Literal["accepted"] = "accepted"
+    status_url: str = Field(description="the command's status: accepted → done | rejected")
+
+
+class AdminRefundAccepted(BaseModel):
+    command_id: str
+    refund_id: str
+    payment_id: str
+    subscription_id: str
+    status: Literal["accepted"] = "accepted"
+    status_url: str
+
+
+class RefundPage(BaseModel):
+    items: list[RefundOut]
+    next_cursor: str | None
+
+
+class AdminSubscriptionOut(SubscriptionOut):
+    user_id: str
+    version: int
+
+
+class AdminSubscriptionPage(BaseModel):
+    items: list[AdminSubscriptionOut]
+    next_cursor: str | None
+
+
+class AdminPaymentOut(PaymentOut):
+    kind: str
+    refunded: MoneyOut | None
+    price_version: int
+    command_id: str
+
+
+class AdminRefundOut(RefundOut):
+    actor: str
+    command_id: str
+
+
+class EventOut(BaseModel):
+    event_id: str
+    version: int
+    event_type: str
+    occurred_at: datetime
+    causation_id: str
+    body: dict[str, Any]
 
 
 class CommandOut(BaseModel):
     command_id: str
     command_type: str
     subscription_id: str
-    user_id: str
+    user_id: str = Field(description="the subscription's user")
     payment_id: str | None
+    refund_id: str | None = None
     status: str
     status_reason: str | None
     publish_attempts: int
@@ -175,6 +418,17 @@ class CommandOut(BaseModel):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class AdminSubscriptionDetail(BaseModel):
+    subscription: AdminSubscriptionOut
+    payments: list[AdminPaymentOut] = Field(description="oldest first")
+    refunds: list[AdminRefundOut] = Field(description="oldest first")
+    commands: list[CommandOut] = Field(description="the latest accepted commands, newest first")
+    events: list[EventOut] = Field(description="the audit trail, by version")
+    events_next_after: int | None = Field(
+        description="pass as events_after for the next page of events"
+    )
 
 
 class WebhookAck(BaseModel):

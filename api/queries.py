@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -18,16 +18,33 @@ from psycopg.rows import dict_row
 
 from api.errors import InvalidCursor
 from api.models import (
+    AdminPaymentOut,
+    AdminPlanOut,
+    AdminRefundOut,
+    AdminSubscriptionDetail,
+    AdminSubscriptionOut,
+    AdminSubscriptionPage,
     CommandOut,
+    EventOut,
     MoneyOut,
     PaymentOut,
     PaymentPage,
     PlanOut,
+    PlanPriceOut,
     PlanRef,
     RefundOut,
+    RefundPage,
+    ScheduledPrice,
     SubscriptionOut,
 )
-from schemas.messages import DecodeError, PaySubscription, RefundPayment, decode_command
+from schemas.messages import (
+    ChangePlan,
+    DecodeError,
+    PaySubscription,
+    RefundPayment,
+    RetryPayment,
+    decode_command,
+)
 from schemas.money import MoneyError
 
 Conn = psycopg.AsyncConnection[Any]
@@ -93,6 +110,11 @@ async def get_payment(conn: Conn, user_id: str, payment_id: uuid.UUID) -> Paymen
         cmd = None
     if isinstance(cmd, PaySubscription):
         plan_id, amount_minor, currency = cmd.plan_id, cmd.amount.amount_minor, cmd.amount.currency
+    elif isinstance(cmd, RetryPayment):
+        plan_id = cmd.price.plan_id
+        amount_minor, currency = cmd.price.amount.amount_minor, cmd.price.amount.currency
+    elif isinstance(cmd, ChangePlan):
+        plan_id = cmd.price.plan_id  # the amount (prorated, or none) is the ledger's to decide
     return PaymentOut(
         payment_id=str(payment_id),
         subscription_id=outbox["subscription_id"],
@@ -111,8 +133,24 @@ async def get_payment(conn: Conn, user_id: str, payment_id: uuid.UUID) -> Paymen
 
 
 def encode_cursor(created_at: datetime, payment_id: str) -> str:
+    """Opaque keyset cursor over (created_at, id); also used for refunds."""
     raw = f"{created_at.isoformat()}|{payment_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def encode_id_cursor(item_id: str) -> str:
+    return base64.urlsafe_b64encode(f"id|{item_id}".encode()).decode().rstrip("=")
+
+
+def decode_id_cursor(cursor: str) -> uuid.UUID:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, _, item_id = raw.partition("|")
+        if tag != "id":
+            raise ValueError("not an id cursor")
+        return uuid.UUID(item_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidCursor() from exc
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -128,14 +166,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_payments(
-    conn: Conn, user_id: str, *, limit: int, status: str | None, cursor: str | None
+    conn: Conn,
+    user_id: str,
+    *,
+    limit: int,
+    status: str | None,
+    cursor: str | None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
 ) -> PaymentPage:
-    """Newest first; keyset pagination on (created_at, payment_id)."""
+    """Newest first; keyset pagination on (created_at, payment_id); ``created_from``
+    inclusive, ``created_to`` exclusive."""
     where = ["user_id = %s"]
     params: list[Any] = [user_id]
     if status is not None:
         where.append("status = %s")
         params.append(status)
+    if created_from is not None:
+        where.append("created_at >= %s")
+        params.append(created_from)
+    if created_to is not None:
+        where.append("created_at < %s")
+        params.append(created_to)
     if cursor is not None:
         at, pid = decode_cursor(cursor)
         where.append("(created_at, payment_id) < (%s, %s)")
@@ -156,31 +208,194 @@ async def list_payments(
     return PaymentPage(items=items, next_cursor=next_cursor)
 
 
-async def get_subscription(conn: Conn, user_id: str) -> SubscriptionOut | None:
+# The price in force now for the current plan, and at the period end for the plan the next
+# period renews to (what the ledger's timer quotes for the renewal charge).
+_SUBSCRIPTION_SELECT = """
+SELECT s.subscription_id::text, s.user_id, s.status, s.plan_id, p.name AS plan_name,
+       s.period_start, s.period_end, s.updated_at, s.auto_renew, s.status_reason,
+       s.next_retry_at, s.next_plan_id, s.version,
+       (s.status = 'active' AND s.period_end > now()) AS active,
+       cur.amount_minor AS plan_amount_minor, cur.currency AS plan_currency,
+       nxt.amount_minor AS next_amount_minor, nxt.currency AS next_currency
+FROM subscriptions s
+LEFT JOIN plans p ON p.plan_id = s.plan_id
+LEFT JOIN LATERAL (
+    SELECT amount_minor, currency FROM plan_prices
+    WHERE plan_id = s.plan_id AND effective_from <= now()
+    ORDER BY effective_from DESC LIMIT 1) cur ON true
+LEFT JOIN LATERAL (
+    SELECT amount_minor, currency FROM plan_prices
+    WHERE plan_id = COALESCE(s.next_plan_id, s.plan_id) AND effective_from <= s.period_end
+    ORDER BY effective_from DESC LIMIT 1) nxt ON true
+"""
+
+
+def next_charge_at(row: dict[str, Any], renew_lead: timedelta) -> datetime | None:
+    """When the ledger will next try to charge, as far as the read model can tell: the
+    dunning retry if one is scheduled, else the renewal lead before the period end; nothing
+    without auto-renewal. The read model does not know whether a card is saved (without one
+    the subscription expires instead)."""
+    if not row["auto_renew"] or row["status"] not in ("active", "past_due"):
+        return None
+    if row["next_retry_at"] is not None:
+        retry: datetime = row["next_retry_at"]
+        return retry
+    if row["status"] == "active" and row["period_end"] is not None:
+        end: datetime = row["period_end"]
+        return end - renew_lead
+    return None
+
+
+def _subscription_fields(row: dict[str, Any], renew_lead: timedelta) -> dict[str, Any]:
+    plan = PlanRef(plan_id=row["plan_id"], name=row["plan_name"]) if row["plan_id"] else None
+    charge_at = next_charge_at(row, renew_lead)
+    return {
+        "subscription_id": row["subscription_id"],
+        "status": row["status"],
+        "active": bool(row["active"]),
+        "plan": plan,
+        "plan_price": _money(row["plan_amount_minor"], row["plan_currency"]),
+        "period_start": row["period_start"],
+        "period_end": row["period_end"],
+        "updated_at": row["updated_at"],
+        "auto_renew": row["auto_renew"],
+        "status_reason": row["status_reason"],
+        "next_retry_at": row["next_retry_at"],
+        "next_plan_id": row["next_plan_id"],
+        "next_charge_at": charge_at,
+        "next_charge_amount": (
+            _money(row["next_amount_minor"], row["next_currency"]) if charge_at else None
+        ),
+    }
+
+
+async def get_subscription(
+    conn: Conn, user_id: str, *, renew_lead: timedelta = timedelta(days=1)
+) -> SubscriptionOut | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT s.subscription_id::text, s.status, s.plan_id, p.name AS plan_name,"
-            " s.period_start, s.period_end, s.updated_at, s.auto_renew, s.status_reason,"
-            " s.next_retry_at, (s.status = 'active' AND s.period_end > now()) AS active"
-            " FROM subscriptions s LEFT JOIN plans p ON p.plan_id = s.plan_id"
-            " WHERE s.user_id = %s",
-            (user_id,),
-        )
+        await cur.execute(_SUBSCRIPTION_SELECT + " WHERE s.user_id = %s", (user_id,))
         row = await cur.fetchone()
     if row is None:
         return None
-    plan = PlanRef(plan_id=row["plan_id"], name=row["plan_name"]) if row["plan_id"] else None
-    return SubscriptionOut(
-        subscription_id=row["subscription_id"],
-        status=row["status"],
-        active=bool(row["active"]),
-        plan=plan,
-        period_start=row["period_start"],
-        period_end=row["period_end"],
-        updated_at=row["updated_at"],
-        auto_renew=row["auto_renew"],
-        status_reason=row["status_reason"],
-        next_retry_at=row["next_retry_at"],
+    return SubscriptionOut(**_subscription_fields(row, renew_lead))
+
+
+def _admin_subscription(row: dict[str, Any], renew_lead: timedelta) -> AdminSubscriptionOut:
+    return AdminSubscriptionOut(
+        **_subscription_fields(row, renew_lead), user_id=row["user_id"], version=row["version"]
+    )
+
+
+async def list_subscriptions(
+    conn: Conn,
+    *,
+    user_id: str | None,
+    status: str | None,
+    plan_id: str | None,
+    cursor: str | None,
+    limit: int,
+    renew_lead: timedelta,
+) -> AdminSubscriptionPage:
+    """Every subscription matching the filters, in subscription id order (stable while rows
+    change, so pages never skip or repeat one)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if user_id is not None:
+        where.append("s.user_id = %s")
+        params.append(user_id)
+    if status is not None:
+        where.append("s.status = %s")
+        params.append(status)
+    if plan_id is not None:
+        where.append("s.plan_id = %s")
+        params.append(plan_id)
+    if cursor is not None:
+        where.append("s.subscription_id > %s")
+        params.append(decode_id_cursor(cursor))
+    sql = _SUBSCRIPTION_SELECT
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY s.subscription_id LIMIT %s"
+    params.append(limit + 1)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        rows = await cur.fetchall()
+    items = [_admin_subscription(r, renew_lead) for r in rows[:limit]]
+    next_cursor = encode_id_cursor(items[-1].subscription_id) if len(rows) > limit else None
+    return AdminSubscriptionPage(items=items, next_cursor=next_cursor)
+
+
+_COMMAND_COLUMNS = (
+    "command_id::text, command_type, subscription_id::text, user_id, payment_id::text,"
+    " refund_id::text, status, status_reason, publish_attempts, published_at,"
+    " next_publish_at, last_error, created_at, updated_at"
+)
+
+
+async def get_subscription_detail(
+    conn: Conn,
+    subscription_id: uuid.UUID,
+    *,
+    renew_lead: timedelta,
+    events_after: int,
+    events_limit: int,
+    commands_limit: int = 50,
+) -> AdminSubscriptionDetail | None:
+    """One subscription for the console: its payments, refunds, latest commands and its
+    event history (the audit trail), the events a page at a time."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _SUBSCRIPTION_SELECT + " WHERE s.subscription_id = %s", (subscription_id,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        await cur.execute(
+            f"SELECT {_PAYMENT_COLUMNS}, kind, refunded_minor, price_version,"
+            " command_id::text FROM payments WHERE subscription_id = %s"
+            " ORDER BY created_at, payment_id",
+            (subscription_id,),
+        )
+        payments = [
+            AdminPaymentOut(
+                **_payment(r).model_dump(),
+                kind=r["kind"],
+                refunded=_money(r["refunded_minor"], r["currency"]),
+                price_version=r["price_version"],
+                command_id=r["command_id"],
+            )
+            for r in await cur.fetchall()
+        ]
+        await cur.execute(
+            f"SELECT {_REFUND_COLUMNS}, actor, command_id::text FROM refunds"
+            " WHERE subscription_id = %s ORDER BY created_at, refund_id",
+            (subscription_id,),
+        )
+        refunds = [
+            AdminRefundOut(**_refund(r).model_dump(), actor=r["actor"], command_id=r["command_id"])
+            for r in await cur.fetchall()
+        ]
+        await cur.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM command_outbox WHERE subscription_id = %s"
+            " ORDER BY created_at DESC, command_id LIMIT %s",
+            (subscription_id, commands_limit),
+        )
+        commands = [CommandOut(**r) for r in await cur.fetchall()]
+        await cur.execute(
+            "SELECT event_id::text, version, event_type, occurred_at, causation_id::text, body"
+            " FROM subscription_events WHERE subscription_id = %s AND version > %s"
+            " ORDER BY version LIMIT %s",
+            (subscription_id, events_after, events_limit + 1),
+        )
+        event_rows = await cur.fetchall()
+    events = [EventOut(**r) for r in event_rows[:events_limit]]
+    return AdminSubscriptionDetail(
+        subscription=_admin_subscription(row, renew_lead),
+        payments=payments,
+        refunds=refunds,
+        commands=commands,
+        events=events,
+        events_next_after=events[-1].version if len(event_rows) > events_limit else None,
     )
 
 
@@ -251,11 +466,56 @@ async def list_refunds(conn: Conn, user_id: str, payment_id: uuid.UUID) -> list[
         return [_refund(r) for r in await cur.fetchall()]
 
 
-async def list_plans(conn: Conn) -> list[PlanOut]:
+async def list_user_refunds(
+    conn: Conn, user_id: str, *, limit: int, status: str | None, cursor: str | None
+) -> RefundPage:
+    """The caller's refunds, newest first; keyset pagination on (created_at, refund_id)."""
+    where = ["user_id = %s"]
+    params: list[Any] = [user_id]
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    if cursor is not None:
+        at, rid = decode_cursor(cursor)
+        where.append("(created_at, refund_id) < (%s, %s)")
+        params.extend([at, rid])
+    params.append(limit + 1)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT plan_id, name, amount_minor, currency, period_months, trial_days FROM plans"
-            " WHERE NOT archived ORDER BY period_months, amount_minor, plan_id"
+            f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, refund_id DESC LIMIT %s",
+            params,
+        )
+        rows = await cur.fetchall()
+    items = [_refund(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last["created_at"], last["refund_id"])
+    return RefundPage(items=items, next_cursor=next_cursor)
+
+
+# effective_from '-infinity' (the seeded first versions) cannot be loaded into a datetime:
+# it reads NULL, "in force since the beginning".
+_EFFECTIVE = "CASE WHEN isfinite(effective_from) THEN effective_from END"
+
+
+async def list_plans(conn: Conn) -> list[PlanOut]:
+    """Plans on sale with the price in force now and the next scheduled one."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT p.plan_id, p.name, p.period_months, p.trial_days,"
+            " cur.version, cur.amount_minor, cur.currency,"
+            " nxt.version AS next_version, nxt.amount_minor AS next_amount_minor,"
+            " nxt.currency AS next_currency, nxt.effective_from AS next_effective_from"
+            " FROM plans p"
+            " JOIN LATERAL (SELECT version, amount_minor, currency FROM plan_prices"
+            "  WHERE plan_id = p.plan_id AND effective_from <= now()"
+            "  ORDER BY effective_from DESC LIMIT 1) cur ON true"
+            " LEFT JOIN LATERAL (SELECT version, amount_minor, currency, effective_from"
+            "  FROM plan_prices WHERE plan_id = p.plan_id AND effective_from > now()"
+            "  ORDER BY effective_from LIMIT 1) nxt ON true"
+            " WHERE NOT p.archived ORDER BY p.period_months, cur.amount_minor, p.plan_id"
         )
         rows = await cur.fetchall()
     plans: list[PlanOut] = []
@@ -263,17 +523,87 @@ async def list_plans(conn: Conn) -> list[PlanOut]:
         price = _money(r["amount_minor"], r["currency"])
         if price is None:  # a currency we cannot bill in is not for sale
             continue
+        next_price = _money(r["next_amount_minor"], r["next_currency"])
         plans.append(
             PlanOut(
                 plan_id=r["plan_id"],
                 name=r["name"],
                 price=price,
                 amount_minor=r["amount_minor"],
+                price_version=r["version"],
                 period_months=r["period_months"],
                 trial_days=r["trial_days"],
+                next_price=(
+                    ScheduledPrice(
+                        price=next_price,
+                        amount_minor=r["next_amount_minor"],
+                        price_version=r["next_version"],
+                        effective_from=r["next_effective_from"],
+                    )
+                    if next_price is not None
+                    else None
+                ),
             )
         )
     return plans
+
+
+async def list_admin_plans(conn: Conn, plan_id: str | None = None) -> list[AdminPlanOut]:
+    """Every plan (archived too) with every price version and the one in force now."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT plan_id, name, period_months, trial_days, archived, created_at, updated_at"
+            " FROM plans WHERE %(plan)s::text IS NULL OR plan_id = %(plan)s ORDER BY plan_id",
+            {"plan": plan_id},
+        )
+        plan_rows = await cur.fetchall()
+        await cur.execute(
+            f"SELECT plan_id, version, {_EFFECTIVE} AS effective_from,"
+            " effective_from <= now() AS started, amount_minor, currency, created_by, reason,"
+            " created_at FROM plan_prices WHERE %(plan)s::text IS NULL OR plan_id = %(plan)s"
+            " ORDER BY plan_id, plan_prices.effective_from",
+            {"plan": plan_id},
+        )
+        price_rows = await cur.fetchall()
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for r in price_rows:
+        versions.setdefault(r["plan_id"], []).append(r)
+    out: list[AdminPlanOut] = []
+    for p in plan_rows:
+        rows = versions.get(p["plan_id"], [])
+        in_force = [r for r in rows if r["started"]]
+        now_row = in_force[-1] if in_force else None
+        out.append(
+            AdminPlanOut(
+                plan_id=p["plan_id"],
+                name=p["name"],
+                period_months=p["period_months"],
+                trial_days=p["trial_days"],
+                archived=p["archived"],
+                price=_money(now_row["amount_minor"], now_row["currency"]) if now_row else None,
+                price_version=now_row["version"] if now_row else None,
+                prices=[
+                    PlanPriceOut(
+                        version=r["version"],
+                        price=_money(r["amount_minor"], r["currency"]),
+                        amount_minor=r["amount_minor"],
+                        effective_from=r["effective_from"],
+                        created_by=r["created_by"],
+                        reason=r["reason"],
+                        created_at=r["created_at"],
+                    )
+                    for r in rows
+                ],
+                created_at=p["created_at"],
+                updated_at=p["updated_at"],
+            )
+        )
+    return out
+
+
+async def get_admin_plan(conn: Conn, plan_id: str) -> AdminPlanOut | None:
+    plans = await list_admin_plans(conn, plan_id)
+    return plans[0] if plans else None
 
 
 async def list_open_commands(conn: Conn, *, status: str | None, limit: int) -> list[CommandOut]:
@@ -283,14 +613,22 @@ async def list_open_commands(conn: Conn, *, status: str | None, limit: int) -> l
     params.append(limit)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT command_id::text, command_type, subscription_id::text, user_id,"
-            " payment_id::text, status, status_reason, publish_attempts, published_at,"
-            " next_publish_at, last_error, created_at, updated_at"
+            f"SELECT {_COMMAND_COLUMNS}"
             f" FROM command_outbox WHERE {where} ORDER BY created_at LIMIT %s",
             params,
         )
         rows = await cur.fetchall()
     return [CommandOut(**r) for r in rows]
+
+
+async def get_command(conn: Conn, command_id: uuid.UUID) -> CommandOut | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM command_outbox WHERE command_id = %s",
+            (command_id,),
+        )
+        row = await cur.fetchone()
+    return CommandOut(**row) if row is not None else None
 
 
 async def ping(conn: Conn) -> None:

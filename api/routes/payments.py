@@ -8,21 +8,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
 
 from api import intake, queries
-from api.deps import (
-    BackgroundDep,
-    CurrentUser,
-    DbDep,
-    IdempotencyKey,
-    JsonBody,
-    PoolDep,
-    PublisherDep,
-    SettingsDep,
+from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
+from api.errors import InvalidRange, PaymentNotFound
+from api.models import (
+    PaymentAccepted,
+    PaymentCreate,
+    PaymentOut,
+    PaymentPage,
+    RetryAccepted,
+    RetryCreate,
+    error_responses,
 )
-from api.errors import PaymentNotFound
-from api.models import PaymentAccepted, PaymentCreate, PaymentOut, PaymentPage, error_responses
-from api.relay import publish_soon
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +40,15 @@ StatusFilter = Literal[
     responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def create_payment(
-    request: Request,
-    user: CurrentUser,
-    key: IdempotencyKey,
-    body: PaymentCreate,
-    pool: PoolDep,
-    publisher: PublisherDep,
-    background: BackgroundDep,
-    settings: SettingsDep,
+    request: Request, user: CurrentUser, key: IdempotencyKey, body: PaymentCreate, ctx: IntakeDep
 ) -> JSONResponse:
     """Pay for a plan. Needs an ``Idempotency-Key``: retrying with the same key and body
     returns the first answer (``Idempotent-Replayed: true``) and never charges twice. The
-    price comes from the plan. 202 means the command is durably accepted; poll
-    ``status_url``."""
+    price is the plan's price in force now; archived plans are not for sale. 202 means the
+    command is durably accepted; poll ``status_url``."""
     outcome = await intake.accept_payment(
-        pool,
-        settings,
+        ctx.pool,
+        ctx.settings,
         user_id=user.user_id,
         idem_key=key,
         request=body,
@@ -64,14 +56,41 @@ async def create_payment(
         path=request.url.path,
     )
     if outcome.message is not None:
-        publish_soon(background, pool, publisher, settings, outcome.message)
         log.info("accepted command %s", outcome.message.command_id)
-    headers: dict[str, str] = {}
-    if outcome.location:
-        headers["Location"] = outcome.location
-    if outcome.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+    return ctx.answer(outcome)
+
+
+@router.post(
+    "/{payment_id}/retry",
+    status_code=202,
+    response_model=RetryAccepted,
+    dependencies=[JsonBody],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def retry_payment(
+    payment_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    key: IdempotencyKey,
+    body: RetryCreate,
+    ctx: IntakeDep,
+) -> JSONResponse:
+    """Pay again for what one of your canceled payments was for, at the plan's price in force
+    now: a new payment (``payment_id``), never the old one again. Needs an
+    ``Idempotency-Key``. The ledger refuses (``status: rejected`` with the reason on the status
+    URL) a payment that is not canceled, a payment in flight, or a period paid meanwhile.
+    Someone else's payment is a 404."""
+    outcome = await intake.accept_retry(
+        ctx.pool,
+        ctx.settings,
+        user_id=user.user_id,
+        idem_key=key,
+        retry_of=str(payment_id),
+        request=body,
+        method=request.method,
+        path=request.url.path,
+    )
+    return ctx.answer(outcome)
 
 
 @router.get("", response_model=PaymentPage, responses=error_responses(400, 401, 422))
@@ -81,10 +100,26 @@ async def list_payments(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: StatusFilter | None = None,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
+    created_from: Annotated[
+        AwareDatetime | None, Query(description="ISO 8601 with a zone; inclusive")
+    ] = None,
+    created_to: Annotated[
+        AwareDatetime | None, Query(description="ISO 8601 with a zone; exclusive")
+    ] = None,
 ) -> PaymentPage:
-    """Your payments, newest first. Pass ``next_cursor`` back as ``cursor`` for the next
-    page."""
-    return await queries.list_payments(db, user.user_id, limit=limit, status=status, cursor=cursor)
+    """Your payments, newest first, optionally created in ``[created_from, created_to)``.
+    Pass ``next_cursor`` back as ``cursor`` (with the same filters) for the next page."""
+    if created_from is not None and created_to is not None and created_from > created_to:
+        raise InvalidRange(details={"created_from": "after created_to"})
+    return await queries.list_payments(
+        db,
+        user.user_id,
+        limit=limit,
+        status=status,
+        cursor=cursor,
+        created_from=created_from,
+        created_to=created_to,
+    )
 
 
 @router.get("/{payment_id}", response_model=PaymentOut, responses=error_responses(401, 404, 422))

@@ -5,28 +5,21 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
-from api.deps import (
-    BackgroundDep,
-    CurrentUser,
-    DbDep,
-    IdempotencyKey,
-    JsonBody,
-    PoolDep,
-    PublisherDep,
-    SettingsDep,
-)
+from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
 from api.errors import RefundNotFound
-from api.models import RefundAccepted, RefundCreate, RefundOut, error_responses
-from api.relay import publish_soon
+from api.models import RefundAccepted, RefundCreate, RefundOut, RefundPage, error_responses
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["refunds"])
+
+RefundStatusFilter = Literal["requested", "unknown", "pending", "succeeded", "canceled"]
 
 
 @router.post(
@@ -42,18 +35,15 @@ async def create_refund(
     user: CurrentUser,
     key: IdempotencyKey,
     body: RefundCreate,
-    pool: PoolDep,
-    publisher: PublisherDep,
-    background: BackgroundDep,
-    settings: SettingsDep,
+    ctx: IntakeDep,
 ) -> JSONResponse:
     """Refund one of your payments, fully (no ``amount``) or partly. Needs an
     ``Idempotency-Key``. 202 means accepted; the ledger refuses more than is still
     refundable (``status: rejected`` with the reason on the status URL). A full refund of the
     current period's payment ends access at once; a partial one keeps it."""
     outcome = await intake.accept_refund(
-        pool,
-        settings,
+        ctx.pool,
+        ctx.settings,
         user_id=user.user_id,
         idem_key=key,
         payment_id=str(payment_id),
@@ -62,12 +52,8 @@ async def create_refund(
         path=request.url.path,
     )
     if outcome.message is not None:
-        publish_soon(background, pool, publisher, settings, outcome.message)
         log.info("accepted refund command %s", outcome.message.command_id)
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-    if outcome.location:
-        headers["Location"] = outcome.location
-    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+    return ctx.answer(outcome)
 
 
 @router.get(
@@ -78,6 +64,22 @@ async def create_refund(
 async def list_refunds(payment_id: uuid.UUID, user: CurrentUser, db: DbDep) -> list[RefundOut]:
     """The refunds of one of your payments, oldest first."""
     return await queries.list_refunds(db, user.user_id, payment_id)
+
+
+@router.get("/refunds", response_model=RefundPage, responses=error_responses(400, 401, 422))
+async def list_my_refunds(
+    user: CurrentUser,
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: RefundStatusFilter | None = None,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> RefundPage:
+    """Your refunds (of all your payments), newest first. Pass ``next_cursor`` back as
+    ``cursor`` for the next page. A refund the ledger refused never appears here: its status
+    URL says why."""
+    return await queries.list_user_refunds(
+        db, user.user_id, limit=limit, status=status, cursor=cursor
+    )
 
 
 @router.get("/refunds/{refund_id}", response_model=RefundOut, responses=error_responses(401, 404))

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
-from api.deps import (
-    BackgroundDep,
-    CurrentUser,
-    DbDep,
-    IdempotencyKey,
-    JsonBody,
-    PoolDep,
-    PublisherDep,
-    SettingsDep,
-)
+from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody, SettingsDep
 from api.errors import SubscriptionNotFound
-from api.models import AutoRenewUpdate, SubscriptionOut, error_responses
-from api.relay import publish_soon
+from api.models import (
+    AutoRenewUpdate,
+    PlanChangeAccepted,
+    PlanChangeCreate,
+    SubscriptionOut,
+    error_responses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +25,13 @@ router = APIRouter(prefix="/api/v1/subscriptions", tags=["subscriptions"])
 
 
 @router.get("/me", response_model=SubscriptionOut, responses=error_responses(401, 404))
-async def my_subscription(user: CurrentUser, db: DbDep) -> SubscriptionOut:
-    """Your subscription: ``active`` is true while a paid period covers now."""
-    sub = await queries.get_subscription(db, user.user_id)
+async def my_subscription(user: CurrentUser, db: DbDep, settings: SettingsDep) -> SubscriptionOut:
+    """Your subscription: ``active`` is true while a paid period covers now; the current
+    plan's price, a scheduled plan change, and the next automatic charge (when and how much)
+    while auto-renewal is on."""
+    sub = await queries.get_subscription(
+        db, user.user_id, renew_lead=timedelta(seconds=settings.renew_lead_s)
+    )
     if sub is None:
         raise SubscriptionNotFound()
     return sub
@@ -47,23 +48,49 @@ async def set_auto_renew(
     user: CurrentUser,
     key: IdempotencyKey,
     body: AutoRenewUpdate,
-    pool: PoolDep,
-    publisher: PublisherDep,
-    background: BackgroundDep,
-    settings: SettingsDep,
+    ctx: IntakeDep,
 ) -> JSONResponse:
     """Turn auto-renewal off (``cancel_at_period_end``: access lasts to the period end, then
     the subscription expires) or back on. Needs an ``Idempotency-Key``."""
     outcome = await intake.accept_auto_renew(
-        pool,
-        settings,
+        ctx.pool,
+        ctx.settings,
         user_id=user.user_id,
         idem_key=key,
         request=body,
         method=request.method,
         path=request.url.path,
     )
-    if outcome.message is not None:
-        publish_soon(background, pool, publisher, settings, outcome.message)
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+    return ctx.answer(outcome)
+
+
+@router.post(
+    "/me/plan",
+    status_code=202,
+    response_model=PlanChangeAccepted,
+    dependencies=[JsonBody],
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+)
+async def change_plan(
+    request: Request,
+    user: CurrentUser,
+    key: IdempotencyKey,
+    body: PlanChangeCreate,
+    ctx: IntakeDep,
+) -> JSONResponse:
+    """Switch to another plan on sale, at its price in force now. A dearer plan starts at
+    once and is charged now, less the unused part of the current period (``payment_id`` is
+    that charge); a cheaper one starts at the period end (no charge: the status URL reads
+    ``done``, and ``next_plan_id`` shows it). Needs an ``Idempotency-Key``. Refused by the
+    ledger (``rejected`` with the reason) without an active subscription, for the same plan,
+    or with a payment in flight."""
+    outcome = await intake.accept_plan_change(
+        ctx.pool,
+        ctx.settings,
+        user_id=user.user_id,
+        idem_key=key,
+        request=body,
+        method=request.method,
+        path=request.url.path,
+    )
+    return ctx.answer(outcome)
