@@ -456,8 +456,19 @@ async def get_refund(conn: Conn, user_id: str, refund_id: uuid.UUID) -> RefundOu
     )
 
 
-async def list_refunds(conn: Conn, user_id: str, payment_id: uuid.UUID) -> list[RefundOut]:
+async def list_refunds(conn: Conn, user_id: str, payment_id: uuid.UUID) -> list[RefundOut] | None:
+    """The refunds of one of the caller's payments, oldest first; None if the payment is not
+    theirs (nor one they just asked for)."""
     async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM payments WHERE payment_id = %(p)s AND user_id = %(u)s)"
+            " OR EXISTS (SELECT 1 FROM command_outbox WHERE payment_id = %(p)s"
+            " AND user_id = %(u)s) AS mine",
+            {"p": payment_id, "u": user_id},
+        )
+        found = await cur.fetchone()
+        if found is None or not found["mine"]:
+            return None
         await cur.execute(
             f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE payment_id = %s AND user_id = %s"
             " ORDER BY created_at, refund_id",

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api import intake, queries
 from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
-from api.errors import RefundNotFound
+from api.errors import PaymentNotFound, RefundNotFound
 from api.models import RefundAccepted, RefundCreate, RefundOut, RefundPage, error_responses
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,14 @@ async def create_refund(
 @router.get(
     "/payments/{payment_id}/refunds",
     response_model=list[RefundOut],
-    responses=error_responses(401, 422),
+    responses=error_responses(401, 404, 422),
 )
 async def list_refunds(payment_id: uuid.UUID, user: CurrentUser, db: DbDep) -> list[RefundOut]:
-    """The refunds of one of your payments, oldest first."""
-    return await queries.list_refunds(db, user.user_id, payment_id)
+    """The refunds of one of your payments, oldest first; someone else's payment is a 404."""
+    refunds = await queries.list_refunds(db, user.user_id, payment_id)
+    if refunds is None:
+        raise PaymentNotFound()
+    return refunds
 
 
 @router.get("/refunds", response_model=RefundPage, responses=error_responses(400, 401, 422))

@@ -20,9 +20,21 @@ from api.publisher import PublishError
 from api.relay import Background
 from billing.config import Settings
 from providers.port import ProviderNotFound, ProviderPayment, ProviderUnavailable
-from schemas.ids import observation_id_for
-from schemas.messages import AnyCommand, PaymentObserved, decode_command, decode_provider_event
+from schemas.ids import observation_id_for, subscription_id_for
+from schemas.messages import (
+    AnyCommand,
+    AnyEvent,
+    PaymentObserved,
+    RefundObserved,
+    decode_command,
+    decode_provider_event,
+    encode,
+)
+from schemas.periods import now_ms
+from schemas.state import SubscriptionState
 from schemas.topics import COMMANDS, PROVIDER_EVENTS
+from streams.ledger.machine import LedgerInput, Policy, decide
+from streams.sinks.postgres import project
 
 JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 RETURN_URL = "https://cinema.example/paid"
@@ -181,6 +193,89 @@ class Api:
         hdrs.update(headers)
         payload = body if body is not None else {"plan_id": "monthly", "return_url": RETURN_URL}
         return await self.client.post("/api/v1/payments", json=payload, headers=hdrs)
+
+
+class Ledger:
+    """The worker's part, in-process, for API tests: the commands the API published go
+    through the pure ledger (``streams.ledger.machine.decide``) and its events through the
+    real PostgreSQL projection (``streams.sinks.postgres.project``), so status URLs and read
+    models say what a client would see with the whole stack running."""
+
+    def __init__(self, api: Api, policy: Policy | None = None) -> None:
+        self.api = api
+        self.policy = policy or Policy()
+        self.states: dict[str, SubscriptionState] = {}
+        self.applied: set[str] = set()
+
+    async def apply(self, msg: LedgerInput) -> list[AnyEvent]:
+        decision = decide(self.states.get(msg.subscription_id), msg, self.policy)
+        if decision.state is not None:
+            self.states[msg.subscription_id] = decision.state
+        async with self.api.pool.connection() as conn:
+            await project(conn, [(e, encode(e)) for e in decision.events])
+        return decision.events
+
+    async def drain(self, user_id: str) -> list[AnyEvent]:
+        """Apply every command published so far for ``user_id``'s subscription, once."""
+        await self.api.settle()
+        sub = subscription_id_for(user_id)
+        events: list[AnyEvent] = []
+        for _, cmd in self.api.publisher.commands():
+            if cmd.subscription_id == sub and cmd.command_id not in self.applied:
+                self.applied.add(cmd.command_id)
+                events += await self.apply(cmd)
+        return events
+
+    async def observe(
+        self, user_id: str, payment_id: str, status: str, *, reason: str | None = None
+    ) -> list[AnyEvent]:
+        """The provider's outcome for a payment (as the gateway or a webhook reports it)."""
+        sub = subscription_id_for(user_id)
+        rec = self.states[sub].payments[payment_id]
+        provider_id = f"prov-{payment_id}"
+        return await self.apply(
+            PaymentObserved(
+                observation_id=observation_id_for(provider_id, status),
+                subscription_id=sub,
+                observed_at=now_ms(),
+                source="gateway",
+                payment_id=payment_id,
+                provider_payment_id=provider_id,
+                status=status,  # type: ignore[arg-type]
+                amount=rec.amount,
+                paid=status == "succeeded",
+                cancellation_reason=reason,
+                payment_method_id=f"pm-{user_id}",
+                payment_method_saved=True,
+            )
+        )
+
+    async def subscribe(self, user_id: str, plan_id: str = "monthly") -> str:
+        """Buy ``plan_id`` and let the provider succeed: an active subscription."""
+        resp = await self.api.pay(user_id, body={"plan_id": plan_id, "return_url": RETURN_URL})
+        assert resp.status_code == 202, resp.text
+        payment_id: str = resp.json()["payment_id"]
+        await self.drain(user_id)
+        await self.observe(user_id, payment_id, "succeeded")
+        return payment_id
+
+    async def refund_outcome(self, user_id: str, refund_id: str, status: str) -> list[AnyEvent]:
+        sub = subscription_id_for(user_id)
+        ref = self.states[sub].refunds[refund_id]
+        provider_id = f"prov-{refund_id}"
+        return await self.apply(
+            RefundObserved(
+                observation_id=observation_id_for(provider_id, status),
+                subscription_id=sub,
+                observed_at=now_ms(),
+                source="gateway",
+                refund_id=refund_id,
+                payment_id=ref.payment_id,
+                provider_refund_id=provider_id,
+                status=status,  # type: ignore[arg-type]
+                amount=ref.amount,
+            )
+        )
 
 
 @contextlib.asynccontextmanager
