@@ -107,4 +107,14 @@ class PaymentProvider(Protocol):
 
     async def get_refund(self, provider_refund_id: str) -> ProviderRefund: ...
 
+    async def capture_payment(
+        self, provider_payment_id: str, *, key: str, amount: Money | None = None
+    ) -> ProviderPayment:
+        """Capture a held (waiting_for_capture) payment."""
+        ...
+
+    async def cancel_payment(self, provider_payment_id: str, *, key: str) -> ProviderPayment:
+        """Release a held payment."""
+        ...
+
     async def close(self) -> None: ...

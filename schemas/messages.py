@@ -97,7 +97,7 @@ class SubscriptionDue(Command, tag="SubscriptionDue", frozen=True):
     two timers or two workers collapse into one, and a stale one (state moved on) applies
     nothing. A charge carries the price in force, looked up by the timer in the catalogue."""
 
-    kind: Literal["remind", "renew", "retry", "lapse"]
+    kind: Literal["remind", "renew", "retry", "lapse", "capture", "release"]
     due_at: int
     price: PriceQuote | None = None
 
@@ -124,6 +124,17 @@ class ChangePlan(Command, tag="ChangePlan", frozen=True):
     description: str
 
 
+class SettlePayment(Command, tag="SettlePayment", frozen=True):
+    """Two-stage payments: capture or release (cancel) a payment held waiting_for_capture.
+    Sent by an admin, or by the ledger's timer (auto-capture, release before the hold ends)."""
+
+    user_id: str
+    payment_id: str
+    action: Literal["capture", "cancel"]
+    actor: str
+    reason: str = ""
+
+
 class AdminAdjust(Command, tag="AdminAdjust", frozen=True):
     """An admin's manual action, with who and why (the event log is the audit trail).
     ``extend``: add ``days`` to the current period; ``grant``: a period of ``plan_id`` from
@@ -148,6 +159,7 @@ AnyCommand = (
     | RetryPayment
     | ChangePlan
     | AdminAdjust
+    | SettlePayment
 )
 
 
@@ -268,6 +280,27 @@ class PaymentPending(Event, tag="PaymentPending", frozen=True):
     provider_payment_id: str
     status: Literal["pending", "waiting_for_capture"]
     confirmation_url: str | None = None
+
+
+class PaymentSettleRequested(Event, tag="PaymentSettleRequested", frozen=True):
+    """Capture or cancel a held payment at the provider (Idempotence-Key derived from the
+    payment, the action and the attempt; the gateway re-reads first on a re-drive)."""
+
+    payment_id: str
+    command_id: str
+    provider_payment_id: str
+    action: Literal["capture", "cancel"]
+    amount: Money
+    attempt: int
+    deadline_at: int
+    actor: str
+    reason: str = ""
+
+
+class PaymentSettleRejected(Event, tag="PaymentSettleRejected", frozen=True):
+    command_id: str
+    payment_id: str
+    reason: str
 
 
 class PaymentOutcomeUnknown(Event, tag="PaymentOutcomeUnknown", frozen=True):
@@ -465,6 +498,8 @@ AnyEvent = (
     | SubscriptionExpired
     | SubscriptionCanceled
     | RenewalUpcoming
+    | PaymentSettleRequested
+    | PaymentSettleRejected
     | PlanChangeScheduled
     | PlanChangeRejected
     | PeriodAdjusted

@@ -4,6 +4,7 @@ February). All instants are timezone-aware UTC; messages carry epoch millisecond
 from __future__ import annotations
 
 import calendar
+import contextlib
 import os
 import time
 from datetime import UTC, datetime
@@ -53,10 +54,9 @@ class _Clock:
             mono = time.monotonic()
             if mono - self.read_at > 0.1:
                 self.read_at = mono
-                try:
+                # keep the last offset on a failed read: the file is read again next time
+                with contextlib.suppress(OSError, ValueError):
                     self.offset_ms = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pass  # keep the last offset: a half-written file is read next time
         return int(time.time() * 1000) + self.offset_ms
 
 

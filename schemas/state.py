@@ -35,6 +35,10 @@ class PaymentRecord(msgspec.Struct, frozen=True, kw_only=True):
     kind: str = "purchase"  # purchase | renewal | upgrade | retry
     refunded_minor: int = 0  # succeeded refunds
     refunding_minor: int = 0  # refunds in flight (count against the refundable amount)
+    held_at: int | None = None  # two-stage: when it became waiting_for_capture
+    settle_action: str | None = None  # "capture" | "cancel" once asked of the provider
+    settle_attempts: int = 0
+    settle_deadline: int | None = None
 
     @property
     def refundable_minor(self) -> int:

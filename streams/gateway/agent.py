@@ -21,6 +21,7 @@ from schemas.messages import (
     PaymentObserved,
     PaymentRedriven,
     PaymentRequested,
+    PaymentSettleRequested,
     RefundCallFailed,
     RefundObserved,
     RefundRedriven,
@@ -39,6 +40,7 @@ _WANTED = (
     b'{"type":"PaymentRedriven"',
     b'{"type":"RefundRequested"',
     b'{"type":"RefundRedriven"',
+    b'{"type":"PaymentSettleRequested"',
 )
 
 
@@ -102,6 +104,48 @@ def _failed(
         error=error[:500],
         attempt=attempt,
     )
+
+
+async def execute_settle(
+    provider: PaymentProvider, event: PaymentSettleRequested
+) -> PaymentObserved | PaymentCallFailed:
+    """Capture or cancel a held payment. The key is fixed per (payment, action), so a retry
+    replays; a re-drive first re-reads, and only asks again while it is still held."""
+    key = derived_id(event.payment_id, f"settle-{event.action}")
+    attempt = event.attempt
+
+    def failed(outcome: str, code: str, error: str) -> PaymentCallFailed:
+        return PaymentCallFailed(
+            observation_id=derived_id(event.payment_id, f"settle-{attempt}-{outcome}"),
+            subscription_id=event.subscription_id,
+            observed_at=now_ms(),
+            source="gateway",
+            payment_id=event.payment_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            error_code=code,
+            error=error[:500],
+            attempt=attempt,
+        )
+
+    try:
+        payment = None
+        if attempt > 1:
+            payment = await provider.get_payment(event.provider_payment_id)
+        if payment is None or payment.status == "waiting_for_capture":
+            if event.action == "capture":
+                payment = await provider.capture_payment(
+                    event.provider_payment_id, key=key, amount=event.amount
+                )
+            else:
+                payment = await provider.cancel_payment(event.provider_payment_id, key=key)
+    except ProviderError as exc:
+        outcome = "unknown" if exc.unknown else "rejected"
+        log.warning("provider %s of %s: %s (%s)", event.action, event.payment_id, exc.code, outcome)
+        return failed(outcome, exc.code, str(exc))
+    try:
+        return normalise(payment, source="gateway", observed_at=now_ms())
+    except ValueError as exc:
+        return failed("unknown", "provider_answer_invalid", str(exc))
 
 
 async def execute_refund(
@@ -176,6 +220,8 @@ def register_gateway(
                 outcome = await execute(provider, decoded)
             elif isinstance(decoded, RefundRequested | RefundRedriven):
                 outcome = await execute_refund(provider, decoded)
+            elif isinstance(decoded, PaymentSettleRequested):
+                outcome = await execute_settle(provider, decoded)
             else:
                 continue
             await topics.provider_events.send(key=event.key, value=encode(outcome))

@@ -37,6 +37,8 @@ from schemas.messages import (
     PaymentRejected,
     PaymentRequest,
     PaymentRequested,
+    PaymentSettleRejected,
+    PaymentSettleRequested,
     PaymentSucceeded,
     PaySubscription,
     PeriodAdjusted,
@@ -57,6 +59,7 @@ from schemas.messages import (
     RenewalUpcoming,
     RetryPayment,
     SetAutoRenew,
+    SettlePayment,
     SubscriptionActivated,
     SubscriptionCanceled,
     SubscriptionDue,
@@ -116,6 +119,11 @@ class Policy:
     dunning_schedule_ms: tuple[int, ...] = (DAY_MS, 3 * DAY_MS, 5 * DAY_MS, 5 * DAY_MS)
     hard_declines: frozenset[str] = HARD_DECLINES
     remind_ms: int = 3 * DAY_MS  # "renewal upcoming" this long before the period ends; 0: off
+    # Two-stage payments (capture=false): capture this long after the hold starts (None: an
+    # admin decides), and release (cancel) a hold still open this long after it started,
+    # before the provider's own expiry (7 days for cards at YooKassa).
+    capture_delay_ms: int | None = 0
+    hold_ms: int = 6 * DAY_MS
 
     def redrive_deadline(self, now: int, attempt: int) -> int:
         """Exponential backoff between re-drives of one payment, capped."""
@@ -173,7 +181,8 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
         return Decision(state, list(state.recent[source_id]), duplicate=True)
     if state is None:
         if not isinstance(
-            msg, PaySubscription | RefundPayment | SetAutoRenew | RetryPayment | ChangePlan
+            msg,
+            PaySubscription | RefundPayment | SetAutoRenew | RetryPayment | ChangePlan,
         ) and not (isinstance(msg, AdminAdjust) and msg.action == "grant"):
             # Nothing to apply to: an outcome for a subscription we never billed is the
             # reconciler's to classify, not the ledger's to invent.
@@ -213,6 +222,8 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
         _change_plan(emitter, msg, policy)
     elif isinstance(msg, AdminAdjust):
         _admin(emitter, msg)
+    elif isinstance(msg, SettlePayment):
+        _settle(emitter, msg, policy)
     else:
         _due(emitter, msg, policy)
 
@@ -506,7 +517,29 @@ def _refund_call_failed(em: _Emitter, failed: RefundCallFailed) -> None:
 
 
 # ------------------------------------------------------------------------ time-driven work
-_DUE_ORDER = {"remind": 0, "renew": 1, "retry": 2, "lapse": 3}
+_DUE_ORDER = {"capture": 0, "release": 1, "remind": 2, "renew": 3, "retry": 4, "lapse": 5}
+
+
+def _held(state: SubscriptionState) -> PaymentRecord | None:
+    for rec in state.payments.values():
+        if rec.status == "waiting_for_capture":
+            return rec
+    return None
+
+
+def _held_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None:
+    """A payment held for capture: capture it (auto mode), release it before the hold ends,
+    or re-drive a capture/cancel whose outcome is late."""
+    rec = _held(state)
+    if rec is None or rec.held_at is None:
+        return None
+    if rec.settle_action is not None:
+        kind = "capture" if rec.settle_action == "capture" else "release"
+        return (kind, rec.settle_deadline or rec.held_at)
+    release = ("release", rec.held_at + policy.hold_ms)
+    if policy.capture_delay_ms is None:
+        return release
+    return min(("capture", rec.held_at + policy.capture_delay_ms), release, key=lambda c: c[1])
 
 
 def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None:
@@ -516,8 +549,9 @@ def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None
     Pure: the ledger's timer sends a SubscriptionDue for it once the time has come, and
     ``decide`` recomputes it, so a stale or repeated tick applies nothing.
     """
+    held = _held_due(state, policy)
     if state.status not in ("active", "past_due") or state.period_end is None:
-        return None
+        return held
     end = state.period_end
     in_flight = _in_flight(state) is not None
     can_charge = (
@@ -540,6 +574,8 @@ def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None
         candidates.append(("retry", state.next_retry_at))
     elif state.status == "past_due" and not in_flight:
         candidates.append(("lapse", end))  # nothing left to try: it expires
+    if held is not None:
+        candidates.append(held)
     if not candidates:
         return None
     return min(candidates, key=lambda c: (c[1], _DUE_ORDER[c[0]]))
@@ -560,6 +596,19 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
     due = next_due(state, policy)
     if due is None or due != (cmd.kind, cmd.due_at) or cmd.issued_at < cmd.due_at:
         return  # stale or early: the state moved on since the timer looked
+    if cmd.kind in ("capture", "release"):
+        rec = _held(state)
+        assert rec is not None
+        _request_settle(
+            em,
+            rec,
+            "capture" if cmd.kind == "capture" else "cancel",
+            cmd.command_id,
+            "system",
+            "hold_expiring" if cmd.kind == "release" else "auto_capture",
+            policy,
+        )
+        return
     assert state.renew_amount is not None or cmd.kind == "lapse"
     price = _renewal_price(state, cmd.price)
     if cmd.kind == "remind":
@@ -657,6 +706,51 @@ def _retry(em: _Emitter, cmd: RetryPayment, policy: Policy) -> None:
         ),
         deadline_at=cmd.issued_at + policy.payment_deadline_ms,
     )
+
+
+def _request_settle(
+    em: _Emitter,
+    rec: PaymentRecord,
+    action: str,
+    command_id: str,
+    actor: str,
+    reason: str,
+    policy: Policy,
+) -> None:
+    assert rec.provider_payment_id is not None
+    attempt = rec.settle_attempts + 1
+    em.emit(
+        PaymentSettleRequested,
+        payment_id=rec.payment_id,
+        command_id=command_id,
+        provider_payment_id=rec.provider_payment_id,
+        action=action,
+        amount=rec.amount,
+        attempt=attempt,
+        deadline_at=policy.redrive_deadline(em.now, attempt - 1),
+        actor=actor,
+        reason=reason,
+    )
+
+
+def _settle(em: _Emitter, cmd: SettlePayment, policy: Policy) -> None:
+    rec = em.state.payments.get(cmd.payment_id)
+    problem = None
+    if rec is None:
+        problem = "payment_not_found"
+    elif rec.status != "waiting_for_capture" or rec.provider_payment_id is None:
+        problem = f"payment is {rec.status}, not waiting_for_capture"
+    elif rec.settle_action is not None and rec.settle_action != cmd.action:
+        problem = f"already asked to {rec.settle_action}"
+    if problem is not None or rec is None:
+        em.emit(
+            PaymentSettleRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason=problem or "payment_not_found",
+        )
+        return
+    _request_settle(em, rec, cmd.action, cmd.command_id, cmd.actor, cmd.reason, policy)
 
 
 def upgrade_credit(state: SubscriptionState, now: int) -> int:
@@ -893,6 +987,17 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 provider_payment_id=event.provider_payment_id,
                 confirmation_url=event.confirmation_url,
                 status_reason=None,
+                held_at=event.occurred_at if event.status == "waiting_for_capture" else None,
+            )
+        )
+    elif isinstance(event, PaymentSettleRequested):
+        rec = payments[event.payment_id]
+        put(
+            replace(
+                rec,
+                settle_action=event.action,
+                settle_attempts=event.attempt,
+                settle_deadline=event.deadline_at,
             )
         )
     elif isinstance(event, PaymentOutcomeUnknown):

@@ -611,10 +611,35 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 
 def _subject_ids(event: Event) -> tuple[str, str]:
     """(payment_id, refund_id) an event is about, '' when none."""
-    request = getattr(event, "request", None)
-    payment_id = getattr(event, "payment_id", None) or getattr(request, "payment_id", None)
-    refund_id = getattr(event, "refund_id", None) or getattr(request, "refund_id", None)
-    return str(payment_id or ""), str(refund_id or "")
+    get = _SUBJECT_GETTERS.get(type(event))
+    if get is None:
+        get = _SUBJECT_GETTERS[type(event)] = _subject_getter(type(event))
+    return get(event)
+
+
+def _subject_getter(cls: type[Event]) -> Callable[[Any], tuple[str, str]]:
+    """Which fields name the payment and the refund, looked up once per class (a getattr
+    that misses costs an exception per event)."""
+    fields = set(cls.__struct_fields__)
+    request = msgspec.inspect.type_info(cls)
+    request_fields: set[str] = set()
+    for f in getattr(request, "fields", ()):
+        if f.name == "request" and isinstance(f.type, msgspec.inspect.StructType):
+            request_fields = {sub.name for sub in f.type.fields}
+    pay = "payment_id" in fields
+    ref = "refund_id" in fields
+    req_pay = not pay and "payment_id" in request_fields
+    req_ref = not ref and "refund_id" in request_fields
+
+    def get(e: Any) -> tuple[str, str]:
+        payment_id = e.payment_id if pay else e.request.payment_id if req_pay else ""
+        refund_id = e.refund_id if ref else e.request.refund_id if req_ref else ""
+        return payment_id or "", refund_id or ""
+
+    return get
+
+
+_SUBJECT_GETTERS: dict[type[Event], Callable[[Any], tuple[str, str]]] = {}
 
 
 def rows_from_events(values: Iterable[bytes]) -> TableRows:

@@ -105,6 +105,14 @@ class FakeProvider:
     async def get_refund(self, provider_refund_id: str) -> Any:
         raise NotImplementedError
 
+    async def capture_payment(
+        self, provider_payment_id: str, *, key: str, amount: Any = None
+    ) -> ProviderPayment:
+        raise NotImplementedError
+
+    async def cancel_payment(self, provider_payment_id: str, *, key: str) -> ProviderPayment:
+        raise NotImplementedError
+
     async def close(self) -> None:
         return None
 

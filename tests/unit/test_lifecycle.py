@@ -13,6 +13,7 @@ from schemas.messages import (
     AdminAdjust,
     ChangePlan,
     PaymentObserved,
+    PaymentSettleRequested,
     PlanChangeRejected,
     PriceQuote,
     RefundCallFailed,
@@ -20,6 +21,7 @@ from schemas.messages import (
     RefundPayment,
     RetryPayment,
     SetAutoRenew,
+    SettlePayment,
     SubscriptionDue,
     SweepRefund,
 )
@@ -615,3 +617,73 @@ def test_price_book_answers_the_version_in_force() -> None:
     # the timer asks for the price at the new period's start: the scheduled one
     (due,) = due_commands(active(), PERIOD_END - DAY, POLICY, book.quote)
     assert isinstance(due, SubscriptionDue) and due.price == quote(amount=34900, v=2)
+
+
+# ---------------------------------------------------------------- two-stage (capture=false)
+def held() -> SubscriptionState:
+    state, types = apply(None, [pay(), observed("waiting_for_capture", at=T0 + 1_000)])
+    assert types == ["PaymentRequested", "PaymentPending"] and state.status == "pending"
+    return state
+
+
+def settle_cmd(action: str, at: int) -> SettlePayment:
+    return SettlePayment(
+        command_id=derived_id(SUB, f"settle-{action}-{at}"),
+        subscription_id=SUB,
+        issued_at=at,
+        user_id=USER,
+        payment_id=pid(),
+        action=action,  # type: ignore[arg-type]
+        actor="admin:ops-1",
+        reason="checked",
+    )
+
+
+def test_auto_capture_then_success_activates() -> None:
+    state = held()
+    assert next_due(state, POLICY) == ("capture", T0 + 1_000)
+    (due,) = tick(state, T0 + 1_000)
+    state, types = apply(state, [due])
+    assert types == ["PaymentSettleRequested"]
+    assert state.payments[pid()].settle_action == "capture"
+    state, types = apply(state, [observed("succeeded", at=T0 + 2_000)])
+    assert types == ["PaymentSucceeded", "SubscriptionActivated"]
+    assert next_due(state, POLICY) == ("lapse", state.period_end)
+
+
+def test_manual_mode_releases_the_hold_before_it_expires() -> None:
+    manual = Policy(payment_deadline_ms=10_000, capture_delay_ms=None, hold_ms=6 * DAY)
+    state = held()
+    assert next_due(state, manual) == ("release", T0 + 1_000 + 6 * DAY)
+    (due,) = [
+        c
+        for c in due_commands(state, T0 + 1_000 + 6 * DAY, manual)
+        if isinstance(c, SubscriptionDue)
+    ]
+    d = decide(state, due, manual)
+    assert [type(e).__name__ for e in d.events] == ["PaymentSettleRequested"]
+    event = d.events[0]
+    assert isinstance(event, PaymentSettleRequested) and event.action == "cancel"
+
+
+def test_a_late_capture_is_redriven_with_a_new_attempt() -> None:
+    state = held()
+    (due,) = tick(state, T0 + 1_000)
+    state, _ = apply(state, [due])
+    deadline = state.payments[pid()].settle_deadline or 0
+    assert next_due(state, POLICY) == ("capture", deadline)
+    (again,) = [c for c in tick(state, deadline) if isinstance(c, SubscriptionDue)]
+    state, types = apply(state, [again])
+    assert types == ["PaymentSettleRequested"] and state.payments[pid()].settle_attempts == 2
+
+
+def test_admin_settle_rules() -> None:
+    manual = Policy(payment_deadline_ms=10_000, capture_delay_ms=None)
+    state = held()
+    d = decide(state, settle_cmd("cancel", T0 + 3_000), manual)
+    assert [type(e).__name__ for e in d.events] == ["PaymentSettleRequested"]
+    assert d.state is not None
+    clash = decide(d.state, settle_cmd("capture", T0 + 4_000), manual)
+    assert [type(e).__name__ for e in clash.events] == ["PaymentSettleRejected"]
+    not_held = decide(active(), settle_cmd("capture", T0 + 5_000), manual)
+    assert [type(e).__name__ for e in not_held.events] == ["PaymentSettleRejected"]
