@@ -353,6 +353,21 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             _sub("next_plan_id = %s", (event.plan_id,), event),
             _close(event.command_id, "done", f"plan change to {event.plan_id} at period end"),
         ]
+    if isinstance(event, PaymentSettleRequested):
+        return [
+            (
+                "UPDATE payments SET status_reason = %s, updated_at = %s, version = %s"
+                " WHERE payment_id = %s",
+                (
+                    f"{event.action} requested by {event.actor} (attempt {event.attempt})",
+                    at,
+                    v,
+                    event.payment_id,
+                ),
+            )
+        ]
+    if isinstance(event, PaymentSettleRejected):
+        return [_close(event.command_id, "rejected", event.reason)]
     if isinstance(event, PlanChangeRejected | AdminActionRejected):
         return [_close(event.command_id, "rejected", event.reason)]
     if isinstance(event, PeriodAdjusted):
