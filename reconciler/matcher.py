@@ -13,8 +13,8 @@ construction.
 
 Inputs
 ------
-- Ledger: ``SubscriptionState.payments`` (``PaymentRecord``) and, until refunds live in the
-  state, the ledger's refunds as ``LedgerRefund`` items passed alongside.
+- Ledger: ``SubscriptionState.payments`` (``PaymentRecord``) and ``.refunds``
+  (``RefundRecord``).
 - Report: ``reconciler.report.PaymentLine``/``RefundLine``, the provider's objects created in
   the window. The report should cover provider ``created_at`` in ``[start, end + lag)`` where
   lag covers the delay from our request to the provider's create: a ledger item requested
@@ -27,8 +27,8 @@ Definitions
 -----------
 - Terminal: ``succeeded`` and ``canceled``. Anything else (ours: requested, unknown, pending,
   waiting_for_capture; theirs: pending, waiting_for_capture) is in flight.
-- Overdue: ``now - requested_at >= pending_sla_ms`` for a ledger item (a provider object with
-  no ledger item: ``now - created_at``). Within the SLA an in-flight item on either side is
+- Overdue: ``now - requested_at >= pending_sla_ms`` for a ledger item (for a sibling provider
+  object, below: from its ``created_at``). Within the SLA an in-flight item on either side is
   classified ``in_flight`` (not a discrepancy, judged again by a later run). Past the SLA an
   in-flight status counts as no outcome at all, which is what "missing" means here:
   *pending past the SLA is missing*. A provider line still in flight past the SLA, or a
@@ -48,7 +48,10 @@ Definitions
   ``report.report_order``); every other succeeded one is ``duplicate_charge``, refunded in
   full under a refund key derived from its provider id. This refunds "the later one" except
   when the ledger recorded the later one: then the unrecorded one is refunded, so the ledger
-  never points at refunded money.
+  never points at refunded money. Two charges for one period under two payment ids (a
+  renewal attempt or a retry after a payment we hold canceled but the provider charged)
+  show as ``status_mismatch`` on the canceled one: the records do not say which period or
+  which earlier payment a charge was for.
 
 Classes (one item per ledger object and per report object; each ledger object is "ours" in
 exactly one item, each provider object "theirs" in exactly one, so totals add up)
@@ -63,8 +66,9 @@ Checked in this order for a payment line:
    refund_later_duplicate.
 5. status (same object): equal terminal -> ``matched``; theirs succeeded, ours in flight ->
    ``missing_internal`` (the missed webhook), apply; any other terminal difference ->
-   ``status_mismatch``, apply; theirs in flight -> ``in_flight``, or past the SLA
-   ``missing_at_provider``, escalate.
+   ``status_mismatch``, apply (when ours is terminal too, the ledger must accept a
+   reconciliation observation over a terminal status); theirs in flight -> ``in_flight``,
+   or past the SLA ``missing_at_provider``, escalate.
    Sibling: succeeded -> as if ours were absent (``missing_internal``, or ``status_mismatch``
    when the ledger canceled the payment), apply; canceled -> ``matched`` (no money on either
    side); in flight -> ``in_flight``, past the SLA ``missing_at_provider``.
@@ -75,32 +79,36 @@ accounted for: succeeded -> ``missing_at_provider``, escalate; canceled without 
 ``missing_at_provider``; in flight -> ``in_flight``, past the SLA ``missing_at_provider``.
 
 Refunds (lines matched by ``metadata.refund_id``, else by provider refund id) have one
-discrepancy class, ``refund_mismatch`` (escalate; ``detail`` says why): unknown to the
-ledger, currency or amount differ, terminal statuses differ, in flight past the SLA, or, at
-the end, a ledger refund in the window that the provider never reported (succeeded, canceled
-with a provider id, or in flight past the SLA). Equal terminal statuses -> ``matched``;
-in flight within the SLA -> ``in_flight``.
+discrepancy class, ``refund_mismatch``; ``detail`` says why. Repaired by applying the
+provider's status when it is terminal and ours differs (the missed refund webhook included);
+escalated when the ledger has no such refund (or a second provider refund claims one we
+already matched), the currency or amount differs, the provider's refund is still pending past
+the SLA, or, at the end, a ledger refund requested in the window was never reported
+(succeeded, canceled with a provider id, or in flight past the SLA). Equal terminal statuses
+-> ``matched``; the provider's refund pending within the SLA, or ours not reported yet within
+it -> ``in_flight``.
 
 Repairs proposed: ``none`` | ``apply_provider_status`` (``observation`` is a
-``PaymentObserved`` with ``source="reconciliation"``, deduplicated with the webhook's by its
-observation id, so applying it while the webhook is in flight is harmless) |
-``refund_later_duplicate`` (``refund_key`` is the refund's Idempotence-Key) | ``escalate``.
+``PaymentObserved`` or ``RefundObserved`` with ``source="reconciliation"``, deduplicated with
+the webhook's by its observation id, so applying it while the webhook is in flight is
+harmless) | ``refund_later_duplicate`` (``provider_id`` is the charge to refund in full,
+``refund_key`` the refund's Idempotence-Key) | ``escalate``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 
-from reconciler.report import PaymentLine, RefundLine, RefundStatus, ReportLine, report_order
+from reconciler.report import PaymentLine, RefundLine, ReportLine, report_order
 from schemas.ids import NS_BILLING, observation_id_for
-from schemas.messages import TERMINAL_PAYMENT_STATUSES, PaymentObserved
+from schemas.messages import TERMINAL_PAYMENT_STATUSES, PaymentObserved, RefundObserved
 from schemas.money import Money
-from schemas.state import PaymentRecord, SubscriptionState
+from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 
 MatchClass = Literal[
     "matched",
@@ -156,17 +164,6 @@ class MatchConfig:
         return self.now - since >= self.pending_sla_ms
 
 
-class LedgerRefund(msgspec.Struct, frozen=True, kw_only=True):
-    """The ledger's view of one refund (until the ledger state carries refunds)."""
-
-    refund_id: str
-    payment_id: str
-    amount: Money
-    status: RefundStatus
-    requested_at: int
-    provider_refund_id: str | None = None
-
-
 class MatchItem(msgspec.Struct, frozen=True, kw_only=True):
     """One classified object. ``kind`` is the class; ``ours_*`` is the ledger object (absent
     when the ledger has none for this provider object) and ``theirs_*`` the provider's
@@ -183,7 +180,7 @@ class MatchItem(msgspec.Struct, frozen=True, kw_only=True):
     ours_amount: Money | None
     theirs_amount: Money | None
     repair: RepairKind
-    observation: PaymentObserved | None = None
+    observation: PaymentObserved | RefundObserved | None = None
     refund_key: str | None = None
     detail: str = ""
 
@@ -234,7 +231,6 @@ def match_line(
     line: ReportLine,
     cfg: MatchConfig,
     run: SubscriptionRun | None = None,
-    refunds: Sequence[LedgerRefund] = (),
 ) -> tuple[MatchItem | None, SubscriptionRun]:
     """Classify one report line against its subscription's state (``None`` when the ledger
     has no such subscription or the line names none). Returns the item, or ``None`` for a
@@ -255,14 +251,11 @@ def match_line(
     run = msgspec.structs.replace(run, seen=run.seen | {key})
     if isinstance(line, PaymentLine):
         return _match_payment(state, line, cfg, run)
-    return _match_refund(line, cfg, run, refunds)
+    return _match_refund(state, line, cfg, run)
 
 
 def end_of_report(
-    state: SubscriptionState,
-    cfg: MatchConfig,
-    run: SubscriptionRun | None = None,
-    refunds: Sequence[LedgerRefund] = (),
+    state: SubscriptionState, cfg: MatchConfig, run: SubscriptionRun | None = None
 ) -> list[MatchItem]:
     """The ledger's items of one subscription requested in the window that no line of this
     run accounted for (the provider never reported them)."""
@@ -271,7 +264,7 @@ def end_of_report(
     for rec in sorted(state.payments.values(), key=lambda r: (r.requested_at, r.payment_id)):
         if cfg.in_window(rec.requested_at) and rec.payment_id not in run.accounted:
             items.append(_unreported_payment(state.subscription_id, rec, cfg))
-    for ref in sorted(refunds, key=lambda r: (r.requested_at, r.refund_id)):
+    for ref in sorted(state.refunds.values(), key=lambda r: (r.requested_at, r.refund_id)):
         if cfg.in_window(ref.requested_at) and ref.refund_id not in run.accounted_refunds:
             items.append(_unreported_refund(state.subscription_id, ref, cfg))
     return items
@@ -279,28 +272,22 @@ def end_of_report(
 
 # ---------------------------------------------------------------------------------- batch
 def reconcile(
-    states: Iterable[SubscriptionState],
-    lines: Iterable[ReportLine],
-    cfg: MatchConfig,
-    refunds: Mapping[str, Sequence[LedgerRefund]] | None = None,
+    states: Iterable[SubscriptionState], lines: Iterable[ReportLine], cfg: MatchConfig
 ) -> MatchResult:
     """The whole report against the whole ledger: ``match_line`` over the lines in
     ``report_order``, then ``end_of_report`` for every subscription."""
     by_sub = {s.subscription_id: s for s in states}
-    refunds = refunds or {}
     runs: dict[str, SubscriptionRun] = {}
     items: list[MatchItem] = []
     for line in sorted(lines, key=report_order):
         sub_id = line.subscription_id
         state = by_sub.get(sub_id) if sub_id is not None else None
         run_key = sub_id or ""
-        item, runs[run_key] = match_line(
-            state, line, cfg, runs.get(run_key), refunds.get(sub_id or "", ())
-        )
+        item, runs[run_key] = match_line(state, line, cfg, runs.get(run_key))
         if item is not None:
             items.append(item)
     for sub_id in sorted(by_sub):
-        items.extend(end_of_report(by_sub[sub_id], cfg, runs.get(sub_id), refunds.get(sub_id, ())))
+        items.extend(end_of_report(by_sub[sub_id], cfg, runs.get(sub_id)))
     return MatchResult(items=items, summary=summarize(items))
 
 
@@ -475,10 +462,10 @@ def _unreported_payment(sub_id: str, rec: PaymentRecord, cfg: MatchConfig) -> Ma
 
 # ------------------------------------------------------------------------------- refunds
 def _match_refund(
-    line: RefundLine, cfg: MatchConfig, run: SubscriptionRun, refunds: Sequence[LedgerRefund]
+    state: SubscriptionState | None, line: RefundLine, cfg: MatchConfig, run: SubscriptionRun
 ) -> tuple[MatchItem, SubscriptionRun]:
-    ref = _find_refund(line, refunds)
-    if ref is None or ref.refund_id in run.accounted_refunds:
+    ref = _find_refund(state, line)
+    if state is None or ref is None or ref.refund_id in run.accounted_refunds:
         return (
             MatchItem(
                 kind="refund_mismatch",
@@ -503,23 +490,41 @@ def _match_refund(
     run = msgspec.structs.replace(run, accounted_refunds=run.accounted_refunds | {ref.refund_id})
     ours, theirs = ref.status, line.status
     kind: MatchClass = "refund_mismatch"
+    repair: RepairKind = "escalate"
     if line.amount.currency != ref.amount.currency:
         detail = f"currency differs: ours in {ref.amount.currency}"
     elif line.amount != ref.amount:
         detail = f"amount differs: ours {ref.amount}"
-    elif ours == theirs and ours != "pending":
-        kind, detail = "matched", ""
-    elif (ours == "pending" or theirs == "pending") and not cfg.overdue(ref.requested_at):
-        kind, detail = "in_flight", ""
-    elif ours == "pending" or theirs == "pending":
-        detail = "no outcome past the SLA"
+    elif theirs in TERMINAL_PAYMENT_STATUSES:
+        if ours == theirs:
+            kind, repair, detail = "matched", "none", ""
+        elif ours in TERMINAL_PAYMENT_STATUSES:
+            repair, detail = "apply_provider_status", f"status differs: ours {ours}"
+        else:
+            repair, detail = "apply_provider_status", "missed outcome"
+    elif not cfg.overdue(ref.requested_at):
+        kind, repair, detail = "in_flight", "none", ""
     else:
-        detail = f"status differs: ours {ours}"
+        detail = "no provider outcome past the SLA"
+    observation = None
+    if repair == "apply_provider_status":
+        observation = RefundObserved(
+            observation_id=observation_id_for(line.provider_refund_id, theirs),
+            subscription_id=state.subscription_id,
+            observed_at=cfg.now,
+            source="reconciliation",
+            refund_id=ref.refund_id,
+            payment_id=ref.payment_id,
+            provider_refund_id=line.provider_refund_id,
+            status=theirs,
+            amount=line.amount,
+            cancellation_reason=line.cancellation_reason,
+        )
     return (
         MatchItem(
             kind=kind,
             object="refund",
-            subscription_id=line.subscription_id,
+            subscription_id=state.subscription_id,
             payment_id=ref.payment_id,
             refund_id=ref.refund_id,
             provider_id=line.provider_refund_id,
@@ -527,29 +532,30 @@ def _match_refund(
             theirs_status=theirs,
             ours_amount=ref.amount,
             theirs_amount=line.amount,
-            repair="escalate" if kind == "refund_mismatch" else "none",
+            repair=repair,
+            observation=observation,
             detail=detail,
         ),
         run,
     )
 
 
-def _find_refund(line: RefundLine, refunds: Sequence[LedgerRefund]) -> LedgerRefund | None:
-    if line.refund_id is not None:
-        for ref in refunds:
-            if ref.refund_id == line.refund_id:
-                return ref
-    for ref in refunds:
+def _find_refund(state: SubscriptionState | None, line: RefundLine) -> RefundRecord | None:
+    if state is None:
+        return None
+    if line.refund_id is not None and line.refund_id in state.refunds:
+        return state.refunds[line.refund_id]
+    for ref in state.refunds.values():
         if ref.provider_refund_id == line.provider_refund_id:
             return ref
     return None
 
 
-def _unreported_refund(sub_id: str, ref: LedgerRefund, cfg: MatchConfig) -> MatchItem:
+def _unreported_refund(sub_id: str, ref: RefundRecord, cfg: MatchConfig) -> MatchItem:
     kind: MatchClass
     if ref.status == "canceled" and ref.provider_refund_id is None:
         kind, detail = "matched", "never created at the provider: no money on either side"
-    elif ref.status != "pending" or cfg.overdue(ref.requested_at):
+    elif ref.status in TERMINAL_PAYMENT_STATUSES or cfg.overdue(ref.requested_at):
         kind, detail = "refund_mismatch", "not in the provider's report"
     else:
         kind, detail = "in_flight", "not in the provider's report yet"

@@ -16,7 +16,6 @@ from providers.port import ProviderPayment
 from reconciler.matcher import (
     DISCREPANCY_CLASSES,
     MATCH_CLASSES,
-    LedgerRefund,
     MatchConfig,
     MatchItem,
     SubscriptionRun,
@@ -39,10 +38,16 @@ from reconciler.report import (
     report_order,
 )
 from schemas.ids import observation_id_for
-from schemas.messages import PaymentRequest, PaymentStatus
+from schemas.messages import (
+    PaymentObserved,
+    PaymentRequest,
+    PaymentStatus,
+    RefundObserved,
+    RefundRequest,
+)
 from schemas.money import Money
 from schemas.periods import dt_to_ms
-from schemas.state import PaymentRecord, SubscriptionState
+from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 
 HOUR = 3_600_000
 W0 = dt_to_ms(datetime(2026, 3, 1, tzinfo=UTC))  # the window: one day
@@ -121,18 +126,29 @@ def pay(
 
 def lref(
     refund_id: str,
-    status: str,
+    status: RefundStatus,
     provider_id: str | None = "auto",
     *,
     at: int = OLD,
     amount: Money = PRICE,
-) -> LedgerRefund:
-    return LedgerRefund(
+) -> RefundRecord:
+    """A ledger refund of payment p1; ``provider_id`` defaults to ``prov-<refund_id>``."""
+    request = RefundRequest(
         refund_id=refund_id,
+        command_id=f"cmd-{refund_id}",
+        payment_id="p1",
+        provider_payment_id="prov-p1",
+        amount=amount,
+    )
+    return RefundRecord(
+        refund_id=refund_id,
+        command_id=f"cmd-{refund_id}",
         payment_id="p1",
         amount=amount,
-        status=status,  # type: ignore[arg-type]
+        status=status,
+        request=request,
         requested_at=at,
+        deadline_at=None,
         provider_refund_id=f"prov-{refund_id}" if provider_id == "auto" else provider_id,
     )
 
@@ -156,18 +172,23 @@ def refund(
     )
 
 
-def state(*records: PaymentRecord, sub: str = SUB) -> SubscriptionState:
+def state(
+    *records: PaymentRecord, refunds: Sequence[RefundRecord] = (), sub: str = SUB
+) -> SubscriptionState:
     return SubscriptionState(
-        subscription_id=sub, user_id="user-1", payments={r.payment_id: r for r in records}
+        subscription_id=sub,
+        user_id="user-1",
+        payments={r.payment_id: r for r in records},
+        refunds={r.refund_id: r for r in refunds},
     )
 
 
 def run_one(
     records: Sequence[PaymentRecord],
     lines: Sequence[ReportLine],
-    refunds: Sequence[LedgerRefund] = (),
+    refunds: Sequence[RefundRecord] = (),
 ) -> list[MatchItem]:
-    result = reconcile([state(*records)], lines, CFG, {SUB: list(refunds)})
+    result = reconcile([state(*records, refunds=refunds)], lines, CFG)
     return result.items
 
 
@@ -294,7 +315,7 @@ def test_payment_classes(
 
 
 # (name, ledger refunds, report lines, expected (class, key, repair) in output order)
-REFUND_CASES: list[tuple[str, list[LedgerRefund], list[ReportLine], list[tuple[str, str, str]]]]
+REFUND_CASES: list[tuple[str, list[RefundRecord], list[ReportLine], list[tuple[str, str, str]]]]
 REFUND_CASES = [
     ("both succeeded", [lref("r1", "succeeded")], [refund("r1", "succeeded")],
      [("matched", "prov-r1", "none")]),
@@ -305,12 +326,16 @@ REFUND_CASES = [
      [("refund_mismatch", "prov-r1", "escalate")]),
     ("currency differs", [lref("r1", "succeeded")], [refund("r1", "succeeded", amount=RUB2)],
      [("refund_mismatch", "prov-r1", "escalate")]),
-    ("ours fresh pending, theirs succeeded", [lref("r1", "pending", at=FRESH)],
-     [refund("r1", "succeeded")], [("in_flight", "prov-r1", "none")]),
-    ("ours pending past the SLA, theirs succeeded", [lref("r1", "pending")],
-     [refund("r1", "succeeded")], [("refund_mismatch", "prov-r1", "escalate")]),
+    ("missed refund webhook: ours pending, theirs succeeded", [lref("r1", "pending", at=FRESH)],
+     [refund("r1", "succeeded")], [("refund_mismatch", "prov-r1", "apply_provider_status")]),
+    ("ours unknown past the SLA, theirs canceled", [lref("r1", "unknown", None)],
+     [refund("r1", "canceled")], [("refund_mismatch", "prov-r1", "apply_provider_status")]),
     ("ours succeeded, theirs canceled", [lref("r1", "succeeded")], [refund("r1", "canceled")],
-     [("refund_mismatch", "prov-r1", "escalate")]),
+     [("refund_mismatch", "prov-r1", "apply_provider_status")]),
+    ("ours fresh requested, theirs pending", [lref("r1", "requested", None, at=FRESH)],
+     [refund("r1", "pending")], [("in_flight", "prov-r1", "none")]),
+    ("ours succeeded fresh, report snapshot still pending", [lref("r1", "succeeded", at=FRESH)],
+     [refund("r1", "pending")], [("in_flight", "prov-r1", "none")]),
     ("both pending past the SLA", [lref("r1", "pending")], [refund("r1", "pending")],
      [("refund_mismatch", "prov-r1", "escalate")]),
     ("ours succeeded, provider has nothing", [lref("r1", "succeeded")], [],
@@ -341,9 +366,37 @@ REFUND_CASES = [
     ids=[case[0] for case in REFUND_CASES],
 )
 def test_refund_classes(
-    refunds: list[LedgerRefund], lines: list[ReportLine], expected: list[tuple[str, str, str]]
+    refunds: list[RefundRecord], lines: list[ReportLine], expected: list[tuple[str, str, str]]
 ) -> None:
     assert [brief(i) for i in run_one([], lines, refunds)] == expected
+
+
+# (name, ledger refunds, report lines, the start of the one item's detail)
+REFUND_DETAILS: list[tuple[str, list[RefundRecord], list[ReportLine], str]] = [
+    ("currency", [lref("r1", "succeeded")], [refund("r1", "succeeded", amount=RUB2)],
+     "currency differs: ours in RUB"),
+    ("amount", [lref("r1", "succeeded")], [refund("r1", "succeeded", amount=Money(1, "RUB"))],
+     "amount differs: ours 299.00 RUB"),
+    ("unknown", [], [refund("r1", "succeeded")], "the ledger has no such refund"),
+    ("missed outcome", [lref("r1", "pending")], [refund("r1", "succeeded")], "missed outcome"),
+    ("terminal conflict", [lref("r1", "succeeded")], [refund("r1", "canceled")],
+     "status differs: ours succeeded"),
+    ("stuck", [lref("r1", "pending")], [refund("r1", "pending")], "no provider outcome past"),
+    ("unreported", [lref("r1", "succeeded")], [], "not in the provider's report"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("refunds", "lines", "detail"),
+    [case[1:] for case in REFUND_DETAILS],
+    ids=[case[0] for case in REFUND_DETAILS],
+)
+def test_refund_mismatch_says_why(
+    refunds: list[RefundRecord], lines: list[ReportLine], detail: str
+) -> None:
+    (item,) = run_one([], lines, refunds)
+    assert item.kind == "refund_mismatch"
+    assert item.detail.startswith(detail), item.detail
 
 
 # --------------------------------------------------------------------------------- repairs
@@ -353,7 +406,7 @@ def test_apply_carries_the_providers_outcome_as_a_reconciliation_observation() -
     )
     (item,) = run_one([rec("p1", "pending")], [line])
     obs = item.observation
-    assert obs is not None
+    assert isinstance(obs, PaymentObserved)
     assert obs.observation_id == observation_id_for("prov-p1", "canceled")
     assert (obs.source, obs.observed_at, obs.subscription_id) == ("reconciliation", NOW, SUB)
     assert (obs.payment_id, obs.provider_payment_id, obs.status) == ("p1", "prov-p1", "canceled")
@@ -364,11 +417,23 @@ def test_apply_carries_the_providers_outcome_as_a_reconciliation_observation() -
     )
 
 
+def test_apply_carries_the_providers_refund_outcome() -> None:
+    line = msgspec.structs.replace(refund("r1", "canceled"), cancellation_reason="rejected")
+    (item,) = run_one([], [line], [lref("r1", "pending")])
+    obs = item.observation
+    assert isinstance(obs, RefundObserved)
+    assert obs.observation_id == observation_id_for("prov-r1", "canceled")
+    assert (obs.source, obs.observed_at, obs.subscription_id) == ("reconciliation", NOW, SUB)
+    assert (obs.refund_id, obs.payment_id, obs.provider_refund_id) == ("r1", "p1", "prov-r1")
+    assert (obs.status, obs.amount, obs.cancellation_reason) == ("canceled", PRICE, "rejected")
+
+
 def test_apply_to_a_second_provider_object_names_our_payment() -> None:
     lines = [pay("p1", "pending"), pay("p1", "succeeded", "prov-sib")]
     items = run_one([rec("p1", "pending", at=FRESH)], lines)
     obs = items[1].observation
-    assert obs is not None and (obs.payment_id, obs.provider_payment_id) == ("p1", "prov-sib")
+    assert isinstance(obs, PaymentObserved)
+    assert (obs.payment_id, obs.provider_payment_id) == ("p1", "prov-sib")
     assert items[1].ours_status is None  # the ledger's record is "ours" in the first item only
 
 
@@ -413,9 +478,10 @@ def test_summary_counts_every_class_and_totals_succeeded_money_per_currency() ->
     ]
     refunds = [lref("r1", "succeeded", amount=Money(100, "RUB"))]
     result = reconcile(
-        [state(*records)], [*lines, refund("r1", "succeeded", amount=Money(100, "RUB"))], CFG,
-        {SUB: refunds},
-    )  # fmt: skip
+        [state(*records, refunds=refunds)],
+        [*lines, refund("r1", "succeeded", amount=Money(100, "RUB"))],
+        CFG,
+    )
     s = result.summary
     assert list(s.counts) == list(MATCH_CLASSES)
     assert {k: n for k, n in s.counts.items() if n} == {

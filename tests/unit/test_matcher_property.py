@@ -19,7 +19,6 @@ import msgspec
 import pytest
 
 from reconciler.matcher import (
-    LedgerRefund,
     MatchConfig,
     MatchItem,
     SubscriptionRun,
@@ -28,9 +27,9 @@ from reconciler.matcher import (
     reconcile,
 )
 from reconciler.report import PaymentLine, RefundLine, ReportLine, provider_id_of
-from schemas.messages import PaymentRequest, PaymentStatus
+from schemas.messages import PaymentRequest, PaymentStatus, RefundRequest
 from schemas.money import CURRENCY_EXPONENT, Money
-from schemas.state import PaymentRecord, SubscriptionState
+from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 
 HOUR = 3_600_000
 W0 = 1_772_323_200_000  # 2026-03-01T00:00Z
@@ -51,7 +50,6 @@ class Case:
     rng: random.Random
     states: dict[str, SubscriptionState] = field(default_factory=dict)
     lines: list[ReportLine] = field(default_factory=list)
-    refunds: dict[str, list[LedgerRefund]] = field(default_factory=dict)
     expected: Counter[Expected] = field(default_factory=Counter)
     n: int = 0
 
@@ -284,54 +282,72 @@ PAYMENT_SCENARIOS: list[Callable[[Case, str], None]] = [
 def refund_scenario(c: Case, sub: str) -> None:
     rid = c.uid("ref-")
     amount = c.money()
+    nonterminal: list[RefundStatus] = ["requested", "unknown", "pending"]
     variant = c.rng.randrange(9)
-    status = {6: "pending", 8: "pending"}.get(variant, "succeeded" if variant < 4 else "canceled")
-    at = {6: c.fresh(), 8: c.old()}.get(variant, c.rng.choice([c.old(), c.fresh()]))
-    ledger = LedgerRefund(
-        refund_id=rid,
-        payment_id=c.uid("pay-"),
-        amount=amount,
-        status=status,  # type: ignore[arg-type]
-        requested_at=at,
-        provider_refund_id=None if variant == 5 else c.uid("prov-ref-"),
-    )
-    theirs_status, theirs_amount, key = status, amount, ledger.provider_refund_id
+    at = c.rng.choice([c.old(), c.fresh()])
+    theirs: str | None  # the provider's status; None: not in the report
     if variant == 0:
-        expected = "matched"
+        ours, theirs, expected = "succeeded", "succeeded", ("matched", "none")
     elif variant == 1:  # the provider never reported it
-        theirs_status, expected = "", "refund_mismatch"
-    elif variant == 2:
-        theirs_amount, expected = Money(amount.amount_minor + 1, amount.currency), "refund_mismatch"
-    elif variant == 3:
-        theirs_status, expected = "canceled", "refund_mismatch"
-    elif variant == 4:  # a refund the ledger never made
-        ledger = msgspec.structs.replace(ledger, refund_id="", requested_at=c.before())
-        key = c.uid("prov-ref-")
-        theirs_status, expected = c.rng.choice(["succeeded", "canceled"]), "refund_mismatch"
+        ours, theirs = c.rng.choice(["succeeded", "canceled"]), None
+        expected = ("refund_mismatch", "escalate")
+    elif variant == 2:  # amount differs: amounts are below
+        ours, theirs, expected = "succeeded", "succeeded", ("refund_mismatch", "escalate")
+    elif variant == 3:  # the provider's terminal status differs from ours
+        ours = c.rng.choice([*nonterminal, "succeeded", "canceled"])
+        theirs = c.rng.choice([s for s in ("succeeded", "canceled") if s != ours])
+        expected = ("refund_mismatch", "apply_provider_status")
+    elif variant == 4:  # a refund the ledger never made (no record)
+        ours, theirs = None, c.rng.choice(["succeeded", "canceled"])
+        expected = ("refund_mismatch", "escalate")
     elif variant == 5:  # canceled before the provider created it
-        theirs_status, expected, key = "", "matched", f"ours:{rid}"
-    elif variant == 6:  # fresh, not reported yet
-        theirs_status, expected = "", "in_flight"
+        ours, theirs, expected = "canceled", None, ("matched", "none")
+    elif variant == 6:  # in flight within the SLA
+        at, ours, theirs = c.fresh(), c.rng.choice(nonterminal), c.rng.choice(["pending", None])
+        expected = ("in_flight", "none")
     elif variant == 7:
-        expected = "matched"
-    else:  # pending past the SLA, whatever the provider says
-        theirs_status, expected = c.rng.choice(["", "pending", "succeeded"]), "refund_mismatch"
-    if ledger.refund_id:
-        c.refunds.setdefault(sub, []).append(ledger)
-    if theirs_status:
+        ours, theirs, expected = "canceled", "canceled", ("matched", "none")
+    else:  # in flight past the SLA
+        at, ours, theirs = c.old(), c.rng.choice(nonterminal), c.rng.choice(["pending", None])
+        expected = ("refund_mismatch", "escalate")
+    answered = variant != 5 and (ours not in ("requested", "unknown") or theirs is not None)
+    provider_id = c.uid("prov-ref-") if answered else None
+    pay_id = c.uid("pay-")
+    if ours is not None:
+        request = RefundRequest(
+            refund_id=rid,
+            command_id=f"cmd-{rid}",
+            payment_id=pay_id,
+            provider_payment_id="prov-x",
+            amount=amount,
+        )
+        record = RefundRecord(
+            refund_id=rid,
+            command_id=f"cmd-{rid}",
+            payment_id=pay_id,
+            amount=amount,
+            status=ours,  # type: ignore[arg-type]
+            request=request,
+            requested_at=at,
+            deadline_at=None,
+            provider_refund_id=provider_id,
+        )
+        st = c.states[sub]
+        c.states[sub] = msgspec.structs.replace(st, refunds={**st.refunds, rid: record})
+    if theirs is not None:
         c.lines.append(
             RefundLine(
-                provider_refund_id=key or "",
+                provider_refund_id=provider_id or "",
                 provider_payment_id="prov-x",
-                status=theirs_status,  # type: ignore[arg-type]
-                amount=theirs_amount,
+                status=theirs,  # type: ignore[arg-type]
+                amount=Money(amount.amount_minor + 1, amount.currency) if variant == 2 else amount,
                 created_at=c.after(at),
                 subscription_id=sub,
-                payment_id=ledger.payment_id,
-                refund_id=ledger.refund_id or None,
+                payment_id=pay_id,
+                refund_id=rid if ours is not None else None,
             )
         )
-    c.expect(expected, key, "none" if expected in ("matched", "in_flight") else "escalate")
+    c.expect(expected[0], provider_id or f"ours:{rid}", expected[1])
 
 
 # --------------------------------------------------------------------------------- cases
@@ -371,8 +387,8 @@ def totals(c: Case) -> dict[str, dict[str, int]]:
             judged = CFG.in_window(rec.requested_at) or rec.payment_id in reported
             if rec.status == "succeeded" and judged:
                 add("p_ours", rec.amount)
-    for refunds in c.refunds.values():
-        for ref in refunds:
+    for st in c.states.values():
+        for ref in st.refunds.values():
             if ref.status == "succeeded":
                 add("r_ours", ref.amount)
     for line in c.lines:
@@ -394,13 +410,13 @@ def streamed(c: Case, rng: random.Random) -> list[MatchItem]:
         rng.shuffle(delivered)
         run: SubscriptionRun | None = None
         for line in delivered:
-            item, run = match_line(c.states.get(sub), line, CFG, run, c.refunds.get(sub, ()))
+            item, run = match_line(c.states.get(sub), line, CFG, run)
             if item is not None:
                 items.append(item)
         assert run is not None
         runs[sub] = run
     for sub, st in c.states.items():
-        items.extend(end_of_report(st, CFG, runs.get(sub), c.refunds.get(sub, ())))
+        items.extend(end_of_report(st, CFG, runs.get(sub)))
     return items
 
 
@@ -412,7 +428,7 @@ def test_exactly_the_injected_differences_are_reported(seed: int) -> None:
         c = build(seed, index)
         where = f"seed={seed} case={index}"
         lines = c.lines + [line for line in c.lines if c.rng.random() < 0.1]  # redeliveries
-        result = reconcile(c.states.values(), lines, CFG, c.refunds)
+        result = reconcile(c.states.values(), lines, CFG)
 
         got = Counter(brief(item) for item in result.items)
         assert got == c.expected, (
