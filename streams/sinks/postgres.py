@@ -27,6 +27,8 @@ from schemas.messages import (
     PaymentRedriven,
     PaymentRejected,
     PaymentRequested,
+    PaymentSettleRejected,
+    PaymentSettleRequested,
     PaymentSucceeded,
     PeriodAdjusted,
     PlanChangeRejected,
