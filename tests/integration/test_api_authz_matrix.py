@@ -1,0 +1,278 @@
+"""Authorization matrix: EVERY route of the app, called by each of {owner, other user, admin,
+no token, expired token} → the expected status. The routes are enumerated from the app
+itself, so a new route without an entry here fails ``test_every_route_is_in_the_matrix``:
+nobody adds an endpoint without saying who may call it.
+
+"owner" is a plain user who owns the payment, refund and subscription in the paths; "other"
+is another plain user; "admin" has the admin role but owns nothing (user endpoints are scoped
+to the caller, so for an admin someone else's payment is a 404 there too). Each request is
+otherwise valid, so the status says only who may do it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from fastapi.routing import iter_route_contexts
+
+from api.auth import mint_token
+from schemas.ids import subscription_id_for
+from tests.integration.api_support import (
+    JWT_SECRET,
+    RETURN_URL,
+    Api,
+    Ledger,
+    error_code,
+    new_user,
+    running_api,
+)
+
+pytestmark = pytest.mark.integration
+
+CALLERS = ("owner", "other", "admin", "none", "expired")
+ADMIN = "matrix-admin"
+
+
+@dataclass
+class World:
+    api: Api
+    owner: str
+    ids: dict[str, str]  # the path parameters: the owner's payment, refund, ...
+
+
+@pytest.fixture(scope="module")
+async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
+    async with running_api(module_pg_dsn) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+async def world(api: Api) -> World:
+    ledger = Ledger(api)
+    owner = new_user()
+    payment_id = await ledger.subscribe(owner)
+    refund = await api.client.post(
+        f"/api/v1/payments/{payment_id}/refunds",
+        json={"amount": {"value": "1.00", "currency": "RUB"}},
+        headers={**api.auth(owner), "Idempotency-Key": "matrix-refund"},
+    )
+    assert refund.status_code == 202, refund.text
+    await ledger.drain(owner)
+    plan_id = f"matrix-{uuid.uuid4().hex[:8]}"
+    created = await api.client.post(
+        "/api/v1/admin/plans",
+        json={
+            "plan_id": plan_id,
+            "name": "Matrix",
+            "price": {"value": "10.00", "currency": "RUB"},
+            "period_months": 1,
+            "reason": "matrix",
+        },
+        headers={**api.auth(ADMIN, admin=True), "Idempotency-Key": "matrix-plan"},
+    )
+    assert created.status_code == 201, created.text
+    sub = subscription_id_for(owner)
+    action = await api.client.post(
+        f"/api/v1/admin/subscriptions/{sub}/extend",
+        json={"days": 1, "reason": "matrix"},
+        headers={**api.auth(ADMIN, admin=True), "Idempotency-Key": "matrix-extend"},
+    )
+    assert action.status_code == 202, action.text
+    ids = {
+        "payment_id": payment_id,
+        "refund_id": refund.json()["refund_id"],
+        "subscription_id": sub,
+        "plan_id": plan_id,
+        "command_id": action.json()["command_id"],
+    }
+    return World(api, owner, ids)
+
+
+def headers_for(w: World, caller: str) -> dict[str, str]:
+    if caller == "owner":
+        return w.api.auth(w.owner)
+    if caller == "other":
+        return w.api.auth(new_user())
+    if caller == "admin":
+        return w.api.auth(ADMIN, admin=True)
+    if caller == "none":
+        return {}
+    if caller == "expired":
+        claims = {
+            "sub": ADMIN,
+            "roles": ["admin"],
+            "aud": w.api.settings.jwt_audience,
+            "exp": int(time.time()) - 10,
+        }
+        return {"Authorization": f"Bearer {jwt.encode(claims, JWT_SECRET, 'HS256')}"}
+    raise AssertionError(caller)
+
+
+Body = dict[str, Any] | Callable[[], dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Expected status per caller; ``body`` (a dict, or a factory for bodies that must be
+    unique per call) for writes, which also get a fresh Idempotency-Key."""
+
+    owner: int
+    other: int
+    admin: int
+    none: int = 401
+    body: Body = None
+    params: dict[str, str] | None = None
+
+    def expected(self, caller: str) -> int:
+        if caller == "expired":  # a bad token is refused wherever a token is looked at
+            return 401 if self.none == 401 else self.none
+        status: int = getattr(self, caller)
+        return status
+
+
+PUBLIC = Entry(200, 200, 200, 200)
+USER_LIST = Entry(200, 200, 200)
+MINE = Entry(200, 404, 404)
+ADMIN_READ = Entry(403, 403, 200)
+REASON = {"reason": "matrix"}
+
+
+def _new_plan() -> dict[str, Any]:
+    return {
+        "plan_id": f"m-{uuid.uuid4().hex[:10]}",
+        "name": "M",
+        "price": {"value": "5.00", "currency": "RUB"},
+        "period_months": 1,
+        "reason": "matrix",
+    }
+
+
+MATRIX: dict[tuple[str, str], Entry] = {
+    # Framework and probes: public.
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/api/v1/plans"): PUBLIC,
+    # Webhooks: trusted by source address and a re-read from the provider, never by a token.
+    ("POST", "/api/v1/webhooks/yookassa"): Entry(
+        200,
+        200,
+        200,
+        200,
+        body={"type": "notification", "event": "refund.succeeded", "object": {"id": "r-1"}},
+    ),
+    # The caller's own things.
+    ("POST", "/api/v1/payments"): Entry(
+        202, 202, 202, body={"plan_id": "monthly", "return_url": RETURN_URL}
+    ),
+    ("GET", "/api/v1/payments"): USER_LIST,
+    ("GET", "/api/v1/payments/{payment_id}"): MINE,
+    ("POST", "/api/v1/payments/{payment_id}/retry"): Entry(
+        202, 404, 404, body={"return_url": RETURN_URL}
+    ),
+    ("POST", "/api/v1/payments/{payment_id}/refunds"): Entry(
+        202, 404, 404, body={"amount": {"value": "1.00", "currency": "RUB"}}
+    ),
+    ("GET", "/api/v1/payments/{payment_id}/refunds"): MINE,
+    ("GET", "/api/v1/refunds"): USER_LIST,
+    ("GET", "/api/v1/refunds/{refund_id}"): MINE,
+    ("GET", "/api/v1/subscriptions/me"): MINE,
+    ("PUT", "/api/v1/subscriptions/me/auto-renew"): Entry(202, 404, 404, body={"enabled": True}),
+    ("POST", "/api/v1/subscriptions/me/plan"): Entry(
+        202, 404, 404, body={"plan_id": "yearly", "return_url": RETURN_URL}
+    ),
+    # Admin only.
+    ("GET", "/api/v1/admin/commands"): ADMIN_READ,
+    ("GET", "/api/v1/admin/commands/{command_id}"): ADMIN_READ,
+    ("GET", "/api/v1/admin/plans"): ADMIN_READ,
+    ("POST", "/api/v1/admin/plans"): Entry(403, 403, 201, body=_new_plan),
+    ("PATCH", "/api/v1/admin/plans/{plan_id}"): Entry(
+        403, 403, 200, body={"trial_days": 3, "reason": "matrix"}
+    ),
+    ("POST", "/api/v1/admin/plans/{plan_id}/archive"): Entry(403, 403, 200, body=REASON),
+    ("POST", "/api/v1/admin/plans/{plan_id}/prices"): Entry(
+        403, 403, 201, body={"price": {"value": "6.00", "currency": "RUB"}, "reason": "matrix"}
+    ),
+    ("GET", "/api/v1/admin/subscriptions"): ADMIN_READ,
+    ("GET", "/api/v1/admin/subscriptions/{subscription_id}"): ADMIN_READ,
+    ("POST", "/api/v1/admin/payments/{payment_id}/refunds"): Entry(403, 403, 202, body=REASON),
+    ("POST", "/api/v1/admin/subscriptions/{subscription_id}/cancel"): Entry(
+        403, 403, 202, body=REASON
+    ),
+    ("POST", "/api/v1/admin/subscriptions/{subscription_id}/extend"): Entry(
+        403, 403, 202, body={"days": 1, "reason": "matrix"}
+    ),
+    ("POST", "/api/v1/admin/subscriptions/{subscription_id}/grant"): Entry(
+        403, 403, 202, body={"plan_id": "monthly", "reason": "matrix"}
+    ),
+    ("POST", "/api/v1/admin/subscriptions/{subscription_id}/auto-renew"): Entry(
+        403, 403, 202, body={"enabled": False, "reason": "matrix"}
+    ),
+}
+
+EXPECTED_CODES = {401: {"token_missing", "token_expired"}, 403: {"forbidden"}}
+
+
+def app_routes(api: Api) -> set[tuple[str, str]]:
+    routes: set[tuple[str, str]] = set()
+    for ctx in iter_route_contexts(api.app.routes):
+        path = ctx.path
+        assert path is not None, ctx
+        for method in ctx.methods or ():
+            if method != "HEAD":
+                routes.add((method, path))
+    return routes
+
+
+async def test_every_route_is_in_the_matrix(api: Api) -> None:
+    routes = app_routes(api)
+    missing = routes - set(MATRIX)
+    stale = set(MATRIX) - routes
+    assert not missing, f"routes without an authorization entry: {sorted(missing)}"
+    assert not stale, f"matrix entries for routes that no longer exist: {sorted(stale)}"
+
+
+async def request(w: World, method: str, path: str, entry: Entry, caller: str) -> httpx.Response:
+    url = path.format(**w.ids)
+    headers = headers_for(w, caller)
+    body = entry.body() if callable(entry.body) else entry.body
+    if method in ("POST", "PUT", "PATCH"):
+        headers["Idempotency-Key"] = f"matrix-{uuid.uuid4()}"
+        return await w.api.client.request(
+            method, url, json=body or {}, headers=headers, params=entry.params
+        )
+    return await w.api.client.request(method, url, headers=headers, params=entry.params)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(("method", "path"), sorted(MATRIX), ids=lambda v: str(v))
+async def test_authorization(world: World, method: str, path: str, caller: str) -> None:
+    entry = MATRIX[(method, path)]
+    resp = await request(world, method, path, entry, caller)
+    expected = entry.expected(caller)
+    assert resp.status_code == expected, f"{caller} {method} {path}: {resp.text}"
+    if resp.status_code >= 400:
+        code = error_code(resp)  # one error shape everywhere
+        if resp.status_code in EXPECTED_CODES:
+            assert code in EXPECTED_CODES[resp.status_code], code
+        if resp.status_code == 401:
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_a_token_with_other_roles_is_not_an_admin(world: World) -> None:
+    # Roles are exact strings: neither another role nor a near miss of "admin" is one.
+    token = mint_token(world.api.settings, "support-1", roles=("support", "Admin", "admin "))
+    resp = await world.api.client.get(
+        "/api/v1/admin/plans", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 403 and error_code(resp) == "forbidden"
