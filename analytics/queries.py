@@ -157,7 +157,7 @@ MRR_MOVEMENTS = """
 WITH
 toDateTime64(addMonths({from_month:Date}, toInt32({months:UInt16})), 3, 'UTC') AS last_close,
 mrr AS (
-    SELECT subscription_id, ifNull(carried_currency, '') AS currency, month,
+    SELECT subscription_id, ifNull(carried_currency, '') AS currency, mc.1 AS month,
            sum(assumeNotNull(monthly_minor)) AS mrr
     FROM (
         SELECT subscription_id, version, access_from, access_until, occurred_at,
@@ -198,13 +198,18 @@ mrr AS (
             w_upto AS (PARTITION BY subscription_id ORDER BY version
                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     )
-    ARRAY JOIN arrayMap(
-        i -> addMonths({from_month:Date}, toInt32(i) - 1),
-        range(toUInt32({months:UInt16}) + 1)
-    ) AS month
-    WHERE greatest(occurred_at, access_from) <= toDateTime64(addMonths(month, 1), 3, 'UTC')
-      AND toDateTime64(addMonths(month, 1), 3, 'UTC') < least(valid_to, access_until)
-      AND monthly_minor > 0
+    -- (month, its close) for the baseline month and each month asked; each row joins the
+    -- closes it covers only
+    ARRAY JOIN arrayFilter(
+        mc -> greatest(occurred_at, access_from) <= mc.2
+              AND mc.2 < least(valid_to, access_until),
+        arrayMap(
+            i -> (addMonths({from_month:Date}, toInt32(i) - 1),
+                  toDateTime64(addMonths({from_month:Date}, toInt32(i)), 3, 'UTC')),
+            range(toUInt32({months:UInt16}) + 1)
+        )
+    ) AS mc
+    WHERE monthly_minor > 0
     GROUP BY subscription_id, carried_currency, month
 )
 SELECT month, currency,
@@ -218,11 +223,11 @@ SELECT month, currency,
        countIf(prev_mrr = 0) AS new_subscribers,
        countIf(cur_mrr = 0) AS churned_subscribers
 FROM (
-    SELECT subscription_id, currency, month, cur.mrr AS cur_mrr, prev.mrr AS prev_mrr
-    FROM mrr AS cur
-    FULL OUTER JOIN (
-        SELECT subscription_id, currency, addMonths(month, 1) AS month, mrr FROM mrr
-    ) AS prev USING (subscription_id, currency, month)
+    -- each close's MRR is also the next month's opening: one pass, no self-join
+    SELECT subscription_id, currency, m AS month, sum(c) AS cur_mrr, sum(p) AS prev_mrr
+    FROM mrr
+    ARRAY JOIN [month, addMonths(month, 1)] AS m, [mrr, 0] AS c, [0, mrr] AS p
+    GROUP BY subscription_id, currency, month
 )
 WHERE month >= {from_month:Date}
   AND month < addMonths({from_month:Date}, toInt32({months:UInt16}))

@@ -71,7 +71,8 @@ SETTINGS {_DEDUP}
 """
 
 # status: requested | redriven | rejected | pending | waiting_for_capture | unknown | succeeded
-# | canceled. The requested (and redriven) rows carry the request: kind (purchase | renewal |
+# | canceled, and for held payments capture_requested | cancel_requested (party = the actor)
+# | settle_rejected. The requested (and redriven) rows carry the request: kind (purchase | renewal |
 # upgrade | retry), plan, amount charged, period_months, list_amount_minor (the plan's full
 # price, which an upgrade's prorated charge is not); the succeeded row carries the captured
 # amount; canceled/rejected rows the reason.

@@ -36,6 +36,8 @@ from schemas.messages import (
     PaymentRedriven,
     PaymentRejected,
     PaymentRequested,
+    PaymentSettleRejected,
+    PaymentSettleRequested,
     PaymentSucceeded,
     PeriodAdjusted,
     PlanChangeRejected,
@@ -294,6 +296,43 @@ def _payment_pending(e: PaymentPending) -> Iterable[tuple[str, Row]]:
                 status=e.status,
                 payment_id=e.payment_id,
                 provider_payment_id=e.provider_payment_id,
+            ),
+        ),
+    )
+
+
+@maps(PaymentSettleRequested)
+def _payment_settle_requested(e: PaymentSettleRequested) -> Iterable[tuple[str, Row]]:
+    # Two-stage payments: the capture (or release) of a held payment was asked for.
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status=f"{e.action}_requested",
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                amount=e.amount,
+                provider_payment_id=e.provider_payment_id,
+                attempt=e.attempt,
+                reason=e.reason,
+                party=e.actor,
+            ),
+        ),
+    )
+
+
+@maps(PaymentSettleRejected)
+def _payment_settle_rejected(e: PaymentSettleRejected) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "payments",
+            payment_row(
+                e,
+                status="settle_rejected",
+                payment_id=e.payment_id,
+                command_id=e.command_id,
+                reason=e.reason,
             ),
         ),
     )
