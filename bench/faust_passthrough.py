@@ -7,7 +7,8 @@ record per input, as the ledger writes one state per command), to separate the t
 from the agent's.
 
 Configured by environment: BENCH_FAUST_ID, BENCH_FAUST_BOOTSTRAP, BENCH_FAUST_IN,
-BENCH_FAUST_OUT, BENCH_FAUST_DATADIR, BENCH_FAUST_PARTITIONS, BENCH_FAUST_TABLE.
+BENCH_FAUST_OUT, BENCH_FAUST_DATADIR, BENCH_FAUST_PARTITIONS, BENCH_FAUST_TABLE,
+BENCH_FAUST_LINGER_S (producer linger; 0 as in streams/app.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ app = faust.App(
     broker_rebalance_timeout=20.0,
     broker_commit_interval=0.5,
     producer_acks=-1,
+    producer_linger=float(env.get("BENCH_FAUST_LINGER_S", "0")),
     stream_recovery_delay=0.0,
     web_enabled=False,
     datadir=env["BENCH_FAUST_DATADIR"],

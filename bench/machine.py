@@ -141,6 +141,23 @@ def run(n: int = 20_000) -> Result:
             baseline="decide pay",
             note=f"{1e6 / r:.1f} us/call",
         )
+    # The ledger's sweeper decodes every state of the table on the event loop every
+    # FULL_SCAN_EVERY ticks (streams/ledger/agent.py); its cost per 10,000 subscriptions:
+    from streams.ledger.agent import FULL_SCAN_EVERY
+
+    fresh_raw = [encode_state(st) for st in after_pay if st is not None]
+    aged_raws = [old_raw] * min(n, 2_000)
+    for label, raws in (("fresh", fresh_raw), ("60 past payments", aged_raws)):
+        t = time.perf_counter()
+        for raw in raws:
+            decode_state(raw)
+        per_10k = (time.perf_counter() - t) / len(raws) * 10_000 * 1000
+        result.add(
+            f"sweeper full scan per 10k subscriptions, {label}",
+            per_10k,
+            "ms",
+            note=f"blocks the worker's loop every {FULL_SCAN_EVERY} sweep ticks",
+        )
     result.add("state size, fresh subscription after pay", len(encode_state(after_pay[0])), "bytes")
     result.add("state size, 60 past payments", len(old_raw), "bytes")
     result.notes.append(f"one core, in-process; load average {load0} → {loadavg()}")

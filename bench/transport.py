@@ -46,6 +46,7 @@ from bench.common import (
 )
 from bench.workload import pay_commands, preload, records
 from schemas import topics as billing_topics
+from schemas.messages import decode_event
 
 PARTITIONS = 4
 VARIANTS = ("a", "b", "c", "c2", "d")
@@ -142,9 +143,9 @@ async def end_offsets(bootstrap: str, topic: str) -> int:
         await c.stop()
 
 
-async def count_records(bootstrap: str, topic: str) -> int:
+async def count_records(bootstrap: str, topic: str, inspect: Any = None) -> int:
     """Committed records in ``topic`` (read_committed, so aborted transactions and
-    transaction markers are not counted)."""
+    transaction markers are not counted); ``inspect(value)`` is called on each."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(
@@ -163,8 +164,26 @@ async def count_records(bootstrap: str, topic: str) -> int:
                 return n
             got = await c.getmany(timeout_ms=1000, max_records=10000)
             n += sum(len(v) for v in got.values())
+            if inspect is not None:
+                for recs in got.values():
+                    for r in recs:
+                        inspect(r.value)
     finally:
         await c.stop()
+
+
+class EventCensus:
+    """Event types and distinct event ids seen on billing.events."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, int] = {}
+        self.ids: set[str] = set()
+
+    def inspect(self, value: bytes) -> None:
+        ev = decode_event(value)
+        name = type(ev).__name__
+        self.kinds[name] = self.kinds.get(name, 0) + 1
+        self.ids.add(ev.event_id)
 
 
 class OutputWatch:
@@ -380,7 +399,11 @@ def run(n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VAR
                 st["outputs"] = asyncio.run(count_records(bootstrap, outs[v]))
             else:
                 st = ledger_agent(root, bootstrap, n_faust)
-                st["outputs"] = asyncio.run(count_records(bootstrap, billing_topics.EVENTS))
+                census = EventCensus()
+                st["outputs"] = asyncio.run(
+                    count_records(bootstrap, billing_topics.EVENTS, census.inspect)
+                )
+                st["kinds"], st["distinct"] = census.kinds, len(census.ids)
             stats[v] = st
             log(
                 f"{LABELS[v]}: {st['rate']:,.0f} msg/s over {st['seconds']:.1f} s, "
@@ -396,6 +419,8 @@ def run(n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VAR
             note += f", outputs {st['outputs']} (!= {expect})"
         if "startup_s" in st:
             note += f", start-up {st['startup_s']:.1f} s"
+        if "kinds" in st:
+            note += f", events {st['kinds']}, {st['distinct']} distinct ids"
         if st.get("thirds"):
             note += ", by thirds " + "/".join(f"{r:,.0f}" for r in st["thirds"])
         unit = "commands/s" if v == "d" else "msgs/s"
