@@ -22,9 +22,17 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import Result, cpu_seconds, loadavg, log, print_result, ratio
+from bench.common import (
+    Result,
+    cpu_seconds,
+    loadavg,
+    log,
+    print_result,
+    ratio,
+    tree_cpu_seconds,
+)
 from bench.load import open_loop, summary
-from bench.stack_env import mint_tokens, process_rss, running_stack
+from bench.stack_env import mint_tokens, process_pids, process_rss, running_stack
 
 BODY = {"plan_id": "monthly", "return_url": "https://cinema.example/return"}
 
@@ -43,6 +51,7 @@ async def scenario(stack: Any, phases: list[Phase], seconds: float) -> dict[str,
     log(f"minted {len(tokens)} tokens in {time.monotonic() - t:.1f} s")
     base = stack.api_url
     api_pid = stack.api.pid
+    pg_pid = process_pids(stack, with_postgres=True).get("postgres (all backends)")
     next_user = [0]
 
     async with aiohttp.ClientSession(
@@ -74,12 +83,20 @@ async def scenario(stack: Any, phases: list[Phase], seconds: float) -> dict[str,
         results: dict[str, dict[str, Any]] = {}
         for (label, kind, rate), count in zip(phases, counts, strict=True):
             cpu0 = cpu_seconds(api_pid) if api_pid else float("nan")
+            pg0 = tree_cpu_seconds(pg_pid) if pg_pid else float("nan")
             samples, wall = await open_loop(rate, count, healthz if kind == "healthz" else post)
             cpu = (cpu_seconds(api_pid) if api_pid else float("nan")) - cpu0
+            pg_cpu = (tree_cpu_seconds(pg_pid) if pg_pid else float("nan")) - pg0
             st: dict[int, int] = {}
             for smp in samples:
                 st[smp.status] = st.get(smp.status, 0) + 1
-            results[label] = {"samples": samples, "wall": wall, "cpu": cpu, "statuses": st}
+            results[label] = {
+                "samples": samples,
+                "wall": wall,
+                "cpu": cpu,
+                "pg_cpu": pg_cpu,
+                "statuses": st,
+            }
             log(f"{label}: {len(samples)} requests in {wall:.1f} s, statuses {st}")
             # Let the API finish the background publishes (and any backlog) before the next.
             await asyncio.sleep(3)
@@ -158,6 +175,7 @@ def run(rate: float = 500.0, seconds: float = 15.0, low_rate: float = 100.0) -> 
             "ms",
             ratio=ratio(cpu, base_cpu),
             baseline="healthz",
+            note=f"PostgreSQL {res[label]['pg_cpu'] / max(1, stats['sent']) * 1000:.2f} ms/request",
         )
     result.add(
         "outbox rows marked published",

@@ -182,6 +182,23 @@ def loadavg() -> str:
         return "n/a"
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (PostgreSQL's backends), seconds."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        cpu = cpu_seconds(p)
+        if not math.isnan(cpu):
+            total += cpu
+        todo.extend(children.get(p, []))
+    return total
+
+
 def machine_line() -> str:
     cores = os.cpu_count() or 0
     try:

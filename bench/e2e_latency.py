@@ -23,9 +23,9 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import Result, loadavg, log, percentile, print_result, ratio
+from bench.common import Result, loadavg, log, percentile, print_result, ratio, tree_cpu_seconds
 from bench.load import open_loop
-from bench.stack_env import mint_tokens, process_rss, running_stack
+from bench.stack_env import mint_tokens, process_pids, process_rss, running_stack
 
 BODY = {"plan_id": "monthly", "return_url": "https://cinema.example/return"}
 POLL_S = 0.02
@@ -40,6 +40,7 @@ class Tracker:
         self.accepted: dict[str, float] = {}
         self.pending: dict[str, float] = {}
         self.terminal: dict[str, tuple[float, str]] = {}
+        self.terminal_wall: dict[str, float] = {}
         self.stop = asyncio.Event()
 
     def open(self) -> list[str]:
@@ -59,11 +60,12 @@ class Tracker:
                         " 'canceled')",
                         (ids,),
                     )
-                    seen = time.monotonic()
+                    seen, seen_wall = time.monotonic(), time.time()
                     for pid, status in await cur.fetchall():
                         self.pending.setdefault(pid, seen)
                         if status in TERMINAL:
                             self.terminal[pid] = (seen, status)
+                            self.terminal_wall[pid] = seen_wall
                 await asyncio.sleep(POLL_S)
 
     async def wait_all(self, limit_s: float) -> None:
@@ -122,9 +124,14 @@ async def scenario(stack: Any, rate: float, count: int, idle_n: int) -> dict[str
             await tracker.wait_all(30)
 
         before = set(tracker.accepted)
+        pids = process_pids(stack, with_postgres=True)
+        cpu0 = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+        t_load = time.monotonic()
         samples, wall = await open_loop(rate, count, lambda i: pay(idle_n + i))
         load_ids = [p for p in tracker.accepted if p not in before]
         await tracker.wait_all(120)
+        busy_s = time.monotonic() - t_load
+        cpu = {name: tree_cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         tracker.stop.set()
         await poller
 
@@ -151,7 +158,54 @@ async def scenario(stack: Any, rate: float, count: int, idle_n: int) -> dict[str
         "wall": wall,
         "checked": checked,
         "check_of": len(load_ids[:: max(1, len(load_ids) // 20)]),
+        "cpu": cpu,
+        "busy_s": busy_s,
+        "stages": stages(stack, load_ids, tracker.terminal_wall),
     }
+
+
+STAGES = (
+    "accept → command published (API)",
+    "PaymentRequested → provider answer at gateway",
+    "provider pending → succeeded observed (emulator, webhook, API re-read)",
+    "PaymentSucceeded observed → visible in PostgreSQL",
+)
+
+
+def stages(stack: Any, ids: list[str], visible_wall: dict[str, float]) -> dict[str, list[float]]:
+    """Where the time goes, per payment (ms), from timestamps the system records itself:
+    the outbox row (created_at, published_at: database clock) and the events' occurred_at
+    (PaymentRequested: the command's issue time at intake; PaymentPending: when the gateway
+    got the provider's answer; PaymentSucceeded: when the webhook's re-read observed it)."""
+    out: dict[str, list[float]] = {name: [] for name in STAGES}
+    if not ids:
+        return out
+    rows = stack.query(
+        "SELECT payment_id::text, extract(epoch FROM published_at - created_at) * 1000"
+        " FROM command_outbox WHERE payment_id = ANY(%s::uuid[]) AND published_at IS NOT NULL",
+        ids,
+    )
+    out[STAGES[0]] = [float(ms) for _, ms in rows]
+    rows = stack.query(
+        "SELECT coalesce(body->>'payment_id', body->'request'->>'payment_id'), event_type,"
+        " extract(epoch FROM occurred_at) FROM subscription_events"
+        " WHERE event_type IN ('PaymentRequested', 'PaymentPending', 'PaymentSucceeded')"
+        " AND coalesce(body->>'payment_id', body->'request'->>'payment_id') = ANY(%s)",
+        ids,
+    )
+    at: dict[str, dict[str, float]] = {}
+    for pid, kind, epoch in rows:
+        at.setdefault(pid, {})[kind] = float(epoch)
+    for pid, t in at.items():
+        req, pend = t.get("PaymentRequested"), t.get("PaymentPending")
+        ok = t.get("PaymentSucceeded")
+        if req is not None and pend is not None:
+            out[STAGES[1]].append((pend - req) * 1000)
+        if pend is not None and ok is not None:
+            out[STAGES[2]].append((ok - pend) * 1000)
+        if ok is not None and pid in visible_wall:
+            out[STAGES[3]].append((visible_wall[pid] - ok) * 1000)
+    return out
 
 
 def run(rate: float = 20.0, count: int = 400, idle_n: int = 20) -> Result:
@@ -208,6 +262,22 @@ def run(rate: float = 20.0, count: int = 400, idle_n: int = 20) -> Result:
         "count",
         note=f"of {out['accepted']} accepted; HTTP {out['statuses']}",
     )
+    for name in STAGES:
+        vals = out["stages"][name]
+        result.add(
+            f"stage p50: {name}",
+            percentile(vals, 50),
+            "ms",
+            note=f"p95 {percentile(vals, 95):.0f} ms, n={len(vals)}",
+        )
+    n_load = max(1, out["accepted"])
+    for name, used in out["cpu"].items():
+        result.add(
+            f"CPU per payment, {name}",
+            used / n_load * 1000,
+            "ms",
+            note=f"{used / out['busy_s'] * 100:.0f}% of a core over the load window",
+        )
     for name, mb in rss.items():
         result.add(f"peak RSS {name}", mb, "MiB")
     result.notes.append(

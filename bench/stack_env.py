@@ -36,6 +36,7 @@ def running_stack(
         env = dict(PRODUCTION_TIMINGS, **(extra_env or {}))
         (root / "stack").mkdir()
         stack = Stack(root / "stack", dsn, workers=workers, extra_env=env)
+        stack.bench_pg_dir = root / "pg"
         t = time.monotonic()
         try:
             stack.start()
@@ -45,16 +46,22 @@ def running_stack(
             stack.stop()
 
 
+def process_pids(stack: Any, *, with_postgres: bool = False) -> dict[str, int]:
+    """The stack's processes by name (those running); with_postgres adds the postmaster
+    (its backends are its children)."""
+    pids = {"api": stack.api.pid, "emulator": stack.emulator.pid, "broker (JVM)": stack.broker.pid}
+    for i, w in enumerate(stack.workers):
+        pids[f"worker-{i}"] = w.pid
+    if with_postgres:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid_file = stack.bench_pg_dir / "postmaster.pid"
+            pids["postgres (all backends)"] = int(pid_file.read_text().splitlines()[0])
+    return {name: pid for name, pid in pids.items() if pid}
+
+
 def process_rss(stack: Any) -> dict[str, float]:
     """Peak RSS (MiB) of the stack's processes, read while they still run."""
-    out = {
-        "api": peak_rss_mb(stack.api.pid) if stack.api.pid else float("nan"),
-        "emulator": peak_rss_mb(stack.emulator.pid) if stack.emulator.pid else float("nan"),
-        "broker (JVM)": peak_rss_mb(stack.broker.pid) if stack.broker.pid else float("nan"),
-    }
-    for i, w in enumerate(stack.workers):
-        out[f"worker-{i}"] = peak_rss_mb(w.pid) if w.pid else float("nan")
-    return out
+    return {name: peak_rss_mb(pid) for name, pid in process_pids(stack).items()}
 
 
 def mint_tokens(prefix: str, n: int) -> list[str]:
