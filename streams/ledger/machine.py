@@ -295,7 +295,11 @@ def _sweep(em: _Emitter, cmd: SweepPayment, policy: Policy) -> None:
 
 def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
     rec = em.state.payments.get(obs.payment_id)
-    if rec is None or rec.status in TERMINAL_PAYMENT_STATUSES:
+    if rec is None:
+        return
+    if rec.status in TERMINAL_PAYMENT_STATUSES:
+        if obs.source == "reconciliation" and obs.status in TERMINAL_PAYMENT_STATUSES:
+            _correct_terminal(em, rec, obs)
         return
     if _RANK[obs.status] <= _RANK[rec.status]:
         return
@@ -344,6 +348,58 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
             party=obs.cancellation_party,
         )
         _after_renewal_failure(em, rec, obs.cancellation_reason or "canceled", policy)
+
+
+def _correct_terminal(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
+    """Reconciliation found the provider's terminal status differs from ours: the provider
+    holds the money, so its status wins (ARCHITECTURE.md, status_mismatch: apply it)."""
+    if obs.status == rec.status:
+        return
+    if obs.status == "succeeded":
+        em.emit(
+            PaymentSucceeded,
+            payment_id=rec.payment_id,
+            command_id=rec.command_id,
+            provider_payment_id=obs.provider_payment_id,
+            amount=obs.amount,
+            payment_method_id=obs.payment_method_id if obs.payment_method_saved else None,
+        )
+        state = em.state
+        extended = (
+            state.period_end is not None
+            and state.period_end > obs.observed_at
+            and state.status in ("active", "past_due")
+        )
+        start = state.period_end if extended and state.period_end is not None else obs.observed_at
+        em.emit(
+            SubscriptionActivated,
+            payment_id=rec.payment_id,
+            plan_id=rec.plan_id,
+            period_start=start,
+            period_end=period_end_ms(start, rec.period_months),
+            extended=extended,
+        )
+        return
+    covered = (
+        rec.period_start is not None
+        and rec.period_end is not None
+        and rec.period_start <= obs.observed_at < rec.period_end
+    )
+    em.emit(
+        PaymentCanceled,
+        payment_id=rec.payment_id,
+        command_id=rec.command_id,
+        provider_payment_id=obs.provider_payment_id,
+        reason=f"reconciliation: {obs.cancellation_reason or 'canceled at the provider'}",
+        party=obs.cancellation_party,
+    )
+    if covered and em.state.status in ("active", "past_due"):
+        em.emit(
+            SubscriptionCanceled,
+            payment_id=rec.payment_id,
+            reason="payment canceled at the provider",
+            access_until=obs.observed_at,
+        )
 
 
 def _after_renewal_failure(em: _Emitter, rec: PaymentRecord, reason: str, policy: Policy) -> None:

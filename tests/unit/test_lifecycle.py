@@ -687,3 +687,27 @@ def test_admin_settle_rules() -> None:
     assert [type(e).__name__ for e in clash.events] == ["PaymentSettleRejected"]
     not_held = decide(active(), settle_cmd("capture", T0 + 5_000), manual)
     assert [type(e).__name__ for e in not_held.events] == ["PaymentSettleRejected"]
+
+
+# ------------------------------------------------------- reconciliation over a terminal status
+def test_reconciliation_applies_a_provider_success_over_our_cancel() -> None:
+    state, _ = apply(None, [pay(), observed("canceled")])
+    webhook_late = observed("succeeded")  # a webhook cannot reopen a terminal payment
+    assert decide(state, webhook_late, POLICY).duplicate
+    fix = msgspec.structs.replace(
+        observed("succeeded", at=T0 + 9_000),
+        source="reconciliation",
+        observation_id=derived_id(SUB, "recon-1"),
+    )
+    state, types = apply(state, [fix])
+    assert types == ["PaymentSucceeded", "SubscriptionActivated"] and state.status == "active"
+
+
+def test_reconciliation_applies_a_provider_cancel_over_our_success() -> None:
+    fix = msgspec.structs.replace(
+        observed("canceled", at=T0 + 9_000),
+        source="reconciliation",
+        observation_id=derived_id(SUB, "recon-2"),
+    )
+    state, types = apply(active(), [fix])
+    assert types == ["PaymentCanceled", "SubscriptionCanceled"] and state.status == "canceled"
