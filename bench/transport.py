@@ -16,7 +16,7 @@ Timing: (a)/(b) from the first fetch to the last commit; (c)/(c2)/(d) from the f
 visible in the output topic to the last (end offsets polled every 50 ms from this process),
 so worker start-up and group join are excluded everywhere. Outputs are counted afterwards.
 
-Run: ``python -m bench.transport [--n-raw 100000] [--n-faust 50000] [--only a,b,c,c2,d]``.
+Run: ``python -m bench.transport [--n-raw 100000] [--n-faust 40000] [--only a,b,c,c2,d]``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from bench.common import (
     Result,
     cpu_seconds,
     kafka_broker,
+    loadavg,
     log,
     peak_rss_mb,
     print_result,
@@ -338,11 +339,12 @@ def ledger_agent(root: Path, bootstrap: str, n: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ main
-def run(n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VARIANTS) -> Result:
+def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VARIANTS) -> Result:
     from billing.kafka_local import ensure_topics
 
     result = Result("transport")
     started = time.monotonic()
+    load0 = loadavg()
     stats: dict[str, dict[str, Any]] = {}
     with workdir("transport") as root, kafka_broker(root) as bootstrap:
         tag = uuid.uuid4().hex[:6]
@@ -457,6 +459,7 @@ def run(n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VAR
         "ledger: one PaySubscription per fresh subscription → one PaymentRequested; "
         "payment deadline 3600 s so the sweeper adds nothing"
     )
+    result.notes.append(f"load average {load0} → {loadavg()}")
     result.seconds = time.monotonic() - started
     return result
 
@@ -464,7 +467,7 @@ def run(n_raw: int = 100_000, n_faust: int = 50_000, only: tuple[str, ...] = VAR
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-raw", type=int, default=100_000)
-    ap.add_argument("--n-faust", type=int, default=50_000)
+    ap.add_argument("--n-faust", type=int, default=40_000)
     ap.add_argument("--only", default=",".join(VARIANTS))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
