@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -60,6 +59,7 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import Money, MoneyError
+from schemas.periods import now_ms
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
 
@@ -285,7 +285,8 @@ async def _quote_for_sale(conn: Conn, plan_id: str, *, kept_plan: str | None = N
 
 
 def _issued_at() -> int:
-    return int(time.time() * 1000)
+    """The engine's clock (schemas.periods.now_ms: tests shift it for every process)."""
+    return now_ms()
 
 
 async def accept_payment(

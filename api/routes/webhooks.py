@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import time
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -26,6 +25,7 @@ from api.models import WebhookAck, error_responses
 from billing.config import Settings
 from providers.port import ProviderError, ProviderNotFound
 from schemas.messages import encode
+from schemas.periods import now_ms
 from schemas.topics import PROVIDER_EVENTS
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ async def yookassa(
         return _ignored("payment metadata is not ours", object_id=note.object.id)
 
     try:
-        observed = normalise(payment, source="webhook", observed_at=int(time.time() * 1000))
+        observed = normalise(payment, source="webhook", observed_at=now_ms())
     except Exception:
         # Retrying cannot fix it; reconciliation will classify this payment. Logged loudly.
         log.exception("webhook: could not normalise payment %s", note.object.id)
