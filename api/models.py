@@ -52,10 +52,18 @@ def _printable(value: str) -> str:
     return value
 
 
+def _plain_text(value: str) -> str:
+    """Free text may span lines, but no other control character: PostgreSQL refuses NUL in
+    text and jsonb, and a command carrying one would be a poison message for the projection."""
+    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 Reason = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=250),
-    AfterValidator(_printable),
+    AfterValidator(_plain_text),
     Field(description="why: recorded with the admin's id in the audit trail"),
 ]
 PlanName = Annotated[
@@ -91,7 +99,7 @@ class RefundCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     amount: MoneyIn | None = None
-    reason: Annotated[str, StringConstraints(max_length=250)] = ""
+    reason: Annotated[str, StringConstraints(max_length=250), AfterValidator(_plain_text)] = ""
 
 
 class AutoRenewUpdate(BaseModel):

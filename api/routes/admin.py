@@ -52,9 +52,8 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends
 SubscriptionStatus = Literal[
     "none", "pending", "active", "inactive", "past_due", "expired", "canceled"
 ]
-PlanIdPath = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-]
+PLAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+PlanIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=PLAN_ID_PATTERN)]
 READ_ERRORS = error_responses(401, 403, 404, 422)
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 
@@ -216,9 +215,11 @@ async def list_subscriptions(
     _admin: AdminUser,
     db: DbDep,
     settings: SettingsDep,
-    user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    user_id: Annotated[
+        str | None, Query(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    ] = None,
     status: SubscriptionStatus | None = None,
-    plan_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    plan_id: Annotated[str | None, Query(max_length=64, pattern=PLAN_ID_PATTERN)] = None,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AdminSubscriptionPage:
