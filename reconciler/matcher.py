@@ -28,9 +28,12 @@ Definitions
 - Terminal: ``succeeded`` and ``canceled``. Anything else (ours: requested, unknown, pending,
   waiting_for_capture; theirs: pending, waiting_for_capture) is in flight.
 - Overdue: ``now - requested_at >= pending_sla_ms`` for a ledger item (for a sibling provider
-  object, below: from its ``created_at``). Within the SLA an in-flight item on either side is
-  classified ``in_flight`` (not a discrepancy, judged again by a later run). Past the SLA an
-  in-flight status counts as no outcome at all, which is what "missing" means here:
+  object, below: from its ``created_at``). A payment held for capture (``waiting_for_capture``
+  on either side) waits for the ledger's capture or release, so it has its own
+  ``hold_sla_ms``, counted from the record's ``held_at`` when known. Within the SLA an
+  in-flight item on either side is classified ``in_flight`` (not a discrepancy, judged again
+  by a later run). Past the SLA an in-flight status counts as no outcome at all, which is
+  what "missing" means here:
   *pending past the SLA is missing*. A provider line still in flight past the SLA, or a
   ledger item still in flight past the SLA that the provider never reported, is
   ``missing_at_provider`` (escalate). A ledger item in flight past the SLA for which the
@@ -140,6 +143,9 @@ RepairKind = Literal["none", "apply_provider_status", "refund_later_duplicate", 
 
 # Beyond the ledger's longest re-drive backoff (1 h) with room for the user's 3-DS step.
 DEFAULT_PENDING_SLA_MS = 2 * 3_600_000
+# A two-stage payment may be held for days: the ledger releases a hold after its hold_ms
+# (6 days); YooKassa cancels a card hold after 7.
+DEFAULT_HOLD_SLA_MS = 7 * 24 * 3_600_000
 
 
 @dataclass(frozen=True)
@@ -150,18 +156,26 @@ class MatchConfig:
     window_end: int
     now: int
     pending_sla_ms: int = DEFAULT_PENDING_SLA_MS
+    hold_sla_ms: int = DEFAULT_HOLD_SLA_MS
 
     def __post_init__(self) -> None:
         if self.window_start >= self.window_end:
             raise ValueError("empty window: window_start must be before window_end")
-        if self.pending_sla_ms < 0:
-            raise ValueError("pending_sla_ms must not be negative")
+        if self.pending_sla_ms < 0 or self.hold_sla_ms < 0:
+            raise ValueError("an SLA must not be negative")
 
     def in_window(self, at: int) -> bool:
         return self.window_start <= at < self.window_end
 
-    def overdue(self, since: int) -> bool:
-        return self.now - since >= self.pending_sla_ms
+    def overdue(self, since: int, *, held: bool = False) -> bool:
+        """In flight for at least the SLA (the hold SLA for a payment held for capture)."""
+        return self.now - since >= (self.hold_sla_ms if held else self.pending_sla_ms)
+
+
+def _payment_overdue(cfg: MatchConfig, rec: PaymentRecord, theirs: str | None) -> bool:
+    held = "waiting_for_capture" in (rec.status, theirs)
+    since = rec.held_at if held and rec.held_at is not None else rec.requested_at
+    return cfg.overdue(since, held=held)
 
 
 class MatchItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -414,7 +428,7 @@ def _match_payment(
     if theirs == "succeeded" and kept is not None and kept != line.provider_payment_id:
         return item("duplicate_charge", "refund_later_duplicate", f"charge {kept} is kept"), run
 
-    overdue = cfg.overdue(rec.requested_at)
+    overdue = _payment_overdue(cfg, rec, theirs)
     if same:
         ours = rec.status
         if theirs in TERMINAL_PAYMENT_STATUSES:
@@ -425,7 +439,7 @@ def _match_payment(
             return item("status_mismatch", "apply_provider_status", f"ours {ours}"), run
     else:
         age_from = line.created_at if line.created_at is not None else rec.requested_at
-        overdue = cfg.overdue(age_from)
+        overdue = cfg.overdue(age_from, held=theirs == "waiting_for_capture")
         if theirs == "succeeded":
             if rec.status == "canceled":
                 return item("status_mismatch", "apply_provider_status", "ours canceled"), run
@@ -441,7 +455,7 @@ def _unreported_payment(sub_id: str, rec: PaymentRecord, cfg: MatchConfig) -> Ma
     kind: MatchClass
     if rec.status == "canceled" and rec.provider_payment_id is None:
         kind, detail = "matched", "never created at the provider: no money on either side"
-    elif rec.status in TERMINAL_PAYMENT_STATUSES or cfg.overdue(rec.requested_at):
+    elif rec.status in TERMINAL_PAYMENT_STATUSES or _payment_overdue(cfg, rec, None):
         kind, detail = "missing_at_provider", "not in the provider's report"
     else:
         kind, detail = "in_flight", "not in the provider's report yet"

@@ -50,6 +50,7 @@ from schemas.periods import dt_to_ms
 from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 
 HOUR = 3_600_000
+DAY = 24 * HOUR
 W0 = dt_to_ms(datetime(2026, 3, 1, tzinfo=UTC))  # the window: one day
 W1 = W0 + 24 * HOUR
 NOW = W1 + HOUR // 2  # the report was taken half an hour after the window
@@ -96,6 +97,11 @@ def rec(
         provider_payment_id=provider_id,
         succeeded_at=at + 1000 if status == "succeeded" else None,
     )
+
+
+def held(payment_id: str, held_at: int, at: int = OLD) -> PaymentRecord:
+    """A two-stage payment held for capture since ``held_at``."""
+    return msgspec.structs.replace(rec(payment_id, "waiting_for_capture", at=at), held_at=held_at)
 
 
 def no_provider(payment_id: str, status: PaymentStatus, at: int = OLD) -> PaymentRecord:
@@ -241,8 +247,18 @@ PAYMENT_CASES = [
      [("in_flight", "prov-p1", "none")]),
     ("both pending past the SLA", [rec("p1", "pending")], [pay("p1", "pending")],
      [("missing_at_provider", "prov-p1", "escalate")]),
-    ("ours succeeded, theirs waiting_for_capture past the SLA", [rec("p1", "succeeded")],
+    ("ours succeeded, theirs pending past the SLA", [rec("p1", "succeeded")],
+     [pay("p1", "pending")], [("missing_at_provider", "prov-p1", "escalate")]),
+    ("held for capture past the pending SLA, within the hold SLA", [held("p1", OLD)],
+     [pay("p1", "waiting_for_capture")], [("in_flight", "prov-p1", "none")]),
+    ("held, unreported, within the hold SLA", [held("p1", OLD)], [],
+     [("in_flight", "prov-p1", "none")]),
+    ("ours pending, theirs held: missed webhook, within the hold SLA", [rec("p1", "pending")],
+     [pay("p1", "waiting_for_capture")], [("in_flight", "prov-p1", "none")]),
+    ("held past the hold SLA", [held("p1", NOW - 8 * DAY, at=NOW - 8 * DAY)],
      [pay("p1", "waiting_for_capture")], [("missing_at_provider", "prov-p1", "escalate")]),
+    ("hold SLA counts from the hold, not the request", [held("p1", OLD, at=NOW - 8 * DAY)],
+     [pay("p1", "waiting_for_capture")], [("in_flight", "prov-p1", "none")]),
     ("ours canceled, theirs pending past the SLA", [rec("p1", "canceled")],
      [pay("p1", "pending")], [("missing_at_provider", "prov-p1", "escalate")]),
     ("outside the window and unreported: not judged", [rec("p1", "succeeded", at=BEFORE)], [], []),
@@ -568,6 +584,8 @@ def test_a_line_matched_against_another_subscriptions_state_is_refused() -> None
 def test_config_refuses_nonsense(start: int, end: int, sla: int) -> None:
     with pytest.raises(ValueError):
         MatchConfig(window_start=start, window_end=end, now=NOW, pending_sla_ms=sla)
+    with pytest.raises(ValueError):
+        MatchConfig(window_start=start, window_end=end, now=NOW, hold_sla_ms=sla)
 
 
 def test_sla_boundary_is_inclusive() -> None:

@@ -113,6 +113,16 @@ class Case:
         self.states[sub] = msgspec.structs.replace(st, payments={**st.payments, pid: rec})
         return rec
 
+    def held(self, sub: str, *, at: int, held_at: int) -> PaymentRecord:
+        """A two-stage payment held for capture since ``held_at``."""
+        rec = self.record(sub, "waiting_for_capture", at=at)
+        rec = msgspec.structs.replace(rec, held_at=held_at)
+        st = self.states[sub]
+        self.states[sub] = msgspec.structs.replace(
+            st, payments={**st.payments, rec.payment_id: rec}
+        )
+        return rec
+
     def line(
         self,
         sub: str | None,
@@ -160,7 +170,7 @@ def clean_never_created(c: Case, sub: str) -> None:
 
 
 def clean_in_flight(c: Case, sub: str) -> None:
-    variant = c.rng.randrange(4)
+    variant = c.rng.randrange(5)
     if variant == 0:  # the gateway has no answer yet, nothing at the provider
         rec = c.record(sub, c.rng.choice(["requested", "unknown"]), at=c.fresh(), provider_id=None)
     elif variant == 1:  # pending on both sides
@@ -169,8 +179,13 @@ def clean_in_flight(c: Case, sub: str) -> None:
     elif variant == 2:  # our terminal status is newer than the report's snapshot
         rec = c.record(sub, c.rng.choice(["succeeded", "canceled"]), at=c.fresh())
         c.line(sub, rec, "pending")
-    else:  # pending at our side, the provider's list did not have it yet
+    elif variant == 3:  # pending at our side, the provider's list did not have it yet
         rec = c.record(sub, "pending", at=c.fresh())
+    else:  # held for capture past the pending SLA but within the hold SLA
+        at = c.old()
+        rec = c.held(sub, at=at, held_at=at + c.rng.randint(0, HOUR))
+        if c.rng.random() < 0.7:
+            c.line(sub, rec, "waiting_for_capture")
     c.expect("in_flight", ours(rec), "none")
 
 
@@ -213,19 +228,23 @@ def inj_status_mismatch(c: Case, sub: str) -> None:
 
 
 def inj_missing_at_provider(c: Case, sub: str) -> None:
-    variant = c.rng.randrange(5)
+    variant = c.rng.randrange(6)
     if variant == 0:  # we say succeeded, the provider has nothing
         rec = c.record(sub, "succeeded", at=c.rng.choice([c.old(), c.fresh()]))
     elif variant == 1:  # in flight past the SLA, the provider has nothing
         rec = c.record(sub, "unknown", provider_id=None)
     elif variant == 2:  # pending on both sides past the SLA
         rec = c.record(sub, "pending")
-        c.line(sub, rec, c.rng.choice(["pending", "waiting_for_capture"]))
+        c.line(sub, rec, "pending")
     elif variant == 3:  # we say succeeded, the provider is still pending past the SLA
         rec = c.record(sub, "succeeded")
         c.line(sub, rec, "pending")
-    else:  # we canceled an object the provider created, it never reported it
+    elif variant == 4:  # we canceled an object the provider created, it never reported it
         rec = c.record(sub, "canceled")
+    else:  # held for capture past the hold SLA (reported: the request is outside the window)
+        at = NOW - CFG.hold_sla_ms - c.rng.randint(HOUR, 5 * 24 * HOUR)
+        rec = c.held(sub, at=at, held_at=at + c.rng.randint(0, HOUR))
+        c.line(sub, rec, "waiting_for_capture")
     c.expect("missing_at_provider", ours(rec), "escalate")
 
 
