@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS events (
     causation_id String,
     payment_id String,
     refund_id String,
-    body String CODEC(ZSTD(3)),
+    body String CODEC(ZSTD(1)),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)

@@ -64,6 +64,9 @@ class RefundPayment(Command, tag="RefundPayment", frozen=True):
     amount: Money | None = None
     reason: str = ""
     actor: str = "user"  # "user", "admin:<id>" or "reconciler"
+    # Reconciliation's duplicate_charge repair: refund this provider object (a second charge
+    # under the same payment id), in full, not the one the ledger recorded.
+    duplicate_of_provider_id: str | None = None
 
 
 class SweepRefund(Command, tag="SweepRefund", frozen=True):
@@ -346,6 +349,7 @@ class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
     amount: Money
     reason: str = ""
     actor: str = "user"
+    duplicate: bool = False  # refunds a duplicate charge: our payment's books are untouched
 
 
 class RefundRequested(Event, tag="RefundRequested", frozen=True):

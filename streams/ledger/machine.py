@@ -469,6 +469,28 @@ def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
 
     if rec is None:
         return reject("payment_not_found")
+    dup = cmd.duplicate_of_provider_id
+    if dup is not None:
+        # Never the charge the ledger recorded: that one is the payment's, not a duplicate.
+        if dup == rec.provider_payment_id or cmd.amount is None:
+            return reject("not_a_duplicate", dup)
+        if any(r.request.provider_payment_id == dup for r in state.refunds.values()):
+            return  # already asked (the repair re-ran): nothing new
+        em.emit(
+            RefundRequested,
+            request=RefundRequest(
+                refund_id=cmd.refund_id,
+                command_id=cmd.command_id,
+                payment_id=rec.payment_id,
+                provider_payment_id=dup,
+                amount=cmd.amount,
+                reason=cmd.reason or "duplicate charge",
+                actor=cmd.actor,
+                duplicate=True,
+            ),
+            deadline_at=cmd.issued_at + policy.payment_deadline_ms,
+        )
+        return
     if rec.status != "succeeded" or rec.provider_payment_id is None:
         return reject("payment_not_refundable", f"payment is {rec.status}")
     refundable = rec.refundable_minor
@@ -510,7 +532,12 @@ def _sweep_refund(em: _Emitter, cmd: SweepRefund, policy: Policy) -> None:
 
 def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
     ref = em.state.refunds.get(obs.refund_id)
-    if ref is None or ref.status in TERMINAL_PAYMENT_STATUSES:
+    if ref is None:
+        return
+    # Only reconciliation may correct a terminal refund (the provider holds the money).
+    if ref.status in TERMINAL_PAYMENT_STATUSES and (
+        obs.source != "reconciliation" or obs.status in (ref.status, "pending")
+    ):
         return
     if obs.status == "pending":
         return  # YooKassa refunds are normally final at once; a pending one is swept
@@ -525,7 +552,10 @@ def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
         )
         return
     pay = em.state.payments[ref.payment_id]
-    fully = pay.refunded_minor + ref.amount.amount_minor >= pay.amount.amount_minor
+    fully = (
+        not ref.request.duplicate
+        and pay.refunded_minor + ref.amount.amount_minor >= pay.amount.amount_minor
+    )
     em.emit(
         RefundSucceeded,
         refund_id=ref.refund_id,
@@ -1141,8 +1171,9 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         )
     elif isinstance(event, RefundRequested):
         req_r = event.request
-        prec = payments[req_r.payment_id]
-        put(replace(prec, refunding_minor=prec.refunding_minor + req_r.amount.amount_minor))
+        if not req_r.duplicate:
+            prec = payments[req_r.payment_id]
+            put(replace(prec, refunding_minor=prec.refunding_minor + req_r.amount.amount_minor))
         refunds = dict(state.refunds)
         refunds[req_r.refund_id] = RefundRecord(
             refund_id=req_r.refund_id,
@@ -1177,15 +1208,20 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
             status_reason=None if isinstance(event, RefundSucceeded) else event.reason,
         )
         new["refunds"] = refunds
-        prec = payments[ref.payment_id]
-        amt = ref.amount.amount_minor
-        put(
-            replace(
-                prec,
-                refunding_minor=prec.refunding_minor - amt,
-                refunded_minor=prec.refunded_minor + (amt if ok else 0),
+        if not ref.request.duplicate:
+            prec = payments[ref.payment_id]
+            amt = ref.amount.amount_minor
+            was_open = ref.status not in TERMINAL_PAYMENT_STATUSES
+            was_ok = ref.status == "succeeded"
+            put(
+                replace(
+                    prec,
+                    refunding_minor=prec.refunding_minor - (amt if was_open else 0),
+                    refunded_minor=prec.refunded_minor
+                    + (amt if ok else 0)
+                    - (amt if was_ok else 0),
+                )
             )
-        )
     # PaymentRejected changes nothing but the version: the command is answered, not applied.
     return replace(state, **new)
 

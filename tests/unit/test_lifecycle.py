@@ -711,3 +711,42 @@ def test_reconciliation_applies_a_provider_cancel_over_our_success() -> None:
     )
     state, types = apply(active(), [fix])
     assert types == ["PaymentCanceled", "SubscriptionCanceled"] and state.status == "canceled"
+
+
+def dup_refund(provider_id: str, at: int = T0 + 7_000) -> RefundPayment:
+    return RefundPayment(
+        command_id=derived_id(SUB, f"dup-{provider_id}"),
+        subscription_id=SUB,
+        issued_at=at,
+        user_id=USER,
+        refund_id=derived_id(SUB, f"dup-refund-{provider_id}"),
+        payment_id=pid(),
+        amount=PRICE,
+        actor="reconciler",
+        duplicate_of_provider_id=provider_id,
+    )
+
+
+def test_a_duplicate_charge_is_refunded_without_touching_our_payment() -> None:
+    state, types = apply(active(), [dup_refund("prov-dup")])
+    assert types == ["RefundRequested"]
+    rec = state.payments[pid()]
+    assert rec.refunding_minor == 0 and rec.refundable_minor == 29900
+    # the recorded charge is never refunded as a duplicate; a re-run asks nothing new
+    _, types = apply(state, [dup_refund("prov-k1", at=T0 + 8_000)])
+    assert types == ["RefundRejected"]
+    again = msgspec.structs.replace(dup_refund("prov-dup"), command_id=derived_id(SUB, "rerun"))
+    _, types = apply(state, [again])
+    assert types == []
+
+
+def test_reconciliation_corrects_a_terminal_refund_without_double_counting() -> None:
+    state, _ = apply(active(), [refund("a", 5000), refund_seen("a", "canceled")])
+    assert state.payments[pid()].refunded_minor == 0
+    fix = msgspec.structs.replace(
+        refund_seen("a", "succeeded", at=T0 + 9_000), source="reconciliation"
+    )
+    state, types = apply(state, [fix])
+    assert types == ["RefundSucceeded"]
+    rec = state.payments[pid()]
+    assert (rec.refunded_minor, rec.refunding_minor) == (5000, 0)
