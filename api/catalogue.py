@@ -22,6 +22,7 @@ import psycopg
 from api import queries
 from api.errors import PlanExists, PlanNotFound, PriceConflict, PriceInPast, PriceInvalid
 from api.models import MoneyIn, PlanCreate, PlanUpdate, PriceCreate
+from api.queries import engine_now
 from schemas.money import Money, MoneyError
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ async def create_plan(conn: Conn, actor: str, request: PlanCreate) -> tuple[int,
         raise PlanExists(details={"plan_id": request.plan_id})
     await conn.execute(
         "INSERT INTO plan_prices (plan_id, version, effective_from, amount_minor, currency,"
-        " created_by, reason) VALUES (%s, 1, now(), %s, %s, %s, %s)",
-        (request.plan_id, price.amount_minor, price.currency, actor, request.reason),
+        " created_by, reason) VALUES (%s, 1, %s, %s, %s, %s, %s)",
+        (request.plan_id, engine_now(), price.amount_minor, price.currency, actor, request.reason),
     )
     log.info("plan %s created by %s at %s: %s", request.plan_id, actor, price, request.reason)
     return 201, await _plan_body(conn, request.plan_id)
@@ -125,26 +126,24 @@ async def add_price(
 ) -> tuple[int, dict[str, Any]]:
     """A new price version of a plan, in force from ``effective_from`` (now if omitted;
     never in the past). Versions are numbered in the order they are created."""
-    cur = await conn.execute(
-        "SELECT currency, now() FROM plans WHERE plan_id = %s FOR UPDATE", (plan_id,)
-    )
+    cur = await conn.execute("SELECT currency FROM plans WHERE plan_id = %s FOR UPDATE", (plan_id,))
     row = await cur.fetchone()
     if row is None:
         raise PlanNotFound(details={"plan_id": plan_id})
-    plan_currency, db_now = str(row[0]).strip(), row[1]
-    price = parse_price(request.price, currency=plan_currency)
+    price = parse_price(request.price, currency=str(row[0]).strip())
+    now = engine_now()
     effective = request.effective_from
-    if effective is not None and effective < db_now - CLOCK_SKEW:
-        raise PriceInPast(details={"now": db_now.isoformat()})
+    if effective is not None and effective < now - CLOCK_SKEW:
+        raise PriceInPast(details={"now": now.isoformat()})
     cur = await conn.execute(
         "INSERT INTO plan_prices (plan_id, version, effective_from, amount_minor, currency,"
         " created_by, reason)"
-        " SELECT %s, COALESCE(max(version), 0) + 1, greatest(COALESCE(%s, now()), now()),"
-        " %s, %s, %s, %s FROM plan_prices WHERE plan_id = %s"
+        " SELECT %s, COALESCE(max(version), 0) + 1, %s, %s, %s, %s, %s"
+        " FROM plan_prices WHERE plan_id = %s"
         " ON CONFLICT (plan_id, effective_from) DO NOTHING RETURNING version",
         (
             plan_id,
-            effective,
+            max(effective, now) if effective is not None else now,
             price.amount_minor,
             price.currency,
             actor,

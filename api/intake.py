@@ -59,7 +59,7 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import Money, MoneyError
-from schemas.periods import now_ms
+from schemas.periods import ms_to_dt, now_ms
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
 
@@ -244,14 +244,15 @@ class PlanQuote:
 
 
 async def plan_quote(conn: Conn, plan_id: str) -> PlanQuote | None:
-    """The plan and the price version in force now (greatest ``effective_from <= now()``)."""
+    """The plan and the price version in force now on the engine's clock (the greatest
+    ``effective_from <= now``)."""
     cur = await conn.execute(
         "SELECT p.name, p.period_months, p.archived, pp.version, pp.amount_minor, pp.currency"
         " FROM plans p LEFT JOIN LATERAL (SELECT version, amount_minor, currency"
-        "  FROM plan_prices WHERE plan_id = p.plan_id AND effective_from <= now()"
+        "  FROM plan_prices WHERE plan_id = p.plan_id AND effective_from <= %s"
         "  ORDER BY effective_from DESC LIMIT 1) pp ON true"
         " WHERE p.plan_id = %s",
-        (plan_id,),
+        (ms_to_dt(now_ms()), plan_id),
     )
     row = await cur.fetchone()
     if row is None:

@@ -46,6 +46,7 @@ from schemas.messages import (
     decode_command,
 )
 from schemas.money import MoneyError
+from schemas.periods import ms_to_dt, now_ms
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -208,20 +209,27 @@ async def list_payments(
     return PaymentPage(items=items, next_cursor=next_cursor)
 
 
+def engine_now() -> datetime:
+    """Now on the engine's clock (schemas.periods.now_ms), not the database's: "active" and
+    "the price in force" must mean what they mean to the ledger (tests shift this clock)."""
+    return ms_to_dt(now_ms())
+
+
 # The price in force now for the current plan, and at the period end for the plan the next
-# period renews to (what the ledger's timer quotes for the renewal charge).
+# period renews to (what the ledger's timer quotes for the renewal charge). Its two
+# placeholders both take engine_now(), before any of the WHERE clause.
 _SUBSCRIPTION_SELECT = """
 SELECT s.subscription_id::text, s.user_id, s.status, s.plan_id, p.name AS plan_name,
        s.period_start, s.period_end, s.updated_at, s.auto_renew, s.status_reason,
        s.next_retry_at, s.next_plan_id, s.version,
-       (s.status = 'active' AND s.period_end > now()) AS active,
+       (s.status = 'active' AND s.period_end > %s) AS active,
        cur.amount_minor AS plan_amount_minor, cur.currency AS plan_currency,
        nxt.amount_minor AS next_amount_minor, nxt.currency AS next_currency
 FROM subscriptions s
 LEFT JOIN plans p ON p.plan_id = s.plan_id
 LEFT JOIN LATERAL (
     SELECT amount_minor, currency FROM plan_prices
-    WHERE plan_id = s.plan_id AND effective_from <= now()
+    WHERE plan_id = s.plan_id AND effective_from <= %s
     ORDER BY effective_from DESC LIMIT 1) cur ON true
 LEFT JOIN LATERAL (
     SELECT amount_minor, currency FROM plan_prices
@@ -273,7 +281,8 @@ async def get_subscription(
     conn: Conn, user_id: str, *, renew_lead: timedelta = timedelta(days=1)
 ) -> SubscriptionOut | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_SUBSCRIPTION_SELECT + " WHERE s.user_id = %s", (user_id,))
+        now = engine_now()
+        await cur.execute(_SUBSCRIPTION_SELECT + " WHERE s.user_id = %s", (now, now, user_id))
         row = await cur.fetchone()
     if row is None:
         return None
@@ -299,7 +308,8 @@ async def list_subscriptions(
     """Every subscription matching the filters, in subscription id order (stable while rows
     change, so pages never skip or repeat one)."""
     where: list[str] = []
-    params: list[Any] = []
+    now = engine_now()
+    params: list[Any] = [now, now]
     if user_id is not None:
         where.append("s.user_id = %s")
         params.append(user_id)
@@ -344,8 +354,9 @@ async def get_subscription_detail(
     """One subscription for the console: its payments, refunds, latest commands and its
     event history (the audit trail), the events a page at a time."""
     async with conn.cursor(row_factory=dict_row) as cur:
+        now = engine_now()
         await cur.execute(
-            _SUBSCRIPTION_SELECT + " WHERE s.subscription_id = %s", (subscription_id,)
+            _SUBSCRIPTION_SELECT + " WHERE s.subscription_id = %s", (now, now, subscription_id)
         )
         row = await cur.fetchone()
         if row is None:
@@ -521,12 +532,13 @@ async def list_plans(conn: Conn) -> list[PlanOut]:
             " nxt.currency AS next_currency, nxt.effective_from AS next_effective_from"
             " FROM plans p"
             " JOIN LATERAL (SELECT version, amount_minor, currency FROM plan_prices"
-            "  WHERE plan_id = p.plan_id AND effective_from <= now()"
+            "  WHERE plan_id = p.plan_id AND effective_from <= %(now)s"
             "  ORDER BY effective_from DESC LIMIT 1) cur ON true"
             " LEFT JOIN LATERAL (SELECT version, amount_minor, currency, effective_from"
-            "  FROM plan_prices WHERE plan_id = p.plan_id AND effective_from > now()"
+            "  FROM plan_prices WHERE plan_id = p.plan_id AND effective_from > %(now)s"
             "  ORDER BY effective_from LIMIT 1) nxt ON true"
-            " WHERE NOT p.archived ORDER BY p.period_months, cur.amount_minor, p.plan_id"
+            " WHERE NOT p.archived ORDER BY p.period_months, cur.amount_minor, p.plan_id",
+            {"now": engine_now()},
         )
         rows = await cur.fetchall()
     plans: list[PlanOut] = []
@@ -570,10 +582,10 @@ async def list_admin_plans(conn: Conn, plan_id: str | None = None) -> list[Admin
         plan_rows = await cur.fetchall()
         await cur.execute(
             f"SELECT plan_id, version, {_EFFECTIVE} AS effective_from,"
-            " effective_from <= now() AS started, amount_minor, currency, created_by, reason,"
+            " effective_from <= %(now)s AS started, amount_minor, currency, created_by, reason,"
             " created_at FROM plan_prices WHERE %(plan)s::text IS NULL OR plan_id = %(plan)s"
             " ORDER BY plan_id, plan_prices.effective_from",
-            {"plan": plan_id},
+            {"plan": plan_id, "now": engine_now()},
         )
         price_rows = await cur.fetchall()
     versions: dict[str, list[dict[str, Any]]] = {}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from schemas import periods
 from schemas.ids import command_id_for, payment_id_for, subscription_id_for
 from schemas.messages import (
     AnyCommand,
@@ -633,3 +634,20 @@ async def test_no_next_charge_without_auto_renew_or_once_over(
     me = (await get(api, user, "/api/v1/subscriptions/me")).json()
     assert (me["next_charge_at"], me["next_charge_amount"]) == (None, None)
     assert me["plan_price"] == {"value": "100.00", "currency": "RUB"}
+
+
+async def test_prices_follow_the_engines_clock_not_the_databases(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests (and the year-long e2e) shift the engine's clock: a purchase must be priced at
+    the version the ledger's timer would also see as in force, whatever PostgreSQL's now()."""
+    plan = await make_plan(api, [(None, 10000), (timedelta(days=5), 12000)])
+    monkeypatch.setattr(periods._clock, "offset_ms", 6 * 86_400_000)
+    user = new_user()
+    resp = await api.pay(user, body={"plan_id": plan, "return_url": RETURN_URL})
+    assert resp.status_code == 202, resp.text
+    await api.settle()
+    [cmd] = published(api, user)
+    assert isinstance(cmd, PaySubscription) and cmd.amount == Money(12000, "RUB")
+    listed = {p["plan_id"]: p for p in (await api.client.get("/api/v1/plans")).json()}
+    assert (listed[plan]["price_version"], listed[plan]["next_price"]) == (2, None)
