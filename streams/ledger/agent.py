@@ -57,6 +57,7 @@ def register_ledger(
         key_type=bytes,
         value_type=bytes,  # bytes → "raw" serializers: state is msgspec-encoded by us
     )
+    app.billing_ledger_table = table  # read by the reconcile agent (co-partitioned)
     # Next wake-up time per subscription key, maintained on every write; a periodic full scan
     # rebuilds it for state recovered from the changelog.
     deadlines: dict[bytes, int] = {}
