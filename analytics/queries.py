@@ -147,72 +147,79 @@ GROUP BY reason, party
 ORDER BY payments DESC, reason, party
 """
 
-# Each subscription's MRR at the close of each month, from the month before {from_month} (the
-# baseline of the first movement) to the last one; then each close against the previous. An
-# access row holds from when it occurred until the subscription's next access row; it counts at
-# a close inside both that span and its access window. Its monthly price: the plan's list
-# price / months of the payment that opened it; an admin extension keeps the price before it,
-# a grant (no payment) is 0.
+# MRR, vectorised (no per-subscription arrays or lambdas, no self-join):
+# 1. access rows priced: the plan's list price / months of the payment that opened the row
+#    (an ANY join on the requested payment), carried over NULLs along the subscription's
+#    versions (an admin extension keeps the price; a grant or a cancel sets 0);
+# 2. each row holds from when it occurred until the subscription's next row (by version) and
+#    counts inside its access window: [lo, hi);
+# 3. the closes it covers are a range of indexes computed from lo and hi (close j is the first
+#    instant of month {from_month} + j; close 0, the first movement's baseline);
+# 4. each (subscription, close) value is also the opening of the next month, so one GROUP BY
+#    gives every (previous, current) pair.
+# A replayed duplicate of an access row holds from its own time to its copy's: an empty span.
 MRR_MOVEMENTS = """
 WITH
-toDateTime64(addMonths({from_month:Date}, toInt32({months:UInt16})), 3, 'UTC') AS last_close,
-mrr AS (
-    SELECT subscription_id, ifNull(carried_currency, '') AS currency, mc.1 AS month,
-           sum(assumeNotNull(monthly_minor)) AS mrr
+{from_month:Date} AS first_day,
+toDateTime64(first_day, 3, 'UTC') AS first_close,
+toUInt32({months:UInt16}) AS months,
+toDateTime64(addMonths(first_day, toInt32(months)), 3, 'UTC') AS last_close,
+rows AS (
+    SELECT sub, occurred_at, access_from, access_until,
+           leadInFrame(occurred_at, 1, toDateTime64('2200-01-01', 3, 'UTC')) OVER w_next
+               AS valid_to,
+           anyLast(price) OVER w_upto AS monthly,
+           anyLast(price_currency) OVER w_upto AS carried_currency
     FROM (
-        SELECT subscription_id, version, access_from, access_until, occurred_at,
-               leadInFrame(occurred_at, 1, toDateTime64('2200-01-01', 3, 'UTC')) OVER w_next
-                   AS valid_to,
-               anyLast(price) OVER w_upto AS monthly_minor,
-               anyLast(price_currency) OVER w_upto AS carried_currency
-        FROM (
-            SELECT s.subscription_id AS subscription_id, s.version AS version,
-                   s.occurred_at AS occurred_at, s.access_from AS access_from,
-                   s.access_until AS access_until,
-                   multiIf(
-                       s.change IN ('activated', 'stacked') AND pr.payment_id != '',
-                       toNullable(toInt64(round(pr.list_amount_minor
-                                                / greatest(pr.period_months, 1)))),
-                       s.change IN ('granted', 'canceled'), toNullable(toInt64(0)),
-                       NULL
-                   ) AS price,
-                   if(pr.payment_id != '', toNullable(pr.currency), NULL) AS price_currency
-            FROM (
-                SELECT subscription_id, version, occurred_at, change, payment_id,
-                       access_from, access_until
-                FROM subscription_periods
-                WHERE occurred_at < last_close
-                LIMIT 1 BY event_id
-            ) AS s
-            LEFT JOIN (
-                SELECT payment_id, any(list_amount_minor) AS list_amount_minor,
-                       any(currency) AS currency, any(period_months) AS period_months
-                FROM payments
-                WHERE status = 'requested'
-                GROUP BY payment_id
-            ) AS pr ON pr.payment_id = s.payment_id
-        )
-        WINDOW
-            w_next AS (PARTITION BY subscription_id ORDER BY version
-                       ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING),
-            w_upto AS (PARTITION BY subscription_id ORDER BY version
-                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        SELECT s.subscription_id AS sub, s.version AS version,
+               s.occurred_at AS occurred_at, s.access_from AS access_from,
+               s.access_until AS access_until,
+               multiIf(
+                   s.change IN ('activated', 'stacked') AND pr.payment_id != '',
+                   toNullable(toInt64(round(
+                       pr.list_amount_minor / greatest(pr.period_months, 1)))),
+                   s.change IN ('granted', 'canceled'), toNullable(toInt64(0)),
+                   NULL
+               ) AS price,
+               if(pr.payment_id != '', toNullable(toString(pr.currency)), NULL)
+                   AS price_currency
+        FROM subscription_periods AS s
+        ANY LEFT JOIN (
+            SELECT payment_id, list_amount_minor, currency, period_months
+            FROM payments
+            WHERE status = 'requested' AND occurred_at < last_close
+        ) AS pr ON pr.payment_id = s.payment_id
+        WHERE s.occurred_at < last_close
     )
-    -- (month, its close) for the baseline month and each month asked; each row joins the
-    -- closes it covers only
-    ARRAY JOIN arrayFilter(
-        mc -> greatest(occurred_at, access_from) <= mc.2
-              AND mc.2 < least(valid_to, access_until),
-        arrayMap(
-            i -> (addMonths({from_month:Date}, toInt32(i) - 1),
-                  toDateTime64(addMonths({from_month:Date}, toInt32(i)), 3, 'UTC')),
-            range(toUInt32({months:UInt16}) + 1)
-        )
-    ) AS mc
-    WHERE monthly_minor > 0
-    GROUP BY subscription_id, carried_currency, month
+    WINDOW
+        w_next AS (PARTITION BY sub ORDER BY version
+                   ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING),
+        w_upto AS (PARTITION BY sub ORDER BY version
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+),
+covered AS (
+    -- closes j with lo <= close_j < hi: j in [closes before lo, closes before hi)
+    SELECT sub, ifNull(carried_currency, '') AS currency,
+           assumeNotNull(monthly) AS mrr, close_index
+    FROM rows
+    ARRAY JOIN range(
+        if(greatest(occurred_at, access_from) <= first_close, 0,
+           least(months + 1, toUInt32(dateDiff('month', first_day, toStartOfMonth(
+               greatest(occurred_at, access_from) - toIntervalMillisecond(1), 'UTC'))) + 1)),
+        if(least(valid_to, access_until) <= first_close, 0,
+           least(months + 1, toUInt32(dateDiff('month', first_day, toStartOfMonth(
+               least(valid_to, access_until) - toIntervalMillisecond(1), 'UTC'))) + 1))
+    ) AS close_index
+    WHERE monthly > 0
+),
+pairs AS (
+    SELECT sub, currency, j, sum(c) AS cur_mrr, sum(p) AS prev_mrr
+    FROM covered
+    ARRAY JOIN [close_index, close_index + 1] AS j, [mrr, 0] AS c, [0, mrr] AS p
+    WHERE j BETWEEN 1 AND months
+    GROUP BY sub, currency, j
 )
-SELECT month, currency,
+SELECT addMonths(first_day, toInt32(j) - 1) AS month, currency,
        sum(cur_mrr) AS mrr_minor,
        sumIf(cur_mrr, prev_mrr = 0) AS new_minor,
        sumIf(cur_mrr - prev_mrr, prev_mrr > 0 AND cur_mrr > prev_mrr) AS expansion_minor,
@@ -222,16 +229,8 @@ SELECT month, currency,
        countIf(cur_mrr > 0) AS subscribers,
        countIf(prev_mrr = 0) AS new_subscribers,
        countIf(cur_mrr = 0) AS churned_subscribers
-FROM (
-    -- each close's MRR is also the next month's opening: one pass, no self-join
-    SELECT subscription_id, currency, m AS month, sum(c) AS cur_mrr, sum(p) AS prev_mrr
-    FROM mrr
-    ARRAY JOIN [month, addMonths(month, 1)] AS m, [mrr, 0] AS c, [0, mrr] AS p
-    GROUP BY subscription_id, currency, month
-)
-WHERE month >= {from_month:Date}
-  AND month < addMonths({from_month:Date}, toInt32({months:UInt16}))
-GROUP BY month, currency
+FROM pairs
+GROUP BY j, currency
 ORDER BY month, currency
 """
 
