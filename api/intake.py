@@ -320,8 +320,10 @@ async def accept_payment(
             plan_id=plan.plan_id,
             amount=plan.quote.amount,
             period_months=plan.quote.period_months,
+            price_version=plan.quote.price_version,
             return_url=request.return_url,
             description=plan.name[:MAX_DESCRIPTION_LEN],
+            capture=not settings.two_stage_payments,
         )
         body: dict[str, Any] = {
             "payment_id": payment_id,

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     payment_redrive_max_backoff_s: float = 3600.0
     # Lifecycle: renewals are charged this long before the period ends; a declined renewal is
     # retried after each of these waits (seconds), then the subscription expires.
+    # Two-stage payments (YooKassa capture=false): held, then captured by the ledger after
+    # capture_delay_s (negative: an admin captures or releases), released before hold_s.
+    two_stage_payments: bool = False
+    capture_delay_s: float = 0.0
+    hold_s: float = Field(default=6 * 86400.0, gt=0)
     renew_lead_s: float = Field(default=86400.0, ge=0)
     renewal_reminder_s: float = Field(default=3 * 86400.0, ge=0)  # 0: no reminder
     dunning_schedule_s: list[float] = Field(default=[86400.0, 259200.0, 432000.0, 432000.0])

@@ -43,7 +43,8 @@ class PaySubscription(Command, tag="PaySubscription", frozen=True):
     return_url: str
     description: str
     save_payment_method: bool = True
-    capture: bool = True
+    capture: bool = True  # False: two-stage (held, then captured or released)
+    price_version: int = 0
 
 
 class SweepPayment(Command, tag="SweepPayment", frozen=True):

@@ -33,6 +33,10 @@ def policy_from(settings: Settings) -> Policy:
         redrive_max_backoff_ms=int(settings.payment_redrive_max_backoff_s * 1000),
         renew_lead_ms=int(settings.renew_lead_s * 1000),
         remind_ms=int(settings.renewal_reminder_s * 1000),
+        capture_delay_ms=None
+        if settings.capture_delay_s < 0
+        else int(settings.capture_delay_s * 1000),
+        hold_ms=int(settings.hold_s * 1000),
         dunning_schedule_ms=tuple(int(s * 1000) for s in settings.dunning_schedule_s),
     )
 

@@ -183,7 +183,7 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
         if not isinstance(
             msg,
             PaySubscription | RefundPayment | SetAutoRenew | RetryPayment | ChangePlan,
-        ) and not (isinstance(msg, AdminAdjust) and msg.action == "grant"):
+        ) and not isinstance(msg, AdminAdjust | SettlePayment):
             # Nothing to apply to: an outcome for a subscription we never billed is the
             # reconciler's to classify, not the ledger's to invent.
             return Decision(None, duplicate=True)
@@ -271,6 +271,7 @@ def _pay(em: _Emitter, cmd: PaySubscription, policy: Policy) -> None:
         description=cmd.description,
         save_payment_method=cmd.save_payment_method,
         capture=cmd.capture,
+        price_version=cmd.price_version,
     )
     em.emit(
         PaymentRequested,

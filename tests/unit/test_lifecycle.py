@@ -750,3 +750,8 @@ def test_reconciliation_corrects_a_terminal_refund_without_double_counting() -> 
     assert types == ["RefundSucceeded"]
     rec = state.payments[pid()]
     assert (rec.refunded_minor, rec.refunding_minor) == (5000, 0)
+
+
+def test_an_admin_action_without_a_subscription_is_answered() -> None:
+    d = decide(None, admin("extend", T0, days=3), POLICY)
+    assert [type(e).__name__ for e in d.events] == ["AdminActionRejected"]
