@@ -56,6 +56,7 @@ from schemas.messages import (
     RefundPayment,
     RetryPayment,
     SetAutoRenew,
+    SettlePayment,
     encode,
 )
 from schemas.money import Money, MoneyError
@@ -664,4 +665,58 @@ async def accept_admin_adjust(
         idem_key=idem_key,
         fp=fingerprint(method, path, request.model_dump(mode="json")),
         build=build,
+    )
+
+
+async def accept_admin_settle(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    *,
+    admin_id: str,
+    idem_key: str,
+    payment_id: str,
+    action: Literal["capture", "cancel"],
+    request: AdminReason,
+    method: str,
+    path: str,
+) -> IntakeOutcome:
+    """Capture or release a two-stage payment held for capture. Whether it is still held is
+    the ledger's call (refused with a reason otherwise)."""
+    command_id = command_id_for(admin_id, idem_key)
+
+    async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
+        cur = await conn.execute(
+            "SELECT subscription_id::text, user_id FROM payments WHERE payment_id = %s",
+            (payment_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise PaymentNotFound()
+        command = SettlePayment(
+            command_id=command_id,
+            subscription_id=row[0],
+            issued_at=_issued_at(),
+            user_id=row[1],
+            payment_id=payment_id,
+            action=action,
+            actor=actor_of(admin_id),
+            reason=request.reason,
+        )
+        body: dict[str, Any] = {
+            "command_id": command_id,
+            "subscription_id": row[0],
+            "action": action,
+            "status": "accepted",
+            "status_url": command_status_url(command_id),
+        }
+        return command, body
+
+    return await accept_command(
+        pool,
+        settings,
+        user_id=admin_id,
+        idem_key=idem_key,
+        fp=fingerprint(method, path, request.model_dump(mode="json")),
+        build=build,
+        payment_id=None,
     )

@@ -295,6 +295,68 @@ async def refund_payment(
     return ctx.answer(outcome)
 
 
+@router.post(
+    "/payments/{payment_id}/capture",
+    status_code=202,
+    response_model=AdminActionAccepted,
+    dependencies=[JsonBody],
+    responses=WRITE_ERRORS,
+)
+async def capture_payment(
+    payment_id: uuid.UUID,
+    request: Request,
+    admin: AdminUser,
+    key: IdempotencyKey,
+    body: AdminReason,
+    ctx: IntakeDep,
+) -> JSONResponse:
+    """Capture a two-stage payment held for capture (BILLING_TWO_STAGE_PAYMENTS)."""
+    return await _settle("capture", payment_id, request, admin, key, body, ctx)
+
+
+@router.post(
+    "/payments/{payment_id}/release",
+    status_code=202,
+    response_model=AdminActionAccepted,
+    dependencies=[JsonBody],
+    responses=WRITE_ERRORS,
+)
+async def release_payment(
+    payment_id: uuid.UUID,
+    request: Request,
+    admin: AdminUser,
+    key: IdempotencyKey,
+    body: AdminReason,
+    ctx: IntakeDep,
+) -> JSONResponse:
+    """Release (cancel) a two-stage payment held for capture: the hold is lifted, nothing
+    is charged."""
+    return await _settle("cancel", payment_id, request, admin, key, body, ctx)
+
+
+async def _settle(
+    action: Literal["capture", "cancel"],
+    payment_id: uuid.UUID,
+    request: Request,
+    admin: AdminUser,
+    key: str,
+    body: AdminReason,
+    ctx: IntakeDep,
+) -> JSONResponse:
+    outcome = await intake.accept_admin_settle(
+        ctx.pool,
+        ctx.settings,
+        admin_id=admin.user_id,
+        idem_key=key,
+        payment_id=str(payment_id),
+        action=action,
+        request=body,
+        method=request.method,
+        path=request.url.path,
+    )
+    return ctx.answer(outcome)
+
+
 async def _adjust(
     action: Literal["extend", "grant", "cancel"],
     subscription_id: uuid.UUID,

@@ -206,6 +206,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/admin/subscriptions"): ADMIN_READ,
     ("GET", "/api/v1/admin/subscriptions/{subscription_id}"): ADMIN_READ,
     ("POST", "/api/v1/admin/payments/{payment_id}/refunds"): Entry(403, 403, 202, body=REASON),
+    ("POST", "/api/v1/admin/payments/{payment_id}/capture"): Entry(403, 403, 202, body=REASON),
+    ("POST", "/api/v1/admin/payments/{payment_id}/release"): Entry(403, 403, 202, body=REASON),
     ("POST", "/api/v1/admin/subscriptions/{subscription_id}/cancel"): Entry(
         403, 403, 202, body=REASON
     ),
