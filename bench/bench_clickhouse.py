@@ -1,27 +1,31 @@
 """ClickHouse history benchmark (embedded chdb): sink ingest rate and overview query latency.
 
-    .venv/bin/python -m bench.bench_clickhouse [--events 200000] [--history 10000000] [--json]
+    .venv/bin/python -m bench.bench_clickhouse [--events 100000] [--history 10000000] [--json]
 
 1. Ingest: a synthetic history (analytics/synthetic.py, events as the ledger emits them) goes
    through ``write_batch`` (decode, map to rows, one deduplicated block per table) in batches
    of ``--batch`` events. Figures: rows/s and events/s, the mapping alone, a replay of the same
-   batches (dropped by the insert tokens), small batches. Baseline: a plain INSERT of the same
-   rows, already mapped, with no deduplication, into identical tables.
-2. Queries: the overview page's queries (analytics/queries.py ``overview``) over a history of
-   ``--history`` events. It is built in SQL by replicating an ingested template history under
-   new ids (every relation kept: payments, periods, refunds, dunning), because generating 10 M
+   batches (dropped by the insert tokens), 1k-event batches. Baseline: a plain INSERT of the
+   same rows, already mapped, without deduplication, into plain MergeTree copies of the tables.
+2. Queries: the overview page's queries (analytics/queries.py) over a history of ``--history``
+   events, built in SQL by replicating an ingested template history under new ids (payments,
+   refunds, access rows and lifecycle changes keep their relations), because generating 10 M
    events in Python would take minutes. The raw ``events`` table (JSON bodies) is not
    replicated: no overview query reads it. Baseline: one plain aggregate over the same
-   payments table (``sum(amount_minor)`` of succeeded payments, no deduplication).
+   payments (``sum(amount_minor)`` of succeeded payments per currency, no deduplication).
 
-Ratios are against the baselines of the same run, so they travel between machines better
-than the absolute figures. The whole run stays within about a minute on 2 cores.
+The replicated history is kept under .state/bench (about 1 GB for 10 M events) and reused by
+the next run with the same size and code; ``--fresh`` rebuilds it. Every figure also has its
+CPU time (this process, the engine's threads included): on a shared
+machine wall times swing with the load, CPU seconds much less. Ratios are against the baselines
+of the same run. A run takes about a minute on 2 idle cores (half that with a kept history).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -38,13 +42,14 @@ from typing import Any
 from analytics import queries as q
 from analytics.synthetic import DAY_MS, synthetic_history
 from billing.clickhouse import ClickHouseClient, connect
-from schemas.clickhouse import COLUMNS, EVENT_TABLES
+from schemas.clickhouse import COLUMNS, EVENT_TABLES, MIGRATIONS
 from streams.sinks.clickhouse import rows_from_events, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state" / "bench"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HISTORY_DAYS = 365
+TEMPLATE_USERS = 4000
 
 # Id columns the overview's queries key or join on: replicated copies suffix them so every copy
 # is a distinct set of subscriptions and payments. The other ids are copied as they are.
@@ -58,54 +63,64 @@ class Figure:
     unit: str
     ratio: float | None = None
     vs: str = ""
+    cpu_s: float | None = None
     note: str = ""
+
+
+@dataclass
+class Timing:
+    wall: float
+    cpu: float
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def cpu_now() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def timed(fn: Callable[[], Any]) -> Timing:
+    cpu, wall = cpu_now(), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - wall, cpu_now() - cpu)
 
 
 def batches(events: Sequence[bytes], size: int) -> list[Sequence[bytes]]:
     return [events[i : i + size] for i in range(0, len(events), size)]
 
 
-def plain_tables(ch: ClickHouseClient) -> None:
-    """The same tables, as plain MergeTree without deduplication (the baseline's target)."""
-    for table in EVENT_TABLES:
-        ch.command(
-            f"CREATE TABLE plain_{table} AS {table}"
-            f" ENGINE = MergeTree ORDER BY tuple() SETTINGS non_replicated_deduplication_window = 0"
-        )
+def sink(ch: ClickHouseClient, parts: Sequence[Sequence[bytes]]) -> None:
+    async def run() -> None:
+        for part in parts:
+            await write_batch(ch, part)
+
+    asyncio.run(run())
 
 
+# ---------------------------------------------------------------------------------- ingest
 def bench_ingest(ch: ClickHouseClient, store_dir: Path, events: int, batch: int) -> list[Figure]:
     log(f"ingest: generating a history of about {events:,} events")
-    users = max(1, events // 9)
-    history = synthetic_history(users, start_ms=T0, days=HISTORY_DAYS, seed=11)
+    history = synthetic_history(max(1, events // 9), start_ms=T0, days=HISTORY_DAYS, seed=11)
     evs = history.events[:events]
     cuts = batches(evs, batch)
     log(f"ingest: {len(evs):,} events in {len(cuts)} batches of {batch:,}")
 
     mapped: list[dict[str, list[tuple[Any, ...]]]] = []
-    map_s = timed(lambda: mapped.extend(rows_from_events(b) for b in cuts))
+    mapping = timed(lambda: mapped.extend(rows_from_events(b) for b in cuts))
     rows = sum(len(r) for m in mapped for r in m.values())
-
-    async def sink(parts: Sequence[Sequence[bytes]]) -> None:
-        for part in parts:
-            await write_batch(ch, part)
-
-    sink_s = timed(lambda: asyncio.run(sink(cuts)))
-    replay_s = timed(lambda: asyncio.run(sink(cuts)))
+    sunk = timed(lambda: sink(ch, cuts))
+    replay = timed(lambda: sink(ch, cuts))
     stored = sum(int(ch.query(f"SELECT count() FROM {t}")[0][0]) for t in EVENT_TABLES)
     assert stored == rows, (stored, rows)  # the replay was dropped whole
 
-    plain_tables(ch)
+    for table in EVENT_TABLES:
+        ch.command(
+            f"CREATE TABLE plain_{table} AS {table} ENGINE = MergeTree ORDER BY tuple()"
+            " SETTINGS non_replicated_deduplication_window = 0"
+        )
 
     def plain() -> None:
         for m in mapped:
@@ -119,104 +134,88 @@ def bench_ingest(ch: ClickHouseClient, store_dir: Path, events: int, batch: int)
                         settings={"async_insert": 0, "insert_deduplicate": 0},
                     )
 
-    plain_s = timed(plain)
+    base = timed(plain)
 
-    small = evs[: min(len(evs), 50_000)]
-    small_cuts = batches(small, 1000)
+    small = evs[: min(len(evs), 30_000)]
+    small_rows = sum(len(r) for b in batches(small, 1000) for r in rows_from_events(b).values())
     small_ch = connect(store_dir, database=f"small_{uuid.uuid4().hex[:8]}")
     try:
-        small_rows = sum(len(r) for b in small_cuts for r in rows_from_events(b).values())
-
-        async def small_sink() -> None:
-            for part in small_cuts:
-                await write_batch(small_ch, part)
-
-        small_s = timed(lambda: asyncio.run(small_sink()))
+        small_t = timed(lambda: sink(small_ch, batches(small, 1000)))
     finally:
         small_ch.close()
 
-    sink_rate, plain_rate = rows / sink_s, rows / plain_s
+    base_rate = rows / base.wall
+
+    def fig(name: str, n: int, t: Timing, note: str = "") -> Figure:
+        return Figure(
+            name, n / t.wall, "rows/s", n / t.wall / base_rate, "plain INSERT", t.cpu, note
+        )
+
     return [
-        Figure(
-            "sink ingest",
-            sink_rate,
-            "rows/s",
-            sink_rate / plain_rate,
-            "plain INSERT",
-            f"{rows:,} rows from {len(evs):,} events, batches of {batch:,}",
+        fig(
+            "sink ingest (write_batch)",
+            rows,
+            sunk,
+            f"{rows:,} rows from {len(evs):,} events, batches of {batch:,}; "
+            f"{rows / sunk.cpu:,.0f} rows per CPU-second",
         ),
-        Figure("sink ingest (events)", len(evs) / sink_s, "events/s"),
-        Figure(
-            "decode + map only", rows / map_s, "rows/s", (rows / map_s) / plain_rate, "plain INSERT"
-        ),
-        Figure(
+        Figure("sink ingest, events", len(evs) / sunk.wall, "events/s", cpu_s=sunk.cpu),
+        fig("decode + map only", rows, mapping, "pure Python, one core"),
+        fig(
             "plain INSERT (baseline)",
-            plain_rate,
-            "rows/s",
-            1.0,
-            "plain INSERT",
-            "same rows, no tokens, plain MergeTree",
+            rows,
+            base,
+            f"same rows, no tokens; {rows / base.cpu:,.0f} rows per CPU-second",
         ),
-        Figure(
-            "replay of the same batches",
-            rows / replay_s,
-            "rows/s",
-            (rows / replay_s) / plain_rate,
-            "plain INSERT",
-            "all dropped by tokens",
-        ),
-        Figure(
-            "sink, 1k-event batches",
-            small_rows / small_s,
-            "rows/s",
-            (small_rows / small_s) / plain_rate,
-            "plain INSERT",
-            f"{len(small):,} events",
-        ),
+        fig("replay of the same batches", rows, replay, "every block dropped by its token"),
+        fig("sink, 1k-event batches", small_rows, small_t, f"{len(small):,} events"),
     ]
 
 
+# ---------------------------------------------------------------------------------- queries
 def build_history(ch: ClickHouseClient, target_events: int) -> int:
     """Replicate an ingested template history until it stands for ``target_events`` events."""
-    template_users = 4000
-    log(f"queries: template history of {template_users:,} subscriptions")
-    history = synthetic_history(template_users, start_ms=T0, days=HISTORY_DAYS, seed=5)
-
-    async def load() -> None:
-        for part in batches(history.events, 10_000):
-            await write_batch(ch, part)
-
-    asyncio.run(load())
+    log(f"queries: template history of {TEMPLATE_USERS:,} subscriptions")
+    history = synthetic_history(TEMPLATE_USERS, start_ms=T0, days=HISTORY_DAYS, seed=5)
+    sink(ch, batches(history.events, 10_000))
     copies = max(1, round(target_events / len(history.events)))
-    log(
-        f"queries: {copies} copies of {len(history.events):,} events -> "
-        f"{copies * len(history.events):,} events"
-    )
+    log(f"queries: {copies} copies of {len(history.events):,} events")
     for table in EVENT_TABLES:
         if table == "events":
             continue
-        ch.command(f"CREATE TABLE big_{table} AS {table}")
         cols = COLUMNS[table]
         select = ", ".join(
             f"if({c} = '', '', concat({c}, '~', toString(copy.number)))" if c in ID_COLUMNS else c
             for c in cols
         )
+        ch.command(f"CREATE TABLE big_{table} AS {table}")
         ch.command(
             f"INSERT INTO big_{table} ({', '.join(cols)})"
             f" SELECT {select} FROM {table}, numbers({copies}) AS copy"
             " SETTINGS max_insert_threads = 2"
         )
-    for table in EVENT_TABLES:
-        if table == "events":
-            continue
         ch.command(f"EXCHANGE TABLES {table} AND big_{table}")
     return copies * len(history.events)
 
 
-def bench_queries(ch: ClickHouseClient, history_events: int, runs: int) -> list[Figure]:
-    started = time.perf_counter()
-    total_events = build_history(ch, history_events)
-    log(f"queries: history built in {time.perf_counter() - started:.1f} s")
+def bench_queries(
+    ch: ClickHouseClient, history_events: int, runs: int, *, reuse: bool
+) -> list[Figure]:
+    total_events = 0
+
+    def build() -> None:
+        nonlocal total_events
+        total_events = build_history(ch, history_events)
+
+    if reuse:
+        built = None
+        total_events = int(ch.query("SELECT max(value) FROM meta WHERE name = 'events'")[0][0])
+        log(f"queries: reusing the {total_events:,}-event history kept from an earlier run")
+    else:
+        built = timed(build)
+        ch.command("CREATE TABLE meta (name String, value UInt64) ENGINE = MergeTree ORDER BY name")
+        ch.insert("meta", [("events", total_events)], ("name", "value"))
+        log(f"queries: {total_events:,} events built in {built.wall:.1f} s")
     counts = {t: int(ch.query(f"SELECT count() FROM {t}")[0][0]) for t in EVENT_TABLES}
     now = T0 + (HISTORY_DAYS - 5) * DAY_MS
     since = now - 30 * DAY_MS
@@ -234,7 +233,8 @@ def bench_queries(ch: ClickHouseClient, history_events: int, runs: int) -> list[
         "SELECT currency, sum(amount_minor) FROM payments WHERE status = 'succeeded'"
         " GROUP BY currency"
     )
-    base = statistics.median(timed(lambda: ch.query(baseline_sql)) for _ in range(runs + 1))
+    base_runs = [timed(lambda: ch.query(baseline_sql)) for _ in range(runs + 1)]
+    base = statistics.median(t.wall for t in base_runs)
     figures = [
         Figure(
             "plain aggregate (baseline)",
@@ -242,23 +242,25 @@ def bench_queries(ch: ClickHouseClient, history_events: int, runs: int) -> list[
             "ms",
             1.0,
             "plain aggregate",
+            statistics.median(t.cpu for t in base_runs),
             f"{counts['payments']:,} payment rows",
         ),
     ]
-    total = 0.0
+    total = total_cpu = 0.0
     for name, fn in queries.items():
-        fn()  # warm
         samples = [timed(fn) for _ in range(runs)]
-        med = statistics.median(samples)
-        total += med
+        wall = statistics.median(t.wall for t in samples)
+        cpu = statistics.median(t.cpu for t in samples)
+        total, total_cpu = total + wall, total_cpu + cpu
         figures.append(
             Figure(
                 name,
-                med * 1000,
+                wall * 1000,
                 "ms",
-                med / base,
+                wall / base,
                 "plain aggregate",
-                f"max {max(samples) * 1000:.0f} ms of {runs}",
+                cpu,
+                f"median of {runs}, first {samples[0].wall * 1000:,.0f} ms" if runs > 1 else "",
             )
         )
     figures.append(
@@ -268,13 +270,25 @@ def bench_queries(ch: ClickHouseClient, history_events: int, runs: int) -> list[
             "ms",
             total / base,
             "plain aggregate",
+            total_cpu,
             f"{total_events:,} events: "
             + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "events"),
         )
     )
+    if built is not None:
+        figures.append(
+            Figure(
+                "history build (replication)",
+                built.wall,
+                "s",
+                cpu_s=built.cpu,
+                note="setup, kept for the next run (--fresh rebuilds it)",
+            )
+        )
     return figures
 
 
+# ---------------------------------------------------------------------------------- output
 def fmt(v: float) -> str:
     if v >= 1000:
         return f"{v:,.0f}"
@@ -284,7 +298,7 @@ def fmt(v: float) -> str:
 
 
 def print_table(figures: Sequence[Figure]) -> None:
-    head = ("figure", "value", "unit", "ratio", "vs", "note")
+    head = ("figure", "value", "unit", "ratio", "vs", "cpu s", "note")
     body = [
         (
             f.name,
@@ -292,6 +306,7 @@ def print_table(figures: Sequence[Figure]) -> None:
             f.unit,
             f"{f.ratio:.3g}x" if f.ratio is not None else "",
             f.vs,
+            f"{f.cpu_s:.2f}" if f.cpu_s is not None else "",
             f.note,
         )
         for f in figures
@@ -299,42 +314,61 @@ def print_table(figures: Sequence[Figure]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     for line in (head, tuple("-" * w for w in widths), *body):
         cells = [
-            str(c).rjust(w) if i in (1, 3) else str(c).ljust(w)
+            str(c).rjust(w) if i in (1, 3, 5) else str(c).ljust(w)
             for i, (c, w) in enumerate(zip(line, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
 
 
-def run(events: int, history: int, batch: int, runs: int) -> list[Figure]:
+def history_dir(history: int) -> Path:
+    """Where the replicated history is kept between runs: keyed by its size, the template and
+    the code that shapes it (the DDL, the generator, the sink's mapping)."""
+    digest = hashlib.sha256(repr(MIGRATIONS).encode())
+    for module in ("analytics/synthetic.py", "streams/sinks/clickhouse.py"):
+        digest.update((REPO / module).read_bytes())
+    digest.update(f"{history}:{TEMPLATE_USERS}:{HISTORY_DAYS}".encode())
+    return STATE / f"clickhouse-history-{digest.hexdigest()[:12]}"
+
+
+def run(events: int, history: int, batch: int, runs: int, fresh: bool) -> list[Figure]:
     STATE.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="clickhouse-", dir=STATE))
+    store = workdir / "clickhouse"
     try:
-        ch = connect(workdir / "clickhouse", database="ingest")
+        ch = connect(store, database="ingest")
         try:
-            figures = bench_ingest(ch, workdir / "clickhouse", events, batch)
+            figures = bench_ingest(ch, store, events, batch)
         finally:
             ch.close()
-        ch = connect(workdir / "clickhouse", database="overview")
-        try:
-            figures += bench_queries(ch, history, runs)
-        finally:
-            ch.close()
-        return figures
     finally:
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
+    # One engine directory at a time per process: the ingest store is closed by now.
+    kept = history_dir(history)
+    done = kept / "complete"
+    if fresh or not done.exists():
+        shutil.rmtree(kept, ignore_errors=True)
+    ch = connect(kept / "clickhouse", database="overview")
+    try:
+        figures += bench_queries(ch, history, runs, reuse=done.exists())
+    finally:
+        ch.close()
+    done.touch()
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200_000, help="events through the sink")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="events through the sink")
     parser.add_argument("--history", type=int, default=10_000_000, help="events behind queries")
     parser.add_argument("--batch", type=int, default=10_000, help="events per sink batch")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per query")
+    parser.add_argument("--runs", type=int, default=1, help="timed runs per query")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the kept history")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    figures = run(args.events, args.history, args.batch, args.runs)
+    load = os.getloadavg()[0]
+    figures = run(args.events, args.history, args.batch, args.runs, args.fresh)
     seconds = time.perf_counter() - started
     if args.json:
         print(
@@ -342,13 +376,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     "bench": "clickhouse",
                     "seconds": round(seconds, 1),
+                    "load": load,
                     "rows": [asdict(f) for f in figures],
                 },
                 indent=1,
             )
         )
     else:
-        print(f"\n== clickhouse (chdb, {os.cpu_count()} cores, {seconds:.0f} s) ==")
+        print(
+            f"\n== clickhouse (chdb, {os.cpu_count()} cores, load {load:.1f} at start,"
+            f" {seconds:.0f} s) =="
+        )
         print_table(figures)
     return 0
 
