@@ -14,7 +14,7 @@
    replicated: no overview query reads it. Baseline: one plain aggregate over the same
    payments (``sum(amount_minor)`` of succeeded payments per currency, no deduplication).
 
-The replicated history is kept under .state/bench (about 1 GB for 10 M events) and reused by
+The replicated history is kept under .state/bench (about 200 MB for 10 M events), reused by
 the next run with the same size and code; ``--fresh`` rebuilds it. Every figure also has its
 CPU time (this process, the engine's threads included): on a shared
 machine wall times swing with the load, CPU seconds much less. Ratios are against the baselines
