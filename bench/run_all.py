@@ -23,7 +23,7 @@ def _headline(bench: str, name: str) -> bool:
     if bench == "machine":
         return name.startswith(("decide: pay", "agent hot path"))
     if bench == "transport":
-        return ":" not in name or "CPU per message" in name or name.startswith("(d) ledger")
+        return ":" not in name or "capacity" in name or name.startswith("(d) ledger")
     if bench == "e2e_latency":
         return "peak RSS" not in name or "worker" in name
     if bench == "api_intake":
