@@ -1,0 +1,740 @@
+"""Reconciliation runs and their items in PostgreSQL (tables of migration 0005).
+
+Every write is idempotent, because the agent that calls most of them is at-least-once:
+
+- an item is identified across runs by (object, provider id or our id, class)
+  (``item_key``): a re-run, or a replayed report line, finds the same row and only moves its
+  "last seen"; ``first_run_id`` says which run found it first, so "new in this run" is exact;
+- a run links to every item it found (``recon_run_items``, the item as that run saw it), and
+  its summary (counts per class, succeeded totals per currency on both sides) is computed from
+  those links when its last partition is done, so a replay computes the same summary;
+- a partition's end is recorded once per (run, partition).
+
+Resolution of a discrepancy: the reconciler's own repairs (``apply_provider_status``,
+``refund_later_duplicate``) resolve it as ``repaired`` when issued; an escalation waits for an
+admin's ``accept_provider`` / ``accept_ours`` / ``write_off`` (``resolve``). A later run that
+finds a repaired item escalated (the repair did not take) reopens it; an admin's decision is
+never undone by a run.
+
+All functions take an open psycopg ``AsyncConnection`` and commit their own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+import msgspec
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from reconciler.matcher import (
+    DEFAULT_HOLD_SLA_MS,
+    DEFAULT_PENDING_SLA_MS,
+    MATCH_CLASSES,
+    MatchConfig,
+    MatchItem,
+    Summary,
+    summarize,
+)
+from schemas.ids import observation_id_for
+from schemas.messages import PaymentObserved, RefundObserved
+from schemas.money import Money
+from schemas.periods import dt_to_ms, ms_to_dt
+
+RunSource = Literal["provider_api", "registry"]
+RunStatus = Literal["feeding", "matching", "finished", "incomplete", "failed"]
+AdminResolution = Literal["accept_provider", "accept_ours", "write_off"]
+ADMIN_RESOLUTIONS: tuple[str, ...] = get_args(AdminResolution)
+AUTO_REPAIRS: frozenset[str] = frozenset({"apply_provider_status", "refund_later_duplicate"})
+RECONCILER_ACTOR = "reconciler"
+DONE_STATUSES: frozenset[str] = frozenset({"finished", "incomplete", "failed"})
+
+
+class StoreError(Exception):
+    """Root of the store's refusals (an admin endpoint maps them to 4xx)."""
+
+
+class RunNotFound(StoreError):
+    pass
+
+
+class ItemNotFound(StoreError):
+    pass
+
+
+class NotADiscrepancy(StoreError):
+    """Only a discrepancy can be resolved (matched and in-flight items need nothing)."""
+
+
+class AlreadyResolved(StoreError):
+    """An admin already decided otherwise; ``resolution`` is that decision."""
+
+    def __init__(self, item_key: str, resolution: str, resolved_by: str | None) -> None:
+        super().__init__(f"{item_key} is already resolved: {resolution} by {resolved_by}")
+        self.resolution = resolution
+        self.resolved_by = resolved_by
+
+
+# ------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is: the matcher's parameters, its source and where it stands."""
+
+    run_id: str
+    window_start: int
+    window_end: int
+    taken_at: int
+    pending_sla_ms: int
+    hold_sla_ms: int
+    source: str
+    source_ref: str
+    trigger: str
+    status: str
+    partitions: int | None
+
+    def match_config(self) -> MatchConfig:
+        return MatchConfig(
+            window_start=self.window_start,
+            window_end=self.window_end,
+            now=self.taken_at,
+            pending_sla_ms=self.pending_sla_ms,
+            hold_sla_ms=self.hold_sla_ms,
+        )
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A run as the CLI and the console show it; ``unresolved`` and ``partitions_done`` are
+    live (read now), the rest as recorded when the run finished."""
+
+    spec: RunSpec
+    lines: int
+    partitions_done: int
+    incomplete_partitions: int
+    counts: dict[str, int]
+    totals: dict[str, dict[str, str]]
+    discrepancies: int
+    new_discrepancies: int
+    unresolved: int
+    started_at: datetime
+    fed_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    error: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.spec.status in DONE_STATUSES
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """One discrepancy (or agreeing item) across runs, with its resolution."""
+
+    item_key: str
+    object: str
+    kind: str
+    discrepancy: bool
+    subscription_id: str | None
+    payment_id: str | None
+    refund_id: str | None
+    provider_id: str | None
+    ours_status: str | None
+    theirs_status: str | None
+    ours_amount: Money | None
+    theirs_amount: Money | None
+    repair: str
+    refund_key: str | None
+    detail: str
+    first_run_id: str
+    last_run_id: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    repaired_at: datetime | None
+    resolution: str | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    note: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The outcome of ``resolve``. ``follow_up``: for ``accept_provider`` where the ledger can
+    adopt the provider's view (our payment or refund the provider never made: it is canceled),
+    the provider event to publish to billing.provider-events keyed by ``item.subscription_id``
+    (its id is derived, so publishing it twice is harmless); otherwise None (the decision is
+    recorded; money moves, if any, by an admin action of its own)."""
+
+    item: ItemRow
+    follow_up: PaymentObserved | RefundObserved | None
+    changed: bool
+
+
+# --------------------------------------------------------------------------- item keys
+def item_ident(item: MatchItem) -> str:
+    """The provider's id of the object, else ours."""
+    ours = item.payment_id if item.object == "payment" else item.refund_id
+    ident = item.provider_id or (f"ours:{ours}" if ours else None)
+    if ident is None:
+        raise ValueError(f"item names no object: {item}")
+    return ident
+
+
+def item_key(item: MatchItem) -> str:
+    """(object, provider id or our id, class): the same discrepancy in every run."""
+    return f"{item.object}:{item_ident(item)}:{item.kind}"
+
+
+_item_encoder = msgspec.json.Encoder()
+_item_decoder = msgspec.json.Decoder(MatchItem)
+
+
+# -------------------------------------------------------------------------------- runs
+async def create_run(
+    conn: AsyncConnection[Any],
+    *,
+    run_id: str,
+    window_start: int,
+    window_end: int,
+    source: RunSource,
+    taken_at: int,
+    source_ref: str = "",
+    trigger: str = "cli",
+    pending_sla_ms: int = DEFAULT_PENDING_SLA_MS,
+    hold_sla_ms: int = DEFAULT_HOLD_SLA_MS,
+    schedule_key: str | None = None,
+) -> RunSpec | None:
+    """Record a new run (status ``feeding``). With a ``schedule_key`` (the nightly run of a
+    day) only the first caller gets a run; the others get None."""
+    MatchConfig(window_start, window_end, taken_at, pending_sla_ms, hold_sla_ms)  # validates
+    async with conn.transaction():
+        cur = await conn.execute(
+            "INSERT INTO recon_runs (run_id, window_start, window_end, source, source_ref,"
+            " trigger, schedule_key, taken_at, pending_sla_ms, hold_sla_ms, started_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (schedule_key) DO NOTHING",
+            (
+                run_id,
+                ms_to_dt(window_start),
+                ms_to_dt(window_end),
+                source,
+                source_ref,
+                trigger,
+                schedule_key,
+                ms_to_dt(taken_at),
+                pending_sla_ms,
+                hold_sla_ms,
+                ms_to_dt(taken_at),
+            ),
+        )
+        if cur.rowcount == 0:
+            return None
+    return RunSpec(
+        run_id=run_id,
+        window_start=window_start,
+        window_end=window_end,
+        taken_at=taken_at,
+        pending_sla_ms=pending_sla_ms,
+        hold_sla_ms=hold_sla_ms,
+        source=source,
+        source_ref=source_ref,
+        trigger=trigger,
+        status="feeding",
+        partitions=None,
+    )
+
+
+_RUN_COLUMNS = (
+    "run_id::text AS run_id, window_start, window_end, taken_at, pending_sla_ms, hold_sla_ms,"
+    " source, source_ref, trigger, status, partitions"
+)
+
+
+def _spec(row: dict[str, Any]) -> RunSpec:
+    return RunSpec(
+        run_id=row["run_id"],
+        window_start=dt_to_ms(row["window_start"]),
+        window_end=dt_to_ms(row["window_end"]),
+        taken_at=dt_to_ms(row["taken_at"]),
+        pending_sla_ms=int(row["pending_sla_ms"]),
+        hold_sla_ms=int(row["hold_sla_ms"]),
+        source=row["source"],
+        source_ref=row["source_ref"],
+        trigger=row["trigger"],
+        status=row["status"],
+        partitions=row["partitions"],
+    )
+
+
+async def load_run(conn: AsyncConnection[Any], run_id: str) -> RunSpec | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_RUN_COLUMNS} FROM recon_runs WHERE run_id = %s", (run_id,))
+        row = await cur.fetchone()
+    await conn.commit()
+    return _spec(row) if row is not None else None
+
+
+async def start_feeding(
+    conn: AsyncConnection[Any], run_id: str, *, lines: int, partitions: int
+) -> None:
+    """Before the first line is published: how many lines and partitions the run has, so the
+    agent that finishes the last partition knows the run is complete."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE recon_runs SET lines = %s, partitions = %s WHERE run_id = %s",
+            (lines, partitions, run_id),
+        )
+
+
+async def mark_fed(conn: AsyncConnection[Any], run_id: str, at: int) -> None:
+    """Every line and marker is published; the agents are matching (unless already done)."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE recon_runs SET fed_at = %s,"
+            " status = CASE WHEN status = 'feeding' THEN 'matching' ELSE status END"
+            " WHERE run_id = %s",
+            (ms_to_dt(at), run_id),
+        )
+
+
+async def fail_run(conn: AsyncConnection[Any], run_id: str, error: str, at: int) -> None:
+    """The report could not be fetched or published. A run whose markers all arrived is
+    complete whatever the feeder says afterwards, so a finished run stays finished."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE recon_runs SET error = %s, finished_at = %s,"
+            " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::bigint,"
+            " status = 'failed' WHERE run_id = %s AND status IN ('feeding', 'matching')",
+            (error[:2000], ms_to_dt(at), ms_to_dt(at), run_id),
+        )
+
+
+# ------------------------------------------------------------------------------- items
+_UPSERT_ITEM = """
+INSERT INTO recon_items AS i (item_key, object, ident, kind, discrepancy, subscription_id,
+    payment_id, refund_id, provider_id, ours_status, theirs_status, ours_amount_minor,
+    ours_currency, theirs_amount_minor, theirs_currency, repair, refund_key, detail,
+    first_run_id, last_run_id, first_seen_at, last_seen_at, repaired_at, resolution,
+    resolved_by, resolved_at)
+VALUES (%(key)s, %(object)s, %(ident)s, %(kind)s, %(discrepancy)s, %(subscription_id)s,
+    %(payment_id)s, %(refund_id)s, %(provider_id)s, %(ours_status)s, %(theirs_status)s,
+    %(ours_minor)s, %(ours_currency)s, %(theirs_minor)s, %(theirs_currency)s, %(repair)s,
+    %(refund_key)s, %(detail)s, %(run_id)s, %(run_id)s, %(at)s, %(at)s, %(repaired_at)s,
+    %(resolution)s, %(resolved_by)s, %(repaired_at)s)
+ON CONFLICT (item_key) DO UPDATE SET
+    subscription_id = COALESCE(EXCLUDED.subscription_id, i.subscription_id),
+    payment_id = COALESCE(EXCLUDED.payment_id, i.payment_id),
+    refund_id = COALESCE(EXCLUDED.refund_id, i.refund_id),
+    ours_status = EXCLUDED.ours_status,
+    theirs_status = EXCLUDED.theirs_status,
+    ours_amount_minor = EXCLUDED.ours_amount_minor,
+    ours_currency = EXCLUDED.ours_currency,
+    theirs_amount_minor = EXCLUDED.theirs_amount_minor,
+    theirs_currency = EXCLUDED.theirs_currency,
+    repair = EXCLUDED.repair,
+    refund_key = EXCLUDED.refund_key,
+    detail = EXCLUDED.detail,
+    last_run_id = CASE WHEN EXCLUDED.last_seen_at >= i.last_seen_at
+        THEN EXCLUDED.last_run_id ELSE i.last_run_id END,
+    last_seen_at = GREATEST(EXCLUDED.last_seen_at, i.last_seen_at),
+    repaired_at = COALESCE(EXCLUDED.repaired_at, i.repaired_at),
+    resolution = CASE
+        WHEN i.resolution = 'repaired' AND EXCLUDED.repair = 'escalate' THEN NULL
+        WHEN i.resolution IS NULL AND EXCLUDED.resolution = 'repaired' THEN 'repaired'
+        ELSE i.resolution END,
+    resolved_by = CASE
+        WHEN i.resolution = 'repaired' AND EXCLUDED.repair = 'escalate' THEN NULL
+        WHEN i.resolution IS NULL AND EXCLUDED.resolution = 'repaired' THEN EXCLUDED.resolved_by
+        ELSE i.resolved_by END,
+    resolved_at = CASE
+        WHEN i.resolution = 'repaired' AND EXCLUDED.repair = 'escalate' THEN NULL
+        WHEN i.resolution IS NULL AND EXCLUDED.resolution = 'repaired' THEN EXCLUDED.resolved_at
+        ELSE i.resolved_at END
+"""
+
+_LINK_ITEM = """
+INSERT INTO recon_run_items (run_id, item_key, partition, kind, item)
+VALUES (%(run_id)s, %(key)s, %(partition)s, %(kind)s, %(item)s::jsonb)
+ON CONFLICT (run_id, item_key) DO UPDATE SET item = EXCLUDED.item, kind = EXCLUDED.kind
+"""
+
+
+def _item_params(run_id: str, partition: int, item: MatchItem, at: int) -> dict[str, Any]:
+    auto = item.discrepancy and item.repair in AUTO_REPAIRS
+    when = ms_to_dt(at)
+    return {
+        "key": item_key(item),
+        "object": item.object,
+        "ident": item_ident(item),
+        "kind": item.kind,
+        "discrepancy": item.discrepancy,
+        "subscription_id": item.subscription_id,
+        "payment_id": item.payment_id,
+        "refund_id": item.refund_id,
+        "provider_id": item.provider_id,
+        "ours_status": item.ours_status,
+        "theirs_status": item.theirs_status,
+        "ours_minor": item.ours_amount.amount_minor if item.ours_amount else None,
+        "ours_currency": item.ours_amount.currency if item.ours_amount else None,
+        "theirs_minor": item.theirs_amount.amount_minor if item.theirs_amount else None,
+        "theirs_currency": item.theirs_amount.currency if item.theirs_amount else None,
+        "repair": item.repair,
+        "refund_key": item.refund_key,
+        "detail": item.detail,
+        "run_id": run_id,
+        "at": when,
+        "repaired_at": when if auto else None,
+        "resolution": "repaired" if auto else None,
+        "resolved_by": RECONCILER_ACTOR if auto else None,
+        "partition": partition,
+        "item": _item_encoder.encode(item).decode(),
+    }
+
+
+async def record_items(
+    conn: AsyncConnection[Any],
+    run_id: str,
+    items: Sequence[tuple[int, MatchItem]],
+    at: int,
+) -> None:
+    """Upsert ``(partition, item)`` pairs found by run ``run_id`` and link them to the run,
+    in one transaction. Recording the same items again changes nothing but "last seen"."""
+    if not items:
+        return
+    params = [_item_params(run_id, partition, item, at) for partition, item in items]
+    # Lock order by key: two workers recording overlapping items cannot deadlock.
+    params.sort(key=lambda p: str(p["key"]))
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.executemany(_UPSERT_ITEM, params)
+        await cur.executemany(_LINK_ITEM, params)
+
+
+async def mark_partition_done(
+    conn: AsyncConnection[Any],
+    run_id: str,
+    partition: int,
+    *,
+    lines_sent: int,
+    lines_matched: int,
+    complete: bool,
+    items: int,
+    at: int,
+) -> None:
+    """The end-of-report marker of ``partition`` was processed. A replayed marker keeps the
+    first complete outcome (its end-of-report items are recorded)."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO recon_run_partitions AS p (run_id, partition, lines_sent,"
+            " lines_matched, complete, items, done_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (run_id, partition) DO UPDATE SET"
+            " complete = p.complete OR EXCLUDED.complete,"
+            " lines_matched = GREATEST(p.lines_matched, EXCLUDED.lines_matched),"
+            " items = GREATEST(p.items, EXCLUDED.items)",
+            (run_id, partition, lines_sent, lines_matched, complete, items, ms_to_dt(at)),
+        )
+
+
+async def finish_if_complete(conn: AsyncConnection[Any], run_id: str, at: int) -> bool:
+    """When every partition of the run is done, compute its summary from the items it found
+    and finish it (``finished``, or ``incomplete`` when some partition was not seen whole).
+    Idempotent: a replayed marker recomputes the same summary. True when finished now."""
+    async with conn.transaction():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT partitions, status, started_at FROM recon_runs WHERE run_id = %s"
+                " FOR UPDATE",
+                (run_id,),
+            )
+            run = await cur.fetchone()
+            if run is None or run["partitions"] is None:
+                return False
+            await cur.execute(
+                "SELECT count(*) AS done, count(*) FILTER (WHERE NOT complete) AS partial"
+                " FROM recon_run_partitions WHERE run_id = %s",
+                (run_id,),
+            )
+            parts = await cur.fetchone()
+            assert parts is not None
+            if parts["done"] < run["partitions"]:
+                return False
+        summary = await _run_summary(conn, run_id)
+        new, unresolved = await _discrepancy_counts(conn, run_id)
+        status = "finished" if parts["partial"] == 0 else "incomplete"
+        await conn.execute(
+            "UPDATE recon_runs SET status = %s, counts = %s::jsonb, totals = %s::jsonb,"
+            " discrepancies = %s, new_discrepancies = %s, unresolved = %s,"
+            " finished_at = COALESCE(finished_at, %s),"
+            " duration_ms = COALESCE(duration_ms,"
+            "   (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::bigint),"
+            " error = NULL WHERE run_id = %s",
+            (
+                status,
+                json.dumps(summary.counts),
+                json.dumps(totals_json(summary)),
+                summary.discrepancies,
+                new,
+                unresolved,
+                ms_to_dt(at),
+                ms_to_dt(at),
+                run_id,
+            ),
+        )
+        return run["status"] not in ("finished", "incomplete")
+
+
+def totals_json(summary: Summary) -> dict[str, dict[str, str]]:
+    """Succeeded totals per side and currency, as exact decimal strings."""
+    return {
+        name: {cur: str(m.to_decimal()) for cur, m in sorted(getattr(summary, name).items())}
+        for name in ("payments_ours", "payments_theirs", "refunds_ours", "refunds_theirs")
+    }
+
+
+async def run_items(conn: AsyncConnection[Any], run_id: str) -> list[MatchItem]:
+    """Every item run ``run_id`` found, as it found it."""
+    cur = await conn.execute(
+        "SELECT item::text FROM recon_run_items WHERE run_id = %s ORDER BY item_key", (run_id,)
+    )
+    return [_item_decoder.decode(row[0]) for row in await cur.fetchall()]
+
+
+async def _run_summary(conn: AsyncConnection[Any], run_id: str) -> Summary:
+    return summarize(await run_items(conn, run_id))
+
+
+async def _discrepancy_counts(conn: AsyncConnection[Any], run_id: str) -> tuple[int, int]:
+    cur = await conn.execute(
+        "SELECT count(*) FILTER (WHERE i.first_run_id = %s),"
+        " count(*) FILTER (WHERE i.resolution IS NULL)"
+        " FROM recon_run_items r JOIN recon_items i USING (item_key)"
+        " WHERE r.run_id = %s AND i.discrepancy",
+        (run_id, run_id),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def run_report(conn: AsyncConnection[Any], run_id: str) -> RunReport:
+    """The run as recorded, with live progress and a live count of unresolved items."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_RUN_COLUMNS}, lines, counts, totals, discrepancies, new_discrepancies,"
+            " started_at, fed_at, finished_at, duration_ms, error"
+            " FROM recon_runs WHERE run_id = %s",
+            (run_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            await conn.commit()
+            raise RunNotFound(run_id)
+        await cur.execute(
+            "SELECT count(*) AS done, count(*) FILTER (WHERE NOT complete) AS partial"
+            " FROM recon_run_partitions WHERE run_id = %s",
+            (run_id,),
+        )
+        parts = await cur.fetchone()
+        assert parts is not None
+    _new, unresolved = await _discrepancy_counts(conn, run_id)
+    await conn.commit()
+    counts: dict[str, int] = dict.fromkeys(MATCH_CLASSES, 0)
+    counts.update(row["counts"] or {})
+    return RunReport(
+        spec=_spec(row),
+        lines=row["lines"],
+        partitions_done=parts["done"],
+        incomplete_partitions=parts["partial"],
+        counts=counts,
+        totals=row["totals"] or {},
+        discrepancies=row["discrepancies"],
+        new_discrepancies=row["new_discrepancies"],
+        unresolved=unresolved,
+        started_at=row["started_at"],
+        fed_at=row["fed_at"],
+        finished_at=row["finished_at"],
+        duration_ms=row["duration_ms"],
+        error=row["error"],
+    )
+
+
+# ------------------------------------------------------------------------- escalations
+_ITEM_COLUMNS = (
+    "item_key, object, kind, discrepancy, subscription_id, payment_id, refund_id, provider_id,"
+    " ours_status, theirs_status, ours_amount_minor, ours_currency, theirs_amount_minor,"
+    " theirs_currency, repair, refund_key, detail, first_run_id::text AS first_run_id,"
+    " last_run_id::text AS last_run_id, first_seen_at, last_seen_at, repaired_at, resolution,"
+    " resolved_by, resolved_at, note"
+)
+
+
+def _money(minor: int | None, currency: str | None) -> Money | None:
+    return Money(int(minor), currency.strip()) if minor is not None and currency else None
+
+
+def _item_row(row: dict[str, Any]) -> ItemRow:
+    return ItemRow(
+        item_key=row["item_key"],
+        object=row["object"],
+        kind=row["kind"],
+        discrepancy=row["discrepancy"],
+        subscription_id=row["subscription_id"],
+        payment_id=row["payment_id"],
+        refund_id=row["refund_id"],
+        provider_id=row["provider_id"],
+        ours_status=row["ours_status"],
+        theirs_status=row["theirs_status"],
+        ours_amount=_money(row["ours_amount_minor"], row["ours_currency"]),
+        theirs_amount=_money(row["theirs_amount_minor"], row["theirs_currency"]),
+        repair=row["repair"],
+        refund_key=row["refund_key"],
+        detail=row["detail"],
+        first_run_id=row["first_run_id"],
+        last_run_id=row["last_run_id"],
+        first_seen_at=row["first_seen_at"],
+        last_seen_at=row["last_seen_at"],
+        repaired_at=row["repaired_at"],
+        resolution=row["resolution"],
+        resolved_by=row["resolved_by"],
+        resolved_at=row["resolved_at"],
+        note=row["note"],
+    )
+
+
+async def list_items(
+    conn: AsyncConnection[Any],
+    *,
+    run_id: str | None = None,
+    unresolved_only: bool = True,
+    discrepancies_only: bool = True,
+    kinds: Iterable[str] | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[ItemRow]:
+    """Items newest first: by default the discrepancies still waiting for a decision (the
+    console's escalation queue); ``run_id`` restricts to the items that run found."""
+    where: list[str] = []
+    params: list[Any] = []
+    if run_id is not None:
+        where.append("item_key IN (SELECT item_key FROM recon_run_items WHERE run_id = %s)")
+        params.append(run_id)
+    if discrepancies_only:
+        where.append("discrepancy")
+    if unresolved_only:
+        where.append("resolution IS NULL")
+    kind_list = list(kinds or ())
+    if kind_list:
+        where.append("kind = ANY(%s)")
+        params.append(kind_list)
+    sql = f"SELECT {_ITEM_COLUMNS} FROM recon_items"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY last_seen_at DESC, item_key LIMIT %s OFFSET %s"
+    params += [max(0, min(limit, 1000)), max(0, offset)]
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        rows = await cur.fetchall()
+    await conn.commit()
+    return [_item_row(r) for r in rows]
+
+
+async def get_item(conn: AsyncConnection[Any], key: str) -> ItemRow:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_ITEM_COLUMNS} FROM recon_items WHERE item_key = %s", (key,))
+        row = await cur.fetchone()
+    await conn.commit()
+    if row is None:
+        raise ItemNotFound(key)
+    return _item_row(row)
+
+
+async def resolve(
+    conn: AsyncConnection[Any],
+    key: str,
+    *,
+    resolution: AdminResolution,
+    actor: str,
+    note: str = "",
+    at: int,
+) -> Resolved:
+    """An admin's decision on a discrepancy: ``accept_provider`` (the provider's books are
+    right), ``accept_ours`` (ours are), ``write_off`` (the difference is absorbed). Allowed on
+    an open discrepancy or one the reconciler repaired itself (an admin may overrule it).
+    Deciding the same again is a no-op (``changed`` False); deciding otherwise after an admin
+    decided raises ``AlreadyResolved``."""
+    if resolution not in ADMIN_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {', '.join(ADMIN_RESOLUTIONS)}")
+    if not actor:
+        raise ValueError("actor is required")
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM recon_items WHERE item_key = %s FOR UPDATE",
+            (key,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise ItemNotFound(key)
+        current = _item_row(row)
+        if not current.discrepancy:
+            raise NotADiscrepancy(f"{key} is {current.kind}: nothing to resolve")
+        if current.resolution in ADMIN_RESOLUTIONS:
+            if current.resolution != resolution:
+                raise AlreadyResolved(key, current.resolution or "", current.resolved_by)
+            return Resolved(current, _follow_up(current, resolution, at), changed=False)
+        await cur.execute(
+            "UPDATE recon_items SET resolution = %s, resolved_by = %s, resolved_at = %s,"
+            f" note = %s WHERE item_key = %s RETURNING {_ITEM_COLUMNS}",
+            (resolution, actor, ms_to_dt(at), note, key),
+        )
+        updated = await cur.fetchone()
+        assert updated is not None
+    item = _item_row(updated)
+    return Resolved(item, _follow_up(item, resolution, at), changed=True)
+
+
+def _follow_up(item: ItemRow, resolution: str, at: int) -> PaymentObserved | RefundObserved | None:
+    """Accepting the provider's view of our payment or refund that it never made means ours
+    did not happen: the ledger applies a canceled observation from reconciliation (allowed
+    over a terminal status). Needs the provider id the observation is about."""
+    if resolution != "accept_provider" or item.ours_status is None or item.subscription_id is None:
+        return None
+    if item.provider_id is None or item.ours_amount is None:
+        return None
+    if item.theirs_status not in (None, "pending", "waiting_for_capture"):
+        return None
+    reason = "not at the provider (admin accepted the provider's report)"
+    if item.object == "payment" and item.kind == "missing_at_provider" and item.payment_id:
+        return PaymentObserved(
+            observation_id=observation_id_for(item.provider_id, "canceled"),
+            subscription_id=item.subscription_id,
+            observed_at=at,
+            source="reconciliation",
+            payment_id=item.payment_id,
+            provider_payment_id=item.provider_id,
+            status="canceled",
+            amount=item.ours_amount,
+            cancellation_party="merchant",
+            cancellation_reason=reason,
+        )
+    if (
+        item.object == "refund"
+        and item.kind == "refund_mismatch"
+        and item.refund_id
+        and item.payment_id
+    ):
+        return RefundObserved(
+            observation_id=observation_id_for(item.provider_id, "canceled"),
+            subscription_id=item.subscription_id,
+            observed_at=at,
+            source="reconciliation",
+            refund_id=item.refund_id,
+            payment_id=item.payment_id,
+            provider_refund_id=item.provider_id,
+            status="canceled",
+            amount=item.ours_amount,
+            cancellation_reason=reason,
+        )
+    return None
