@@ -93,8 +93,26 @@ class Settings(BaseSettings):
     renewal_reminder_s: float = Field(default=3 * 86400.0, ge=0)  # 0: no reminder
     dunning_schedule_s: list[float] = Field(default=[86400.0, 259200.0, 432000.0, 432000.0])
 
-    # Dashboard
+    # ClickHouse history: embedded chdb under state_dir/clickhouse unless a server URL is set
+    # (http://user:password@host:8123/billing). The history worker owns the embedded store
+    # and serves the analytics queries to the API on its loopback port.
+    clickhouse_url: SecretStr | None = None
+    history_port: int = 6067
+    history_url: str = "http://127.0.0.1:6067"  # where the API asks the history worker
+    history_batch: int = 10_000
+
+    # Dashboard: the Streamlit admin console (`python -m dashboard`). It needs no secret and
+    # acts only through the API; it logs in at POST /api/v1/admin/session, which checks
+    # dashboard_admin_user and the scrypt hash below (make one with
+    # `python -m dashboard hash-password`; unset: console login is disabled) and issues an
+    # admin token valid for dashboard_session_ttl_s.
+    dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8501
+    dashboard_api_url: str = ""  # the API as the console reaches it; empty: api_host:api_port
+    dashboard_api_timeout_s: float = Field(default=15.0, gt=0)
+    dashboard_admin_user: str = "admin"
+    dashboard_admin_password_hash: SecretStr | None = None
+    dashboard_session_ttl_s: int = Field(default=900, ge=60, le=43_200)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_prod(self) -> Settings:

@@ -18,7 +18,12 @@ def stack(
 ) -> Iterator[Stack]:
     """A module may set ``STACK_ENV`` (extra BILLING_* settings for every process)."""
     extra = dict(getattr(request.module, "STACK_ENV", {}))
-    s = Stack(tmp_path_factory.mktemp("stack"), fresh_database("e2e"), extra_env=extra)
+    s = Stack(
+        tmp_path_factory.mktemp("stack"),
+        fresh_database("e2e"),
+        extra_env=extra,
+        history=bool(getattr(request.module, "STACK_HISTORY", False)),
+    )
     s.start()
     try:
         yield s

@@ -30,6 +30,7 @@ class Stack:
         workers: int = 1,
         partitions: int = 4,
         extra_env: dict[str, str] | None = None,
+        history: bool = False,
     ) -> None:
         self.root = root
         self.partitions = partitions
@@ -67,6 +68,23 @@ class Stack:
             PYTHONUNBUFFERED="1",
         )
         self.env.update(extra_env or {})
+        self.history: ManagedProcess | None = None
+        self.history_url = ""
+        if history:
+            port = free_port()
+            self.history_url = f"http://127.0.0.1:{port}"
+            self.env["BILLING_HISTORY_URL"] = self.history_url
+            self.history = ManagedProcess.python(
+                "history",
+                ["streams.history", "worker", "-l", "info"],
+                log_path=root / "logs" / "history.log",
+                env=dict(
+                    self.env,
+                    BILLING_HISTORY_PORT=str(port),
+                    BILLING_STATE_DIR=str(root / "state-history"),
+                    BILLING_HISTORY_BATCH="500",
+                ),
+            )
         logs = root / "logs"
         self.emulator = ManagedProcess.python(
             "emulator", ["providers.emulator"], log_path=logs / "emulator.log", env=self.env
@@ -98,6 +116,8 @@ class Stack:
         self.api.wait_ready(http_ok(f"{self.api_url}/healthz"))
         for w in self.workers:
             self.start_worker(w)
+        if self.history is not None:
+            self.start_worker(self.history)
 
     def start_worker(self, w: ManagedProcess, timeout: float = 90) -> None:
         ready_marks = self._ready_count(w)
@@ -114,6 +134,8 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
+        if self.history is not None:
+            self.history.stop()
         if hasattr(self, "control"):
             self.control.close()
         self.api.stop()

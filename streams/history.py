@@ -1,0 +1,141 @@
+"""History worker: billing.events → ClickHouse, and the analytics queries for the API.
+
+A Faust app of its own (app id ``<worker_id>-history``, so its own consumer group and offsets)
+so that an insert or a multi-second analytical query never delays the ledger. In embedded
+mode it owns the chdb store (one process per data directory); the API reaches the queries
+through this worker's loopback web port (``/analytics/<name>/``), never by opening the store.
+
+Run: ``python -m streams.history worker -l info``.
+
+Idempotent on replay: each block is inserted under a deduplication token derived from its
+event ids, the tables are ReplacingMergeTree by event id, and the queries collapse duplicates
+(streams/sinks/clickhouse.py, analytics/queries.py). A failed insert is retried with backoff
+before the agent moves on, because Faust acknowledges input even when the agent raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import date
+from typing import Any
+
+import faust
+import msgspec
+
+from analytics import queries
+from billing.clickhouse import ClickHouseClient, connect
+from billing.config import Settings
+from schemas.periods import now_ms
+from schemas.topics import EVENTS
+from streams import faust_fix
+from streams.sinks.clickhouse import write_batch
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+def _int(params: Any, name: str, default: int) -> int:
+    value = params.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def run_query(client: ClickHouseClient, name: str, params: Any) -> Any:
+    """One named analytics query with its parameters (epoch ms windows); raises KeyError for
+    an unknown name and ValueError for bad parameters."""
+    now = now_ms()
+    to_ms = _int(params, "to", now)
+    from_ms = _int(params, "from", to_ms - 30 * 86_400_000)
+    if from_ms > to_ms:
+        raise ValueError("from is after to")
+    if name == "overview":
+        return queries.overview(client, _int(params, "at", now))
+    if name == "active_subscribers":
+        return queries.active_subscribers(client, _int(params, "at", now))
+    if name == "mrr_movements":
+        months = _int(params, "months", 12)
+        if not 1 <= months <= 60:
+            raise ValueError("months must be 1..60")
+        start = params.get("from_month")
+        first = date.fromisoformat(start) if start else queries.month_start(now, months - 1)
+        return queries.mrr_movements(client, first, months)
+    windowed = {
+        "revenue_by_day": queries.revenue_by_day,
+        "totals_by_day": queries.totals_by_day,
+        "refund_rate": queries.refund_rate,
+        "payment_success": queries.payment_success,
+        "decline_reasons": queries.decline_reasons,
+        "dunning_recovery": queries.dunning_recovery,
+    }
+    return windowed[name](client, from_ms, to_ms)
+
+
+def create_history_app(settings: Settings) -> Any:
+    faust_fix.apply()
+    datadir = settings.state_dir / "faust-history"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.worker_id}-history",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=False,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_commit_interval=settings.commit_interval_s,
+        web_port=settings.history_port,
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        datadir=str(datadir),
+        producer_acks=-1,
+    )
+    events = app.topic(
+        EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    holder: list[ClickHouseClient] = []
+    lock = asyncio.Lock()
+
+    async def client() -> ClickHouseClient:
+        async with lock:
+            if not holder:
+                holder.append(await asyncio.to_thread(connect, settings))
+            return holder[0]
+
+    @app.agent(events, name="history")
+    async def history(stream: Any) -> None:
+        async for values in stream.take(settings.history_batch, within=1.0):
+            batch = [bytes(v) for v in values]
+            backoff = 0.5
+            while True:
+                try:
+                    await write_batch(await client(), batch)
+                    break
+                except Exception as exc:  # the batch must land before its offsets commit
+                    log.warning("history insert failed (%r); retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    @app.page("/analytics/{name}/")
+    async def analytics(self: Any, request: Any, name: str) -> Any:
+        try:
+            result = await asyncio.to_thread(run_query, await client(), name, request.query)
+        except KeyError:
+            return self.json({"error": {"code": "unknown_query", "message": name}}, status=404)
+        except ValueError as exc:
+            return self.json({"error": {"code": "bad_query", "message": str(exc)}}, status=400)
+        return self.json(msgspec.to_builtins(result))
+
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level)
+    create_history_app(settings).main()
+
+
+if __name__ == "__main__":
+    main()
