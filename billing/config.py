@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     # (http://user:password@host:8123/billing). The history worker owns the embedded store
     # and serves the analytics queries to the API on its loopback port.
     clickhouse_url: SecretStr | None = None
+    history_host: str = "127.0.0.1"  # bind address of the history worker's query port
     history_port: int = 6067
     history_url: str = "http://127.0.0.1:6067"  # where the API asks the history worker
     history_batch: int = 10_000

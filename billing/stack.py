@@ -2,7 +2,8 @@
 
 Starts, in order: a single-node Apache Kafka (KRaft) from release jars fetched with Maven, the
 billing topics, an embedded PostgreSQL (migrated), the YooKassa emulator (unless real shop
-credentials and BILLING_YOOKASSA_API_URL are set), the Faust worker and the API. Prints the
+credentials and BILLING_YOOKASSA_API_URL are set), the Faust worker, the history worker
+(ClickHouse, embedded chdb) and the API. Prints the
 URLs, and on Ctrl-C stops everything in reverse order. State lives under BILLING_STATE_DIR.
 """
 
@@ -90,11 +91,21 @@ def run(settings: Settings) -> None:
         )
         worker.start()
         children.append(worker)
+        history = ManagedProcess.python(
+            "history",
+            ["streams.history", "worker", "-l", "info"],
+            log_path=logs / "history.log",
+            env=env,
+        )
+        history.start()
+        children.append(history)
         api = ManagedProcess.python("api", ["api"], log_path=logs / "api.log", env=env)
         api.start()
         children.append(api)
         api.wait_ready(http_ok(f"http://{settings.api_host}:{settings.api_port}/healthz"))
         worker.wait_ready(log_contains(logs / "worker.log", "Ready"), timeout=120)
+        history.wait_ready(log_contains(logs / "history.log", "Ready"), timeout=120)
+        print(f"history    {settings.history_url}/analytics/overview/ (ClickHouse)", flush=True)
 
         base = f"http://{settings.api_host}:{settings.api_port}"
         print(

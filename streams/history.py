@@ -87,8 +87,8 @@ def create_history_app(settings: Settings) -> Any:
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         web_port=settings.history_port,
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
+        web_host=settings.history_host,
+        web_bind=settings.history_host,
         datadir=str(datadir),
         producer_acks=-1,
     )
