@@ -439,6 +439,17 @@ class SubscriptionCanceled(Event, tag="SubscriptionCanceled", frozen=True):
     command_id: str = ""  # the admin command that canceled it, if any
 
 
+class AccessShortened(Event, tag="AccessShortened", frozen=True):
+    """A stacked (future) period's payment was fully refunded: access ends that much sooner.
+    The window in force after it is [period_start, period_end)."""
+
+    payment_id: str
+    plan_id: str | None
+    period_start: int
+    period_end: int
+    reason: str
+
+
 class RenewalUpcoming(Event, tag="RenewalUpcoming", frozen=True):
     """Reminder, sent once per period, a few days before a renewal charge."""
 
@@ -503,6 +514,7 @@ AnyEvent = (
     | SubscriptionExpired
     | SubscriptionCanceled
     | RenewalUpcoming
+    | AccessShortened
     | PaymentSettleRequested
     | PaymentSettleRejected
     | PlanChangeScheduled

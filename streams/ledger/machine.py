@@ -19,6 +19,7 @@ import msgspec
 from schemas.ids import derived_id, event_id_for
 from schemas.messages import (
     TERMINAL_PAYMENT_STATUSES,
+    AccessShortened,
     AdminActionRejected,
     AdminAdjust,
     AnyCommand,
@@ -576,6 +577,23 @@ def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
         # The current period's payment is fully refunded: access ends at once.
         em.emit(
             SubscriptionCanceled, payment_id=pay.payment_id, reason="refunded", access_until=em.now
+        )
+    elif (
+        fully
+        and pay.period_start is not None
+        and pay.period_end is not None
+        and pay.period_start > em.now
+        and state.period_end is not None
+        and state.status in ("active", "past_due")
+    ):
+        # A stacked future period was refunded: it is taken out of the access window.
+        em.emit(
+            AccessShortened,
+            payment_id=pay.payment_id,
+            plan_id=state.plan_id,
+            period_start=state.period_start or em.now,
+            period_end=state.period_end - (pay.period_end - pay.period_start),
+            reason="refunded",
         )
 
 
@@ -1154,6 +1172,8 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         new["auto_renew"] = event.enabled
     elif isinstance(event, RenewalUpcoming):
         new["reminded_for"] = event.period_end
+    elif isinstance(event, AccessShortened):
+        new["period_end"] = event.period_end
     elif isinstance(event, PlanChangeScheduled):
         new.update(
             renew_plan_id=event.plan_id,

@@ -11,6 +11,7 @@ from typing import Any
 from schemas import notifications as contract
 from schemas.ids import derived_id
 from schemas.messages import (
+    AccessShortened,
     AnyEvent,
     PaymentCanceled,
     PaymentSucceeded,
@@ -35,6 +36,7 @@ _RELEVANT = tuple(
         "RenewalUpcoming",
         "SubscriptionActivated",
         "PeriodAdjusted",
+        "AccessShortened",
         "SubscriptionPastDue",
         "SubscriptionExpired",
         "SubscriptionCanceled",
@@ -90,6 +92,8 @@ def derive(event: AnyEvent) -> list[Notification | Entitlement]:
                 period_end=event.period_end,
             )
         ]
+    if isinstance(event, AccessShortened):
+        return [entitlement("granted", plan_id=event.plan_id, until=event.period_end)]
     if isinstance(event, SubscriptionActivated | PeriodAdjusted):
         return [entitlement("granted", plan_id=event.plan_id, until=event.period_end)]
     if isinstance(event, SubscriptionPastDue):

@@ -27,6 +27,7 @@ import msgspec
 from billing.clickhouse import ClickHouse
 from schemas.clickhouse import COLUMNS, EVENT_TABLES
 from schemas.messages import (
+    AccessShortened,
     AdminActionRejected,
     AutoRenewChanged,
     Event,
@@ -400,6 +401,26 @@ def _subscription_activated(e: SubscriptionActivated) -> Iterable[tuple[str, Row
                 plan_id=e.plan_id,
                 period_start=e.period_start,
                 period_end=e.period_end,
+            ),
+        ),
+    )
+
+
+@maps(AccessShortened)
+def _access_shortened(e: AccessShortened) -> Iterable[tuple[str, Row]]:
+    return (
+        (
+            "subscription_periods",
+            access_row(
+                e,
+                change="shortened",
+                access_from=e.period_start,
+                access_until=e.period_end,
+                payment_id=e.payment_id,
+                plan_id=e.plan_id,
+                period_start=e.period_start,
+                period_end=e.period_end,
+                reason=e.reason,
             ),
         ),
     )

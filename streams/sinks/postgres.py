@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from schemas.messages import (
+    AccessShortened,
     AdminActionRejected,
     AnyEvent,
     AutoRenewChanged,
@@ -350,6 +351,8 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 event,
             )
         ]
+    if isinstance(event, AccessShortened):
+        return [_sub("period_end = %s", (_ts(event.period_end),), event)]
     if isinstance(event, PlanChangeScheduled):
         return [
             _sub("next_plan_id = %s", (event.plan_id,), event),

@@ -26,6 +26,7 @@ from schemas.clickhouse import (
     MIGRATIONS,
 )
 from schemas.messages import (
+    AccessShortened,
     AdminActionRejected,
     AnyEvent,
     AutoRenewChanged,
@@ -238,6 +239,25 @@ CASES: list[tuple[Any, str, dict[str, Any]]] = [
         ),
         "subscription_periods",
         {"change": "activated", "access_from": T0, "access_until": T0 + 20},
+    ),
+    (
+        ev(
+            AccessShortened,
+            40,
+            payment_id="pay-2",
+            plan_id="basic",
+            period_start=T0,
+            period_end=T0 + 10,
+            reason="refunded",
+        ),
+        "subscription_periods",
+        {
+            "change": "shortened",
+            "payment_id": "pay-2",
+            "plan_id": "basic",
+            "access_from": T0,
+            "access_until": T0 + 10,
+        },
     ),
     (
         ev(

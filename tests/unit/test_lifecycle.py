@@ -755,3 +755,33 @@ def test_reconciliation_corrects_a_terminal_refund_without_double_counting() -> 
 def test_an_admin_action_without_a_subscription_is_answered() -> None:
     d = decide(None, admin("extend", T0, days=3), POLICY)
     assert [type(e).__name__ for e in d.events] == ["AdminActionRejected"]
+
+
+def test_refunding_a_stacked_future_period_takes_it_out_of_access() -> None:
+    state, _ = apply(
+        active(), [pay("k2", at=T0 + 2_000), observed("succeeded", "k2", at=T0 + 3_000)]
+    )
+    two_months = state.period_end
+    assert two_months == period_end_ms(PERIOD_END, 1)
+    second = RefundPayment(
+        command_id=derived_id(SUB, "refund-second"),
+        subscription_id=SUB,
+        issued_at=T0 + 4_000,
+        user_id=USER,
+        refund_id=derived_id(SUB, "refund-second-id"),
+        payment_id=pid("k2"),
+    )
+    seen = RefundObserved(
+        observation_id=observation_id_for("r-second", "succeeded"),
+        subscription_id=SUB,
+        observed_at=T0 + 5_000,
+        source="gateway",
+        refund_id=second.refund_id,
+        payment_id=pid("k2"),
+        provider_refund_id="r-second",
+        status="succeeded",
+        amount=PRICE,
+    )
+    state, types = apply(state, [second, seen])
+    assert types == ["RefundRequested", "RefundSucceeded", "AccessShortened"]
+    assert state.status == "active" and state.period_end == PERIOD_END

@@ -1,0 +1,394 @@
+"""Reconcile agent: thin glue around the pure matcher (``reconciler.matcher``).
+
+Consumes ``billing.provider-report``, co-partitioned with billing.commands: a line keyed by
+its subscription id arrives on the partition whose ledger state this worker holds, so each
+line is matched (``match_line``) against ``ledger_table.get(subscription_id)`` as it is now.
+The end-of-report marker of a partition runs ``end_of_report`` over every subscription of
+that partition in the table (what the ledger has in the window that the provider never
+reported), then the partition is recorded done; the agent that records the last partition of
+a run finishes it (summary from the stored items).
+
+Items go to PostgreSQL (``reconciler.store``: upserts keyed across runs); repairs are
+published where the ledger takes them: ``apply_provider_status`` as the item's observation
+(``source="reconciliation"``) on billing.provider-events, ``refund_later_duplicate`` as a
+``RefundPayment`` command on billing.commands (``actor="reconciler"``), both keyed by the
+subscription. Items are written before repairs are sent, and Faust flushes sends before it
+commits the input offset, so a crash replays at most, and a replay is harmless: items are
+upserts, observation ids and refund keys are derived from the provider object, the refund's
+command id from the refund key, whatever the run.
+
+What a run has seen of a subscription (``SubscriptionRun``) is kept in memory, per (run,
+key). A worker that takes a partition over mid-run (a crash, a rebalance) lacks the memory of
+the lines processed before it: the marker's ``lines_sent`` tells, and such a partition is
+recorded done but not ``complete`` (no end-of-report items, which would wrongly call every
+ledger item its predecessor accounted for "missing"); the run ends ``incomplete`` and is run
+again (re-runs add nothing twice).
+
+The nightly schedule: a Faust crontab (``BILLING_RECON_CRON`` in ``BILLING_RECON_TIMEZONE``)
+on the leader starts yesterday's run from the provider's list API (``reconciler.feed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from reconciler import store
+from reconciler.feed import ReconSettings, run_nightly
+from reconciler.matcher import MatchConfig, MatchItem, SubscriptionRun, end_of_report, match_line
+from reconciler.report import ReportLine
+from schemas import topics as topic_names
+from schemas.ids import derived_id
+from schemas.messages import DecodeError, RefundPayment, ValidationError, encode
+from schemas.periods import now_ms
+from schemas.recon import (
+    EndOfReport,
+    ReportEnvelope,
+    decode_report_message,
+    line_key,
+    message_key,
+)
+from schemas.state import SubscriptionState, decode_state
+from streams.ledger.agent import partition_for
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BATCH_SIZE = 500
+BATCH_WITHIN_S = 0.05
+MEMORY_TTL_S = 24 * 3600.0  # a run whose marker never came is forgotten after this
+DB_RETRY_MAX_S = 30.0
+DB_ATTEMPTS_ON_BUG = 3  # other errors than a lost connection: give up the batch after these
+
+
+# --------------------------------------------------------------------------- run memory
+@dataclass
+class _RunPart:
+    """One run on one partition, as far as this process has seen it."""
+
+    lines: set[str] = field(default_factory=set)
+    touched: float = field(default_factory=time.monotonic)
+
+
+class RunMemory:
+    """The matcher's per-run memory in this process (no I/O)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.subs: dict[tuple[str, str], SubscriptionRun] = {}
+        self.parts: dict[tuple[str, int], _RunPart] = {}
+
+    def match(
+        self,
+        cfg: MatchConfig,
+        run_id: str,
+        partition: int,
+        line: ReportLine,
+        state: SubscriptionState | None,
+    ) -> MatchItem | None:
+        """Classify one line; None for a line this process already classified in this run."""
+        key = (run_id, message_key(line).decode())
+        item, self.subs[key] = match_line(state, line, cfg, self.subs.get(key))
+        part = self.parts.setdefault((run_id, partition), _RunPart())
+        part.lines.add(line_key(line))
+        part.touched = time.monotonic()
+        return item
+
+    def lines_seen(self, run_id: str, partition: int) -> int:
+        part = self.parts.get((run_id, partition))
+        return len(part.lines) if part else 0
+
+    def end(
+        self,
+        cfg: MatchConfig,
+        run_id: str,
+        partition: int,
+        states: Iterable[SubscriptionState],
+        lines_sent: int,
+    ) -> tuple[list[MatchItem], bool]:
+        """The ledger items of the partition's subscriptions that no line accounted for, and
+        whether this process saw every line of the partition (else no items: see module)."""
+        if self.lines_seen(run_id, partition) < lines_sent:
+            return [], False
+        items: list[MatchItem] = []
+        for state in states:
+            items.extend(end_of_report(state, cfg, self.subs.get((run_id, state.subscription_id))))
+        return items, True
+
+    def forget(self, run_id: str, partition: int) -> None:
+        self.parts.pop((run_id, partition), None)
+        for key in [
+            k
+            for k in self.subs
+            if k[0] == run_id and partition_for(k[1].encode(), self.partitions) == partition
+        ]:
+            del self.subs[key]
+
+    def evict(self, older_than_s: float = MEMORY_TTL_S) -> None:
+        """Forget runs untouched for long (their marker never came to this process)."""
+        limit = time.monotonic() - older_than_s
+        stale = {run for (run, _p), part in self.parts.items() if part.touched < limit}
+        if not stale:
+            return
+        self.parts = {k: v for k, v in self.parts.items() if k[0] not in stale}
+        self.subs = {k: v for k, v in self.subs.items() if k[0] not in stale}
+
+
+# ------------------------------------------------------------------------------ repairs
+@dataclass(frozen=True)
+class Repair:
+    topic: str  # schemas.topics name
+    key: bytes
+    value: bytes
+
+
+def repair_for(item: MatchItem, state: SubscriptionState | None, now: int) -> Repair | None:
+    """The message that carries out an item's repair, or None (nothing to do, escalated)."""
+    if item.subscription_id is None:
+        return None
+    key = item.subscription_id.encode()
+    if item.repair == "apply_provider_status" and item.observation is not None:
+        return Repair(topic_names.PROVIDER_EVENTS, key, encode(item.observation))
+    if item.repair == "refund_later_duplicate":
+        if (
+            state is None
+            or item.refund_key is None
+            or item.payment_id is None
+            or item.theirs_amount is None
+        ):
+            return None
+        command = RefundPayment(
+            command_id=derived_id(item.refund_key, "reconciliation-refund"),
+            subscription_id=item.subscription_id,
+            issued_at=now,
+            user_id=state.user_id,
+            refund_id=item.refund_key,
+            payment_id=item.payment_id,
+            amount=item.theirs_amount,
+            reason=f"duplicate charge {item.provider_id} (reconciliation)",
+            actor=store.RECONCILER_ACTOR,
+            duplicate_of_provider_id=item.provider_id,
+        )
+        return Repair(topic_names.COMMANDS, key, encode(command))
+    return None
+
+
+# -------------------------------------------------------------------------------- agent
+class Reconciler:
+    """The agent's work on one batch of report messages, with its I/O injected: the ledger
+    table (``get``/``items``), a send per repair topic, and a connection pool."""
+
+    def __init__(
+        self,
+        ledger_table: Any,
+        send: Callable[[str, bytes, bytes], Awaitable[Any]],
+        pool: Callable[[], Awaitable[AsyncConnectionPool[Any]]],
+        partitions: int,
+    ) -> None:
+        self.table = ledger_table
+        self.send = send
+        self.pool = pool
+        self.partitions = partitions
+        self.memory = RunMemory(partitions)
+        self.runs: dict[str, store.RunSpec | None] = {}
+        self.lines_matched = 0  # this process, all runs (for figures)
+
+    def _state(self, key: bytes) -> SubscriptionState | None:
+        raw = self.table.get(key)
+        return decode_state(raw) if raw is not None else None
+
+    async def _db(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(conn)``; a lost database is waited for (nothing may be skipped), any
+        other error is retried a few times and then raised."""
+        delay, failures = 0.2, 0
+        while True:
+            try:
+                pool = await self.pool()
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("reconcile: %s: database unavailable (%s); retrying", what, exc)
+            except Exception as exc:
+                failures += 1
+                if failures >= DB_ATTEMPTS_ON_BUG:
+                    raise
+                log.warning("reconcile: %s failed (%r); retrying", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX_S)
+
+    async def _run(self, run_id: str) -> store.RunSpec | None:
+        if run_id not in self.runs:
+            spec = await self._db("load run", lambda c: store.load_run(c, run_id))
+            if spec is None:
+                log.error("reconcile: report for unknown run %s; its lines are skipped", run_id)
+            self.runs[run_id] = spec
+        return self.runs[run_id]
+
+    async def handle(self, messages: Sequence[tuple[int, bytes]]) -> None:
+        """Process ``(partition, value)`` report messages in order."""
+        found: list[tuple[str, int, MatchItem]] = []
+        repairs: list[Repair] = []
+        now = now_ms()
+        for partition, value in messages:
+            try:
+                msg = decode_report_message(value)
+            except (DecodeError, ValidationError) as exc:
+                log.error("reconcile: undecodable report message on %s: %s", partition, exc)
+                continue
+            spec = await self._run(msg.run_id)
+            if spec is None:
+                continue
+            if isinstance(msg, ReportEnvelope):
+                line = msg.line
+                sub = line.subscription_id
+                state = self._state(sub.encode()) if sub else None
+                if state is not None and state.subscription_id != sub:
+                    state = None  # never for a well-keyed table; the matcher would refuse
+                item = self.memory.match(spec.match_config(), spec.run_id, partition, line, state)
+                self.lines_matched += 1
+                if item is not None:
+                    found.append((spec.run_id, partition, item))
+                    repair = repair_for(item, state, now)
+                    if repair is not None:
+                        repairs.append(repair)
+            elif isinstance(msg, EndOfReport):
+                await self._flush(found, repairs)
+                found, repairs = [], []
+                await self._end(spec, msg, now)
+        await self._flush(found, repairs)
+        self.memory.evict()
+
+    async def _flush(self, found: list[tuple[str, int, MatchItem]], repairs: list[Repair]) -> None:
+        if found:
+            by_run: dict[str, list[tuple[int, MatchItem]]] = {}
+            for run_id, partition, item in found:
+                by_run.setdefault(run_id, []).append((partition, item))
+            at = now_ms()
+            for run_id, items in by_run.items():
+                await self._record(run_id, items, at)
+        for repair in repairs:
+            await self.send(repair.topic, repair.key, repair.value)
+
+    async def _record(self, run_id: str, items: list[tuple[int, MatchItem]], at: int) -> None:
+        await self._db("record items", lambda c: store.record_items(c, run_id, items, at))
+
+    def _partition_states(self, partition: int) -> list[SubscriptionState]:
+        states = []
+        for key, raw in list(self.table.items()):
+            if raw is None or partition_for(key, self.partitions) != partition:
+                continue
+            states.append(decode_state(raw))
+        return states
+
+    async def _end(self, spec: store.RunSpec, marker: EndOfReport, now: int) -> None:
+        run_id, partition = spec.run_id, marker.partition
+        states = self._partition_states(partition)
+        items, complete = self.memory.end(
+            spec.match_config(), run_id, partition, states, marker.lines_sent
+        )
+        seen = self.memory.lines_seen(run_id, partition)
+        if not complete:
+            log.warning(
+                "reconcile: run %s partition %d: saw %d of %d lines (taken over mid-run);"
+                " partition incomplete, run the window again",
+                run_id,
+                partition,
+                seen,
+                marker.lines_sent,
+            )
+        by_sub = {s.subscription_id: s for s in states}
+        repairs = [
+            r
+            for r in (repair_for(i, by_sub.get(i.subscription_id or ""), now) for i in items)
+            if r is not None
+        ]
+        await self._flush([(run_id, partition, i) for i in items], repairs)
+        at = now_ms()
+
+        async def done(conn: Any) -> bool:
+            await store.mark_partition_done(
+                conn,
+                run_id,
+                partition,
+                lines_sent=marker.lines_sent,
+                lines_matched=seen,
+                complete=complete,
+                items=len(items),
+                at=at,
+            )
+            return await store.finish_if_complete(conn, run_id, at)
+
+        if await self._db("partition done", done):
+            log.info("reconcile: run %s finished", run_id)
+        self.memory.forget(run_id, partition)
+
+
+def register_reconciler(
+    app: Any,
+    topics: Topics,
+    ledger_table: Any,
+    settings: Any,
+    dsn: str,
+    *,
+    report_topic: Any = None,
+    nightly: bool | None = None,
+) -> Any:
+    """The reconcile agent on ``billing.provider-report`` (declared here unless given), reading
+    ``ledger_table`` (the ledger agent's state table, co-partitioned), writing to PostgreSQL
+    at ``dsn``; and, unless disabled (``BILLING_RECON_NIGHTLY``), the nightly crontab."""
+    partitions = int(settings.kafka_partitions)
+    report = report_topic or app.topic(
+        topic_names.PROVIDER_REPORT,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=False,
+    )
+    targets = {
+        topic_names.PROVIDER_EVENTS: topics.provider_events,
+        topic_names.COMMANDS: topics.commands,
+    }
+    pool: list[AsyncConnectionPool[Any]] = []
+
+    async def get_pool() -> AsyncConnectionPool[Any]:
+        if not pool:
+            p: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+            )
+            await p.open(wait=True, timeout=30)
+            pool.append(p)
+        return pool[0]
+
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
+        return await targets[topic].send(key=key, value=value)
+
+    worker = Reconciler(ledger_table, send, get_pool, partitions)
+    app.billing_reconciler = worker  # figures and tests
+
+    @app.agent(report, name="reconcile")
+    async def reconcile(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+            await worker.handle([(e.message.partition, e.value) for e in events])
+
+    cfg = ReconSettings.of(settings)
+    if cfg.nightly if nightly is None else nightly:
+
+        @app.crontab(cfg.cron, timezone=cfg.zone(), on_leader=True)
+        async def nightly_reconciliation() -> None:
+            try:
+                await run_nightly(settings, dsn)
+            except Exception:
+                log.exception("nightly reconciliation failed")
+
+    return reconcile
