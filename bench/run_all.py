@@ -1,5 +1,6 @@
 """Run every benchmark, one at a time, and print a summary table: ``make bench`` or
-``python -m bench.run_all [--quick] [--only machine,transport,e2e_latency,api_intake]``.
+``python -m bench.run_all [--quick] [--only machine,transport,e2e_latency,api_intake,clickhouse]``
+(clickhouse is bench/bench_clickhouse.py, run in a process of its own).
 
 Each benchmark is also runnable alone (``python -m bench.<name> --help``). Figures are ratios
 against a baseline measured in the same run; absolute numbers depend on the machine and on
@@ -9,13 +10,16 @@ whatever else runs on it (the load average is printed with each benchmark).
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
 
-from bench.common import Result, Row, log, machine_line, print_result, ratio, table
+from bench.common import REPO, Result, Row, log, machine_line, print_result, ratio, table
 
-BENCHES = ("machine", "transport", "e2e_latency", "api_intake")
+BENCHES = ("machine", "transport", "e2e_latency", "api_intake", "clickhouse")
 
 
 # Headline figures for the summary, per benchmark.
@@ -28,6 +32,8 @@ def _headline(bench: str, name: str) -> bool:
         return "peak RSS" not in name or "worker" in name
     if bench == "api_intake":
         return name.endswith(("p50", "p99", "achieved", "errors"))
+    if bench == "clickhouse":
+        return "baseline" not in name
     return True
 
 
@@ -54,7 +60,46 @@ def _runner(name: str, quick: bool) -> Callable[[], Result]:
         if quick:
             return lambda: api_intake.run(rate=500, seconds=5, low_rate=100)
         return lambda: api_intake.run(rate=500, seconds=15, low_rate=100)
+    if name == "clickhouse":
+        args = ["--events", "20000", "--history", "1000000"] if quick else []
+        return lambda: clickhouse(args)
     raise ValueError(name)
+
+
+def clickhouse(args: list[str]) -> Result:
+    """bench/bench_clickhouse.py (the history store's benchmark) in a process of its own:
+    chdb allows one data directory per process. Its JSON rows become this table's rows."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_clickhouse", "--json", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr[-2000:]
+        raise RuntimeError(f"bench.bench_clickhouse exited {proc.returncode}: {tail}")
+    data = json.loads(proc.stdout[proc.stdout.index("{") :])
+    result = Result("clickhouse")
+    for r in data["rows"]:
+        note = r.get("note") or ""
+        if r.get("cpu_s") is not None:
+            note = f"cpu {r['cpu_s']:.2f} s" + (f", {note}" if note else "")
+        result.add(
+            r["name"],
+            float(r["value"]),
+            r["unit"],
+            ratio=r.get("ratio"),
+            baseline=r.get("vs") or "",
+            note=note,
+        )
+    load = data.get("load")
+    load_text = f"{load:.2f}" if isinstance(load, int | float) else "n/a"
+    result.notes.append(f"bench/bench_clickhouse.py; 1-min load average at start {load_text}")
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def headline_rows(results: dict[str, Result]) -> list[Row]:
