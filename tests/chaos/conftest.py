@@ -52,8 +52,10 @@ def chaos_stack(
                 f"\nchaos seed={chaos_seed} (replay: BILLING_CHAOS_SEED={chaos_seed}"
                 " .venv/bin/python -m pytest tests/chaos)"
             )
+        root = tmp_path / f"stack-{len(made)}"
+        root.mkdir()
         stack = Stack(
-            tmp_path / f"stack-{len(made)}",
+            root,
             fresh_database("chaos"),
             workers=workers,
             extra_env=CHAOS_ENV,
@@ -64,4 +66,7 @@ def chaos_stack(
 
     yield make
     for stack in made:
+        # The run is over: no need to wait out a worker's graceful stop (it can hang).
+        for w in stack.workers:
+            w.kill()
         stack.stop()
