@@ -313,22 +313,38 @@ async def run_report(
                 lag_ms=request.lag_ms,
                 progress=progress.fetching,
             )
-        partitions = await report_partitions(producer, topic)
-        planned, dropped = plan(lines, partitions)
-        if dropped:
-            log.warning("run %s: %d repeated report lines sent once", run.run_id, dropped)
-        await store.start_feeding(conn, run.run_id, lines=len(planned), partitions=partitions)
-        if progress.publishing:
-            progress.publishing(len(planned))
-        per_partition = await publish_report(
-            producer, run.run_id, planned, partitions, topic=topic, progress=progress.sent
-        )
-        await store.mark_fed(conn, run.run_id, now_ms())
+        result = await publish_run(conn, producer, run, lines, topic=topic, progress=progress)
     except Exception as exc:
         await store.fail_run(conn, run.run_id, f"{type(exc).__name__}: {exc}", now_ms())
         if isinstance(exc, FeedError | ReportError):
             raise
         raise FeedError(f"{type(exc).__name__}: {exc}") from exc
+    return result
+
+
+async def publish_run(
+    conn: AsyncConnection[Any],
+    producer: Any,
+    run: store.RunSpec,
+    lines: Iterable[ReportLine],
+    *,
+    topic: str = topic_names.PROVIDER_REPORT,
+    progress: FeedProgress | None = None,
+) -> FeedResult:
+    """Publish the report of a recorded run: its size first (so the agent that ends the last
+    partition can finish the run), then lines and markers, then the run is ``matching``."""
+    progress = progress or FeedProgress()
+    partitions = await report_partitions(producer, topic)
+    planned, dropped = plan(lines, partitions)
+    if dropped:
+        log.warning("run %s: %d repeated report lines sent once", run.run_id, dropped)
+    await store.start_feeding(conn, run.run_id, lines=len(planned), partitions=partitions)
+    if progress.publishing:
+        progress.publishing(len(planned))
+    per_partition = await publish_report(
+        producer, run.run_id, planned, partitions, topic=topic, progress=progress.sent
+    )
+    await store.mark_fed(conn, run.run_id, now_ms())
     return FeedResult(run=run, lines=len(planned), per_partition=per_partition, dropped=dropped)
 
 

@@ -314,17 +314,27 @@ async def fail_run(conn: AsyncConnection[Any], run_id: str, error: str, at: int)
 
 
 # ------------------------------------------------------------------------------- items
-_UPSERT_ITEM = """
+# One statement per batch: the rows travel as one JSON array (jsonb_to_recordset), which is
+# several times faster than a statement per item at the agent's batch sizes.
+_ROWS = """jsonb_to_recordset(%s::jsonb) AS x(key text, object text, ident text, kind text,
+    discrepancy boolean, subscription_id text, payment_id text, refund_id text,
+    provider_id text, ours_status text, theirs_status text, ours_minor bigint,
+    ours_currency text, theirs_minor bigint, theirs_currency text, repair text,
+    refund_key text, detail text, run_id uuid, at timestamptz, repaired_at timestamptz,
+    resolution text, resolved_by text, partition integer, item jsonb)"""
+
+_UPSERT_ITEMS = f"""
 INSERT INTO recon_items AS i (item_key, object, ident, kind, discrepancy, subscription_id,
     payment_id, refund_id, provider_id, ours_status, theirs_status, ours_amount_minor,
     ours_currency, theirs_amount_minor, theirs_currency, repair, refund_key, detail,
     first_run_id, last_run_id, first_seen_at, last_seen_at, repaired_at, resolution,
     resolved_by, resolved_at)
-VALUES (%(key)s, %(object)s, %(ident)s, %(kind)s, %(discrepancy)s, %(subscription_id)s,
-    %(payment_id)s, %(refund_id)s, %(provider_id)s, %(ours_status)s, %(theirs_status)s,
-    %(ours_minor)s, %(ours_currency)s, %(theirs_minor)s, %(theirs_currency)s, %(repair)s,
-    %(refund_key)s, %(detail)s, %(run_id)s, %(run_id)s, %(at)s, %(at)s, %(repaired_at)s,
-    %(resolution)s, %(resolved_by)s, %(repaired_at)s)
+SELECT key, object, ident, kind, discrepancy, subscription_id, payment_id, refund_id,
+    provider_id, ours_status, theirs_status, ours_minor, ours_currency, theirs_minor,
+    theirs_currency, repair, refund_key, detail, run_id, run_id, at, at, repaired_at,
+    resolution, resolved_by, repaired_at
+FROM {_ROWS}
+ORDER BY key
 ON CONFLICT (item_key) DO UPDATE SET
     subscription_id = COALESCE(EXCLUDED.subscription_id, i.subscription_id),
     payment_id = COALESCE(EXCLUDED.payment_id, i.payment_id),
@@ -356,43 +366,73 @@ ON CONFLICT (item_key) DO UPDATE SET
         ELSE i.resolved_at END
 """
 
-_LINK_ITEM = """
+_LINK_ITEMS = f"""
 INSERT INTO recon_run_items (run_id, item_key, partition, kind, item)
-VALUES (%(run_id)s, %(key)s, %(partition)s, %(kind)s, %(item)s::jsonb)
+SELECT run_id, key, partition, kind, item FROM {_ROWS}
 ON CONFLICT (run_id, item_key) DO UPDATE SET item = EXCLUDED.item, kind = EXCLUDED.kind
 """
 
 
-def _item_params(run_id: str, partition: int, item: MatchItem, at: int) -> dict[str, Any]:
+class _Row(msgspec.Struct, kw_only=True):
+    """One item as a row of ``_ROWS``."""
+
+    key: str
+    object: str
+    ident: str
+    kind: str
+    discrepancy: bool
+    subscription_id: str | None
+    payment_id: str | None
+    refund_id: str | None
+    provider_id: str | None
+    ours_status: str | None
+    theirs_status: str | None
+    ours_minor: int | None
+    ours_currency: str | None
+    theirs_minor: int | None
+    theirs_currency: str | None
+    repair: str
+    refund_key: str | None
+    detail: str
+    run_id: str
+    at: datetime
+    repaired_at: datetime | None
+    resolution: str | None
+    resolved_by: str | None
+    partition: int
+    item: MatchItem
+
+
+def _row(run_id: str, partition: int, item: MatchItem, at: datetime) -> _Row:
     auto = item.discrepancy and item.repair in AUTO_REPAIRS
-    when = ms_to_dt(at)
-    return {
-        "key": item_key(item),
-        "object": item.object,
-        "ident": item_ident(item),
-        "kind": item.kind,
-        "discrepancy": item.discrepancy,
-        "subscription_id": item.subscription_id,
-        "payment_id": item.payment_id,
-        "refund_id": item.refund_id,
-        "provider_id": item.provider_id,
-        "ours_status": item.ours_status,
-        "theirs_status": item.theirs_status,
-        "ours_minor": item.ours_amount.amount_minor if item.ours_amount else None,
-        "ours_currency": item.ours_amount.currency if item.ours_amount else None,
-        "theirs_minor": item.theirs_amount.amount_minor if item.theirs_amount else None,
-        "theirs_currency": item.theirs_amount.currency if item.theirs_amount else None,
-        "repair": item.repair,
-        "refund_key": item.refund_key,
-        "detail": item.detail,
-        "run_id": run_id,
-        "at": when,
-        "repaired_at": when if auto else None,
-        "resolution": "repaired" if auto else None,
-        "resolved_by": RECONCILER_ACTOR if auto else None,
-        "partition": partition,
-        "item": _item_encoder.encode(item).decode(),
-    }
+    ours, theirs = item.ours_amount, item.theirs_amount
+    return _Row(
+        key=item_key(item),
+        object=item.object,
+        ident=item_ident(item),
+        kind=item.kind,
+        discrepancy=item.discrepancy,
+        subscription_id=item.subscription_id,
+        payment_id=item.payment_id,
+        refund_id=item.refund_id,
+        provider_id=item.provider_id,
+        ours_status=item.ours_status,
+        theirs_status=item.theirs_status,
+        ours_minor=ours.amount_minor if ours else None,
+        ours_currency=ours.currency if ours else None,
+        theirs_minor=theirs.amount_minor if theirs else None,
+        theirs_currency=theirs.currency if theirs else None,
+        repair=item.repair,
+        refund_key=item.refund_key,
+        detail=item.detail,
+        run_id=run_id,
+        at=at,
+        repaired_at=at if auto else None,
+        resolution="repaired" if auto else None,
+        resolved_by=RECONCILER_ACTOR if auto else None,
+        partition=partition,
+        item=item,
+    )
 
 
 async def record_items(
@@ -405,12 +445,17 @@ async def record_items(
     in one transaction. Recording the same items again changes nothing but "last seen"."""
     if not items:
         return
-    params = [_item_params(run_id, partition, item, at) for partition, item in items]
-    # Lock order by key: two workers recording overlapping items cannot deadlock.
-    params.sort(key=lambda p: str(p["key"]))
-    async with conn.transaction(), conn.cursor() as cur:
-        await cur.executemany(_UPSERT_ITEM, params)
-        await cur.executemany(_LINK_ITEM, params)
+    when = ms_to_dt(at)
+    rows: dict[str, _Row] = {}
+    for partition, item in items:
+        row = _row(run_id, partition, item, when)
+        rows[row.key] = row  # one row per key and statement (ON CONFLICT needs it)
+    # Rows in key order (ORDER BY key): two workers upserting overlapping items lock them in
+    # the same order, so they cannot deadlock.
+    payload = _item_encoder.encode(list(rows.values())).decode()
+    async with conn.transaction():
+        await conn.execute(_UPSERT_ITEMS, (payload,))
+        await conn.execute(_LINK_ITEMS, (payload,))
 
 
 async def mark_partition_done(

@@ -76,14 +76,14 @@ class _RunPart:
     """One run on one partition, as far as this process has seen it."""
 
     lines: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)  # memory keys (subscriptions) of the part
     touched: float = field(default_factory=time.monotonic)
 
 
 class RunMemory:
     """The matcher's per-run memory in this process (no I/O)."""
 
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
+    def __init__(self) -> None:
         self.subs: dict[tuple[str, str], SubscriptionRun] = {}
         self.parts: dict[tuple[str, int], _RunPart] = {}
 
@@ -100,6 +100,7 @@ class RunMemory:
         item, self.subs[key] = match_line(state, line, cfg, self.subs.get(key))
         part = self.parts.setdefault((run_id, partition), _RunPart())
         part.lines.add(line_key(line))
+        part.keys.add(key[1])
         part.touched = time.monotonic()
         return item
 
@@ -125,13 +126,9 @@ class RunMemory:
         return items, True
 
     def forget(self, run_id: str, partition: int) -> None:
-        self.parts.pop((run_id, partition), None)
-        for key in [
-            k
-            for k in self.subs
-            if k[0] == run_id and partition_for(k[1].encode(), self.partitions) == partition
-        ]:
-            del self.subs[key]
+        part = self.parts.pop((run_id, partition), None)
+        for key in part.keys if part else ():
+            self.subs.pop((run_id, key), None)
 
     def evict(self, older_than_s: float = MEMORY_TTL_S) -> None:
         """Forget runs untouched for long (their marker never came to this process)."""
@@ -198,7 +195,8 @@ class Reconciler:
         self.send = send
         self.pool = pool
         self.partitions = partitions
-        self.memory = RunMemory(partitions)
+        self.memory = RunMemory()
+        self._partition_of: dict[bytes, int] = {}  # murmur2 in Python is slow: once per key
         self.runs: dict[str, store.RunSpec | None] = {}
         self.lines_matched = 0  # this process, all runs (for figures)
 
@@ -282,11 +280,15 @@ class Reconciler:
         await self._db("record items", lambda c: store.record_items(c, run_id, items, at))
 
     def _partition_states(self, partition: int) -> list[SubscriptionState]:
+        """The ledger states of the subscriptions of ``partition`` held here."""
         states = []
+        cache = self._partition_of
         for key, raw in list(self.table.items()):
-            if raw is None or partition_for(key, self.partitions) != partition:
-                continue
-            states.append(decode_state(raw))
+            p = cache.get(key)
+            if p is None:
+                p = cache[key] = partition_for(key, self.partitions)
+            if raw is not None and p == partition:
+                states.append(decode_state(raw))
         return states
 
     async def _end(self, spec: store.RunSpec, marker: EndOfReport, now: int) -> None:
