@@ -221,7 +221,7 @@ def engine_now() -> datetime:
 _SUBSCRIPTION_SELECT = """
 SELECT s.subscription_id::text, s.user_id, s.status, s.plan_id, p.name AS plan_name,
        s.period_start, s.period_end, s.updated_at, s.auto_renew, s.status_reason,
-       s.next_retry_at, s.next_plan_id, s.version,
+       s.next_retry_at, s.next_plan_id, s.version, s.payment_method_saved,
        (s.status = 'active' AND s.period_end > %s) AS active,
        cur.amount_minor AS plan_amount_minor, cur.currency AS plan_currency,
        nxt.amount_minor AS next_amount_minor, nxt.currency AS next_currency
@@ -241,9 +241,12 @@ LEFT JOIN LATERAL (
 def next_charge_at(row: dict[str, Any], renew_lead: timedelta) -> datetime | None:
     """When the ledger will next try to charge, as far as the read model can tell: the
     dunning retry if one is scheduled, else the renewal lead before the period end; nothing
-    without auto-renewal. The read model does not know whether a card is saved (without one
-    the subscription expires instead)."""
-    if not row["auto_renew"] or row["status"] not in ("active", "past_due"):
+    without auto-renewal or a saved payment method (the subscription then expires)."""
+    if (
+        not row["auto_renew"]
+        or not row.get("payment_method_saved", True)
+        or row["status"] not in ("active", "past_due")
+    ):
         return None
     if row["next_retry_at"] is not None:
         retry: datetime = row["next_retry_at"]

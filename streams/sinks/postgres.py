@@ -170,6 +170,17 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 " AND status IN ('accepted', 'processing')",
                 (event.command_id,),
             ),
+            *(
+                [
+                    (
+                        "UPDATE subscriptions SET payment_method_saved = true"
+                        " WHERE subscription_id = %s",
+                        (sub,),
+                    )
+                ]
+                if event.payment_method_id
+                else []
+            ),
         ]
     if isinstance(event, PaymentCanceled):
         return [

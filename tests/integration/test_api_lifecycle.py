@@ -570,8 +570,8 @@ async def seed_subscription(
     async with api.pool.connection() as conn:
         await conn.execute(
             "INSERT INTO subscriptions (subscription_id, user_id, status, plan_id, period_start,"
-            " period_end, version, updated_at, auto_renew, next_retry_at, next_plan_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, 1, now(), %s, %s, %s)",
+            " period_end, version, updated_at, auto_renew, next_retry_at, next_plan_id,"
+            " payment_method_saved) VALUES (%s, %s, %s, %s, %s, %s, 1, now(), %s, %s, %s, true)",
             (
                 subscription_id_for(user),
                 user,
