@@ -1,0 +1,212 @@
+"""Pure parts of the reconciliation service: the report contracts, the agent's run memory
+(and its refusal to judge a partition it did not see whole), the repair messages, the CLI's
+input checks and the nightly window."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from reconciler import cli
+from reconciler.feed import FeedError, ReconSettings, nightly_window
+from reconciler.matcher import MatchConfig, duplicate_refund_key, reconcile
+from reconciler.report import PaymentLine, report_order
+from schemas import topics
+from schemas.ids import derived_id
+from schemas.messages import PaymentObserved, RefundPayment, decode_command, decode_provider_event
+from schemas.money import Money
+from schemas.periods import dt_to_ms
+from schemas.recon import (
+    EndOfReport,
+    ReportEnvelope,
+    decode_report_message,
+    encode_report_message,
+    line_key,
+    message_key,
+)
+from schemas.state import SubscriptionState
+from streams.reconcile.agent import RunMemory, repair_for
+from tests.integration.recon_support import HOUR, make_day, payment_line
+
+W0 = dt_to_ms(datetime(2026, 11, 24, tzinfo=UTC))
+
+
+# --------------------------------------------------------------------------- contracts
+def test_report_messages_round_trip() -> None:
+    line = payment_line("sub-1", "p1", "prov-1", "succeeded", W0)
+    env = ReportEnvelope(run_id="run", line=line)
+    assert decode_report_message(encode_report_message(env)) == env
+    end = EndOfReport(run_id="run", partition=2, lines_sent=9)
+    assert decode_report_message(encode_report_message(end)) == end
+    assert message_key(line) == b"sub-1"
+    stranger = PaymentLine(provider_payment_id="x", status="succeeded", amount=Money(1, "RUB"))
+    assert message_key(stranger) == b"payment:x" == line_key(stranger).encode()
+
+
+# --------------------------------------------------------------------------- run memory
+def feed_day(memory: RunMemory, skip: int = 0) -> tuple[Any, list[Any]]:
+    """All lines of a day through the memory, as one partition; the first ``skip`` lines
+    were seen by another process (a takeover)."""
+    day = make_day(W0)
+    states = {s.subscription_id: s for s in day.states}
+    items = []
+    for i, line in enumerate(sorted(day.lines, key=report_order)):
+        state = states.get(line.subscription_id or "")
+        if i < skip:
+            RunMemory().match(day.cfg, "run", 0, line, state)  # the predecessor's memory
+            continue
+        item = memory.match(day.cfg, "run", 0, line, state)
+        if item is not None:
+            items.append(item)
+    return day, items
+
+
+def test_streaming_memory_agrees_with_the_batch_matcher() -> None:
+    memory = RunMemory()
+    day, items = feed_day(memory)
+    end, complete = memory.end(day.cfg, "run", 0, day.states, len(day.lines))
+    assert complete
+    batch = reconcile(day.states, day.lines, day.cfg)
+    assert sorted(map(repr, items + end)) == sorted(map(repr, batch.items))
+    memory.forget("run", 0)
+    assert not memory.subs and not memory.parts
+
+
+def test_a_partition_not_seen_whole_has_no_end_of_report_items() -> None:
+    memory = RunMemory()
+    day, _ = feed_day(memory, skip=3)
+    end, complete = memory.end(day.cfg, "run", 0, day.states, len(day.lines))
+    assert (end, complete) == ([], False)
+    assert memory.lines_seen("run", 0) == len(day.lines) - 3
+
+
+def test_a_redelivered_line_counts_once() -> None:
+    memory = RunMemory()
+    day = make_day(W0, matched=1)
+    line = day.lines[0]
+    state = next(s for s in day.states if s.subscription_id == line.subscription_id)
+    assert memory.match(day.cfg, "run", 1, line, state) is not None
+    assert memory.match(day.cfg, "run", 1, line, state) is None
+    assert memory.lines_seen("run", 1) == 1
+
+
+def test_stale_runs_are_evicted() -> None:
+    memory = RunMemory()
+    feed_day(memory)
+    memory.evict(older_than_s=-1)
+    assert not memory.subs and not memory.parts
+
+
+# ------------------------------------------------------------------------------ repairs
+def test_repairs_are_derived_messages_keyed_by_subscription() -> None:
+    day = make_day(W0)
+    batch = reconcile(day.states, day.lines, day.cfg)
+    states = {s.subscription_id: s for s in day.states}
+    dup = next(i for i in batch.items if i.kind == "duplicate_charge")
+    state = states[dup.subscription_id or ""]
+    first = repair_for(dup, state, now=W0 + 25 * HOUR)
+    second = repair_for(dup, state, now=W0 + 49 * HOUR)  # another run, later
+    assert first is not None and second is not None
+    assert first.topic == topics.COMMANDS and first.key == (dup.subscription_id or "").encode()
+    cmd = decode_command(first.value)
+    assert isinstance(cmd, RefundPayment)
+    assert cmd.command_id == decode_command(second.value).command_id
+    assert cmd.refund_id == duplicate_refund_key(dup.provider_id or "")
+    assert cmd.command_id == derived_id(cmd.refund_id, "reconciliation-refund")
+    assert (cmd.duplicate_of_provider_id, cmd.amount, cmd.actor, cmd.user_id) == (
+        dup.provider_id,
+        dup.theirs_amount,
+        "reconciler",
+        state.user_id,
+    )
+    missed = next(i for i in batch.items if i.kind == "missing_internal" and i.repair != "escalate")
+    apply = repair_for(missed, states[missed.subscription_id or ""], now=0)
+    assert apply is not None and apply.topic == topics.PROVIDER_EVENTS
+    obs = decode_provider_event(apply.value)
+    assert isinstance(obs, PaymentObserved) and obs.source == "reconciliation"
+    for item in batch.items:
+        if item.repair in ("none", "escalate"):
+            assert repair_for(item, states.get(item.subscription_id or ""), now=0) is None
+
+
+def test_no_refund_command_without_a_ledger_state() -> None:
+    day = make_day(W0)
+    dup = next(i for i in reconcile(day.states, day.lines, day.cfg).items if i.refund_key)
+    assert repair_for(dup, None, now=0) is None
+    empty = SubscriptionState(subscription_id="s", user_id="u")
+    assert repair_for(dup, empty, now=0) is not None
+
+
+# ----------------------------------------------------------------------------------- CLI
+MSK = ZoneInfo("Europe/Moscow")
+
+
+def test_dates_are_midnights_in_the_zone_and_times_need_one() -> None:
+    assert cli.parse_when("2026-11-24", MSK) == dt_to_ms(datetime(2026, 11, 23, 21, tzinfo=UTC))
+    assert cli.parse_when("2026-11-24T00:00:00Z", MSK) == W0
+    assert cli.parse_when("2026-11-24T03:00:00+03:00", MSK) == W0
+    with pytest.raises(cli.UsageError, match="no time zone"):
+        cli.parse_when("2026-11-24T00:00:00", MSK)
+    with pytest.raises(cli.UsageError, match="neither a date"):
+        cli.parse_when("yesterday", MSK)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--from", "2026-11-25", "--to", "2026-11-24"], "--from must be before --to"),
+        (["--from", "2026-11-24"], "--from and --to are required"),
+        (["--from", "2026-11-24", "--to", "2026-13-01"], "neither a date"),
+        (["--from", "2026-11-24", "--to", "2026-11-25", "--registry", "/nope.csv"], "does not"),
+        (["--from", "2026-11-24", "--to", "2026-11-25", "--tz", "Mars/Base"], "time zone"),
+        (["--from", "2026-11-24", "--to", "2026-11-25", "--timeout", "0"], "positive"),
+        (["--show", "not-a-uuid"], "not a run id"),
+        (["--show", "6f1c9e0a-3b7d-5c2e-9a41-0d8e2f7b6c15", "--from", "2026-11-24"], "--show"),
+    ],
+)
+def test_cli_refuses_bad_input_with_status_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_cli_needs_a_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BILLING_POSTGRES_DSN", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--from", "2026-11-24", "--to", "2026-11-25"])
+    assert exc.value.code == cli.EXIT_USAGE
+    assert "BILLING_POSTGRES_DSN" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ nightly
+def test_nightly_window_is_yesterday_in_the_zone() -> None:
+    now = dt_to_ms(datetime(2026, 11, 25, 3, 30, tzinfo=MSK))
+    start, end, day = nightly_window(now, MSK)
+    assert day.isoformat() == "2026-11-24"
+    assert start == dt_to_ms(datetime(2026, 11, 24, tzinfo=MSK))
+    assert end - start == 24 * HOUR
+    berlin = ZoneInfo("Europe/Berlin")  # the DST day in spring is 23 hours long
+    start, end, day = nightly_window(dt_to_ms(datetime(2026, 3, 30, 2, tzinfo=berlin)), berlin)
+    assert day.isoformat() == "2026-03-29" and end - start == 23 * HOUR
+
+
+def test_recon_settings_default_and_override() -> None:
+    class S:
+        recon_timezone = "UTC"
+        recon_pending_sla_s = 60
+        kafka_partitions = 4
+
+    cfg = ReconSettings.of(S())
+    assert (cfg.timezone, cfg.pending_sla_ms, cfg.cron) == ("UTC", 60_000, "30 3 * * *")
+    assert ReconSettings.of(object()) == ReconSettings()
+    with pytest.raises(FeedError):
+        ReconSettings(timezone="Nowhere/Land").zone()
+    assert MatchConfig(0, 1, 1, cfg.pending_sla_ms).pending_sla_ms == 60_000
