@@ -87,9 +87,10 @@ async def scenario(stack: Any, phases: list[Phase], seconds: float) -> dict[str,
             samples, wall = await open_loop(rate, count, healthz if kind == "healthz" else post)
             cpu = (cpu_seconds(api_pid) if api_pid else float("nan")) - cpu0
             pg_cpu = (tree_cpu_seconds(pg_pid) if pg_pid else float("nan")) - pg0
-            st: dict[int, int] = {}
+            st: dict[int | str, int] = {}
             for smp in samples:
-                st[smp.status] = st.get(smp.status, 0) + 1
+                key: int | str = smp.status if smp.status else (smp.error or "client error")
+                st[key] = st.get(key, 0) + 1
             results[label] = {
                 "samples": samples,
                 "wall": wall,

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
 
-from bench.common import REPO, Result, Row, log, machine_line, print_result, ratio, table
+from bench.common import (
+    REPO,
+    Result,
+    Row,
+    loadavg,
+    log,
+    machine_line,
+    print_result,
+    ratio,
+    table,
+)
 
 BENCHES = ("machine", "transport", "e2e_latency", "api_intake", "clickhouse")
 
@@ -143,10 +154,28 @@ def derived_rows(results: dict[str, Result]) -> list[Row]:
     return out
 
 
+def settle(limit: float, max_wait: float) -> None:
+    """Wait for other work on the machine to calm down (the benchmarks share 2 cores)."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(5)
+    if os.getloadavg()[0] >= limit:
+        log(f"load average still {loadavg()} after {max_wait:.0f} s; running anyway")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(BENCHES))
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="LOAD",
+        help="before each benchmark wait (up to --settle-max s) for the 1-min load average "
+        "to fall below LOAD; 0 (default) does not wait",
+    )
+    ap.add_argument("--settle-max", type=float, default=300.0)
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
     bad = set(names) - set(BENCHES)
@@ -158,7 +187,9 @@ def main() -> None:
     results: dict[str, Result] = {}
     failed: dict[str, str] = {}
     for name in names:
-        log(f"=== {name} ===")
+        if args.settle:
+            settle(args.settle, args.settle_max)
+        log(f"=== {name} === (load average {loadavg()})")
         try:
             res = _runner(name, args.quick)()
         except Exception as exc:
