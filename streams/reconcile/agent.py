@@ -24,6 +24,10 @@ recorded done but not ``complete`` (no end-of-report items, which would wrongly 
 ledger item its predecessor accounted for "missing"); the run ends ``incomplete`` and is run
 again (re-runs add nothing twice).
 
+The end of the report judges the ledger's items requested in the window up to when the
+report was taken (the run's ``taken_at``, the matcher's "now"): what was requested later (the
+repairs of this very run, when the window reaches into the present) cannot be in the report.
+
 The nightly schedule: a Faust crontab (``BILLING_RECON_CRON`` in ``BILLING_RECON_TIMEZONE``)
 on the leader starts yesterday's run from the provider's list API (``reconciler.feed``).
 """
@@ -31,6 +35,7 @@ on the leader starts yesterday's run from the provider's list API (``reconciler.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -71,6 +76,17 @@ DB_ATTEMPTS_ON_BUG = 3  # other errors than a lost connection: give up the batch
 
 
 # --------------------------------------------------------------------------- run memory
+def end_config(cfg: MatchConfig) -> MatchConfig | None:
+    """The window the end of the report judges: up to when the report was taken at most. A
+    ledger item requested after that (a repair of this very run, a payment made while the
+    report was read) cannot be in the report, so it is not "unreported"; the next run judges
+    it. None when nothing of the window is old enough."""
+    end = min(cfg.window_end, cfg.now)
+    if end <= cfg.window_start:
+        return None
+    return dataclasses.replace(cfg, window_end=end)
+
+
 @dataclass
 class _RunPart:
     """One run on one partition, as far as this process has seen it."""
@@ -120,9 +136,13 @@ class RunMemory:
         whether this process saw every line of the partition (else no items: see module)."""
         if self.lines_seen(run_id, partition) < lines_sent:
             return [], False
+        judged = end_config(cfg)
+        if judged is None:
+            return [], True
         items: list[MatchItem] = []
         for state in states:
-            items.extend(end_of_report(state, cfg, self.subs.get((run_id, state.subscription_id))))
+            run = self.subs.get((run_id, state.subscription_id))
+            items.extend(end_of_report(state, judged, run))
         return items, True
 
     def forget(self, run_id: str, partition: int) -> None:

@@ -28,7 +28,7 @@ from schemas.recon import (
     message_key,
 )
 from schemas.state import SubscriptionState
-from streams.reconcile.agent import RunMemory, repair_for
+from streams.reconcile.agent import RunMemory, end_config, repair_for
 from tests.integration.recon_support import HOUR, make_day, payment_line
 
 W0 = dt_to_ms(datetime(2026, 11, 24, tzinfo=UTC))
@@ -81,6 +81,19 @@ def test_a_partition_not_seen_whole_has_no_end_of_report_items() -> None:
     end, complete = memory.end(day.cfg, "run", 0, day.states, len(day.lines))
     assert (end, complete) == ([], False)
     assert memory.lines_seen("run", 0) == len(day.lines) - 3
+
+
+def test_the_end_of_report_judges_only_what_was_requested_before_the_report() -> None:
+    cfg = MatchConfig(window_start=W0, window_end=W0 + 24 * HOUR, now=W0 + 2 * HOUR)
+    judged = end_config(cfg)
+    assert judged is not None and judged.window_end == cfg.now == judged.now
+    later = MatchConfig(window_start=W0, window_end=W0 + HOUR, now=W0 + 2 * HOUR)
+    assert end_config(later) == later
+    assert end_config(MatchConfig(window_start=W0, window_end=W0 + HOUR, now=W0)) is None
+    memory = RunMemory()
+    day = make_day(W0)
+    early = MatchConfig(W0, W0 + 24 * HOUR, now=W0)  # taken before anything was requested
+    assert memory.end(early, "run", 0, day.states, 0) == ([], True)
 
 
 def test_a_redelivered_line_counts_once() -> None:
