@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
@@ -336,3 +337,33 @@ def test_plan_sends_repeated_objects_once_in_report_order() -> None:
         partition_for(sub.encode(), PARTITIONS)
     }
     assert planned[0][0] == partition_for(b"payment:prov-x", PARTITIONS)
+
+
+async def test_nightly_run_is_yesterday_once(
+    emulator: EmulatorHandle, kafka_broker: KafkaBroker, module_pg_dsn: str
+) -> None:
+    """The crontab's job: yesterday's window in the configured zone, from the provider, one
+    run per day however many leaders fire it."""
+    settings = emulator.settings(kafka_bootstrap=kafka_broker.bootstrap)
+    tz = f"Etc/GMT-{uuid.uuid4().int % 12 + 1}"  # a zone of its own: its own schedule key
+
+    class Recon:
+        """Settings with a recon_timezone (until billing.config has the field)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return tz if name == "recon_timezone" else getattr(settings, name)
+
+    provider = YooKassaProvider(settings)
+    try:
+        first = await feed.run_nightly(Recon(), module_pg_dsn, provider=provider)
+        again = await feed.run_nightly(Recon(), module_pg_dsn, provider=provider)
+    finally:
+        await provider.close()
+    assert first is not None and again is None
+    start, end, _ = feed.nightly_window(first.run.taken_at, ZoneInfo(tz))
+    assert (first.run.window_start, first.run.window_end) == (start, end)
+    assert first.run.trigger == "nightly" and first.run.source == "provider_api"
+    async with await AsyncConnection.connect(module_pg_dsn, autocommit=True) as c:
+        report = await store.run_report(c, first.run.run_id)
+    assert report.spec.status == "matching" and report.spec.partitions == PARTITIONS
+    assert report.spec.source_ref == settings.provider_api_url
