@@ -259,6 +259,7 @@ def test_a_day_of_traffic_reconciled_repaired_and_rerun(stack: Stack) -> None:
     code, out, run_id = reconcile_cli(stack, *window, "--wait")
     took = time.monotonic() - started
     assert run_id is not None, out
+    print(f"\n$ python -m reconciler {' '.join(window)} --wait  # exit {code}\n{out}")
     assert code == 1, out  # escalations wait for an admin
     assert "Items per class" in out and "Succeeded totals per currency" in out, out
     found = items_by_object(stack, run_id)
