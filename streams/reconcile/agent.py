@@ -267,11 +267,19 @@ class Reconciler:
                 continue
             if isinstance(msg, ReportEnvelope):
                 line = msg.line
-                sub = line.subscription_id
-                state = self._state(sub.encode()) if sub else None
-                if state is not None and state.subscription_id != sub:
-                    state = None  # never for a well-keyed table; the matcher would refuse
-                item = self.memory.match(spec.match_config(), spec.run_id, partition, line, state)
+                try:
+                    sub = line.subscription_id
+                    state = self._state(sub.encode()) if sub else None
+                    if state is not None and state.subscription_id != sub:
+                        state = None  # never for a well-keyed table; the matcher would refuse
+                    item = self.memory.match(
+                        spec.match_config(), spec.run_id, partition, line, state
+                    )
+                except Exception:
+                    # A line that cannot be matched (an unreadable ledger state) is not seen:
+                    # its partition ends incomplete, so the run says so instead of lying.
+                    log.exception("reconcile: run %s: cannot match %r", spec.run_id, line)
+                    continue
                 self.lines_matched += 1
                 if item is not None:
                     found.append((spec.run_id, partition, item))
@@ -299,28 +307,37 @@ class Reconciler:
     async def _record(self, run_id: str, items: list[tuple[int, MatchItem]], at: int) -> None:
         await self._db("record items", lambda c: store.record_items(c, run_id, items, at))
 
-    def _partition_states(self, partition: int) -> list[SubscriptionState]:
-        """The ledger states of the subscriptions of ``partition`` held here."""
+    def _partition_states(self, partition: int) -> tuple[list[SubscriptionState], bool]:
+        """The ledger states of the subscriptions of ``partition`` held here, and whether
+        every one of them could be read."""
         states = []
+        readable = True
         cache = self._partition_of
         for key, raw in list(self.table.items()):
             p = cache.get(key)
             if p is None:
                 p = cache[key] = partition_for(key, self.partitions)
-            if raw is not None and p == partition:
+            if raw is None or p != partition:
+                continue
+            try:
                 states.append(decode_state(raw))
-        return states
+            except (DecodeError, ValidationError):
+                log.exception("reconcile: unreadable ledger state %r", key)
+                readable = False
+        return states, readable
 
     async def _end(self, spec: store.RunSpec, marker: EndOfReport, now: int) -> None:
         run_id, partition = spec.run_id, marker.partition
-        states = self._partition_states(partition)
+        states, readable = self._partition_states(partition)
         items, complete = self.memory.end(
             spec.match_config(), run_id, partition, states, marker.lines_sent
         )
+        complete = complete and readable
         seen = self.memory.lines_seen(run_id, partition)
         if not complete:
             log.warning(
-                "reconcile: run %s partition %d: saw %d of %d lines (taken over mid-run);"
+                "reconcile: run %s partition %d: saw %d of %d lines (taken over mid-run)"
+                " or an unreadable ledger state;"
                 " partition incomplete, run the window again",
                 run_id,
                 partition,
