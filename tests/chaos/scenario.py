@@ -496,6 +496,8 @@ class ChaosRun:
                     break
             await asyncio.sleep(2.0)
         self.figures.settle_s = self.elapsed() - self.figures.send_s
+        with contextlib.suppress(Exception):  # best effort: the figures help the diagnosis
+            await self._final_figures(people, snap)
         dump = self.stack.root / "chaos-evidence.txt"
         dump.write_text("\n".join(problems) + "\n\n" + evidence(snap, problems))
         raise AssertionError(
