@@ -22,7 +22,18 @@ from api.deps import Normaliser
 from api.middleware import BodyLimit
 from api.publisher import KafkaPublisher, Publisher
 from api.relay import Background, run_relay
-from api.routes import admin, health, payments, plans, refunds, subscriptions, webhooks
+from api.routes import (
+    admin,
+    analytics,
+    health,
+    payments,
+    plans,
+    reconciliation,
+    refunds,
+    session,
+    subscriptions,
+    webhooks,
+)
 from billing.config import Settings
 from providers.port import PaymentProvider
 
@@ -134,5 +145,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for module in (health, plans, payments, refunds, subscriptions, webhooks, admin):
+        app.include_router(module.router)
+    for module in (session, analytics, reconciliation):  # the admin console's
         app.include_router(module.router)
     return app

@@ -141,6 +141,7 @@ PUBLIC = Entry(200, 200, 200, 200)
 USER_LIST = Entry(200, 200, 200)
 MINE = Entry(200, 404, 404)
 ADMIN_READ = Entry(403, 403, 200)
+ANALYTICS = Entry(403, 403, 503)
 REASON = {"reason": "matrix"}
 
 
@@ -219,6 +220,30 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ),
     ("POST", "/api/v1/admin/subscriptions/{subscription_id}/auto-renew"): Entry(
         403, 403, 202, body={"enabled": False, "reason": "matrix"}
+    ),
+    # The admin console's. Login takes credentials, never a token; these settings configure
+    # no console password hash, so it is disabled (503) for everyone.
+    ("POST", "/api/v1/admin/session"): Entry(
+        503, 503, 503, 503, body={"username": "admin", "password": "matrix"}
+    ),
+    # Analytics: admins only; no history worker answers these settings' BILLING_HISTORY_URL
+    # (nor a ClickHouse server), so an admin gets 503 analytics_unavailable.
+    ("GET", "/api/v1/admin/analytics/overview"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/revenue"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/payment-success"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/decline-reasons"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/refund-rate"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/dunning"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/mrr"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/active-subscribers"): ANALYTICS,
+    ("GET", "/api/v1/admin/reconciliation/summary"): ADMIN_READ,
+    ("GET", "/api/v1/admin/reconciliation/runs"): ADMIN_READ,
+    ("GET", "/api/v1/admin/reconciliation/discrepancies"): ADMIN_READ,
+    ("POST", "/api/v1/admin/reconciliation/resolutions"): Entry(
+        403,
+        403,
+        404,  # no such discrepancy: the decision itself is the admin's
+        body={"item_key": "payment:matrix:amount_mismatch", "resolution": "write_off", **REASON},
     ),
 }
 

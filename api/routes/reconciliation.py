@@ -1,0 +1,386 @@
+"""Admin reconciliation (admin role): runs with their counts per class, the discrepancies found
+across runs with their resolution, and an admin's decision on an escalated one.
+
+Built on ``reconciler/store.py`` (tables of migration 0005). Runs are started by the
+reconciler (CLI or nightly job), never from here.
+
+A decision (``POST /resolutions``) follows the Idempotency-Key rules of every admin write.
+Accepting the provider's view of a payment or refund of ours that the provider never made
+also sends the ledger the provider's view (a canceled observation from reconciliation, on
+billing.provider-events, with an id derived from the provider object, so sending it twice is
+harmless). If that publish fails the decision stays recorded and the answer is 503
+``publish_failed``: send the same request again (same key) and it is published then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from api import intake
+from api.deps import (
+    AdminUser,
+    DbDep,
+    IdempotencyKey,
+    IntakeDep,
+    JsonBody,
+    PublisherDep,
+    get_admin_user,
+)
+from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from api.models import MoneyOut, Reason, error_responses
+from reconciler import store
+from reconciler.matcher import MatchClass
+from schemas.messages import encode
+from schemas.money import Money
+from schemas.periods import ms_to_dt, now_ms
+from schemas.topics import PROVIDER_EVENTS
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/api/v1/admin/reconciliation",
+    tags=["reconciliation"],
+    dependencies=[Depends(get_admin_user)],
+)
+
+READ_ERRORS = error_responses(401, 403, 422)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
+MAX_RUNS_PAGE = 50
+
+
+class DiscrepancyNotFound(NotFound):
+    code = "discrepancy_not_found"
+    message = "no such discrepancy"
+
+
+class NotADiscrepancy(Unprocessable):
+    code = "not_a_discrepancy"
+    message = "this item agrees with the provider (or is in flight): nothing to resolve"
+
+
+class AlreadyResolved(Conflict):
+    code = "already_resolved"
+    message = "an admin already decided this discrepancy otherwise"
+
+
+class PublishFailed(ServiceUnavailable):
+    code = "publish_failed"
+    message = (
+        "the decision is recorded, but the ledger could not be told yet; send the same request"
+        " again (same Idempotency-Key)"
+    )
+
+
+# --------------------------------------------------------------------------------- models
+class RunOut(BaseModel):
+    run_id: str
+    status: str = Field(description="feeding | matching | finished | incomplete | failed")
+    source: str
+    source_ref: str
+    trigger: str
+    window_start: datetime
+    window_end: datetime
+    taken_at: datetime
+    lines: int
+    partitions: int | None
+    partitions_done: int
+    incomplete_partitions: int
+    counts: dict[str, int] = Field(description="items per class (as recorded when finished)")
+    totals: dict[str, dict[str, str]] = Field(
+        description="succeeded totals per side and currency (decimal strings)"
+    )
+    discrepancies: int
+    new_discrepancies: int
+    unresolved: int = Field(description="of this run's discrepancies, still open now")
+    started_at: datetime
+    fed_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    error: str | None
+
+    @classmethod
+    def of(cls, r: store.RunReport) -> RunOut:
+        s = r.spec
+        return cls(
+            run_id=s.run_id,
+            status=s.status,
+            source=s.source,
+            source_ref=s.source_ref,
+            trigger=s.trigger,
+            window_start=ms_to_dt(s.window_start),
+            window_end=ms_to_dt(s.window_end),
+            taken_at=ms_to_dt(s.taken_at),
+            lines=r.lines,
+            partitions=s.partitions,
+            partitions_done=r.partitions_done,
+            incomplete_partitions=r.incomplete_partitions,
+            counts=r.counts,
+            totals=r.totals,
+            discrepancies=r.discrepancies,
+            new_discrepancies=r.new_discrepancies,
+            unresolved=r.unresolved,
+            started_at=r.started_at,
+            fed_at=r.fed_at,
+            finished_at=r.finished_at,
+            duration_ms=r.duration_ms,
+            error=r.error,
+        )
+
+
+class RunPage(BaseModel):
+    items: list[RunOut] = Field(description="newest first")
+    next_offset: int | None
+
+
+def _money(m: Money | None) -> MoneyOut | None:
+    return MoneyOut.of(m.amount_minor, m.currency) if m is not None else None
+
+
+class DiscrepancyOut(BaseModel):
+    item_key: str
+    object: str = Field(description="payment | refund")
+    kind: str
+    discrepancy: bool
+    subscription_id: str | None
+    payment_id: str | None
+    refund_id: str | None
+    provider_id: str | None
+    ours_status: str | None
+    theirs_status: str | None
+    ours_amount: MoneyOut | None
+    theirs_amount: MoneyOut | None
+    repair: str = Field(
+        description="none | apply_provider_status | refund_later_duplicate | escalate"
+    )
+    detail: str
+    first_run_id: str
+    last_run_id: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    repaired_at: datetime | None
+    resolution: str | None = Field(
+        description="null: open; repaired (by the reconciler) or an admin's accept_provider,"
+        " accept_ours, write_off"
+    )
+    resolved_by: str | None
+    resolved_at: datetime | None
+    note: str
+
+    @classmethod
+    def of(cls, i: store.ItemRow) -> DiscrepancyOut:
+        return cls(
+            item_key=i.item_key,
+            object=i.object,
+            kind=i.kind,
+            discrepancy=i.discrepancy,
+            subscription_id=i.subscription_id,
+            payment_id=i.payment_id,
+            refund_id=i.refund_id,
+            provider_id=i.provider_id,
+            ours_status=i.ours_status,
+            theirs_status=i.theirs_status,
+            ours_amount=_money(i.ours_amount),
+            theirs_amount=_money(i.theirs_amount),
+            repair=i.repair,
+            detail=i.detail,
+            first_run_id=i.first_run_id,
+            last_run_id=i.last_run_id,
+            first_seen_at=i.first_seen_at,
+            last_seen_at=i.last_seen_at,
+            repaired_at=i.repaired_at,
+            resolution=i.resolution,
+            resolved_by=i.resolved_by,
+            resolved_at=i.resolved_at,
+            note=i.note,
+        )
+
+
+class DiscrepancyPage(BaseModel):
+    items: list[DiscrepancyOut] = Field(description="most recently seen first")
+    next_offset: int | None
+
+
+class ReconciliationSummary(BaseModel):
+    open_discrepancies: int = Field(description="discrepancies waiting for a decision")
+    open_by_kind: dict[str, int]
+    last_run: RunOut | None
+
+
+ItemKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=300, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+]
+
+
+class ResolutionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_key: ItemKey
+    resolution: Literal["accept_provider", "accept_ours", "write_off"] = Field(
+        description="accept_provider: the provider's books are right; accept_ours: ours are;"
+        " write_off: the difference is absorbed"
+    )
+    reason: Reason
+
+
+class ResolutionOut(BaseModel):
+    item: DiscrepancyOut
+    changed: bool = Field(description="false: the same decision was already recorded")
+    ledger_correction: bool = Field(
+        description="true: the provider's view was sent to the ledger (our payment or refund"
+        " the provider never made is canceled)"
+    )
+
+
+# --------------------------------------------------------------------------------- routes
+@router.get("/summary", response_model=ReconciliationSummary, responses=READ_ERRORS)
+async def summary(_admin: AdminUser, db: DbDep) -> ReconciliationSummary:
+    """Open discrepancies (in total and per class) and the latest run: the overview tile."""
+    cur = await db.execute(
+        "SELECT kind, count(*) FROM recon_items WHERE discrepancy AND resolution IS NULL"
+        " GROUP BY kind ORDER BY kind"
+    )
+    by_kind = {str(kind): int(n) for kind, n in await cur.fetchall()}
+    cur = await db.execute(
+        "SELECT run_id::text FROM recon_runs ORDER BY started_at DESC, run_id LIMIT 1"
+    )
+    row = await cur.fetchone()
+    last = RunOut.of(await store.run_report(db, row[0])) if row is not None else None
+    return ReconciliationSummary(
+        open_discrepancies=sum(by_kind.values()), open_by_kind=by_kind, last_run=last
+    )
+
+
+@router.get("/runs", response_model=RunPage, responses=READ_ERRORS)
+async def list_runs(
+    _admin: AdminUser,
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_RUNS_PAGE)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> RunPage:
+    """Runs, newest first, each with its counts per class, totals on both sides, and how
+    many of its discrepancies are still open."""
+    cur = await db.execute(
+        "SELECT run_id::text FROM recon_runs ORDER BY started_at DESC, run_id LIMIT %s OFFSET %s",
+        (limit + 1, offset),
+    )
+    ids = [str(r[0]) for r in await cur.fetchall()]
+    items = [RunOut.of(await store.run_report(db, run_id)) for run_id in ids[:limit]]
+    return RunPage(items=items, next_offset=offset + limit if len(ids) > limit else None)
+
+
+@router.get("/discrepancies", response_model=DiscrepancyPage, responses=READ_ERRORS)
+async def list_discrepancies(
+    _admin: AdminUser,
+    db: DbDep,
+    run_id: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{32,36}$")] = None,
+    open_only: Annotated[bool, Query(description="false: resolved ones too")] = True,
+    kind: Annotated[list[MatchClass] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> DiscrepancyPage:
+    """Discrepancies across runs (or those ``run_id`` found), most recently seen first; by
+    default the escalation queue: the ones still waiting for a decision."""
+    rows = await store.list_items(
+        db,
+        run_id=run_id,
+        unresolved_only=open_only,
+        discrepancies_only=True,
+        kinds=kind,
+        limit=limit + 1,
+        offset=offset,
+    )
+    return DiscrepancyPage(
+        items=[DiscrepancyOut.of(r) for r in rows[:limit]],
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
+
+
+async def _send_correction(
+    ctx: IntakeDep, publisher: PublisherDep, body: ResolutionCreate, actor: str
+) -> None:
+    """Publish the ledger correction of a recorded ``accept_provider`` (re-derived from the
+    recorded decision: deciding the same again changes nothing)."""
+    async with ctx.pool.connection() as conn:
+        resolved = await store.resolve(
+            conn, body.item_key, resolution=body.resolution, actor=actor, at=now_ms()
+        )
+    follow_up = resolved.follow_up
+    if follow_up is None:
+        return
+    try:
+        await asyncio.wait_for(
+            publisher.publish(
+                PROVIDER_EVENTS, follow_up.subscription_id.encode(), encode(follow_up)
+            ),
+            ctx.settings.publish_timeout_s,
+        )
+    except Exception as exc:
+        log.warning(
+            "reconciliation: publishing the correction of %s failed: %r", body.item_key, exc
+        )
+        raise PublishFailed() from exc
+    log.info("reconciliation: %s accepted from the provider, ledger told", body.item_key)
+
+
+@router.post(
+    "/resolutions",
+    response_model=ResolutionOut,
+    dependencies=[JsonBody],
+    responses=WRITE_ERRORS,
+)
+async def resolve(
+    request: Request,
+    admin: AdminUser,
+    key: IdempotencyKey,
+    body: ResolutionCreate,
+    ctx: IntakeDep,
+    publisher: PublisherDep,
+) -> JSONResponse:
+    """Decide an open (or reconciler-repaired) discrepancy, with a reason. Deciding the same
+    again is harmless (``changed`` false); deciding otherwise after an admin decided is 409
+    ``already_resolved``."""
+    actor = intake.actor_of(admin.user_id)
+
+    async def write(conn: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            resolved = await store.resolve(
+                conn,
+                body.item_key,
+                resolution=body.resolution,
+                actor=actor,
+                note=body.reason,
+                at=now_ms(),
+            )
+        except store.ItemNotFound as exc:
+            raise DiscrepancyNotFound() from exc
+        except store.NotADiscrepancy as exc:
+            raise NotADiscrepancy() from exc
+        except store.AlreadyResolved as exc:
+            raise AlreadyResolved(
+                details={"resolution": exc.resolution, "resolved_by": exc.resolved_by}
+            ) from exc
+        out = ResolutionOut(
+            item=DiscrepancyOut.of(resolved.item),
+            changed=resolved.changed,
+            ledger_correction=resolved.follow_up is not None,
+        )
+        return 200, out.model_dump(mode="json")
+
+    outcome = await intake.accept_write(
+        ctx.pool,
+        user_id=admin.user_id,
+        idem_key=key,
+        fp=intake.fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
+        write=write,
+    )
+    if outcome.status_code == 200 and outcome.body.get("ledger_correction"):
+        # After the decision is committed; again on a replay, so a failed publish is retried.
+        await _send_correction(ctx, publisher, body, actor)
+    return ctx.answer(outcome)

@@ -1,0 +1,299 @@
+"""Admin console login: ``POST /api/v1/admin/session`` {username, password} → a short-lived
+admin JWT (the same kind of token as any admin's: ``roles: ["admin"]``, ``sub`` = the
+username, so actions are recorded as ``admin:<username>``).
+
+The one console account comes from the settings: ``BILLING_DASHBOARD_ADMIN_USER`` and
+``BILLING_DASHBOARD_ADMIN_PASSWORD_HASH``, an scrypt hash (``python -m dashboard
+hash-password`` makes one); the password itself is never configured, stored or logged.
+Without a hash the console login is disabled (503 ``admin_login_disabled``); tokens minted
+by the cinema's auth service keep working.
+
+Bad credentials answer 400 ``invalid_credentials`` (OAuth 2.0's password grant answers an
+invalid grant the same way, RFC 6749 §5.2), the same for an unknown user and a wrong password,
+in the same time. Repeated failures from one address for one username are refused for a while
+(429 ``too_many_attempts`` with ``Retry-After``). No Idempotency-Key: a login creates nothing,
+and storing its answer for a replay would store a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from api.auth import ADMIN_ROLE, mint_token
+from api.deps import JsonBody, SettingsDep
+from api.errors import ApiError, ServiceUnavailable
+from api.models import error_responses
+from billing.config import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/admin", tags=["session"])
+
+# scrypt: 16 MiB and ~50 ms per hash on these machines; verified off the event loop.
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_DKLEN = 32
+SCHEME = "scrypt"
+SEP = ":"
+_MAX_N = 2**20  # refuse a configured hash that would take seconds and a GiB per login
+_MAXMEM = 1100 * 1024 * 1024
+
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 300.0
+MAX_TRACKED = 10_000
+
+
+# ------------------------------------------------------------------------------ passwords
+class PasswordHashInvalid(ValueError):
+    """The configured hash is not one ``hash_password`` makes."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _valid_password(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def hash_password(
+    password: str,
+    *,
+    salt: bytes | None = None,
+    n: int = SCRYPT_N,
+    r: int = SCRYPT_R,
+    p: int = SCRYPT_P,
+) -> str:
+    """``scrypt:n:r:p:salt:hash`` (salt and hash base64url): what
+    BILLING_DASHBOARD_ADMIN_PASSWORD_HASH holds. No ``$`` in it, so neither a shell nor
+    docker compose interpolates any part of it."""
+    if not password:
+        raise ValueError("the password is empty")
+    _valid_password(password)
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=SCRYPT_DKLEN, maxmem=_MAXMEM
+    )
+    return SEP.join((SCHEME, str(n), str(r), str(p), _b64(salt), _b64(digest)))
+
+
+def parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
+    parts = encoded.strip().split(SEP)
+    if len(parts) != 6 or parts[0] != SCHEME:
+        raise PasswordHashInvalid("expected scrypt:n:r:p:salt:hash")
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+        salt, digest = _unb64(parts[4]), _unb64(parts[5])
+    except (ValueError, binascii.Error) as exc:
+        raise PasswordHashInvalid("malformed scrypt parameters") from exc
+    if not (2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+        raise PasswordHashInvalid("scrypt parameters out of range")
+    if len(salt) < 8 or len(digest) < 16:
+        raise PasswordHashInvalid("salt or hash too short")
+    return n, r, p, salt, digest
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Constant-time check of ``password`` against a ``hash_password`` string; raises
+    PasswordHashInvalid for a malformed one."""
+    n, r, p, salt, digest = parse_hash(encoded)
+    candidate = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=_MAXMEM
+    )
+    return hmac.compare_digest(candidate, digest)
+
+
+# ------------------------------------------------------------------------------- throttle
+class LoginThrottle:
+    """Failures per key (address, username) in a sliding window; at ``max_failures`` the key
+    waits until the oldest failure leaves the window. Bounded: the least recently failed keys
+    are forgotten first. In-process: each API replica counts its own."""
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = MAX_FAILURES,
+        window_s: float = FAILURE_WINDOW_S,
+        max_keys: int = MAX_TRACKED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, key: str) -> deque[float]:
+        now = self._clock()
+        times = self._failures.get(key)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+        return times
+
+    def retry_after(self, key: str) -> float | None:
+        """Seconds this key must wait, or None if it may try now."""
+        times = self._recent(key)
+        if len(times) < self.max_failures:
+            return None
+        return max(0.0, times[0] + self.window_s - self._clock())
+
+    def failed(self, key: str) -> None:
+        times = self._recent(key)
+        times.append(self._clock())
+        self._failures[key] = times
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+def get_throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        throttle = LoginThrottle()
+        request.app.state.login_throttle = throttle
+    return throttle
+
+
+ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
+
+
+# --------------------------------------------------------------------------------- errors
+class InvalidCredentials(ApiError):
+    status_code = 400
+    code = "invalid_credentials"
+    message = "the username or the password is wrong"
+
+
+class TooManyAttempts(ApiError):
+    status_code = 429
+    code = "too_many_attempts"
+    message = "too many failed logins; wait before trying again"
+
+    def __init__(self, retry_after_s: float) -> None:
+        wait = max(1, int(retry_after_s + 0.999))
+        super().__init__(details={"retry_after_s": wait}, headers={"Retry-After": str(wait)})
+
+
+class AdminLoginDisabled(ServiceUnavailable):
+    code = "admin_login_disabled"
+    message = (
+        "console login is not configured on this API: set BILLING_DASHBOARD_ADMIN_PASSWORD_HASH"
+        " (python -m dashboard hash-password)"
+    )
+
+
+# ---------------------------------------------------------------------------------- route
+Username = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
+Password = Annotated[
+    str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_valid_password)
+]
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    username: Username
+    password: Password = Field(json_schema_extra={"format": "password", "writeOnly": True})
+
+    def __repr__(self) -> str:  # never the password, whatever logs this object
+        return f"SessionCreate(username={self.username!r}, password='**********')"
+
+    __str__ = __repr__
+
+
+class SessionOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="seconds")
+    expires_at: datetime
+    user_id: str
+    roles: list[str]
+
+
+def _client_key(request: Request, username: str) -> str:
+    host = request.client.host if request.client else "-"
+    return f"{host}\x00{username.casefold()}"
+
+
+async def check_credentials(settings: Settings, username: str, password: str) -> bool:
+    """True when both match the configured account. Always hashes, so an unknown username
+    takes as long as a wrong password."""
+    configured = settings.dashboard_admin_password_hash
+    if configured is None:
+        raise AdminLoginDisabled()
+    encoded = configured.get_secret_value()
+    try:
+        password_ok = await asyncio.to_thread(verify_password, password, encoded)
+    except PasswordHashInvalid as exc:
+        log.error("BILLING_DASHBOARD_ADMIN_PASSWORD_HASH is malformed (%s): login disabled", exc)
+        raise AdminLoginDisabled(
+            "BILLING_DASHBOARD_ADMIN_PASSWORD_HASH is malformed; make one with"
+            " python -m dashboard hash-password"
+        ) from exc
+    user_ok = hmac.compare_digest(username.encode(), settings.dashboard_admin_user.encode())
+    return user_ok and password_ok
+
+
+@router.post(
+    "/session",
+    response_model=SessionOut,
+    dependencies=[JsonBody],
+    responses=error_responses(400, 413, 415, 422, 429, 503),
+)
+async def create_session(
+    request: Request, body: SessionCreate, settings: SettingsDep, throttle: ThrottleDep
+) -> SessionOut:
+    """Log in to the admin console: a short-lived admin token (``dashboard_session_ttl_s``).
+    400 ``invalid_credentials``; 429 after repeated failures; 503 when not configured."""
+    key = _client_key(request, body.username)
+    wait = throttle.retry_after(key)
+    if wait is not None:
+        log.warning("console login refused (throttled) for %r", body.username)
+        raise TooManyAttempts(wait)
+    if not await check_credentials(settings, body.username, body.password):
+        throttle.failed(key)
+        log.warning("console login failed for %r", body.username)
+        raise InvalidCredentials()
+    throttle.succeeded(key)
+    ttl = settings.dashboard_session_ttl_s
+    issued = datetime.now(UTC)
+    token = mint_token(settings, body.username, roles=(ADMIN_ROLE,), ttl_s=ttl)
+    log.info("console login: %r (token for %ss)", body.username, ttl)
+    return SessionOut(
+        access_token=token,
+        expires_in=ttl,
+        expires_at=(issued + timedelta(seconds=ttl)).replace(microsecond=0),
+        user_id=body.username,
+        roles=[ADMIN_ROLE],
+    )

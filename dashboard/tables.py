@@ -1,0 +1,459 @@
+"""Tables of the console: API objects → pandas frames, pages of a frame, money as people read
+it, and CSV downloads that a spreadsheet cannot turn into formulas. No Streamlit here."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+
+from api.models import (
+    AdminPaymentOut,
+    AdminPlanOut,
+    AdminRefundOut,
+    AdminSubscriptionOut,
+    CommandOut,
+    EventOut,
+    MoneyOut,
+)
+from api.routes.reconciliation import DiscrepancyOut, RunOut
+from schemas.money import CURRENCY_EXPONENT
+
+DEFAULT_PAGE_SIZE = 25
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def md(text: object) -> str:
+    """Text that someone typed (a user id, a provider's reason) inside Streamlit markdown:
+    every markdown character escaped, so it can neither format, link nor load an image."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
+
+
+# ---------------------------------------------------------------------------------- money
+def major(amount_minor: int, currency: str) -> float:
+    """For charts only (float): the amount in major units."""
+    return float(to_decimal(amount_minor, currency))
+
+
+def to_decimal(amount_minor: int, currency: str) -> Decimal:
+    exp = CURRENCY_EXPONENT.get(currency, 2)
+    return Decimal(amount_minor).scaleb(-exp).quantize(Decimal(1).scaleb(-exp))
+
+
+def money(amount_minor: int | None, currency: str) -> str:
+    if amount_minor is None:
+        return ""
+    return f"{to_decimal(amount_minor, currency):,} {currency}".replace(",", "\u202f")
+
+
+def money_out(m: MoneyOut | None) -> str:
+    return f"{m.value} {m.currency}" if m is not None else ""
+
+
+def percent(rate: float | None) -> str:
+    return "—" if rate is None or math.isnan(rate) else f"{rate:.1%}"
+
+
+def refundable(payment: AdminPaymentOut) -> Decimal:
+    """What is left to refund on a payment (the ledger enforces it; this only guides)."""
+    if payment.status != "succeeded" or payment.amount is None:
+        return Decimal(0)
+    paid = Decimal(payment.amount.value)
+    refunded = Decimal(payment.refunded.value) if payment.refunded else Decimal(0)
+    return max(Decimal(0), paid - refunded)
+
+
+# ---------------------------------------------------------------------------- pages, CSV
+def page_count(rows: int, size: int = DEFAULT_PAGE_SIZE) -> int:
+    return max(1, math.ceil(rows / size))
+
+
+def paginate(frame: pd.DataFrame, page: int, size: int = DEFAULT_PAGE_SIZE) -> pd.DataFrame:
+    """Rows of page ``page`` (1-based, clamped to the pages there are)."""
+    page = min(max(1, page), page_count(len(frame), size))
+    return frame.iloc[(page - 1) * size : page * size]
+
+
+def _defuse(value: Any) -> Any:
+    """A text cell a spreadsheet would read as a formula is quoted (OWASP CSV injection):
+    reasons, notes and user ids are typed by people, some of them users."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(_defuse)
+    text: str = safe.to_csv(index=False)
+    return text.encode("utf-8")
+
+
+def _frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=list(columns))
+
+
+# ------------------------------------------------------------------------------ frames
+SUBSCRIPTION_COLUMNS = (
+    "subscription_id",
+    "user_id",
+    "status",
+    "plan",
+    "price",
+    "period_start",
+    "period_end",
+    "auto_renew",
+    "next_charge_at",
+    "updated_at",
+)
+
+
+def subscriptions_frame(items: Iterable[AdminSubscriptionOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "subscription_id": s.subscription_id,
+                "user_id": s.user_id,
+                "status": s.status,
+                "plan": s.plan.plan_id if s.plan else "",
+                "price": money_out(s.plan_price),
+                "period_start": s.period_start,
+                "period_end": s.period_end,
+                "auto_renew": s.auto_renew,
+                "next_charge_at": s.next_charge_at,
+                "updated_at": s.updated_at,
+            }
+            for s in items
+        ),
+        SUBSCRIPTION_COLUMNS,
+    )
+
+
+PAYMENT_COLUMNS = (
+    "payment_id",
+    "kind",
+    "status",
+    "amount",
+    "refunded",
+    "plan_id",
+    "period_start",
+    "period_end",
+    "status_reason",
+    "provider_payment_id",
+    "created_at",
+)
+
+
+def payments_frame(items: Iterable[AdminPaymentOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "payment_id": p.payment_id,
+                "kind": p.kind,
+                "status": p.status,
+                "amount": money_out(p.amount),
+                "refunded": money_out(p.refunded),
+                "plan_id": p.plan_id or "",
+                "period_start": p.period_start,
+                "period_end": p.period_end,
+                "status_reason": p.status_reason or "",
+                "provider_payment_id": p.provider_payment_id or "",
+                "created_at": p.created_at,
+            }
+            for p in items
+        ),
+        PAYMENT_COLUMNS,
+    )
+
+
+REFUND_COLUMNS = (
+    "refund_id",
+    "payment_id",
+    "status",
+    "amount",
+    "reason",
+    "actor",
+    "status_reason",
+    "created_at",
+    "updated_at",
+)
+
+
+def refunds_frame(items: Iterable[AdminRefundOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "refund_id": r.refund_id,
+                "payment_id": r.payment_id,
+                "status": r.status,
+                "amount": money_out(r.amount),
+                "reason": r.reason,
+                "actor": r.actor,
+                "status_reason": r.status_reason or "",
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            }
+            for r in items
+        ),
+        REFUND_COLUMNS,
+    )
+
+
+EVENT_COLUMNS = ("version", "occurred_at", "event_type", "actor", "reason", "event_id")
+
+
+def _event_actor(e: EventOut) -> str:
+    actor = e.body.get("actor")
+    return str(actor) if actor else ""
+
+
+def _event_reason(e: EventOut) -> str:
+    for name in ("reason", "cancellation_reason", "status_reason"):
+        value = e.body.get(name)
+        if value:
+            return str(value)
+    return ""
+
+
+def events_frame(items: Iterable[EventOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "version": e.version,
+                "occurred_at": e.occurred_at,
+                "event_type": e.event_type,
+                "actor": _event_actor(e),
+                "reason": _event_reason(e),
+                "event_id": e.event_id,
+            }
+            for e in items
+        ),
+        EVENT_COLUMNS,
+    )
+
+
+COMMAND_COLUMNS = (
+    "command_id",
+    "command_type",
+    "status",
+    "status_reason",
+    "subscription_id",
+    "user_id",
+    "publish_attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+)
+
+
+def commands_frame(items: Iterable[CommandOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "command_id": c.command_id,
+                "command_type": c.command_type,
+                "status": c.status,
+                "status_reason": c.status_reason or "",
+                "subscription_id": c.subscription_id,
+                "user_id": c.user_id,
+                "publish_attempts": c.publish_attempts,
+                "last_error": c.last_error or "",
+                "created_at": c.created_at,
+                "updated_at": c.updated_at,
+            }
+            for c in items
+        ),
+        COMMAND_COLUMNS,
+    )
+
+
+PLAN_COLUMNS = (
+    "plan_id",
+    "name",
+    "price",
+    "price_version",
+    "period_months",
+    "trial_days",
+    "archived",
+    "next_price",
+    "next_price_from",
+    "updated_at",
+)
+
+
+def _next_price(plan: AdminPlanOut, now: datetime) -> tuple[str, datetime | None]:
+    future = [p for p in plan.prices if p.effective_from is not None and p.effective_from > now]
+    if not future:
+        return "", None
+    nxt = min(future, key=lambda p: p.effective_from or now)
+    return money_out(nxt.price), nxt.effective_from
+
+
+def plans_frame(items: Iterable[AdminPlanOut], now: datetime) -> pd.DataFrame:
+    rows = []
+    for p in items:
+        next_price, next_from = _next_price(p, now)
+        rows.append(
+            {
+                "plan_id": p.plan_id,
+                "name": p.name,
+                "price": money_out(p.price),
+                "price_version": p.price_version,
+                "period_months": p.period_months,
+                "trial_days": p.trial_days,
+                "archived": p.archived,
+                "next_price": next_price,
+                "next_price_from": next_from,
+                "updated_at": p.updated_at,
+            }
+        )
+    return _frame(rows, PLAN_COLUMNS)
+
+
+PRICE_COLUMNS = (
+    "plan_id",
+    "version",
+    "price",
+    "currency",
+    "effective_from",
+    "created_by",
+    "reason",
+)
+
+
+def prices_frame(items: Iterable[AdminPlanOut]) -> pd.DataFrame:
+    """Every price version of every plan (a version in force since the beginning is dated
+    by the plan's creation)."""
+    return _frame(
+        (
+            {
+                "plan_id": p.plan_id,
+                "version": v.version,
+                "price": float(v.price.value) if v.price else None,
+                "currency": v.price.currency if v.price else "",
+                "effective_from": v.effective_from or p.created_at,
+                "created_by": v.created_by,
+                "reason": v.reason,
+            }
+            for p in items
+            for v in p.prices
+        ),
+        PRICE_COLUMNS,
+    )
+
+
+RUN_COLUMNS = (
+    "run_id",
+    "status",
+    "source",
+    "window_start",
+    "window_end",
+    "lines",
+    "discrepancies",
+    "new_discrepancies",
+    "unresolved",
+    "started_at",
+    "duration_ms",
+    "error",
+)
+
+
+def runs_frame(items: Iterable[RunOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "run_id": r.run_id,
+                "status": r.status,
+                "source": r.source,
+                "window_start": r.window_start,
+                "window_end": r.window_end,
+                "lines": r.lines,
+                "discrepancies": r.discrepancies,
+                "new_discrepancies": r.new_discrepancies,
+                "unresolved": r.unresolved,
+                "started_at": r.started_at,
+                "duration_ms": r.duration_ms,
+                "error": r.error or "",
+            }
+            for r in items
+        ),
+        RUN_COLUMNS,
+    )
+
+
+def run_counts_frame(items: Iterable[RunOut]) -> pd.DataFrame:
+    """Long form for a chart: one row per (run, class) with a count > 0."""
+    return _frame(
+        (
+            {"run": r.started_at, "run_id": r.run_id, "class": kind, "items": n}
+            for r in items
+            for kind, n in r.counts.items()
+            if n
+        ),
+        ("run", "run_id", "class", "items"),
+    )
+
+
+DISCREPANCY_COLUMNS = (
+    "item_key",
+    "kind",
+    "object",
+    "resolution",
+    "repair",
+    "ours_status",
+    "theirs_status",
+    "ours_amount",
+    "theirs_amount",
+    "subscription_id",
+    "payment_id",
+    "refund_id",
+    "provider_id",
+    "detail",
+    "resolved_by",
+    "note",
+    "first_seen_at",
+    "last_seen_at",
+)
+
+
+def discrepancies_frame(items: Iterable[DiscrepancyOut]) -> pd.DataFrame:
+    return _frame(
+        (
+            {
+                "item_key": d.item_key,
+                "kind": d.kind,
+                "object": d.object,
+                "resolution": d.resolution or "open",
+                "repair": d.repair,
+                "ours_status": d.ours_status or "",
+                "theirs_status": d.theirs_status or "",
+                "ours_amount": money_out(d.ours_amount),
+                "theirs_amount": money_out(d.theirs_amount),
+                "subscription_id": d.subscription_id or "",
+                "payment_id": d.payment_id or "",
+                "refund_id": d.refund_id or "",
+                "provider_id": d.provider_id or "",
+                "detail": d.detail,
+                "resolved_by": d.resolved_by or "",
+                "note": d.note,
+                "first_seen_at": d.first_seen_at,
+                "last_seen_at": d.last_seen_at,
+            }
+            for d in items
+        ),
+        DISCREPANCY_COLUMNS,
+    )
+
+
+def models_frame(items: Iterable[Any]) -> pd.DataFrame:
+    """Any list of pydantic models as is (the analytics series)."""
+    rows = [m.model_dump() for m in items]
+    return pd.DataFrame(rows)

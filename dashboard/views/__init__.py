@@ -1,0 +1,1 @@
+"""The console's pages, one module each with a ``render()`` (wired in dashboard/app.py)."""
