@@ -38,12 +38,12 @@ class Normaliser(Protocol):
     def __call__(self, payment: Any, *, source: str, observed_at: int) -> PaymentObserved: ...
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_pool(request: Request) -> AsyncConnectionPool[Any]:
+async def get_pool(request: Request) -> AsyncConnectionPool[Any]:
     pool: AsyncConnectionPool[Any] | None = getattr(request.app.state, "pool", None)
     if pool is None:
         raise ServiceUnavailable("the database pool is not open", code="database_unavailable")
@@ -58,17 +58,17 @@ async def get_db(pool: PoolDep) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         yield conn
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
 
 
-def get_background(request: Request) -> Background:
+async def get_background(request: Request) -> Background:
     background: Background = request.app.state.background
     return background
 
 
-def get_provider(request: Request) -> PaymentProvider:
+async def get_provider(request: Request) -> PaymentProvider:
     provider: PaymentProvider | None = getattr(request.app.state, "provider", None)
     if provider is None:
         raise ServiceUnavailable(
@@ -77,7 +77,7 @@ def get_provider(request: Request) -> PaymentProvider:
     return provider
 
 
-def get_normaliser(request: Request) -> Normaliser:
+async def get_normaliser(request: Request) -> Normaliser:
     """The adapter's normalise, imported on first use so this package imports without it."""
     fn: Normaliser | None = getattr(request.app.state, "normalise", None)
     if fn is None:
@@ -115,14 +115,15 @@ class Intake:
         return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
 
 
-def get_intake(request: Request, pool: PoolDep) -> Intake:
-    return Intake(pool, get_publisher(request), get_background(request), get_settings(request))
+async def get_intake(request: Request, pool: PoolDep) -> Intake:
+    state = request.app.state
+    return Intake(pool, state.publisher, state.background, state.settings)
 
 
 _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with sub, roles, exp, aud")
 
 
-def get_current_user(
+async def get_current_user(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -131,14 +132,15 @@ def get_current_user(
     return decode_token(settings, credentials.credentials)
 
 
-def get_admin_user(user: Annotated[Principal, Depends(get_current_user)]) -> Principal:
+async def get_admin_user(user: Annotated[Principal, Depends(get_current_user)]) -> Principal:
     if not user.is_admin:
         raise Forbidden("admin role required")
     return user
 
 
-def require_json(request: Request) -> None:
-    """415 for a body that is not JSON, rather than a confusing validation error."""
+async def require_json(request: Request) -> None:
+    """415 for a body that is not JSON, rather than a confusing validation error. (Every
+    dependency here is ``async def``: a plain ``def`` costs a threadpool hop per request.)"""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media != "application/json" and not (
@@ -147,7 +149,7 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType()
 
 
-def get_idempotency_key(
+async def get_idempotency_key(
     idempotency_key: Annotated[
         str | None,
         Header(

@@ -42,8 +42,8 @@ def test_advisory_lock_key_is_a_stable_signed_bigint_per_user_and_key() -> None:
     ("raw", "expected"),
     [("abc", "abc"), ('"abc"', "abc"), ("  abc  ", "abc"), ("k" * 255, "k" * 255)],
 )
-def test_idempotency_key_accepted(raw: str, expected: str) -> None:
-    assert get_idempotency_key(raw) == expected
+async def test_idempotency_key_accepted(raw: str, expected: str) -> None:
+    assert await get_idempotency_key(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -57,9 +57,9 @@ def test_idempotency_key_accepted(raw: str, expected: str) -> None:
         ("a\x00b", IdempotencyKeyInvalid),
     ],
 )
-def test_idempotency_key_refused(raw: str | None, error: type[Exception]) -> None:
+async def test_idempotency_key_refused(raw: str | None, error: type[Exception]) -> None:
     with pytest.raises(error):
-        get_idempotency_key(raw)
+        await get_idempotency_key(raw)
 
 
 def test_cursor_round_trip() -> None:
