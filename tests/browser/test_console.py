@@ -134,8 +134,9 @@ def paid_user(stack: Stack) -> tuple[str, str]:
 
 
 def test_log_in_find_refund_and_see_the_refund(
-    browser_stack: Stack, console: str, driver: Any, artifacts: Path
+    driver: Any, browser_stack: Stack, console: str, artifacts: Path
 ) -> None:
+    # ``driver`` first: without Chromium the test is skipped before a stack is started.
     stack = browser_stack
     user, pid = paid_user(stack)
     page = Page(driver, artifacts)
