@@ -434,3 +434,37 @@ def test_markers_follow_lines_in_every_partition() -> None:
     """The contract the agent relies on: a marker names its partition and count."""
     marker = EndOfReport(run_id="r", partition=3, lines_sent=7)
     assert msgspec.json.decode(encode_report_message(marker))["type"] == "end"
+
+
+async def test_a_partition_not_seen_whole_makes_the_run_incomplete(
+    worker: ManagedProcess,
+    producer: AIOKafkaProducer,
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """As after a takeover mid-run: the marker says more lines preceded it than this worker
+    saw. The partition is done but not complete, and so is the run (run it again)."""
+    t0 = now_ms()
+    cfg = MatchConfig(window_start=t0 - HOUR, window_end=t0, now=t0, pending_sla_ms=2 * HOUR)
+    run = await store.create_run(
+        conn,
+        run_id=str(uuid.uuid4()),
+        window_start=cfg.window_start,
+        window_end=cfg.window_end,
+        source="registry",
+        taken_at=cfg.now,
+    )
+    assert run is not None
+    line = payment_line(uid("sub-"), str(uuid.uuid4()), uid("prov-"), "succeeded", t0 - 10)
+    planned, _ = feed.plan([line], PARTITIONS)
+    await store.start_feeding(conn, run.run_id, lines=2, partitions=PARTITIONS)
+    sent = await feed.publish_report(producer, run.run_id, planned, 0)  # lines, no markers
+    assert sent == {}
+    target = planned[0][0]
+    for p in range(PARTITIONS):
+        marker = EndOfReport(run_id=run.run_id, partition=p, lines_sent=2 if p == target else 0)
+        await producer.send_and_wait(
+            topics.PROVIDER_REPORT, encode_report_message(marker), partition=p
+        )
+    report = await wait_done(conn, run.run_id)
+    assert report.spec.status == "incomplete" and report.incomplete_partitions == 1
+    assert report.counts["missing_internal"] == 1  # the line it saw is recorded all the same
