@@ -174,7 +174,7 @@ class LoginThrottle:
         self._failures.pop(key, None)
 
 
-def get_throttle(request: Request) -> LoginThrottle:
+async def get_throttle(request: Request) -> LoginThrottle:
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
         throttle = LoginThrottle()
