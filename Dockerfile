@@ -1,4 +1,4 @@
-# One image for every Python process of the stack (api, worker, emulator, one-shot jobs).
+# One image for every Python process of the stack (api, workers, history, console, jobs).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -7,5 +7,8 @@ COPY api api
 COPY streams streams
 COPY providers providers
 COPY billing billing
+COPY reconciler reconciler
+COPY analytics analytics
+COPY dashboard dashboard
 RUN pip install --no-cache-dir .
 USER nobody

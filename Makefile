@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bootstrap bench clean
+.PHONY: run test lint bootstrap bench clean console reconcile
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test: bootstrap
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+console: bootstrap
+	$(BIN)/python -m dashboard
 
 bench: bootstrap
 	$(BIN)/python -m bench.run_all

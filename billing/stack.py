@@ -3,7 +3,7 @@
 Starts, in order: a single-node Apache Kafka (KRaft) from release jars fetched with Maven, the
 billing topics, an embedded PostgreSQL (migrated), the YooKassa emulator (unless real shop
 credentials and BILLING_YOOKASSA_API_URL are set), the Faust worker, the history worker
-(ClickHouse, embedded chdb) and the API. Prints the
+(ClickHouse, embedded chdb), the API and the admin console (Streamlit). Prints the
 URLs, and on Ctrl-C stops everything in reverse order. State lives under BILLING_STATE_DIR.
 """
 
@@ -13,9 +13,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from billing.config import Settings
@@ -32,6 +34,21 @@ def _child_env(settings: Settings, dsn: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def _console_credentials(settings: Settings, state: Path, env: dict[str, str]) -> str:
+    """The console's admin login: the configured hash, or a password generated once into
+    ``.state/console-password`` (mode 0600) for the local stack. Never printed."""
+    if settings.dashboard_admin_password_hash is not None:
+        return f"user {settings.dashboard_admin_user}, password as configured"
+    from api.routes.session import hash_password
+
+    path = state / "console-password"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(18))
+    env["BILLING_DASHBOARD_ADMIN_PASSWORD_HASH"] = hash_password(path.read_text().strip())
+    return f"user {settings.dashboard_admin_user}, password in {path}"
 
 
 def run(settings: Settings) -> None:
@@ -73,6 +90,7 @@ def run(settings: Settings) -> None:
         print("postgres   ready (migrated)", flush=True)
 
         env = _child_env(settings, dsn)
+        console_note = _console_credentials(settings, state, env)
         if not settings.yookassa_api_url:
             emulator = ManagedProcess.python(
                 "emulator", ["providers.emulator"], log_path=logs / "emulator.log", env=env
@@ -106,6 +124,24 @@ def run(settings: Settings) -> None:
         worker.wait_ready(log_contains(logs / "worker.log", "Ready"), timeout=120)
         history.wait_ready(log_contains(logs / "history.log", "Ready"), timeout=120)
         print(f"history    {settings.history_url}/analytics/overview/ (ClickHouse)", flush=True)
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        console = ManagedProcess.python(
+            "console",
+            ["dashboard"],
+            log_path=logs / "console.log",
+            env=dict(env, BILLING_DASHBOARD_API_URL=base),
+        )
+        console.start()
+        children.append(console)
+        console.wait_ready(
+            http_ok(f"http://{settings.dashboard_host}:{settings.dashboard_port}/_stcore/health"),
+            timeout=120,
+        )
+        print(
+            f"console    http://{settings.dashboard_host}:{settings.dashboard_port}"
+            f"  ({console_note})",
+            flush=True,
+        )
 
         base = f"http://{settings.api_host}:{settings.api_port}"
         print(
