@@ -5,11 +5,13 @@ input checks and the nightly window."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from billing.config import Settings
 from reconciler import cli
 from reconciler.feed import FeedError, ReconSettings, nightly_window
 from reconciler.matcher import MatchConfig, duplicate_refund_key, reconcile
@@ -28,7 +30,10 @@ from schemas.recon import (
     message_key,
 )
 from schemas.state import SubscriptionState
+from streams.app import create_app
+from streams.reconcile import register_reconciler
 from streams.reconcile.agent import RunMemory, end_config, repair_for
+from streams.topics import declare
 from tests.integration.recon_support import HOUR, make_day, payment_line
 
 W0 = dt_to_ms(datetime(2026, 11, 24, tzinfo=UTC))
@@ -223,3 +228,21 @@ def test_recon_settings_default_and_override() -> None:
     with pytest.raises(FeedError):
         ReconSettings(timezone="Nowhere/Land").zone()
     assert MatchConfig(0, 1, 1, cfg.pending_sla_ms).pending_sla_ms == 60_000
+
+
+@pytest.mark.parametrize("nightly", [False, True])
+def test_the_worker_gets_the_agent_and_the_nightly_crontab(nightly: bool, tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, worker_id=f"recon-{nightly}")
+    dsn = "postgresql://nobody@127.0.0.1:1/none"
+    app = create_app(settings, agents=("ledger",), postgres_dsn=dsn)
+    register_reconciler(
+        app,
+        declare(app, settings.kafka_partitions),
+        app.billing_ledger_table,
+        settings,
+        dsn,
+        nightly=nightly,
+    )
+    assert "reconcile" in app.agents
+    tasks = [t.__name__ for t in app._app_tasks]
+    assert ("nightly_reconciliation" in tasks) is nightly
