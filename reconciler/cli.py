@@ -86,27 +86,36 @@ def parse_when(value: str, tz: Any) -> int:
     return dt_to_ms(dt)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m reconciler") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reconciler",
+        prog=prog,
         description="Reconcile our books with the provider's for a window.",
         epilog="Exit status: 0 clean, 1 unresolved discrepancies, 2 bad input, 3 incomplete.",
     )
-    parser.add_argument("--from", dest="start", metavar="WHEN", help="window start (inclusive)")
-    parser.add_argument("--to", dest="end", metavar="WHEN", help="window end (exclusive)")
+    when = "a date (its midnight in --tz) or an ISO time with a zone"
+    parser.add_argument("--from", dest="start", metavar="WHEN", help=f"window start: {when}")
+    parser.add_argument("--to", dest="end", metavar="WHEN", help=f"window end (excluded): {when}")
     parser.add_argument(
-        "--registry", type=Path, metavar="FILE", help="import a registry CSV instead of the API"
+        "--registry",
+        type=Path,
+        metavar="FILE",
+        help="import a registry CSV (columns: reconciler/report.py) instead of the list API",
     )
     parser.add_argument("--show", metavar="RUN_ID", help="show (with --wait: wait for) a run")
     parser.add_argument("--wait", action="store_true", help="wait for the match, then summarise")
     parser.add_argument("--timeout", type=float, metavar="S", help="how long --wait waits")
-    parser.add_argument("--tz", metavar="ZONE", help="time zone of dates (default from settings)")
-    parser.add_argument("--items", type=int, default=20, help="unresolved items to list")
+    parser.add_argument(
+        "--tz", metavar="ZONE", help="time zone of dates (default BILLING_RECON_TIMEZONE)"
+    )
+    parser.add_argument(
+        "--items", type=int, default=20, metavar="N", help="unresolved items to list (20)"
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, prog: str = "python -m reconciler") -> int:
+    """The CLI; returns the exit status (``billing reconcile`` calls it with its own prog)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     console = Console(highlight=False)
     from billing.config import Settings
