@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from billing.config import Settings
 from streams.app import create_app
@@ -23,11 +24,17 @@ from streams.topics import declare
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level)
-    agents = os.environ.get("RECON_WORKER_AGENTS", "")
-    kw = {"agents": tuple(a for a in agents.split(",") if a)} if agents else {}
-    app = create_app(settings, **kw)  # type: ignore[arg-type]
+    chosen = [a for a in os.environ.get("RECON_WORKER_AGENTS", "").split(",") if a]
+    kw: dict[str, Any] = {}
+    if chosen:
+        # "reconcile" too, for when create_app registers it itself (ignored until then)
+        kw["agents"] = (*chosen, "reconcile")
+    app = create_app(settings, **kw)
     if settings.postgres_dsn is None:
         raise SystemExit("BILLING_POSTGRES_DSN is required")
+    if "reconcile" in app.agents:  # streams/app.py registers it itself now
+        app.main()
+        return
     register_reconciler(
         app,
         declare(app, settings.kafka_partitions),
