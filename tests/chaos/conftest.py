@@ -15,13 +15,13 @@ import pytest
 from tests.e2e.harness import Stack
 from tests.fixtures.postgres import FreshDatabase
 
-# Timings tuned so the outcome of a payment is re-driven within seconds of a crash, a dead
-# member's partitions move after a few seconds, and the relay picks up a dropped publish
-# quickly (defaults are production-like: minutes).
+# Relay delay and payment deadline as in production (5 s, 15 s); backoffs capped lower
+# (production: 300 s and an hour) so a twice-lost message is recovered within the settle
+# budget; a dead member's partitions move after 6 s.
 CHAOS_ENV = {
-    "BILLING_RELAY_DELAY_S": "4",
+    "BILLING_RELAY_DELAY_S": "5",
     "BILLING_RELAY_INTERVAL_S": "0.5",
-    "BILLING_RELAY_MAX_BACKOFF_S": "30",
+    "BILLING_RELAY_MAX_BACKOFF_S": "60",
     "BILLING_PAYMENT_DEADLINE_S": "15",
     "BILLING_PAYMENT_REDRIVE_MAX_BACKOFF_S": "30",
     "BILLING_SWEEP_INTERVAL_S": "1",

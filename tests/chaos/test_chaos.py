@@ -27,7 +27,7 @@ from tests.e2e.harness import Stack
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
 PAYMENTS = int(os.environ.get("BILLING_CHAOS_PAYMENTS", "1000"))  # smaller only for debugging
-SETTLE_TIMEOUT_S = 150
+SETTLE_TIMEOUT_S = 180
 
 
 def test_single_worker_kills_restarts_broker_restart_dropped_publishes(
