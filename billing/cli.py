@@ -1,4 +1,5 @@
-"""Operator CLI: ``billing token``, ``billing migrate``, ``billing init-topics``.
+"""Operator CLI: ``billing token``, ``billing migrate``, ``billing init-topics``,
+``billing reconcile --from … --to …`` (see ``billing reconcile --help``).
 
 Settings come from BILLING_* environment variables, as for every process.
 """
@@ -19,6 +20,11 @@ def _dsn(settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reconcile"]:
+        from reconciler.cli import main as reconcile
+
+        sys.exit(reconcile(argv[1:], prog="billing reconcile"))
     parser = argparse.ArgumentParser(prog="billing", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     tok = sub.add_parser("token", help="mint a development JWT for a user (or an admin)")
@@ -27,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     tok.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
     sub.add_parser("migrate", help="upgrade PostgreSQL to the latest schema")
     sub.add_parser("init-topics", help="create the billing topics (partition count from settings)")
+    sub.add_parser("reconcile", help="reconcile a window against the provider's report")
     args = parser.parse_args(argv)
     settings = Settings()
 

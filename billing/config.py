@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     renewal_reminder_s: float = Field(default=3 * 86400.0, ge=0)  # 0: no reminder
     dunning_schedule_s: list[float] = Field(default=[86400.0, 259200.0, 432000.0, 432000.0])
 
+    # Reconciliation: the nightly run (yesterday in recon_timezone, on the leader worker,
+    # crontab recon_cron), how long an in-flight item may stay so (pending / held for capture)
+    # before it counts as missing, and the provider's lag the report window is widened by.
+    recon_nightly: bool = True
+    recon_timezone: str = "Europe/Moscow"
+    recon_cron: str = "30 3 * * *"
+    recon_pending_sla_s: float = Field(default=2 * 3600.0, gt=0)
+    recon_hold_sla_s: float = Field(default=7 * 86400.0, gt=0)
+    recon_report_lag_s: float = Field(default=600.0, ge=0)
+    recon_wait_timeout_s: float = Field(default=900.0, gt=0)
+
     # ClickHouse history: embedded chdb under state_dir/clickhouse unless a server URL is set
     # (http://user:password@host:8123/billing). The history worker owns the embedded store
     # and serves the analytics queries to the API on its loopback port.

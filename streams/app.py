@@ -23,6 +23,7 @@ from streams.gateway.agent import register_gateway
 from streams.ledger.agent import register_ledger
 from streams.ledger.machine import Policy
 from streams.notify.agent import register_notifier
+from streams.reconcile import register_reconciler
 from streams.sinks.postgres import register_projection
 from streams.topics import declare
 
@@ -46,7 +47,7 @@ def create_app(
     *,
     provider: PaymentProvider | None = None,
     postgres_dsn: str | None = None,
-    agents: tuple[str, ...] = ("ledger", "gateway", "projection", "notifier"),
+    agents: tuple[str, ...] = ("ledger", "gateway", "projection", "notifier", "reconcile"),
 ) -> Any:
     faust_fix.apply()
     datadir = settings.state_dir / "faust"
@@ -83,6 +84,10 @@ def create_app(
 
             provider = YooKassaProvider(settings)
         register_gateway(app, topics, provider, settings)
+    if "reconcile" in agents and "ledger" in agents:
+        if dsn is None:
+            raise RuntimeError("reconciliation needs BILLING_POSTGRES_DSN")
+        register_reconciler(app, topics, app.billing_ledger_table, settings, dsn)
     if "notifier" in agents:
         register_notifier(app, topics, topics.notifications, topics.entitlements)
     if "projection" in agents:

@@ -65,6 +65,7 @@ class Stack:
             BILLING_SWEEP_INTERVAL_S="1",
             BILLING_PROVIDER_TIMEOUT_S="2",
             BILLING_BROKER_SESSION_TIMEOUT_S="6",
+            BILLING_RECON_NIGHTLY="false",  # tests start their runs themselves
             PYTHONUNBUFFERED="1",
         )
         self.env.update(extra_env or {})
