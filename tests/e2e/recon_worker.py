@@ -1,12 +1,11 @@
-"""A billing worker with the reconcile agent registered on top of ``streams.app.create_app``,
-as ``streams/app.py`` will once it registers it itself:
+"""A billing worker with a chosen set of agents, for the reconcile agent's integration test:
 
-    python -m tests.e2e.recon_worker worker -l info
+    RECON_WORKER_AGENTS=ledger python -m tests.e2e.recon_worker worker -l info
 
-Settings from BILLING_* as for ``python -m streams``. ``RECON_WORKER_AGENTS`` (comma-separated,
-default all of create_app's) picks the other agents, e.g. ``ledger`` alone for the agent's
-integration test, where no gateway answers and the ledger keeps what the test tells it.
-``RECON_WORKER_NIGHTLY=1`` keeps the nightly crontab (off by default in tests).
+``streams.app.create_app`` with the agents named in ``RECON_WORKER_AGENTS`` (comma-separated;
+default all of create_app's) plus ``reconcile``: e.g. the ledger and the reconcile agent
+alone, with no gateway answering, so the ledger keeps exactly what the test tells it. Settings
+from BILLING_* as for ``python -m streams``.
 """
 
 from __future__ import annotations
@@ -17,32 +16,16 @@ from typing import Any
 
 from billing.config import Settings
 from streams.app import create_app
-from streams.reconcile import register_reconciler
-from streams.topics import declare
 
 
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level)
     chosen = [a for a in os.environ.get("RECON_WORKER_AGENTS", "").split(",") if a]
-    kw: dict[str, Any] = {}
-    if chosen:
-        # "reconcile" too, for when create_app registers it itself (ignored until then)
-        kw["agents"] = (*chosen, "reconcile")
+    kw: dict[str, Any] = {"agents": (*chosen, "reconcile")} if chosen else {}
     app = create_app(settings, **kw)
-    if settings.postgres_dsn is None:
-        raise SystemExit("BILLING_POSTGRES_DSN is required")
-    if "reconcile" in app.agents:  # streams/app.py registers it itself now
-        app.main()
-        return
-    register_reconciler(
-        app,
-        declare(app, settings.kafka_partitions),
-        app.billing_ledger_table,
-        settings,
-        settings.postgres_dsn.get_secret_value(),
-        nightly=os.environ.get("RECON_WORKER_NIGHTLY") == "1",
-    )
+    if "reconcile" not in app.agents:
+        raise SystemExit("create_app did not register the reconcile agent")
     app.main()
 
 

@@ -1,5 +1,5 @@
-"""Reconciliation end to end: real broker, database, engine (API and a worker with the reconcile
-agent: ``tests.e2e.recon_worker``) and the YooKassa emulator.
+"""Reconciliation end to end: real broker, database, engine (the API and a worker, which runs the
+reconcile agent) and the YooKassa emulator.
 
 A day of traffic: plain purchases, a declined one, one left unconfirmed, a refund through the
 API; then what reconciliation exists for, made at the emulator:
@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,12 @@ import httpx
 import psycopg
 import pytest
 
-from billing.processes import ManagedProcess
 from reconciler import store
 from reconciler.matcher import duplicate_refund_key
 from schemas.periods import now_ms
 from tests.e2e.harness import Stack, wait_until
 from tests.e2e.test_pay import get, pay, payment, wait_status
 from tests.e2e.test_refunds import ask_refund, paid_user, provider_refunds, refund_status
-from tests.fixtures.postgres import FreshDatabase
 
 pytestmark = [pytest.mark.e2e]
 
@@ -53,37 +50,15 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV = {"BILLING_PAYMENT_DEADLINE_S": "1800"}
 
 
-class ReconStack(Stack):
-    """The e2e stack, its workers running the reconcile agent too."""
-
-    def _worker(self, i: int) -> ManagedProcess:
-        w = super()._worker(i)
-        w.argv = [sys.executable, "-m", "tests.e2e.recon_worker", "worker", "-l", "info"]
-        w.cwd = ROOT
-        return w
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, fresh_database: FreshDatabase
-) -> Iterator[Stack]:
-    s = ReconStack(tmp_path_factory.mktemp("stack"), fresh_database("e2e"), extra_env=STACK_ENV)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 # ---------------------------------------------------------------------------- helpers
 def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def reconcile_cli(stack: Stack, *args: str) -> tuple[int, str, str | None]:
-    """Run ``python -m reconciler`` with the stack's settings: (status, output, run id)."""
+    """Run ``billing reconcile`` with the stack's settings: (status, output, run id)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "reconciler", *args, "--timeout", "180"],
+        [sys.executable, "-m", "billing.cli", "reconcile", *args, "--timeout", "180"],
         cwd=ROOT,
         env=dict(stack.env, COLUMNS="200"),
         capture_output=True,
@@ -259,7 +234,7 @@ def test_a_day_of_traffic_reconciled_repaired_and_rerun(stack: Stack) -> None:
     code, out, run_id = reconcile_cli(stack, *window, "--wait")
     took = time.monotonic() - started
     assert run_id is not None, out
-    print(f"\n$ python -m reconciler {' '.join(window)} --wait  # exit {code}\n{out}")
+    print(f"\n$ billing reconcile {' '.join(window)} --wait  # exit {code}\n{out}")
     assert code == 1, out  # escalations wait for an admin
     assert "Items per class" in out and "Succeeded totals per currency" in out, out
     found = items_by_object(stack, run_id)

@@ -83,6 +83,7 @@ def worker(
         BILLING_WORKER_WEB_PORT=str(free_port()),
         BILLING_PAYMENT_DEADLINE_S="3600",  # no sweeps of what the test leaves in flight
         BILLING_BROKER_SESSION_TIMEOUT_S="6",
+        BILLING_RECON_NIGHTLY="false",
         RECON_WORKER_AGENTS="ledger",
         PYTHONUNBUFFERED="1",
     )
