@@ -1,5 +1,6 @@
 """Operator CLI: ``billing token``, ``billing migrate``, ``billing init-topics``,
-``billing reconcile --from … --to …`` (see ``billing reconcile --help``).
+``billing reconcile --from … --to …`` (see ``billing reconcile --help``),
+``billing rebuild-history``.
 
 Settings come from BILLING_* environment variables, as for every process.
 """
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="upgrade PostgreSQL to the latest schema")
     sub.add_parser("init-topics", help="create the billing topics (partition count from settings)")
     sub.add_parser("reconcile", help="reconcile a window against the provider's report")
+    sub.add_parser(
+        "rebuild-history",
+        help="write the whole billing.events log into ClickHouse again (idempotent; stop the"
+        " history worker first when the store is embedded)",
+    )
     args = parser.parse_args(argv)
     settings = Settings()
 
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
 
         migrate(_dsn(settings))
         print("migrated to head")
+    elif args.cmd == "rebuild-history":
+        from analytics.rebuild import main as rebuild
+
+        rebuild()
     elif args.cmd == "init-topics":
         from billing.kafka_local import ensure_topics
 

@@ -5,6 +5,8 @@ books agree: the Kafka event log, PostgreSQL and ClickHouse (invariant 6)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 
 import httpx
@@ -71,3 +73,39 @@ def test_history_agrees_with_the_event_log_and_postgres(stack: Stack) -> None:
     assert active["total"] == len(users), active  # a partial refund keeps access
     bad = httpx.get(f"{stack.history_url}/analytics/nope/", timeout=10)
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "unknown_query"
+
+
+def test_rebuild_from_the_event_log_is_idempotent(stack: Stack) -> None:
+    """``billing rebuild-history`` replays the whole log into the store the history worker
+    owns (stopped meanwhile): the answers do not change."""
+    assert stack.history is not None
+    window = (stack.now_ms() - 86_400_000, stack.now_ms() + 86_400_000)
+    before = from_history(stack.history_url, *window)
+    assert before, "the first test left money in the history"
+    busy = subprocess.run(
+        [sys.executable, "-m", "billing.cli", "rebuild-history"],
+        env=stack.history.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert busy.returncode != 0 and "history worker" in busy.stderr  # it owns the store
+    stack.history.stop()
+    done = subprocess.run(
+        [sys.executable, "-m", "billing.cli", "rebuild-history"],
+        env=stack.history.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt from" in done.stdout and " 0 events" not in done.stdout, done.stdout
+    stack.start_worker(stack.history)
+    wait_until(lambda: _answers(stack, window) == before, timeout=90, message="history back up")
+
+
+def _answers(stack: Stack, window: tuple[int, int]) -> object:
+    try:
+        return from_history(stack.history_url, *window)
+    except httpx.HTTPError:
+        return None
