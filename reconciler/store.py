@@ -249,8 +249,8 @@ async def create_run(
 
 
 _RUN_COLUMNS = (
-    "run_id::text AS run_id, window_start, window_end, taken_at, pending_sla_ms, hold_sla_ms,"
-    " source, source_ref, trigger, status, partitions"
+    "r.run_id::text AS run_id, r.window_start, r.window_end, r.taken_at, r.pending_sla_ms,"
+    " r.hold_sla_ms, r.source, r.source_ref, r.trigger, r.status, r.partitions"
 )
 
 
@@ -272,7 +272,7 @@ def _spec(row: dict[str, Any]) -> RunSpec:
 
 async def load_run(conn: AsyncConnection[Any], run_id: str) -> RunSpec | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT {_RUN_COLUMNS} FROM recon_runs WHERE run_id = %s", (run_id,))
+        await cur.execute(f"SELECT {_RUN_COLUMNS} FROM recon_runs r WHERE r.run_id = %s", (run_id,))
         row = await cur.fetchone()
     await conn.commit()
     return _spec(row) if row is not None else None
@@ -564,46 +564,63 @@ async def _discrepancy_counts(conn: AsyncConnection[Any], run_id: str) -> tuple[
     return int(row[0]), int(row[1])
 
 
-async def run_report(conn: AsyncConnection[Any], run_id: str) -> RunReport:
-    """The run as recorded, with live progress and a live count of unresolved items."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {_RUN_COLUMNS}, lines, counts, totals, discrepancies, new_discrepancies,"
-            " started_at, fed_at, finished_at, duration_ms, error"
-            " FROM recon_runs WHERE run_id = %s",
-            (run_id,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            await conn.commit()
-            raise RunNotFound(run_id)
-        await cur.execute(
-            "SELECT count(*) AS done, count(*) FILTER (WHERE NOT complete) AS partial"
-            " FROM recon_run_partitions WHERE run_id = %s",
-            (run_id,),
-        )
-        parts = await cur.fetchone()
-        assert parts is not None
-    _new, unresolved = await _discrepancy_counts(conn, run_id)
-    await conn.commit()
+# A run with its live progress (partitions done) and live count of unresolved items.
+_REPORT_SQL = f"""
+SELECT {_RUN_COLUMNS}, r.lines, r.counts, r.totals, r.discrepancies, r.new_discrepancies,
+    r.started_at, r.fed_at, r.finished_at, r.duration_ms, r.error,
+    (SELECT count(*) FROM recon_run_partitions p WHERE p.run_id = r.run_id) AS done,
+    (SELECT count(*) FROM recon_run_partitions p
+        WHERE p.run_id = r.run_id AND NOT p.complete) AS partial,
+    (SELECT count(*) FROM recon_run_items ri JOIN recon_items i USING (item_key)
+        WHERE ri.run_id = r.run_id AND i.discrepancy AND i.resolution IS NULL) AS open
+FROM recon_runs r
+"""
+
+
+def _report(row: dict[str, Any]) -> RunReport:
     counts: dict[str, int] = dict.fromkeys(MATCH_CLASSES, 0)
     counts.update(row["counts"] or {})
     return RunReport(
         spec=_spec(row),
         lines=row["lines"],
-        partitions_done=parts["done"],
-        incomplete_partitions=parts["partial"],
+        partitions_done=row["done"],
+        incomplete_partitions=row["partial"],
         counts=counts,
         totals=row["totals"] or {},
         discrepancies=row["discrepancies"],
         new_discrepancies=row["new_discrepancies"],
-        unresolved=unresolved,
+        unresolved=row["open"],
         started_at=row["started_at"],
         fed_at=row["fed_at"],
         finished_at=row["finished_at"],
         duration_ms=row["duration_ms"],
         error=row["error"],
     )
+
+
+async def run_report(conn: AsyncConnection[Any], run_id: str) -> RunReport:
+    """The run as recorded, with live progress and a live count of unresolved items."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_REPORT_SQL + " WHERE r.run_id = %s", (run_id,))
+        row = await cur.fetchone()
+    await conn.commit()
+    if row is None:
+        raise RunNotFound(run_id)
+    return _report(row)
+
+
+async def list_runs(
+    conn: AsyncConnection[Any], *, limit: int = 20, offset: int = 0
+) -> list[RunReport]:
+    """Runs, newest first, each as ``run_report`` gives it (one query for the page)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _REPORT_SQL + " ORDER BY r.started_at DESC, r.run_id LIMIT %s OFFSET %s",
+            (max(0, min(limit, 1000)), max(0, offset)),
+        )
+        rows = await cur.fetchall()
+    await conn.commit()
+    return [_report(row) for row in rows]
 
 
 # ------------------------------------------------------------------------- escalations

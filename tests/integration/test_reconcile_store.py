@@ -43,7 +43,7 @@ async def new_run(
         window_start=window_start,
         window_end=window_end,
         source="provider_api",
-        taken_at=NOW,
+        taken_at=kw.pop("taken_at", NOW),
         pending_sla_ms=2 * HOUR,
         **kw,
     )
@@ -52,10 +52,10 @@ async def new_run(
 
 
 async def record_run(
-    conn: AsyncConnection[Any], items: list[MatchItem], partitions: int = 2
+    conn: AsyncConnection[Any], items: list[MatchItem], partitions: int = 2, taken_at: int = NOW
 ) -> store.RunSpec:
     """A run that found ``items``, spread over ``partitions``, every partition done."""
-    run = await new_run(conn)
+    run = await new_run(conn, taken_at=taken_at)
     await store.start_feeding(conn, run.run_id, lines=len(items), partitions=partitions)
     found = [(i % partitions, it) for i, it in enumerate(items)]
     await store.record_items(conn, run.run_id, found, NOW)
@@ -330,3 +330,16 @@ async def test_run_finishes_only_when_every_partition_is_done(
     report = await store.run_report(conn, run.run_id)
     assert report.spec.status == "finished" and report.incomplete_partitions == 0
     assert report.counts["matched"] == 0 and report.lines == 0
+
+
+async def test_list_runs_newest_first_with_live_counts(conn: AsyncConnection[Any]) -> None:
+    _, items = day_items()
+    older = await record_run(conn, items, taken_at=NOW + 10 * HOUR)
+    newer = await record_run(conn, items, taken_at=NOW + 11 * HOUR)
+    page = await store.list_runs(conn, limit=1000)
+    ids = [r.spec.run_id for r in page]
+    assert ids.index(newer.run_id) < ids.index(older.run_id)
+    listed = next(r for r in page if r.spec.run_id == newer.run_id)
+    assert listed == await store.run_report(conn, newer.run_id)
+    assert listed.partitions_done == 2 and listed.unresolved > 0
+    assert len(await store.list_runs(conn, limit=1)) == 1
