@@ -272,9 +272,11 @@ def check(expected: list[Expected], snap: Snapshot) -> list[str]:
     for sub, st in snap.ledger.items():
         versions = log.by_subscription.get(sub, {})
         if sorted(versions) != list(range(1, st.version + 1)):
+            missing = sorted(set(range(1, st.version + 1)) - set(versions))
+            beyond = sorted(v for v in versions if v > st.version)
             add(
-                f"subscription {sub}: event versions {sorted(versions)[:8]}..."
-                f" are not 1..{st.version}"
+                f"subscription {sub}: billing.events versions are not 1..{st.version}"
+                f" (the ledger's): missing {missing[:8]}, beyond the changelog {beyond[:8]}"
             )
             continue
         folded = fold(sub, st.user_id, [es[0] for es in versions.values()])

@@ -221,7 +221,7 @@ NEEDLES = {
     "subscription activated twice": "activated more than once for one period",
     "event id reused for other content": "two different contents",
     "two events share a version": "different events share a version",
-    "event lost from the log": "are not 1..",
+    "event lost from the log": "missing [2]",
     "read model status differs": "!= read model",
     "read model payment differs": "!= read model",
     "projection version behind": "projected 1",
