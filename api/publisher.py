@@ -67,6 +67,7 @@ class KafkaPublisher:
             log.warning("Kafka not reachable at start (%s); publishing will retry", exc)
 
     async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        producer = None
         try:
             producer = await self._ensure_started()
             await asyncio.wait_for(
@@ -75,12 +76,32 @@ class KafkaPublisher:
         except TimeoutError as exc:
             raise PublishError(f"publish to {topic} timed out") from exc
         except Exception as exc:
+            if producer is not None and _fatal_for_producer(exc):
+                # An idempotent producer that lost its sequence (e.g. OutOfOrderSequenceNumber
+                # after a broker restart) never recovers in aiokafka: start a new one.
+                await self._reset(producer)
             raise PublishError(f"publish to {topic} failed: {exc!r}") from exc
+
+    async def _reset(self, broken: Any) -> None:
+        async with self._lock:
+            if self._producer is broken:
+                self._producer = None
+        log.warning("Kafka producer reset after a fatal error; the next publish starts a new one")
+        await _stop_quietly(broken)
 
     async def close(self) -> None:
         if self._producer is not None:
             await _stop_quietly(self._producer)
             self._producer = None
+
+
+def _fatal_for_producer(exc: BaseException) -> bool:
+    """Errors after which this producer instance is unusable (the relay republishes)."""
+    from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, ProducerFenced
+
+    if isinstance(exc, OutOfOrderSequenceNumber | ProducerFenced):
+        return True
+    return isinstance(exc, KafkaError) and not getattr(exc, "retriable", False)
 
 
 async def _stop_quietly(producer: Any) -> None:

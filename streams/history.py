@@ -91,6 +91,7 @@ def create_history_app(settings: Settings) -> Any:
         web_bind=settings.history_host,
         datadir=str(datadir),
         producer_acks=-1,
+        stream_wait_empty=False,
     )
     events = app.topic(
         EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"

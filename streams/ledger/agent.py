@@ -13,6 +13,7 @@ for, so concurrent or repeated sweeps collapse into one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 TABLE_NAME = "ledger-state"
 FULL_SCAN_EVERY = 15  # sweeper ticks between full table scans (recovered state, rebalances)
+
+
+async def _send_all(topic: Any, key: bytes, values: list[bytes]) -> None:
+    for value in values:
+        await topic.send(key=key, value=value)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -108,8 +114,12 @@ def register_ledger(
             if not decision.duplicate and decision.state is not None:
                 table[key] = encode_state(decision.state)
                 track(key, decision.state)
-            for out in decision.events:
-                await topics.events.send(key=key, value=encode(out))
+            if decision.events:
+                # Shielded: a stop that cancels the agent here must not leave a state change
+                # without its events (Faust would still acknowledge this input).
+                await asyncio.shield(
+                    _send_all(topics.events, key, [encode(out) for out in decision.events])
+                )
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
