@@ -30,7 +30,7 @@ STACK_ENV = {
     "BILLING_SWEEP_INTERVAL_S": "0.5",
     "BILLING_PAYMENT_DEADLINE_S": "3",
 }
-USERS = 10
+USERS = 6
 SEED = int(os.environ.get("BILLING_E2E_SEED", random.randrange(10**6)))
 
 
