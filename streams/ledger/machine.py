@@ -314,32 +314,7 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
             confirmation_url=obs.confirmation_url,
         )
     elif obs.status == "succeeded":
-        em.emit(
-            PaymentSucceeded,
-            payment_id=rec.payment_id,
-            command_id=rec.command_id,
-            provider_payment_id=obs.provider_payment_id,
-            amount=obs.amount,
-            payment_method_id=obs.payment_method_id if obs.payment_method_saved else None,
-        )
-        state = em.state
-        # Stacking: a period bought while one is running starts where that one ends; an
-        # upgrade replaces the running period (its unused part was credited in the price).
-        extended = (
-            rec.kind != "upgrade"
-            and state.period_end is not None
-            and state.period_end > obs.observed_at
-            and state.status in ("active", "past_due")
-        )
-        start = state.period_end if extended and state.period_end is not None else obs.observed_at
-        em.emit(
-            SubscriptionActivated,
-            payment_id=rec.payment_id,
-            plan_id=rec.plan_id,
-            period_start=start,
-            period_end=period_end_ms(start, rec.period_months),
-            extended=extended,
-        )
+        _succeed(em, rec, obs)
     else:
         em.emit(
             PaymentCanceled,
@@ -352,35 +327,43 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
         _after_renewal_failure(em, rec, obs.cancellation_reason or "canceled", policy)
 
 
+def _succeed(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
+    """The payment succeeded: record it and grant its period. Stacking: a period bought
+    while one is running starts where that one ends; an upgrade replaces the running period
+    (its unused part was credited in the price)."""
+    em.emit(
+        PaymentSucceeded,
+        payment_id=rec.payment_id,
+        command_id=rec.command_id,
+        provider_payment_id=obs.provider_payment_id,
+        amount=obs.amount,
+        payment_method_id=obs.payment_method_id if obs.payment_method_saved else None,
+    )
+    state = em.state
+    extended = (
+        rec.kind != "upgrade"
+        and state.period_end is not None
+        and state.period_end > obs.observed_at
+        and state.status in ("active", "past_due")
+    )
+    start = state.period_end if extended and state.period_end is not None else obs.observed_at
+    em.emit(
+        SubscriptionActivated,
+        payment_id=rec.payment_id,
+        plan_id=rec.plan_id,
+        period_start=start,
+        period_end=period_end_ms(start, rec.period_months),
+        extended=extended,
+    )
+
+
 def _correct_terminal(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
     """Reconciliation found the provider's terminal status differs from ours: the provider
     holds the money, so its status wins (ARCHITECTURE.md, status_mismatch: apply it)."""
     if obs.status == rec.status:
         return
     if obs.status == "succeeded":
-        em.emit(
-            PaymentSucceeded,
-            payment_id=rec.payment_id,
-            command_id=rec.command_id,
-            provider_payment_id=obs.provider_payment_id,
-            amount=obs.amount,
-            payment_method_id=obs.payment_method_id if obs.payment_method_saved else None,
-        )
-        state = em.state
-        extended = (
-            state.period_end is not None
-            and state.period_end > obs.observed_at
-            and state.status in ("active", "past_due")
-        )
-        start = state.period_end if extended and state.period_end is not None else obs.observed_at
-        em.emit(
-            SubscriptionActivated,
-            payment_id=rec.payment_id,
-            plan_id=rec.plan_id,
-            period_start=start,
-            period_end=period_end_ms(start, rec.period_months),
-            extended=extended,
-        )
+        _succeed(em, rec, obs)
         return
     covered = (
         rec.period_start is not None
