@@ -272,14 +272,20 @@ def end_of_report(
     state: SubscriptionState, cfg: MatchConfig, run: SubscriptionRun | None = None
 ) -> list[MatchItem]:
     """The ledger's items of one subscription requested in the window that no line of this
-    run accounted for (the provider never reported them)."""
+    run accounted for (the provider never reported them). An item requested after the
+    report was taken (``cfg.now``: a repair of this very run, a payment made while the report
+    was read) cannot be in it: the next run judges it."""
     run = run or SubscriptionRun()
     items: list[MatchItem] = []
+
+    def judged(at: int) -> bool:
+        return cfg.in_window(at) and at <= cfg.now
+
     for rec in sorted(state.payments.values(), key=lambda r: (r.requested_at, r.payment_id)):
-        if cfg.in_window(rec.requested_at) and rec.payment_id not in run.accounted:
+        if judged(rec.requested_at) and rec.payment_id not in run.accounted:
             items.append(_unreported_payment(state.subscription_id, rec, cfg))
     for ref in sorted(state.refunds.values(), key=lambda r: (r.requested_at, r.refund_id)):
-        if cfg.in_window(ref.requested_at) and ref.refund_id not in run.accounted_refunds:
+        if judged(ref.requested_at) and ref.refund_id not in run.accounted_refunds:
             items.append(_unreported_refund(state.subscription_id, ref, cfg))
     return items
 

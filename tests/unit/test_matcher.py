@@ -730,3 +730,16 @@ def test_registry_paid_defaults_to_succeeded_and_can_be_given() -> None:
     rows = "payment,a,,succeeded,1.00,RUB,,\npayment,b,,waiting_for_capture,1.00,RUB,,true\n"
     lines: list[Any] = read_registry(io.StringIO(HEADER + rows))
     assert [line.paid for line in lines] == [True, True]
+
+
+def test_end_of_report_does_not_judge_items_requested_after_the_report_was_taken() -> None:
+    from reconciler.matcher import MatchConfig, end_of_report
+    from tests.unit.test_lifecycle import active
+    from tests.unit.test_machine import T0
+
+    state = active()  # one succeeded payment requested at T0, never reported
+    window = {"window_start": T0 - 1_000, "window_end": T0 + 10_000_000}
+    before = end_of_report(state, MatchConfig(**window, now=T0 - 1))
+    after = end_of_report(state, MatchConfig(**window, now=T0 + 10_000))
+    assert before == []
+    assert [i.kind for i in after] == ["missing_at_provider"]
