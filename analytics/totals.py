@@ -17,10 +17,9 @@ from typing import Any
 
 import httpx
 import psycopg
-from aiokafka import AIOKafkaConsumer
 
+from analytics.eventlog import event_log
 from schemas.messages import DecodeError, PaymentSucceeded, RefundSucceeded, decode_event
-from schemas.topics import EVENTS
 
 Totals = dict[tuple[date, str], tuple[int, int]]  # (day, currency) -> (gross, refunds)
 
@@ -38,53 +37,28 @@ def _freeze(acc: Mapping[tuple[date, str], list[int]]) -> Totals:
 
 
 async def from_event_log(bootstrap: str, timeout_s: float = 60) -> Totals:
-    """Read billing.events from the beginning to the current end of every partition."""
-    consumer = AIOKafkaConsumer(
-        EVENTS, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
+    """Every billing.events record up to the log's current end, deduplicated by event id."""
     acc: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0])
     seen: set[str] = set()
-    try:
-        async with asyncio.timeout(timeout_s):  # no group: every partition is ours
-            while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
-                await asyncio.sleep(0.1)
-        parts = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        pending = {tp for tp in parts if end[tp] > 0}
-        async with asyncio.timeout(timeout_s):
-            while pending:
-                batch = await consumer.getmany(timeout_ms=500)
-                for tp, records in batch.items():
-                    for r in records:
-                        try:
-                            ev = decode_event(r.value or b"")
-                        except DecodeError:
-                            continue
-                        if ev.event_id in seen:
-                            continue
-                        seen.add(ev.event_id)
-                        if isinstance(ev, PaymentSucceeded):
-                            _add(
-                                acc,
-                                _day(ev.occurred_at),
-                                ev.amount.currency,
-                                0,
-                                ev.amount.amount_minor,
-                            )
-                        elif isinstance(ev, RefundSucceeded):
-                            _add(
-                                acc,
-                                _day(ev.occurred_at),
-                                ev.amount.currency,
-                                1,
-                                ev.amount.amount_minor,
-                            )
-                    if records and records[-1].offset + 1 >= end[tp]:
-                        pending.discard(tp)
-    finally:
-        await consumer.stop()
+    async with event_log(bootstrap) as log, asyncio.timeout(timeout_s):
+        async for values in log.batches():
+            for value in values:
+                try:
+                    ev = decode_event(value)
+                except DecodeError:
+                    continue
+                if ev.event_id in seen:
+                    continue
+                seen.add(ev.event_id)
+                if isinstance(ev, PaymentSucceeded | RefundSucceeded):
+                    column = 0 if isinstance(ev, PaymentSucceeded) else 1
+                    _add(
+                        acc,
+                        _day(ev.occurred_at),
+                        ev.amount.currency,
+                        column,
+                        ev.amount.amount_minor,
+                    )
     return _freeze(acc)
 
 
