@@ -210,6 +210,79 @@ SETTINGS {_DEDUP}
 """
 
 
+# Reconciliation (migration 2). A provider report loaded for the batch path
+# (reconciler/batch.py): one row per line as read, ``seq`` its position in the report (ties in
+# ``report_order`` keep it). Re-loading a run's report replaces the same (run, object, provider
+# id, seq) rows. Empty string = absent (no NULLs but ``created_at``, whose absence orders first).
+RECON_REPORT_LINES = f"""
+CREATE TABLE IF NOT EXISTS recon_report_lines (
+    run_id String,
+    seq UInt64,
+    object LowCardinality(String),
+    provider_id String,
+    provider_payment_id String,
+    status LowCardinality(String),
+    amount_minor Int64,
+    currency LowCardinality(String),
+    created_at Nullable(DateTime64(3, 'UTC')),
+    subscription_id String,
+    payment_id String,
+    refund_id String,
+    user_id String,
+    paid UInt8,
+    cancellation_party String,
+    cancellation_reason String,
+    payment_method_id String,
+    payment_method_saved UInt8,
+    loaded_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (run_id, object, provider_id, seq)
+SETTINGS {_DEDUP}
+"""
+
+# One row per run state (engine: streaming | batch), the highest version its current one;
+# ``counts`` per class (reconciler.matcher.MATCH_CLASSES). Copied from PostgreSQL
+# (``recon_runs``) by the history worker; a run that finished is final.
+RECON_RUNS = f"""
+CREATE TABLE IF NOT EXISTS recon_runs (
+    run_id String,
+    engine LowCardinality(String),
+    source LowCardinality(String),
+    source_ref String,
+    status LowCardinality(String),
+    window_start DateTime64(3, 'UTC'),
+    window_end DateTime64(3, 'UTC'),
+    taken_at DateTime64(3, 'UTC'),
+    started_at DateTime64(3, 'UTC'),
+    finished_at Nullable(DateTime64(3, 'UTC')),
+    duration_ms Nullable(UInt64),
+    lines UInt64,
+    counts Map(String, UInt64),
+    discrepancies UInt64,
+    new_discrepancies UInt64,
+    unresolved UInt64,
+    error String,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY run_id
+SETTINGS {_DEDUP}
+"""
+
+# Succeeded totals of a run per object (payments | refunds), side (ours | theirs) and currency.
+RECON_RUN_TOTALS = f"""
+CREATE TABLE IF NOT EXISTS recon_run_totals (
+    run_id String,
+    object LowCardinality(String),
+    side LowCardinality(String),
+    currency LowCardinality(String),
+    amount_minor Int64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (run_id, object, side, currency)
+SETTINGS {_DEDUP}
+"""
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -221,6 +294,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "analytics history: events, payments, refunds, periods, changes, discrepancies",
         (EVENTS, PAYMENTS, REFUNDS, SUBSCRIPTION_PERIODS, SUBSCRIPTION_CHANGES, DISCREPANCIES),
+    ),
+    Migration(
+        2,
+        "reconciliation: report lines (batch path), runs, run totals",
+        (RECON_REPORT_LINES, RECON_RUNS, RECON_RUN_TOTALS),
     ),
 )
 
@@ -329,6 +407,47 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "updated_at",
         "version",
     ),
+    "recon_report_lines": (
+        "run_id",
+        "seq",
+        "object",
+        "provider_id",
+        "provider_payment_id",
+        "status",
+        "amount_minor",
+        "currency",
+        "created_at",
+        "subscription_id",
+        "payment_id",
+        "refund_id",
+        "user_id",
+        "paid",
+        "cancellation_party",
+        "cancellation_reason",
+        "payment_method_id",
+        "payment_method_saved",
+    ),
+    "recon_runs": (
+        "run_id",
+        "engine",
+        "source",
+        "source_ref",
+        "status",
+        "window_start",
+        "window_end",
+        "taken_at",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "lines",
+        "counts",
+        "discrepancies",
+        "new_discrepancies",
+        "unresolved",
+        "error",
+        "version",
+    ),
+    "recon_run_totals": ("run_id", "object", "side", "currency", "amount_minor", "version"),
 }
 
 # Tables the events sink writes, in insert order (``events`` last: it is the widest).
