@@ -78,7 +78,7 @@ class RunTotal:
 @dataclass(frozen=True)
 class DiscrepancyDay:
     day: str
-    cls: str
+    kind: str  # the class
     status: str  # open | repaired | accept_provider | accept_ours | write_off
     items: int
 
@@ -113,6 +113,6 @@ def run_totals(ch: ClickHouse, run_id: str) -> list[RunTotal]:
 def discrepancies_by_day(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DiscrepancyDay]:
     params: dict[str, Any] = {"from_ms": from_ms, "to_ms": to_ms}
     return [
-        DiscrepancyDay(day=str(d), cls=str(c), status=str(s), items=int(n))
+        DiscrepancyDay(day=str(d), kind=str(c), status=str(s), items=int(n))
         for d, c, s, n in ch.query(DISCREPANCIES_BY_DAY, params)
     ]

@@ -15,6 +15,7 @@ import pandas as pd
 
 from api.routes.analytics import (
     DeclineReasonOut,
+    DiscrepancyDayOut,
     DunningMonth,
     MrrMonth,
     RevenueDay,
@@ -435,4 +436,37 @@ def class_counts_chart(counts: Mapping[str, int]) -> Chart | None:
             tooltip=["class:N", "items:Q"],
         )
         .properties(height=alt.Step(30))
+    )
+
+
+def discrepancies_chart(rows: Iterable[DiscrepancyDayOut]) -> Chart | None:
+    """Discrepancies per day first found, stacked by class; open ones darker (the history of
+    reconciliation from ClickHouse, so days before the retention of PostgreSQL too)."""
+    frame = pd.DataFrame(
+        [
+            {
+                "day": pd.Timestamp(r.day),
+                "class": r.kind,
+                "status": "open" if r.status == "open" else "resolved",
+                "items": r.items,
+            }
+            for r in rows
+        ],
+        columns=["day", "class", "status", "items"],
+    )
+    if frame.empty:
+        return None
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=DAY_AXIS,
+            y=alt.Y("sum(items):Q", title="discrepancies", axis=COUNT_AXIS),
+            color=alt.Color("class:N"),
+            opacity=alt.Opacity(
+                "status:N", scale=alt.Scale(domain=["open", "resolved"], range=[1.0, 0.45])
+            ),
+            tooltip=["yearmonthdate(day):T", "class:N", "status:N", "sum(items):Q"],
+        )
+        .properties(height=220)
     )

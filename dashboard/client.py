@@ -45,6 +45,7 @@ from api.models import (
 from api.routes.analytics import (
     ActiveSubscribersOut,
     DeclineReasonOut,
+    DiscrepancyDayOut,
     DunningMonth,
     MrrMonth,
     OverviewOut,
@@ -431,6 +432,12 @@ class AdminClient:
             "active-subscribers", ActiveSubscribersOut, {"at": at}
         )
         return out
+
+    def discrepancy_history(self, start: datetime, end: datetime) -> list[DiscrepancyDayOut]:
+        rows: list[DiscrepancyDayOut] = self._analytics(
+            "discrepancies", list[DiscrepancyDayOut], {"from": start, "to": end}
+        )
+        return rows
 
     # ---------------------------------------------------------------------- reconciliation
     def recon_summary(self) -> ReconciliationSummary:

@@ -28,7 +28,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError, model_validator
 
-from analytics import queries
+from analytics import queries, recon
 from api.deps import SettingsDep, get_admin_user
 from api.errors import ApiError, InvalidRange, Unprocessable
 from api.models import error_responses
@@ -148,6 +148,16 @@ class DunningMonth(BaseModel):
         ended = self.recovered + self.lost
         self.rate = self.recovered / ended if ended else None
         return self
+
+
+class DiscrepancyDayOut(BaseModel):
+    """Discrepancies first found on ``day``, by class and current status (open, repaired,
+    or an admin's decision), from the reconciliation history in ClickHouse."""
+
+    day: date
+    kind: str
+    status: str
+    items: int
 
 
 class ActiveSubscribersOut(BaseModel):
@@ -427,3 +437,19 @@ async def active_subscribers(request: Request, settings: SettingsDep, at: AtQuer
 
 
 __all__ = ["AnalyticsUnavailable", "router"]
+
+
+@router.get("/discrepancies", response_model=list[DiscrepancyDayOut], responses=ERRORS)
+async def discrepancies(
+    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
+) -> Any:
+    """Reconciliation discrepancies per day first found, class and current status."""
+    f, t = window(from_, to)
+    return await ask(
+        request,
+        settings,
+        "discrepancies_by_day",
+        _window_params(f, t),
+        lambda ch: recon.discrepancies_by_day(ch, f, t),
+        list[DiscrepancyDayOut],
+    )

@@ -3,6 +3,7 @@ resolution, and an admin's decision on an escalated one."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -151,6 +152,21 @@ def _resolve(api: AdminClient, items: list[Any]) -> None:
         st.rerun()
 
 
+def _history(api: AdminClient) -> None:
+    """Discrepancies of the last 90 days from the ClickHouse history (optional: the page
+    works without it)."""
+    end = datetime.now(UTC)
+    try:
+        rows = api.discrepancy_history(end - timedelta(days=90), end)
+    except SessionExpired:
+        raise
+    except ApiError as err:
+        st.caption(f"Discrepancy history unavailable: {tables.md(err.message)}")
+        return
+    st.subheader("Discrepancies over time")
+    ui.chart(charts.discrepancies_chart(rows), empty="No discrepancy in the last 90 days.")
+
+
 def render() -> None:
     st.title("Reconciliation")
     api = ui.client()
@@ -180,6 +196,7 @@ def render() -> None:
     )
     if summary.open_by_kind:
         ui.chart(charts.class_counts_chart(summary.open_by_kind))
+    _history(api)
     st.subheader("Runs")
     run = _runs(api)
     if run is not None:

@@ -236,6 +236,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/admin/analytics/dunning"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/mrr"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/active-subscribers"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/discrepancies"): ANALYTICS,
     ("GET", "/api/v1/admin/reconciliation/summary"): ADMIN_READ,
     ("GET", "/api/v1/admin/reconciliation/runs"): ADMIN_READ,
     ("GET", "/api/v1/admin/reconciliation/discrepancies"): ADMIN_READ,

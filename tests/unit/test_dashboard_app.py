@@ -416,6 +416,10 @@ ANALYTICS: dict[str, Any] = {
     "dunning": DUNNING,
     "mrr": MRR,
     "active-subscribers": ACTIVE,
+    "discrepancies": [
+        {"day": "2026-11-20", "kind": "missing_internal", "status": "repaired", "items": 2},
+        {"day": "2026-11-21", "kind": "amount_mismatch", "status": "open", "items": 1},
+    ],
 }
 
 # The fake the running script talks to (AppTest runs the script in this process).

@@ -13,6 +13,7 @@ import pandas as pd
 from api.models import AdminPaymentOut, AdminPlanOut, MoneyOut, PlanPriceOut
 from api.routes.analytics import (
     DeclineReasonOut,
+    DiscrepancyDayOut,
     DunningMonth,
     MrrMonth,
     RevenueDay,
@@ -199,6 +200,7 @@ def test_charts_of_empty_series_are_none() -> None:
     assert charts.by_plan_chart({}) is None
     assert charts.timeline_chart(tables.events_frame([])) is None
     assert charts.run_counts_chart(tables.run_counts_frame([])) is None
+    assert charts.discrepancies_chart([]) is None
 
 
 def test_revenue_is_drawn_per_currency_never_summed_across() -> None:
@@ -272,6 +274,20 @@ def test_other_charts_build() -> None:
     )
     _spec(charts.by_plan_chart({"monthly": 3, "yearly": 1}))
     _spec(charts.class_counts_chart({"matched": 10, "amount_mismatch": 1, "in_flight": 0}))
+    spec = _spec(
+        charts.discrepancies_chart(
+            [
+                DiscrepancyDayOut(
+                    day=date(2026, 11, 1), kind="amount_mismatch", status="open", items=2
+                ),
+                DiscrepancyDayOut(
+                    day=date(2026, 11, 1), kind="missing_internal", status="repaired", items=5
+                ),
+            ]
+        )
+    )
+    statuses = {row["status"] for row in spec["datasets"][next(iter(spec["datasets"]))]}
+    assert statuses == {"open", "resolved"}  # repaired counts as resolved
 
 
 def test_typed_text_cannot_format_link_or_load_images_in_markdown() -> None:
