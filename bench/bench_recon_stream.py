@@ -300,12 +300,13 @@ async def seed_changelog(
 
 
 # ---------------------------------------------------------------------------- baselines
-async def raw_consume(bootstrap: str, topic: str, expect: int) -> dict[str, float]:
-    """The baseline: a plain aiokafka consumer reads ``expect`` report messages from the
-    start of ``topic`` and decodes each (no state, no database)."""
+async def raw_consume(bootstrap: str, topic: str) -> dict[str, float]:
+    """The baseline: a plain aiokafka consumer reads the report (every message of ``topic``)
+    and decodes each message (no state, no database); rates are in report lines."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from schemas.recon import decode_report_message
+    from reconciler.feed import ReportBatch, decode_report
+    from schemas.recon import ReportEnvelope
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
@@ -315,19 +316,31 @@ async def raw_consume(bootstrap: str, topic: str, expect: int) -> dict[str, floa
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        n = 0
+        ends = await consumer.end_offsets(tps)
+        expect = sum(ends.values())
+        n = lines = 0
         t0, cpu0 = time.monotonic(), time.process_time()
         while n < expect:
             got = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for records in got.values():
                 for r in records:
                     assert r.value is not None
-                    decode_report_message(r.value)
+                    msg = decode_report(r.value)
+                    if isinstance(msg, ReportBatch):
+                        lines += len(msg.lines)
+                    elif isinstance(msg, ReportEnvelope):
+                        lines += 1
                 n += len(records)
         seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
     finally:
         await consumer.stop()
-    return {"n": n, "seconds": seconds, "rate": n / seconds, "cpu_us": cpu / n * 1e6}
+    return {
+        "n": lines,
+        "messages": n,
+        "seconds": seconds,
+        "rate": lines / seconds,
+        "cpu_us": cpu / lines * 1e6,
+    }
 
 
 def pure_matcher(n_sample: int, seed: int, tpl: Templates) -> dict[str, float]:
@@ -335,15 +348,14 @@ def pure_matcher(n_sample: int, seed: int, tpl: Templates) -> dict[str, float]:
     encoded state from a dict, decode it and ``match_line`` (``RunMemory.match``)."""
     from reconciler.matcher import MatchConfig
     from schemas.recon import ReportEnvelope, decode_report_message, encode_report_message
-    from schemas.state import decode_state
-    from streams.reconcile.agent import RunMemory
+    from streams.reconcile.agent import RunMemory, decode_for_match
 
     table: dict[bytes, bytes] = {}
     values: list[bytes] = []
     for slot in population(n_sample, seed, tpl.t0):
-        state = slot.state(tpl)
-        if state is not None:
-            table[slot.sub_id.encode()] = state
+        encoded = slot.state(tpl)
+        if encoded is not None:
+            table[slot.sub_id.encode()] = encoded
         values.extend(
             encode_report_message(ReportEnvelope(run_id="pure", line=line)) for line in slot.lines
         )
@@ -355,7 +367,7 @@ def pure_matcher(n_sample: int, seed: int, tpl: Templates) -> dict[str, float]:
         assert isinstance(msg, ReportEnvelope)
         sub = msg.line.subscription_id
         raw = table.get(sub.encode()) if sub else None
-        memory.match(cfg, "pure", 0, msg.line, decode_state(raw) if raw is not None else None)
+        memory.match(cfg, "pure", 0, msg.line, decode_for_match(raw) if raw else None)
     seconds, cpu = time.monotonic() - t0, time.process_time() - cpu0
     return {
         "n": len(values),
@@ -600,6 +612,26 @@ async def _committed(worker: Worker, conn: Any) -> int:
         await admin.close()
 
 
+def start_profiler(pid: int, path: Path) -> Any:
+    """py-spy (if installed) sampling the worker for the timed window, collapsed stacks."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-o", str(path), "-f", "raw", "-r", "200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(proc: Any) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+
+
 def postmaster_pid(root: Path) -> int | None:
     try:
         return int((root / "pg" / "postmaster.pid").read_text().splitlines()[0])
@@ -615,6 +647,7 @@ def run(
     baselines: bool = True,
     sweeper: bool = False,
     sample: int = 100_000,
+    profile: Path | None = None,
 ) -> Result:
     from billing.kafka_local import ensure_topics
     from reconciler.matcher import MATCH_CLASSES
@@ -654,8 +687,8 @@ def run(
             f["rate"] = f["lines"] / (f["fed"] - f["first_publish"])
             log(f"  {f['rate']:,.0f} lines/s, feeder peak RSS {f['peak_rss_mb']:.0f} MiB")
             log("baseline: raw aiokafka consume + decode of the scratch topic ...")
-            stats["raw"] = asyncio.run(raw_consume(bootstrap, SCRATCH_TOPIC, lines + PARTITIONS))
-            log(f"  {stats['raw']['rate']:,.0f} messages/s")
+            stats["raw"] = asyncio.run(raw_consume(bootstrap, SCRATCH_TOPIC))
+            log(f"  {stats['raw']['rate']:,.0f} lines/s ({stats['raw']['messages']:,} messages)")
             log(f"pure matcher in-process ({min(sample, lines):,} lines) ...")
             stats["pure"] = pure_matcher(min(sample, lines), seed, tpl)
             log(f"  {stats['pure']['rate']:,.0f} lines/s")
@@ -669,6 +702,7 @@ def run(
             cpu_w0 = cpu_seconds(worker.pid)
             cpu_pg0 = tree_cpu_seconds(pg_pid) if pg_pid else float("nan")
             run_id = str(uuid.uuid4())
+            spy = start_profiler(worker.pid, profile) if profile else None
             log(f"streaming run {run_id}: feeding {lines:,} lines ...")
             import threading
 
@@ -702,6 +736,8 @@ def run(
             cpu_w = cpu_seconds(worker.pid) - cpu_w0
             cpu_pg = (tree_cpu_seconds(pg_pid) - cpu_pg0) if pg_pid else float("nan")
             rss_worker = peak_rss_mb(worker.pid)
+            if spy is not None:
+                stop_profiler(spy)
         except BaseException:
             sys.stderr.write(worker.log_text()[-4000:])
             raise
@@ -774,10 +810,10 @@ def run(
         result.add(
             "baseline: raw aiokafka consume + decode",
             raw["rate"],
-            "msgs/s",
+            "lines/s",
             ratio=1.0,
             baseline="raw",
-            note=f"{raw['cpu_us']:.1f} us CPU per message",
+            note=f"{raw['messages']:,} messages, {raw['cpu_us']:.1f} us CPU per line",
         )
         result.add(
             "pure matcher in-process (decode, state decode, match_line)",
@@ -818,6 +854,7 @@ def main() -> None:
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--with-sweeper", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", type=Path, help="py-spy the worker's timed window to FILE")
     ap.add_argument("--role", choices=("bench", "worker", "feed"), default="bench")
     # feeder role
     ap.add_argument("--t0", type=int, default=0, help=argparse.SUPPRESS)
@@ -838,6 +875,7 @@ def main() -> None:
         baselines=not args.skip_baselines,
         sweeper=args.with_sweeper,
         sample=args.sample,
+        profile=args.profile,
     )
     print_result(res)
     if args.json:

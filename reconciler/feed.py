@@ -10,12 +10,16 @@
    re-read of that payment.
 2. The run: a row in ``recon_runs`` (window, source, ``taken_at`` = the matcher's "now",
    SLAs), written before the first line so the agents can read it.
-3. Publishing: lines in ``report_order`` (oldest first), each in a ``ReportEnvelope`` keyed by
-   its subscription id on the partition ``partition_for(key)`` (the partitioner of every
-   billing producer, so it is the partition of the subscription's ledger state), then an
-   ``EndOfReport`` on every partition with the count of distinct lines sent there. One
-   idempotent producer (acks=all) keeps each partition in order, so every marker follows its
-   partition's lines.
+3. Publishing: lines in ``report_order`` (oldest first), each on the partition
+   ``partition_for(subscription id)`` (the partitioner of every billing producer, so it is the
+   partition of the subscription's ledger state), then an ``EndOfReport`` on every partition
+   with the count of distinct lines sent there. One idempotent producer (acks=all) keeps each
+   partition in order, so every marker follows its partition's lines. The lines of a
+   partition travel ``LINES_PER_MESSAGE`` to a message (a ``ReportBatch``, in report order,
+   with the partition it is for): the reconcile agent's cost is mostly Faust's, per message,
+   so one message per line would cap a run at a few thousand lines a second. With
+   ``lines_per_message=1`` each line is a ``ReportEnvelope`` keyed by its subscription id
+   (the agent reads both).
 
 A report is all or nothing: an object that cannot be read refuses the whole report (a
 half-published report would make every missing line a discrepancy).
@@ -25,10 +29,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -51,6 +56,8 @@ from reconciler.report import (
 from schemas import topics as topic_names
 from schemas.periods import dt_to_ms, ms_to_dt, now_ms
 from schemas.recon import (
+    END_OF_REPORT,
+    REPORT_LINE,
     EndOfReport,
     ReportEnvelope,
     encode_report_message,
@@ -64,6 +71,55 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REPORT_LAG_MS = 10 * 60_000
 Progress = Callable[[int], None]  # called with how many more objects were fetched or sent
+LINES_PER_MESSAGE = 200  # about 70 KB of JSON: far below the broker's 1 MB message limit
+MAX_MESSAGE_BYTES = 512 * 1024  # a batch this large is split (long free-text fields)
+REPORT_LINES = "lines"
+
+
+# ----------------------------------------------------------------------------- messages
+class ReportBatch(msgspec.Struct, tag_field="type", tag=REPORT_LINES, frozen=True, kw_only=True):
+    """Lines of run ``run_id`` for ``partition``, in report order: the same as that many
+    ``ReportEnvelope`` messages (each line is distinct by object and provider id, and counts
+    in the marker's ``lines_sent``). Keyed by ``batch_key``; the partition is explicit."""
+
+    run_id: str
+    partition: int
+    lines: list[ReportLine]
+
+
+AnyReportMessage = ReportEnvelope | EndOfReport | ReportBatch
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyReportMessage)
+assert REPORT_LINES not in (REPORT_LINE, END_OF_REPORT)
+
+
+def encode_report(msg: AnyReportMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_report(data: bytes) -> AnyReportMessage:
+    """A message of billing.provider-report: one line, lines of a partition, or a marker."""
+    return _decoder.decode(data)  # type: ignore[no-any-return]
+
+
+def batch_key(run_id: str, partition: int) -> bytes:
+    """The Kafka key of a ``ReportBatch`` (the partition is explicit; the key labels it)."""
+    return f"report-lines:{run_id}:{partition}".encode()
+
+
+def _batches(
+    run_id: str, partition: int, lines: list[ReportLine], size: int
+) -> list[tuple[bytes, int]]:
+    """``ReportBatch`` messages of ``size`` lines at most, and how many lines each holds."""
+    out: list[tuple[bytes, int]] = []
+    for i in range(0, len(lines), size):
+        chunk = lines[i : i + size]
+        value = encode_report(ReportBatch(run_id=run_id, partition=partition, lines=chunk))
+        if len(value) > MAX_MESSAGE_BYTES and len(chunk) > 1:
+            out.extend(_batches(run_id, partition, chunk, max(1, len(chunk) // 2)))
+        else:
+            out.append((value, len(chunk)))
+    return out
 
 
 class ReportProvider(Protocol):
@@ -195,23 +251,51 @@ async def publish_report(
     *,
     topic: str = topic_names.PROVIDER_REPORT,
     progress: Progress | None = None,
+    lines_per_message: int = LINES_PER_MESSAGE,
 ) -> dict[int, int]:
     """Publish the planned lines, then a marker on every partition; returns the distinct
     lines sent per partition. Waits until the broker acknowledged everything."""
     sent: Counter[int] = Counter()
-    pending = []
-    for i, (partition, line) in enumerate(planned):
-        value = encode_report_message(ReportEnvelope(run_id=run_id, line=line))
-        pending.append(
-            await producer.send(topic, value, key=message_key(line), partition=partition)
-        )
-        sent[partition] += 1
-        if len(pending) >= 1000 or i == len(planned) - 1:
-            for fut in pending:
-                await fut
-            if progress:
-                progress(len(pending))
-            pending.clear()
+    pending: list[tuple[Any, int]] = []
+
+    async def drain() -> None:
+        for fut, _n in pending:
+            await fut
+        if progress:
+            progress(sum(n for _fut, n in pending))
+        pending.clear()
+
+    if lines_per_message <= 1:
+        for partition, line in planned:
+            value = encode_report_message(ReportEnvelope(run_id=run_id, line=line))
+            fut = await producer.send(topic, value, key=message_key(line), partition=partition)
+            pending.append((fut, 1))
+            sent[partition] += 1
+            if len(pending) >= 1000:
+                await drain()
+    else:
+        by_partition: dict[int, list[ReportLine]] = defaultdict(list)
+        for partition, line in planned:
+            by_partition[partition].append(line)
+        chunks = {
+            p: _batches(run_id, p, lines, lines_per_message) for p, lines in by_partition.items()
+        }
+        counts = {p: len(lines) for p, lines in by_partition.items()}
+        # The partitions in turn, so every partition's agent has work from the start.
+        turns = [[(p, chunk) for chunk in chunks[p]] for p in sorted(chunks)]
+        for row in zip_longest(*turns):
+            for entry in row:
+                if entry is None:
+                    continue
+                partition, (value, n) = entry
+                fut = await producer.send(
+                    topic, value, key=batch_key(run_id, partition), partition=partition
+                )
+                pending.append((fut, n))
+            if len(pending) >= 64:
+                await drain()
+        sent.update(counts)
+    await drain()
     markers = []
     for partition in range(partitions):
         marker = EndOfReport(run_id=run_id, partition=partition, lines_sent=sent[partition])

@@ -5,9 +5,16 @@ Every write is idempotent, because the agent that calls most of them is at-least
 - an item is identified across runs by (object, provider id or our id, class)
   (``item_key``): a re-run, or a replayed report line, finds the same row and only moves its
   "last seen"; ``first_run_id`` says which run found it first, so "new in this run" is exact;
-- a run links to every item it found (``recon_run_items``, the item as that run saw it), and
-  its summary (counts per class, succeeded totals per currency on both sides) is computed from
-  those links when its last partition is done, so a replay computes the same summary;
+- a run links to every item it recorded (``recon_run_items``, the item as that run saw it),
+  and its summary (counts per class, succeeded totals per currency on both sides) is computed
+  from those links, plus its tallies, when its last partition is done, so a replay computes
+  the same summary;
+- the streaming agent records through ``record_progress``: it only counts the ``matched``
+  items (``TALLIED_CLASSES``) of a (run, partition) in a tally (``recon_run_tallies``, migration
+  0008) instead of a row each, and records each message of ``billing.provider-report`` once:
+  a partition's tally keeps the last offset recorded (``through_offset``), and the items of a
+  message at or before it (a replay, by this worker or the next owner of the partition) are
+  not recorded again;
 - a partition's end is recorded once per (run, partition).
 
 Resolution of a discrepancy: the reconciler's own repairs (``apply_provider_status``,
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -458,6 +465,167 @@ async def record_items(
         await conn.execute(_LINK_ITEMS, (payload,))
 
 
+# ------------------------------------------------------------------------------ tallies
+# Items of these classes are counted per (run, partition) by ``record_progress`` instead of
+# recorded one by one: they agree with the provider, so nothing is ever decided about them.
+TALLIED_CLASSES: frozenset[str] = frozenset({"matched"})
+_TOTAL_SIDES = ("payments_ours", "payments_theirs", "refunds_ours", "refunds_theirs")
+
+
+@dataclass
+class Tally:
+    """Counts per class and succeeded totals (minor units) per side and currency of items
+    that were counted, not recorded (the shape of ``recon_run_tallies``)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, item: MatchItem) -> None:
+        self.counts[item.kind] = self.counts.get(item.kind, 0) + 1
+        prefix = "payments" if item.object == "payment" else "refunds"
+        if item.ours_status == "succeeded" and item.ours_amount is not None:
+            self._add(f"{prefix}_ours", item.ours_amount)
+        if item.theirs_status == "succeeded" and item.theirs_amount is not None:
+            self._add(f"{prefix}_theirs", item.theirs_amount)
+
+    def _add(self, side: str, amount: Money) -> None:
+        per = self.totals.setdefault(side, {})
+        per[amount.currency] = per.get(amount.currency, 0) + amount.amount_minor
+
+    def merge(self, other: Tally) -> None:
+        for kind, n in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+        for side, per in other.totals.items():
+            mine = self.totals.setdefault(side, {})
+            for currency, minor in per.items():
+                mine[currency] = mine.get(currency, 0) + minor
+
+    @classmethod
+    def of(cls, counts: Any, totals: Any) -> Tally:
+        return cls(
+            counts={str(k): int(v) for k, v in (counts or {}).items()},
+            totals={
+                str(side): {str(c): int(m) for c, m in per.items()}
+                for side, per in (totals or {}).items()
+            },
+        )
+
+
+def add_tally(summary: Summary, tally: Tally) -> Summary:
+    """``summary`` with the counted items of ``tally`` added."""
+    counts = dict(summary.counts)
+    for kind, n in tally.counts.items():
+        counts[kind] = counts.get(kind, 0) + n
+    sides: dict[str, dict[str, Money]] = {}
+    for side in _TOTAL_SIDES:
+        merged = dict(getattr(summary, side))
+        for currency, minor in tally.totals.get(side, {}).items():
+            prior = merged.get(currency)
+            merged[currency] = Money(minor + (prior.amount_minor if prior else 0), currency)
+        sides[side] = merged
+    return Summary(counts=counts, **sides)
+
+
+@dataclass
+class Progress:
+    """What a run found in one partition of the report topic: ``found`` are (Kafka offset of
+    the message, item) in offset order, ``through_offset`` the last offset processed (a
+    message may give no item: a line seen before, another run's message)."""
+
+    run_id: str
+    partition: int
+    through_offset: int
+    found: list[tuple[int, MatchItem]] = field(default_factory=list)
+
+
+_LOCK_TALLIES = """
+INSERT INTO recon_run_tallies AS t (run_id, partition, updated_at)
+SELECT r, p, %s FROM unnest(%s::uuid[], %s::integer[]) AS x(r, p)
+ORDER BY r, p
+ON CONFLICT (run_id, partition) DO UPDATE SET updated_at = EXCLUDED.updated_at
+RETURNING run_id::text, partition, through_offset, counts, totals
+"""
+
+_UPDATE_TALLIES = """
+UPDATE recon_run_tallies AS t SET through_offset = x.through_offset, counts = x.counts,
+    totals = x.totals
+FROM jsonb_to_recordset(%s::jsonb) AS x(run_id uuid, partition integer, through_offset bigint,
+    counts jsonb, totals jsonb)
+WHERE t.run_id = x.run_id AND t.partition = x.partition
+"""
+
+
+async def record_progress(conn: AsyncConnection[Any], progress: Sequence[Progress], at: int) -> int:
+    """Record what runs found in partitions of the report topic, in one transaction: items of
+    ``TALLIED_CLASSES`` are added to the (run, partition) tally, every other item is upserted
+    and linked as ``record_items`` does. Only what comes after the offset the partition's
+    tally has recorded through counts: a replayed message (the same worker after a failed
+    commit, or the partition's next owner) records nothing twice. Returns how many items
+    were recorded now."""
+    groups: dict[tuple[str, int], Progress] = {}
+    for p in progress:
+        prior = groups.get((p.run_id, p.partition))
+        if prior is None:
+            groups[(p.run_id, p.partition)] = Progress(
+                p.run_id, p.partition, p.through_offset, list(p.found)
+            )
+        else:  # the same partition twice: one group, in offset order
+            prior.found.extend(p.found)
+            prior.through_offset = max(prior.through_offset, p.through_offset)
+    if not groups:
+        return 0
+    keys = sorted(groups)  # a fixed lock order: two workers cannot deadlock
+    when = ms_to_dt(at)
+    recorded = 0
+    async with conn.transaction():
+        cur = await conn.execute(_LOCK_TALLIES, (when, [k[0] for k in keys], [k[1] for k in keys]))
+        current = {(str(r[0]), int(r[1])): r for r in await cur.fetchall()}
+        rows: dict[str, _Row] = {}
+        updates: list[dict[str, Any]] = []
+        for key in keys:
+            group = groups[key]
+            _run, _part, through, counts, totals = current[key]
+            if group.through_offset <= through:
+                continue  # all of it recorded already
+            tally = Tally.of(counts, totals)
+            for offset, item in group.found:
+                if offset <= through:
+                    continue
+                recorded += 1
+                if item.kind in TALLIED_CLASSES:
+                    tally.add(item)
+                else:
+                    row = _row(group.run_id, group.partition, item, when)
+                    rows[row.key] = row
+            updates.append(
+                {
+                    "run_id": group.run_id,
+                    "partition": group.partition,
+                    "through_offset": group.through_offset,
+                    "counts": tally.counts,
+                    "totals": tally.totals,
+                }
+            )
+        if rows:
+            payload = _item_encoder.encode(list(rows.values())).decode()
+            await conn.execute(_UPSERT_ITEMS, (payload,))
+            await conn.execute(_LINK_ITEMS, (payload,))
+        if updates:
+            await conn.execute(_UPDATE_TALLIES, (json.dumps(updates),))
+    return recorded
+
+
+async def run_tally(conn: AsyncConnection[Any], run_id: str) -> Tally:
+    """What run ``run_id`` counted instead of recording (every partition's tally)."""
+    cur = await conn.execute(
+        "SELECT counts, totals FROM recon_run_tallies WHERE run_id = %s", (run_id,)
+    )
+    total = Tally()
+    for counts, totals in await cur.fetchall():
+        total.merge(Tally.of(counts, totals))
+    return total
+
+
 async def mark_partition_done(
     conn: AsyncConnection[Any],
     run_id: str,
@@ -540,7 +708,8 @@ def totals_json(summary: Summary) -> dict[str, dict[str, str]]:
 
 
 async def run_items(conn: AsyncConnection[Any], run_id: str) -> list[MatchItem]:
-    """Every item run ``run_id`` found, as it found it."""
+    """Every item run ``run_id`` recorded, as it found it: all it found but the items the
+    streaming agent only counts (``TALLIED_CLASSES``, in ``run_tally``)."""
     cur = await conn.execute(
         "SELECT item::text FROM recon_run_items WHERE run_id = %s ORDER BY item_key", (run_id,)
     )
@@ -548,7 +717,7 @@ async def run_items(conn: AsyncConnection[Any], run_id: str) -> list[MatchItem]:
 
 
 async def _run_summary(conn: AsyncConnection[Any], run_id: str) -> Summary:
-    return summarize(await run_items(conn, run_id))
+    return add_tally(summarize(await run_items(conn, run_id)), await run_tally(conn, run_id))
 
 
 async def _discrepancy_counts(conn: AsyncConnection[Any], run_id: str) -> tuple[int, int]:

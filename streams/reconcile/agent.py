@@ -8,14 +8,26 @@ that partition in the table (what the ledger has in the window that the provider
 reported), then the partition is recorded done; the agent that records the last partition of
 a run finishes it (summary from the stored items).
 
-Items go to PostgreSQL (``reconciler.store``: upserts keyed across runs); repairs are
-published where the ledger takes them: ``apply_provider_status`` as the item's observation
-(``source="reconciliation"``) on billing.provider-events, ``refund_later_duplicate`` as a
-``RefundPayment`` command on billing.commands (``actor="reconciler"``), both keyed by the
-subscription. Items are written before repairs are sent, and Faust flushes sends before it
-commits the input offset, so a crash replays at most, and a replay is harmless: items are
-upserts, observation ids and refund keys are derived from the provider object, the refund's
-command id from the refund key, whatever the run.
+The lines of a partition usually come many to a message (``reconciler.feed.ReportBatch``);
+a single ``ReportEnvelope`` per line is read as well. Faust's cost is per message, so that is
+what lets a run go at tens of thousands of lines a second.
+
+Items go to PostgreSQL with ``reconciler.store.record_progress``, once per batch of messages
+in one transaction: discrepancies (and in-flight items) as upserts keyed across runs and
+linked to the run, ``matched`` items only counted in the (run, partition) tally. The tally
+keeps the last offset of the partition recorded, so a message processed again (a replay
+after a crash or a rebalance, here or in the partition's next owner) records nothing twice.
+Repairs are published where the ledger takes them: ``apply_provider_status`` as the item's
+observation (``source="reconciliation"``) on billing.provider-events,
+``refund_later_duplicate`` as a ``RefundPayment`` command on billing.commands
+(``actor="reconciler"``), both keyed by the subscription. Items are written before repairs
+are sent, and Faust flushes sends before it commits the input offset, so a crash replays at
+most, and a replay is harmless: repairs are sent again even for a message already recorded
+(observation ids and refund keys are derived from the provider object, the refund's command
+id from the refund key, whatever the run).
+
+The ledger state of a line is decoded with only what the matcher and the repairs read
+(``decode_for_match``: ids, payments, refunds), not the events the state keeps for replays.
 
 What a run has seen of a subscription (``SubscriptionRun``) is kept in memory, per (run,
 key). A worker that takes a partition over mid-run (a crash, a rebalance) lacks the memory of
@@ -42,25 +54,20 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from reconciler import store
-from reconciler.feed import ReconSettings, run_nightly
+from reconciler.feed import ReconSettings, ReportBatch, decode_report, run_nightly
 from reconciler.matcher import MatchConfig, MatchItem, SubscriptionRun, end_of_report, match_line
 from reconciler.report import ReportLine
 from schemas import topics as topic_names
 from schemas.ids import derived_id
 from schemas.messages import DecodeError, RefundPayment, ValidationError, encode
 from schemas.periods import now_ms
-from schemas.recon import (
-    EndOfReport,
-    ReportEnvelope,
-    decode_report_message,
-    line_key,
-    message_key,
-)
-from schemas.state import SubscriptionState, decode_state
+from schemas.recon import EndOfReport, line_key, message_key
+from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 from streams.ledger.agent import partition_for
 from streams.topics import Topics
 
@@ -68,11 +75,38 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BATCH_SIZE = 500
+BATCH_SIZE = 100  # messages per take (a ReportBatch holds up to 200 lines)
 BATCH_WITHIN_S = 0.05
+FLUSH_LINES = 5000  # record at least this often within a take
 MEMORY_TTL_S = 24 * 3600.0  # a run whose marker never came is forgotten after this
 DB_RETRY_MAX_S = 30.0
 DB_ATTEMPTS_ON_BUG = 3  # other errors than a lost connection: give up the batch after these
+
+
+# ----------------------------------------------------------------------- ledger states
+class _StateView(msgspec.Struct):
+    """The fields of a ledger state the matcher and the repairs read; the rest of the JSON
+    (the events kept for replays: about half of it) is skipped, not built."""
+
+    subscription_id: str
+    user_id: str
+    payments: dict[str, PaymentRecord] = {}
+    refunds: dict[str, RefundRecord] = {}
+
+
+_view_decoder = msgspec.json.Decoder(_StateView)
+
+
+def decode_for_match(raw: bytes) -> SubscriptionState:
+    """A ledger state (``schemas.state.encode_state``) with what matching needs: ids, payments
+    and refunds; every other field has its default."""
+    v = _view_decoder.decode(raw)
+    return SubscriptionState(
+        subscription_id=v.subscription_id,
+        user_id=v.user_id,
+        payments=v.payments,
+        refunds=v.refunds,
+    )
 
 
 # --------------------------------------------------------------------------- run memory
@@ -200,6 +234,22 @@ def repair_for(item: MatchItem, state: SubscriptionState | None, now: int) -> Re
 
 
 # -------------------------------------------------------------------------------- agent
+@dataclass
+class _Batch:
+    """What a batch of messages found, per (run, partition), and the repairs to send."""
+
+    groups: dict[tuple[str, int], store.Progress] = field(default_factory=dict)
+    repairs: list[Repair] = field(default_factory=list)
+    lines: int = 0
+
+    def group(self, run_id: str, partition: int, offset: int) -> store.Progress:
+        g = self.groups.get((run_id, partition))
+        if g is None:
+            g = self.groups[(run_id, partition)] = store.Progress(run_id, partition, offset)
+        g.through_offset = max(g.through_offset, offset)
+        return g
+
+
 class Reconciler:
     """The agent's work on one batch of report messages, with its I/O injected: the ledger
     table (``get``/``items``), a send per repair topic, and a connection pool."""
@@ -218,11 +268,12 @@ class Reconciler:
         self.memory = RunMemory()
         self._partition_of: dict[bytes, int] = {}  # murmur2 in Python is slow: once per key
         self.runs: dict[str, store.RunSpec | None] = {}
+        self._configs: dict[str, MatchConfig] = {}
         self.lines_matched = 0  # this process, all runs (for figures)
 
     def _state(self, key: bytes) -> SubscriptionState | None:
         raw = self.table.get(key)
-        return decode_state(raw) if raw is not None else None
+        return decode_for_match(raw) if raw is not None else None
 
     async def _db(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(conn)``; a lost database is waited for (nothing may be skipped), any
@@ -248,70 +299,103 @@ class Reconciler:
             spec = await self._db("load run", lambda c: store.load_run(c, run_id))
             if spec is None:
                 log.error("reconcile: report for unknown run %s; its lines are skipped", run_id)
+            else:
+                self._configs[run_id] = spec.match_config()
             self.runs[run_id] = spec
         return self.runs[run_id]
 
-    async def handle(self, messages: Sequence[tuple[int, bytes]]) -> None:
-        """Process ``(partition, value)`` report messages in order."""
-        found: list[tuple[str, int, MatchItem]] = []
-        repairs: list[Repair] = []
+    async def handle(self, messages: Sequence[tuple[int, int, bytes]]) -> None:
+        """Process ``(partition, offset, value)`` report messages in order."""
+        batch = _Batch()
         now = now_ms()
-        for partition, value in messages:
+        runs = self.runs
+        for partition, offset, value in messages:
             try:
-                msg = decode_report_message(value)
+                msg = decode_report(value)
             except (DecodeError, ValidationError) as exc:
                 log.error("reconcile: undecodable report message on %s: %s", partition, exc)
                 continue
-            spec = await self._run(msg.run_id)
+            spec = runs[msg.run_id] if msg.run_id in runs else await self._run(msg.run_id)
             if spec is None:
                 continue
-            if isinstance(msg, ReportEnvelope):
-                line = msg.line
-                try:
-                    sub = line.subscription_id
-                    state = self._state(sub.encode()) if sub else None
-                    if state is not None and state.subscription_id != sub:
-                        state = None  # never for a well-keyed table; the matcher would refuse
-                    item = self.memory.match(
-                        spec.match_config(), spec.run_id, partition, line, state
+            if isinstance(msg, EndOfReport):
+                await self._flush(batch)
+                batch = _Batch()
+                await self._end(spec, msg, offset, now)
+                continue
+            known = False  # the feeder says which partition its lines' keys are on
+            if isinstance(msg, ReportBatch):
+                lines: Sequence[ReportLine] = msg.lines
+                known = msg.partition == partition
+                if not known:
+                    log.warning(
+                        "reconcile: run %s: lines for partition %d arrived on %d",
+                        spec.run_id,
+                        msg.partition,
+                        partition,
                     )
-                except Exception:
-                    # A line that cannot be matched (an unreadable ledger state) is not seen:
-                    # its partition ends incomplete, so the run says so instead of lying.
-                    log.exception("reconcile: run %s: cannot match %r", spec.run_id, line)
-                    continue
-                self.lines_matched += 1
-                if item is not None:
-                    found.append((spec.run_id, partition, item))
-                    repair = repair_for(item, state, now)
-                    if repair is not None:
-                        repairs.append(repair)
-            elif isinstance(msg, EndOfReport):
-                await self._flush(found, repairs)
-                found, repairs = [], []
-                await self._end(spec, msg, now)
-        await self._flush(found, repairs)
+            else:
+                lines = (msg.line,)
+            self._match(spec, partition, offset, lines, batch, now, known)
+            if batch.lines >= FLUSH_LINES:
+                await self._flush(batch)
+                batch = _Batch()
+        await self._flush(batch)
         self.memory.evict()
 
-    async def _flush(self, found: list[tuple[str, int, MatchItem]], repairs: list[Repair]) -> None:
-        if found:
-            by_run: dict[str, list[tuple[int, MatchItem]]] = {}
-            for run_id, partition, item in found:
-                by_run.setdefault(run_id, []).append((partition, item))
+    def _match(
+        self,
+        spec: store.RunSpec,
+        partition: int,
+        offset: int,
+        lines: Sequence[ReportLine],
+        batch: _Batch,
+        now: int,
+        known: bool = False,
+    ) -> None:
+        """Classify the lines of one message into ``batch`` (no I/O). ``known``: the lines'
+        keys are on ``partition`` (saves the end of the report hashing them)."""
+        cfg = self._configs[spec.run_id]
+        group = batch.group(spec.run_id, partition, offset)
+        found = group.found
+        partition_of = self._partition_of
+        for line in lines:
+            try:
+                sub = line.subscription_id
+                key = sub.encode() if sub else None
+                state = self._state(key) if key is not None else None
+                if known and key is not None:
+                    partition_of[key] = partition
+                if state is not None and state.subscription_id != sub:
+                    state = None  # never for a well-keyed table; the matcher would refuse
+                item = self.memory.match(cfg, spec.run_id, partition, line, state)
+            except Exception:
+                # A line that cannot be matched (an unreadable ledger state) is not seen:
+                # its partition ends incomplete, so the run says so instead of lying.
+                log.exception("reconcile: run %s: cannot match %r", spec.run_id, line)
+                continue
+            self.lines_matched += 1
+            batch.lines += 1
+            if item is not None:
+                found.append((offset, item))
+                repair = repair_for(item, state, now)
+                if repair is not None:
+                    batch.repairs.append(repair)
+
+    async def _flush(self, batch: _Batch) -> None:
+        if batch.groups:
+            groups = list(batch.groups.values())
             at = now_ms()
-            for run_id, items in by_run.items():
-                await self._record(run_id, items, at)
-        for repair in repairs:
+            await self._db("record items", lambda c: store.record_progress(c, groups, at))
+        for repair in batch.repairs:
             await self.send(repair.topic, repair.key, repair.value)
 
-    async def _record(self, run_id: str, items: list[tuple[int, MatchItem]], at: int) -> None:
-        await self._db("record items", lambda c: store.record_items(c, run_id, items, at))
-
-    def _partition_states(self, partition: int) -> tuple[list[SubscriptionState], bool]:
-        """The ledger states of the subscriptions of ``partition`` held here, and whether
-        every one of them could be read."""
-        states = []
-        readable = True
+    def _partition_states(
+        self, partition: int, unreadable: list[bytes]
+    ) -> Iterable[SubscriptionState]:
+        """The ledger states of the subscriptions of ``partition`` held here, decoded one at
+        a time (a partition of a large table does not fit in memory decoded); the keys of
+        states that cannot be read are appended to ``unreadable``."""
         cache = self._partition_of
         for key, raw in list(self.table.items()):
             p = cache.get(key)
@@ -320,19 +404,22 @@ class Reconciler:
             if raw is None or p != partition:
                 continue
             try:
-                states.append(decode_state(raw))
+                yield decode_for_match(raw)
             except (DecodeError, ValidationError):
                 log.exception("reconcile: unreadable ledger state %r", key)
-                readable = False
-        return states, readable
+                unreadable.append(key)
 
-    async def _end(self, spec: store.RunSpec, marker: EndOfReport, now: int) -> None:
+    async def _end(self, spec: store.RunSpec, marker: EndOfReport, offset: int, now: int) -> None:
         run_id, partition = spec.run_id, marker.partition
-        states, readable = self._partition_states(partition)
+        unreadable: list[bytes] = []
         items, complete = self.memory.end(
-            spec.match_config(), run_id, partition, states, marker.lines_sent
+            self._configs[run_id],
+            run_id,
+            partition,
+            self._partition_states(partition, unreadable),
+            marker.lines_sent,
         )
-        complete = complete and readable
+        complete = complete and not unreadable
         seen = self.memory.lines_seen(run_id, partition)
         if not complete:
             log.warning(
@@ -344,13 +431,16 @@ class Reconciler:
                 seen,
                 marker.lines_sent,
             )
-        by_sub = {s.subscription_id: s for s in states}
-        repairs = [
-            r
-            for r in (repair_for(i, by_sub.get(i.subscription_id or ""), now) for i in items)
-            if r is not None
-        ]
-        await self._flush([(run_id, partition, i) for i in items], repairs)
+        batch = _Batch()
+        group = batch.group(run_id, partition, offset)
+        for item in items:
+            group.found.append((offset, item))
+            sub = item.subscription_id
+            state = self._state(sub.encode()) if sub else None
+            repair = repair_for(item, state, now)
+            if repair is not None:
+                batch.repairs.append(repair)
+        await self._flush(batch)
         at = now_ms()
 
         async def done(conn: Any) -> bool:
@@ -418,7 +508,7 @@ def register_reconciler(
     @app.agent(report, name="reconcile")
     async def reconcile(stream: Any) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-            await worker.handle([(e.message.partition, e.value) for e in events])
+            await worker.handle([(e.message.partition, e.message.offset, e.value) for e in events])
 
     cfg = ReconSettings.of(settings)
     if cfg.nightly if nightly is None else nightly:

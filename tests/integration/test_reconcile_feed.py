@@ -1,6 +1,7 @@
 """reconciler.feed against the emulator, Kafka and PostgreSQL: a window's report through the
 list API (pages, created_at filters, a 429 retried), refunds given their subscription, a
-registry import, and publication keyed by subscription with a marker on every partition."""
+registry import, and publication on each subscription's partition (lines many to a message, or
+one each keyed by subscription) with a marker on every partition."""
 
 from __future__ import annotations
 
@@ -29,13 +30,7 @@ from reconciler.report import (
 )
 from schemas.messages import PaymentRequest
 from schemas.money import Money
-from schemas.recon import (
-    EndOfReport,
-    ReportEnvelope,
-    ReportMessage,
-    decode_report_message,
-    message_key,
-)
+from schemas.recon import EndOfReport, ReportEnvelope, message_key
 from streams.ledger.agent import partition_for
 from tests.fixtures.emulator import EmulatorHandle
 from tests.integration.recon_support import payment_line, refund_line, uid
@@ -86,8 +81,9 @@ async def producer(kafka_broker: KafkaBroker) -> AsyncIterator[Any]:
         await p.stop()
 
 
-async def consume(bootstrap: str, topic: str) -> dict[int, list[ReportMessage]]:
-    """Every message of the topic, per partition, in order."""
+async def consume(bootstrap: str, topic: str) -> dict[int, list[feed.AnyReportMessage]]:
+    """Every message of the topic, per partition, in order; each keyed as the feeder keys it:
+    a line by its subscription, a batch by its run and partition (the one it is on)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -95,7 +91,7 @@ async def consume(bootstrap: str, topic: str) -> dict[int, list[ReportMessage]]:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        out: dict[int, list[ReportMessage]] = {p: [] for p in range(PARTITIONS)}
+        out: dict[int, list[feed.AnyReportMessage]] = {p: [] for p in range(PARTITIONS)}
 
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in tps])
@@ -105,9 +101,12 @@ async def consume(bootstrap: str, topic: str) -> dict[int, list[ReportMessage]]:
             for tp, records in batch.items():
                 for r in records:
                     assert r.key is not None and r.value is not None
-                    msg = decode_report_message(r.value)
+                    msg = feed.decode_report(r.value)
                     if isinstance(msg, ReportEnvelope):
                         assert r.key == message_key(msg.line)
+                    if isinstance(msg, feed.ReportBatch):
+                        assert r.key == feed.batch_key(msg.run_id, tp.partition)
+                        assert msg.partition == tp.partition and msg.lines
                     out[tp.partition].append(msg)
         return out
     finally:
@@ -115,16 +114,28 @@ async def consume(bootstrap: str, topic: str) -> dict[int, list[ReportMessage]]:
 
 
 def check_published(
-    messages: dict[int, list[ReportMessage]], run_id: str, lines: list[ReportLine]
+    messages: dict[int, list[feed.AnyReportMessage]],
+    run_id: str,
+    lines: list[ReportLine],
+    *,
+    batched: bool = True,
 ) -> None:
     """Each line once, on its subscription's partition, in report order there, and then the
-    partition's marker with its count."""
+    partition's marker with its count; ``batched``: the lines many to a message."""
     seen: list[ReportLine] = []
     for partition, msgs in messages.items():
         mine = [m for m in msgs if m.run_id == run_id]
         assert isinstance(mine[-1], EndOfReport), f"partition {partition} has no marker last"
-        body = [m.line for m in mine[:-1] if isinstance(m, ReportEnvelope)]
-        assert len(body) == len(mine) - 1
+        body: list[ReportLine] = []
+        for m in mine[:-1]:
+            if isinstance(m, ReportEnvelope):
+                assert not batched
+                body.append(m.line)
+            elif isinstance(m, feed.ReportBatch):
+                assert batched
+                body.extend(m.lines)
+            else:
+                raise AssertionError(f"a second marker on {partition}: {m}")
         assert mine[-1].partition == partition and mine[-1].lines_sent == len(body)
         assert body == sorted(body, key=report_order)
         for line in body:
@@ -312,6 +323,50 @@ async def test_a_bad_registry_fails_the_run_and_publishes_nothing(
     assert all(not msgs for msgs in messages.values())
     with pytest.raises(feed.FeedError, match="cannot read"):
         feed.import_registry(tmp_path / "missing.csv")
+
+
+async def test_one_line_per_message_and_large_batches_split(
+    conn: AsyncConnection[Any], producer: Any, report_topic: str, kafka_broker: KafkaBroker
+) -> None:
+    """``lines_per_message=1``: every line alone, keyed by its subscription (as before the
+    batches); and a batch over MAX_MESSAGE_BYTES is split, the lines in order all the same."""
+    subs = [uid("sub-") for _ in range(6)]
+    lines: list[ReportLine] = [
+        payment_line(sub, uid("p-"), uid("prov-"), "succeeded", 1000 + i)
+        for i, sub in enumerate(subs * 3)
+    ]
+    planned, _ = feed.plan(lines, PARTITIONS)
+    one = str(uuid.uuid4())
+    sent = await feed.publish_report(
+        producer, one, planned, PARTITIONS, topic=report_topic, lines_per_message=1
+    )
+    assert sum(sent.values()) == len(lines)
+    many = str(uuid.uuid4())
+    wordy = [
+        msgspec.structs.replace(line, cancellation_reason="x" * 200_000)  # type: ignore[type-var]
+        for line in lines
+    ]
+    planned_wordy, _ = feed.plan(wordy, PARTITIONS)
+    counted = [0]
+    sent = await feed.publish_report(
+        producer,
+        many,
+        planned_wordy,
+        PARTITIONS,
+        topic=report_topic,
+        progress=lambda n: counted.__setitem__(0, counted[0] + n),
+    )
+    assert sum(sent.values()) == counted[0] == len(lines)
+    messages = await consume(kafka_broker.bootstrap, report_topic)
+    check_published(messages, one, lines, batched=False)
+    check_published(messages, many, wordy)
+    sizes = [
+        len(feed.encode_report(m))
+        for msgs in messages.values()
+        for m in msgs
+        if isinstance(m, feed.ReportBatch) and m.run_id == many
+    ]
+    assert len(sizes) > PARTITIONS and max(sizes) <= feed.MAX_MESSAGE_BYTES
 
 
 async def test_report_topic_must_be_co_partitioned(

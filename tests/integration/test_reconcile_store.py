@@ -1,8 +1,10 @@
-"""reconciler.store against a real PostgreSQL: runs, idempotent items across runs, partition
-ends and the finished summary, and admin resolutions of escalations."""
+"""reconciler.store against a real PostgreSQL: runs, idempotent items across runs, the
+streaming agent's progress (matched items counted, each message recorded once), partition ends
+and the finished summary, and admin resolutions of escalations."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from reconciler import store
-from reconciler.matcher import MatchItem, reconcile
+from reconciler.matcher import MatchItem, reconcile, summarize
 from schemas.messages import PaymentObserved, RefundObserved
 from schemas.periods import dt_to_ms
 from tests.integration.recon_support import HOUR, Day, make_day
@@ -343,3 +345,106 @@ async def test_list_runs_newest_first_with_live_counts(conn: AsyncConnection[Any
     assert listed == await store.run_report(conn, newer.run_id)
     assert listed.partitions_done == 2 and listed.unresolved > 0
     assert len(await store.list_runs(conn, limit=1)) == 1
+
+
+# ----------------------------------------------------------------------------- progress
+async def finish(conn: AsyncConnection[Any], run: store.RunSpec, partitions: int) -> None:
+    for p in range(partitions):
+        await store.mark_partition_done(
+            conn, run.run_id, p, lines_sent=1, lines_matched=1, complete=True, items=0, at=NOW
+        )
+    assert await store.finish_if_complete(conn, run.run_id, NOW + 1000)
+
+
+async def test_progress_counts_matched_items_and_records_the_others(
+    conn: AsyncConnection[Any],
+) -> None:
+    """The streaming agent's way: matched items only in the (run, partition) tally, the
+    others as rows; the finished run shows what recording every item would."""
+    day, items = day_items()
+    expected = reconcile(day.states, day.lines, day.cfg).summary
+    run = await new_run(conn)
+    await store.start_feeding(conn, run.run_id, lines=len(items), partitions=2)
+    groups = [store.Progress(run.run_id, p, -1) for p in range(2)]
+    for offset, item in enumerate(items):
+        group = groups[offset % 2]
+        group.found.append((offset, item))
+        group.through_offset = offset
+    assert await store.record_progress(conn, groups, NOW) == len(items)
+    await finish(conn, run, 2)
+    report = await store.run_report(conn, run.run_id)
+    assert report.counts == expected.counts and report.counts["matched"] > 0
+    assert report.totals == store.totals_json(expected)
+    assert report.discrepancies == report.new_discrepancies == expected.discrepancies
+    recorded = await store.run_items(conn, run.run_id)
+    assert sorted(map(store.item_key, recorded)) == sorted(
+        store.item_key(i) for i in items if i.kind not in store.TALLIED_CLASSES
+    )
+    tally = await store.run_tally(conn, run.run_id)
+    assert tally.counts == {"matched": expected.counts["matched"]}
+    # The console's queue is the same as when every item is recorded.
+    open_rows = await store.list_items(conn, run_id=run.run_id)
+    assert {r.kind for r in open_rows} == {
+        "missing_internal",
+        "amount_mismatch",
+        "missing_at_provider",
+        "refund_mismatch",
+    }
+
+
+async def test_a_replayed_message_records_nothing_twice(conn: AsyncConnection[Any]) -> None:
+    """A message at or before the partition's recorded offset adds nothing, even classified
+    otherwise the second time (the state moved meanwhile); later ones add as usual."""
+    _, items = day_items()
+    matched = [i for i in items if i.kind == "matched"]
+    odd = next(i for i in items if i.kind == "amount_mismatch")
+    run = await new_run(conn)
+    await store.start_feeding(conn, run.run_id, lines=len(matched) + 1, partitions=1)
+    first = store.Progress(run.run_id, 0, 11, [(10, matched[0]), (11, matched[1])])
+    assert await store.record_progress(conn, [first], NOW) == 2
+    # Replayed from offset 10 by the partition's next owner, which also reads one more.
+    replay = store.Progress(
+        run.run_id,
+        0,
+        12,
+        [(10, matched[0]), (11, msgspec.structs.replace(odd, provider_id="x")), (12, odd)],
+    )
+    assert await store.record_progress(conn, [replay], NOW) == 1
+    assert await store.record_progress(conn, [replay], NOW) == 0  # and once more
+    await finish(conn, run, 1)
+    report = await store.run_report(conn, run.run_id)
+    assert report.counts["matched"] == 2 and report.counts["amount_mismatch"] == 1
+    assert sum(report.counts.values()) == 3
+    assert [i.provider_id for i in await store.run_items(conn, run.run_id)] == [odd.provider_id]
+
+
+async def test_concurrent_writers_of_one_partition_count_once(module_pg_dsn: str) -> None:
+    """Two owners of a partition at once (a rebalance's overlap) with the same messages: the
+    tally's row lock makes one of them record and the other find it done."""
+    _, items = day_items()
+    matched = [i for i in items if i.kind == "matched"]
+    async with (
+        await AsyncConnection.connect(module_pg_dsn, autocommit=True) as a,
+        await AsyncConnection.connect(module_pg_dsn, autocommit=True) as b,
+    ):
+        run = await new_run(a)
+        await store.start_feeding(a, run.run_id, lines=len(matched), partitions=1)
+        found = list(enumerate(matched))
+        progress = store.Progress(run.run_id, 0, len(found) - 1, found)
+        counts = await asyncio.gather(
+            store.record_progress(a, [progress], NOW), store.record_progress(b, [progress], NOW)
+        )
+        assert sorted(counts) == [0, len(matched)]
+        assert (await store.run_tally(a, run.run_id)).counts == {"matched": len(matched)}
+
+
+def test_a_tally_adds_to_a_summary() -> None:
+    day, items = day_items()
+    tally = store.Tally()
+    for item in items:
+        if item.kind in store.TALLIED_CLASSES:
+            tally.add(item)
+    rest = [i for i in items if i.kind not in store.TALLIED_CLASSES]
+    assert (
+        store.add_tally(summarize(rest), tally) == reconcile(day.states, day.lines, day.cfg).summary
+    )
