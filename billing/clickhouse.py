@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from schemas.clickhouse import (
@@ -44,6 +45,11 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # offset never runs ahead of ClickHouse; chdb enables async_insert by default) and
 # deduplicated (a token, or the block's hash without one).
 _INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 1}
+
+# Arrow inserts (the sink's path) also skip the replacing merge of the inserted block itself
+# (``optimize_on_insert``, about a quarter of the engine's insert time): the caller sends no
+# duplicate keys within a block, and merges or the queries take care of those across blocks.
+_ARROW_INSERT_SETTINGS: dict[str, Any] = {**_INSERT_SETTINGS, "optimize_on_insert": 0}
 
 
 class StoreSettings(Protocol):
@@ -70,6 +76,10 @@ class ClickHouse(Protocol):
         rows: Sequence[Sequence[Any]],
         columns: Sequence[str],
         dedup_token: str | None = None,
+    ) -> None: ...
+
+    def insert_arrow(
+        self, table: str, data: pa.RecordBatch | pa.Table, dedup_token: str | None = None
     ) -> None: ...
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
@@ -133,6 +143,34 @@ class ClickHouseClient:
                 data,
                 column_names=list(columns),
                 column_oriented=True,
+                settings=settings,
+            )
+
+    def insert_arrow(
+        self, table: str, data: pa.RecordBatch | pa.Table, dedup_token: str | None = None
+    ) -> None:
+        """Insert Arrow data (its schema names the columns) as one block, deduplicated like
+        ``insert``. The engine reads the Arrow stream natively: no per-value Python work, so
+        this is the bulk path (the events sink); Arrow types convert on the way in
+        (``timestamp[ms, UTC]`` -> DateTime64(3), ``string`` -> LowCardinality(String), ...).
+
+        Rows within one block must not repeat a table's replacing key: the block is stored as
+        it is (``optimize_on_insert = 0``), duplicates merge away later like any replay's."""
+        if data.num_rows == 0:
+            return
+        settings = dict(_ARROW_INSERT_SETTINGS)
+        if dedup_token is not None:
+            settings["insert_deduplication_token"] = dedup_token
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, data.schema) as writer:
+            writer.write(data)
+        payload = sink.getvalue().to_pybytes()
+        with self._lock:
+            self._client.raw_insert(
+                table,
+                data.schema.names,
+                insert_block=payload,
+                fmt="ArrowStream",
                 settings=settings,
             )
 

@@ -40,7 +40,7 @@ from schemas.messages import (
 )
 from schemas.money import Money
 from schemas.periods import period_end_ms
-from streams.sinks.clickhouse import write_batch
+from streams.sinks.clickhouse import ARROW_SCHEMAS, arrow_batch, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +122,71 @@ def test_migrations_create_the_tables_the_sink_writes(store: ClickHouseClient) -
     assert apply_migrations(store) == []  # applied once, by connect
     versions = store.query("SELECT version FROM schema_migrations ORDER BY version")
     assert versions == [(m.version,) for m in MIGRATIONS]
+
+
+# The Arrow type the sink sends for each ClickHouse column type of the event tables.
+ARROW_FOR = {
+    "String": "string",
+    "LowCardinality(String)": "string",
+    "UInt8": "uint8",
+    "UInt16": "uint16",
+    "UInt32": "uint32",
+    "UInt64": "uint64",
+    "Int64": "int64",
+    "DateTime64(3, 'UTC')": "timestamp[ms, tz=UTC]",
+}
+
+
+def test_the_sinks_arrow_schemas_match_the_tables(store: ClickHouseClient) -> None:
+    for table in EVENT_TABLES:
+        types = dict(
+            store.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String}"
+                " AND table = {t:String} AND default_kind != 'DEFAULT'",
+                {"db": store.database, "t": table},
+            )
+        )
+        schema = ARROW_SCHEMAS[table]
+        assert schema.names == list(COLUMNS[table]), table
+        for field in schema:
+            expected = "binary" if field.name == "body" else ARROW_FOR[types[field.name]]
+            assert str(field.type) == expected, (table, field.name, types[field.name])
+
+
+def test_arrow_inserts_keep_every_value(store: ClickHouseClient) -> None:
+    """Epoch milliseconds land as DateTime64(3) (not seconds), big unsigned values, empty and
+    non-ASCII strings and raw bytes as they are."""
+    row = (
+        "ev-1",
+        "sub-1",
+        "user-ü",
+        2**63 + 5,
+        1_767_225_600_123,
+        "activated",
+        "",
+        "basic",
+        0,
+        253_402_300_799_999,  # 9999-12-31T23:59:59.999Z
+        1,
+        T0,
+        "",
+        'a "quoted" reason\n',
+    )
+    store.insert_arrow(
+        "subscription_periods", arrow_batch("subscription_periods", [row]), dedup_token="t-1"
+    )
+    got = store.query(
+        "SELECT event_id, subscription_id, user_id, version,"
+        " toUnixTimestamp64Milli(occurred_at), change, payment_id, plan_id,"
+        " toUnixTimestamp64Milli(period_start), toUnixTimestamp64Milli(period_end),"
+        " toUnixTimestamp64Milli(access_from), toUnixTimestamp64Milli(access_until), actor,"
+        " reason FROM subscription_periods"
+    )
+    assert got == [row]
+    store.insert_arrow(
+        "subscription_periods", arrow_batch("subscription_periods", [row]), dedup_token="t-1"
+    )
+    assert store.query("SELECT count() FROM subscription_periods") == [(1,)]  # same token
 
 
 def test_connect_from_settings_opens_the_state_dirs_embedded_store(state_dir: Path) -> None:
