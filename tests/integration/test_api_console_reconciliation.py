@@ -223,3 +223,87 @@ async def test_unknown_and_agreeing_items_cannot_be_decided(api: Api, run: dict[
         headers=admin(api),
     )
     assert no_key.status_code == 400 and error_code(no_key) == "idempotency_key_missing"
+
+
+async def test_a_run_the_agent_recorded_shows_as_one_with_every_item_recorded(
+    api: Api, module_pg_dsn: str
+) -> None:
+    """The streaming agent counts its matched items (``record_progress``) instead of writing
+    a row each: the console shows its run exactly as a run that recorded every item."""
+
+    def day() -> list[MatchItem]:
+        return [
+            item("matched", "none"),
+            item("matched", "none", ours_amount=Money(100, "EUR"), theirs_amount=Money(100, "EUR")),
+            item("amount_mismatch", "escalate", theirs_amount=Money(29000, "RUB")),
+            item("missing_at_provider", "escalate", theirs_status=None, theirs_amount=None),
+            item("missing_internal", "apply_provider_status", ours_status=None, ours_amount=None),
+        ]
+
+    at = now_ms()
+    ids = []
+    async with await psycopg.AsyncConnection.connect(module_pg_dsn, autocommit=True) as conn:
+        for agent in (False, True):
+            run_id = str(uuid.uuid4())
+            spec = await store.create_run(
+                conn,
+                run_id=run_id,
+                window_start=at - 86_400_000,
+                window_end=at,
+                source="provider_api",
+                taken_at=at,
+            )
+            assert spec is not None
+            items = day()
+            await store.start_feeding(conn, run_id, lines=len(items), partitions=2)
+            found = [(i % 2, it) for i, it in enumerate(items)]
+            if agent:
+                progress = [
+                    store.Progress(
+                        run_id,
+                        p,
+                        len(items),
+                        [(o, it) for o, (q, it) in enumerate(found) if q == p],
+                    )
+                    for p in (0, 1)
+                ]
+                await store.record_progress(conn, progress, at)
+            else:
+                await store.record_items(conn, run_id, found, at)
+            for p in (0, 1):
+                await store.mark_partition_done(
+                    conn, run_id, p, lines_sent=3, lines_matched=3, complete=True, items=0, at=at
+                )
+            assert await store.finish_if_complete(conn, run_id, at)
+            ids.append(run_id)
+
+    runs = (await api.client.get(f"{BASE}/runs", headers=admin(api))).json()["items"]
+    by_id = {r["run_id"]: r for r in runs}
+    same = (
+        "status",
+        "lines",
+        "partitions",
+        "partitions_done",
+        "incomplete_partitions",
+        "counts",
+        "totals",
+        "discrepancies",
+        "new_discrepancies",
+        "unresolved",
+    )
+    recorded, counted = by_id[ids[0]], by_id[ids[1]]
+    assert {k: recorded[k] for k in same} == {k: counted[k] for k in same}
+    assert counted["counts"]["matched"] == 2 and counted["totals"]["payments_ours"] == {
+        "EUR": "1.00",
+        "RUB": "897.00",
+    }
+    for run_id in ids:
+        page = (
+            await api.client.get(
+                f"{BASE}/discrepancies", params={"run_id": run_id}, headers=admin(api)
+            )
+        ).json()
+        assert sorted(i["kind"] for i in page["items"]) == [
+            "amount_mismatch",
+            "missing_at_provider",
+        ]  # the repaired one is resolved, the matched ones are no discrepancies
