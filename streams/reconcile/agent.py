@@ -66,7 +66,7 @@ from schemas import topics as topic_names
 from schemas.ids import derived_id
 from schemas.messages import DecodeError, RefundPayment, ValidationError, encode
 from schemas.periods import now_ms
-from schemas.recon import EndOfReport, line_key, message_key
+from schemas.recon import EndOfReport, message_key
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 from streams.ledger.agent import partition_for
 from streams.topics import Topics
@@ -125,7 +125,7 @@ def end_config(cfg: MatchConfig) -> MatchConfig | None:
 class _RunPart:
     """One run on one partition, as far as this process has seen it."""
 
-    lines: set[str] = field(default_factory=set)
+    lines: int = 0  # distinct lines classified (a line seen again gives no item)
     keys: set[str] = field(default_factory=set)  # memory keys (subscriptions) of the part
     touched: float = field(default_factory=time.monotonic)
 
@@ -149,14 +149,15 @@ class RunMemory:
         key = (run_id, message_key(line).decode())
         item, self.subs[key] = match_line(state, line, cfg, self.subs.get(key))
         part = self.parts.setdefault((run_id, partition), _RunPart())
-        part.lines.add(line_key(line))
+        if item is not None:  # the matcher gives an item for every line it had not seen
+            part.lines += 1
         part.keys.add(key[1])
         part.touched = time.monotonic()
         return item
 
     def lines_seen(self, run_id: str, partition: int) -> int:
         part = self.parts.get((run_id, partition))
-        return len(part.lines) if part else 0
+        return part.lines if part else 0
 
     def end(
         self,
