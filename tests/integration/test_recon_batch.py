@@ -148,11 +148,19 @@ class Steps:
         self.steps.append((self.t, len(self.steps), cls, fields))
 
 
-def payment_steps(g: Group, user: str) -> tuple[str, Steps]:
+def payment_steps(g: Group, user: str, taken: list[str]) -> tuple[str, Steps]:
     """A payment's random life: re-drives, unknown outcomes, pending or held (settle requests),
     success (sometimes of a sibling), cancellation (with or without a provider id), a terminal
-    status flipped by reconciliation, commands refused on the way."""
+    status flipped by reconciliation, commands refused on the way. Rarely a provider id that
+    another payment of the subscription holds too (``taken``: the ids given so far)."""
     rng = g.rng
+
+    def provider_id() -> str:
+        if taken and rng.random() < 0.03:
+            return rng.choice(taken)
+        taken.append(g.uid("prov-"))
+        return taken[-1]
+
     pid = g.uid("pay-")
     amount = g.money()
     t0 = g.when()
@@ -177,7 +185,7 @@ def payment_steps(g: Group, user: str) -> tuple[str, Steps]:
         roll = rng.random()
         if status in ("succeeded", "canceled"):
             if roll < 0.15 and status == "canceled":  # reconciliation applied a success
-                ppid = ppid or g.uid("prov-")
+                ppid = ppid or provider_id()
                 s.add(
                     PaymentSucceeded,
                     payment_id=pid, command_id=cmd, provider_payment_id=ppid, amount=amount,
@@ -196,7 +204,7 @@ def payment_steps(g: Group, user: str) -> tuple[str, Steps]:
             s.add(
                 PaymentRedriven,
                 request=req, attempt=attempt, requested_at=t0, deadline_at=t0 + 2 * HOUR,
-                provider_payment_id=ppid,
+                provider_payment_id=rng.choice([ppid, None, g.uid("prov-")]),
             )  # fmt: skip
         elif roll < 0.22:
             attempt += 1
@@ -204,7 +212,7 @@ def payment_steps(g: Group, user: str) -> tuple[str, Steps]:
             status = "unknown"
         elif roll < 0.45:
             if ppid is None or rng.random() < 0.1:
-                ppid = g.uid("prov-")
+                ppid = provider_id()
             status = rng.choice(["pending", "waiting_for_capture"])
             s.add(PaymentPending, payment_id=pid, provider_payment_id=ppid, status=status)
         elif roll < 0.52 and status == "waiting_for_capture" and ppid is not None:
@@ -218,14 +226,14 @@ def payment_steps(g: Group, user: str) -> tuple[str, Steps]:
                 s.add(PaymentSettleRejected, command_id=g.uid("cmd-"), payment_id=pid, reason="x")
         elif roll < 0.78:
             if ppid is None or rng.random() < 0.1:  # a sibling's success was recorded
-                ppid = g.uid("prov-")
+                ppid = provider_id()
             s.add(
                 PaymentSucceeded,
                 payment_id=pid, command_id=cmd, provider_payment_id=ppid, amount=amount,
             )  # fmt: skip
             status = "succeeded"
         else:
-            cancel_id = rng.choice([None, ppid, g.uid("prov-")])
+            cancel_id = rng.choice([None, ppid, provider_id()])
             ppid = cancel_id or ppid
             s.add(
                 PaymentCanceled,
@@ -236,10 +244,18 @@ def payment_steps(g: Group, user: str) -> tuple[str, Steps]:
     return pid, s
 
 
-def refund_steps(g: Group, payment_id: str, paid_at: int) -> Steps:
+def refund_steps(g: Group, payment_id: str, paid_at: int, taken: list[str]) -> Steps:
     """A refund's random life: re-drives, unknown outcomes, success or failure (with or
-    without a provider id), refused commands after its outcome."""
+    without a provider id), refused commands after its outcome. Rarely a provider id another
+    refund of the subscription holds too (``taken``)."""
     rng = g.rng
+
+    def provider_id() -> str:
+        if taken and rng.random() < 0.2:
+            return rng.choice(taken)
+        taken.append(g.uid("prov-ref-"))
+        return taken[-1]
+
     rid = g.uid("ref-")
     amount = g.money()
     t0 = max(paid_at + MINUTE, g.when())
@@ -267,12 +283,12 @@ def refund_steps(g: Group, payment_id: str, paid_at: int) -> Steps:
             s.add(
                 RefundRedriven,
                 request=req, attempt=attempt, requested_at=t0, deadline_at=t0 + HOUR,
-                provider_refund_id=prid,
+                provider_refund_id=rng.choice([prid, g.uid("prov-ref-")]),
             )  # fmt: skip
         elif roll < 0.35:
             s.add(RefundOutcomeUnknown, refund_id=rid, attempt=attempt, error="timeout")
         elif roll < 0.7:
-            prid = g.uid("prov-ref-")
+            prid = provider_id()
             s.add(
                 RefundSucceeded,
                 refund_id=rid, command_id=req.command_id, payment_id=payment_id,
@@ -283,7 +299,7 @@ def refund_steps(g: Group, payment_id: str, paid_at: int) -> Steps:
             s.add(
                 RefundFailed,
                 refund_id=rid, command_id=req.command_id, payment_id=payment_id,
-                provider_refund_id=rng.choice([None, g.uid("prov-ref-")]), reason="rejected",
+                provider_refund_id=rng.choice([None, provider_id()]), reason="rejected",
             )  # fmt: skip
             terminal = True
     return s
@@ -295,12 +311,14 @@ def subscription(g: Group) -> None:
     user = f"user-{sub}"
     steps: list[Step] = []
     requested: list[tuple[str, int]] = []
+    taken: list[str] = []
     for _ in range(g.rng.randint(0, 4)):
-        pid, pay = payment_steps(g, user)
+        pid, pay = payment_steps(g, user, taken)
         steps += pay.steps
         requested.append((pid, pay.steps[0][0]))
+    refunds_taken: list[str] = []
     for _ in range(g.rng.randint(0, 2) if requested else 0):
-        steps += refund_steps(g, *g.rng.choice(requested)).steps
+        steps += refund_steps(g, *g.rng.choice(requested), refunds_taken).steps
     if g.rng.random() < 0.1:  # a refused command for a payment that never existed
         fields = {"command_id": g.uid("cmd-"), "payment_id": g.uid("pay-"), "reason": "busy"}
         steps.append((g.when(), 0, PaymentRejected, fields))
@@ -325,7 +343,7 @@ def created(g: Group, at: int, pool: list[int]) -> int | None:
     roll = g.rng.random()
     if roll < 0.1:
         return None
-    if roll < 0.3:  # lines sharing one created_at: ties by object, provider id, position
+    if roll < 0.4:  # lines sharing one created_at: ties by object, provider id, position
         return g.rng.choice(pool)
     return at + g.rng.randint(-5 * MINUTE, 90 * MINUTE)
 
@@ -421,15 +439,18 @@ def refund_line(
 
 def report(g: Group, subs: list[str]) -> None:
     rng = g.rng
-    pool = [g.when() for _ in range(3)]
+    pool = [g.when() for _ in range(2)]
     lines: list[ReportLine] = []
     for sub in subs:
         st = g.states[sub]
         for rec in st.payments.values():
-            if rng.random() < 0.85:
-                lines.append(payment_line(g, sub, rec, pool))
-            while rng.random() < 0.15:  # siblings (and duplicate charges)
-                lines.append(payment_line(g, sub, rec, pool, sibling=True))
+            main = payment_line(g, sub, rec, pool) if rng.random() < 0.85 else None
+            if main is not None:
+                lines.append(main)
+            while rng.random() < 0.15:  # siblings (and duplicate charges), often tied in time
+                tied = main is not None and main.created_at is not None and rng.random() < 0.5
+                at = main.created_at if tied and main is not None else None
+                lines.append(payment_line(g, sub, rec, pool, sibling=True, at=at))
             if rec.provider_payment_id and rec.status != "succeeded" and rng.random() < 0.1:
                 # a sibling charged first, then the bound object: the sibling's is kept
                 at = rec.requested_at + MINUTE
@@ -440,7 +461,7 @@ def report(g: Group, subs: list[str]) -> None:
         for ref in st.refunds.values():
             if rng.random() < 0.8:
                 lines.append(refund_line(g, sub, ref, pool))
-            if rng.random() < 0.1:
+            if rng.random() < 0.1:  # a second provider refund (sometimes created first)
                 lines.append(refund_line(g, sub, ref, pool, second=True))
         if rng.random() < 0.1:  # a payment / refund the ledger never made
             lines.append(payment_line(g, sub, None, pool))
