@@ -36,11 +36,21 @@ Definitions:
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import logging
+import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from billing.clickhouse import ClickHouse
+from billing.clickhouse import ClickHouse, StoreError
+from schemas.clickhouse import COLUMNS
+from schemas.periods import now_ms as clock_ms
+
+log = logging.getLogger(__name__)
 
 _WINDOW = (
     "occurred_at >= fromUnixTimestamp64Milli({from_ms:Int64}, 'UTC')"
@@ -147,10 +157,12 @@ GROUP BY reason, party
 ORDER BY payments DESC, reason, party
 """
 
+
 # MRR, vectorised (no per-subscription arrays or lambdas, no self-join):
 # 1. access rows priced: the plan's list price / months of the payment that opened the row
-#    (an ANY join on the requested payment), carried over NULLs along the subscription's
-#    versions (an admin extension keeps the price; a grant or a cancel sets 0);
+#    (an ANY join on the payment's request, which precedes the row), carried over NULLs along
+#    the subscription's versions (an admin extension keeps the price; a grant or a cancel sets
+#    0);
 # 2. each row holds from when it occurred until the subscription's next row (by version) and
 #    counts inside its access window: [lo, hi);
 # 3. the closes it covers are a range of indexes computed from lo and hi (close j is the first
@@ -158,39 +170,42 @@ ORDER BY payments DESC, reason, party
 # 4. each (subscription, close) value is also the opening of the next month, so one GROUP BY
 #    gives every (previous, current) pair.
 # A replayed duplicate of an access row holds from its own time to its copy's: an empty span.
-MRR_MOVEMENTS = """
-WITH
-{from_month:Date} AS first_day,
-toDateTime64(first_day, 3, 'UTC') AS first_close,
-toUInt32({months:UInt16}) AS months,
-toDateTime64(addMonths(first_day, toInt32(months)), 3, 'UTC') AS last_close,
+# A row that occurs exactly at a close counts at that close.
+def _priced(rows: str, requests: str) -> str:
+    """Access rows that satisfy ``rows`` (over ``s``), priced from the payment requests that
+    satisfy ``requests``: (sub, version, occurred_at, access_from, access_until, price,
+    price_currency), price and currency NULL where the row sets neither."""
+    return f"""
+    SELECT s.subscription_id AS sub, s.version AS version, s.occurred_at AS occurred_at,
+           s.access_from AS access_from, s.access_until AS access_until,
+           multiIf(
+               s.change IN ('activated', 'stacked') AND pr.payment_id != ''
+                   AND pr.occurred_at <= s.occurred_at,
+               toNullable(toInt64(round(
+                   pr.list_amount_minor / greatest(pr.period_months, 1)))),
+               s.change IN ('granted', 'canceled'), toNullable(toInt64(0)),
+               NULL
+           ) AS price,
+           if(pr.payment_id != '' AND pr.occurred_at <= s.occurred_at,
+              toNullable(toString(pr.currency)), NULL) AS price_currency
+    FROM subscription_periods AS s
+    ANY LEFT JOIN (
+        SELECT payment_id, list_amount_minor, currency, period_months, occurred_at
+        FROM payments
+        WHERE status = 'requested' AND {requests}
+    ) AS pr ON pr.payment_id = s.payment_id
+    WHERE {rows}"""
+
+
+# Every row up to the last close, as they hold (a row until the subscription's next one).
+_HOLDING = """
 rows AS (
     SELECT sub, occurred_at, access_from, access_until,
            leadInFrame(occurred_at, 1, toDateTime64('2200-01-01', 3, 'UTC')) OVER w_next
                AS valid_to,
            anyLast(price) OVER w_upto AS monthly,
            anyLast(price_currency) OVER w_upto AS carried_currency
-    FROM (
-        SELECT s.subscription_id AS sub, s.version AS version,
-               s.occurred_at AS occurred_at, s.access_from AS access_from,
-               s.access_until AS access_until,
-               multiIf(
-                   s.change IN ('activated', 'stacked') AND pr.payment_id != '',
-                   toNullable(toInt64(round(
-                       pr.list_amount_minor / greatest(pr.period_months, 1)))),
-                   s.change IN ('granted', 'canceled'), toNullable(toInt64(0)),
-                   NULL
-               ) AS price,
-               if(pr.payment_id != '', toNullable(toString(pr.currency)), NULL)
-                   AS price_currency
-        FROM subscription_periods AS s
-        ANY LEFT JOIN (
-            SELECT payment_id, list_amount_minor, currency, period_months
-            FROM payments
-            WHERE status = 'requested' AND occurred_at < last_close
-        ) AS pr ON pr.payment_id = s.payment_id
-        WHERE s.occurred_at < last_close
-    )
+    FROM priced
     WINDOW
         w_next AS (PARTITION BY sub ORDER BY version
                    ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING),
@@ -211,14 +226,15 @@ covered AS (
                least(valid_to, access_until) - toIntervalMillisecond(1), 'UTC'))) + 1))
     ) AS close_index
     WHERE monthly > 0
-),
-pairs AS (
-    SELECT sub, currency, j, sum(c) AS cur_mrr, sum(p) AS prev_mrr
-    FROM covered
-    ARRAY JOIN [close_index, close_index + 1] AS j, [mrr, 0] AS c, [0, mrr] AS p
-    WHERE j BETWEEN 1 AND months
-    GROUP BY sub, currency, j
-)
+)"""
+
+_MONTHS = """
+{from_month:Date} AS first_day,
+toDateTime64(first_day, 3, 'UTC') AS first_close,
+toUInt32({months:UInt16}) AS months,
+toDateTime64(addMonths(first_day, toInt32(months)), 3, 'UTC') AS last_close"""
+
+_MOVEMENTS = """
 SELECT addMonths(first_day, toInt32(j) - 1) AS month, currency,
        sum(cur_mrr) AS mrr_minor,
        sumIf(cur_mrr, prev_mrr = 0) AS new_minor,
@@ -233,6 +249,138 @@ FROM pairs
 GROUP BY j, currency
 ORDER BY month, currency
 """
+
+_PAIRS = """
+    SELECT sub, currency, j, sum(c) AS cur_mrr, sum(p) AS prev_mrr
+    FROM covered
+    ARRAY JOIN [close_index, close_index + 1] AS j, [mrr, 0] AS c, [0, mrr] AS p
+    WHERE j BETWEEN 1 AND months
+    GROUP BY sub, currency, j"""
+
+# The whole history up to the last close.
+MRR_MOVEMENTS = f"""
+WITH
+{_MONTHS},
+priced AS ({_priced("s.occurred_at <= last_close", "occurred_at <= last_close")}
+),
+{_HOLDING},
+pairs AS ({_PAIRS}
+)
+{_MOVEMENTS}"""
+
+# The same figures from the subscriptions' state at close 0 (``mrr_state`` build
+# {seed:String}, see MrrCache) and the rows after it. A subscription with rows since goes
+# through the same steps from its state's row (the latest by then, with the price and currency
+# carried to it); one without any holds that row at every close.
+_SINCE = "s.occurred_at > first_close AND s.occurred_at <= last_close"
+MRR_MOVEMENTS_SEEDED = f"""
+WITH
+{_MONTHS},
+touched AS (
+    SELECT subscription_id FROM subscription_periods AS s WHERE {_SINCE}
+),
+priced AS (
+    SELECT subscription_id AS sub, version, occurred_at, access_from, access_until,
+           monthly AS price, currency AS price_currency
+    FROM mrr_state
+    WHERE build_id = {{seed:String}} AND subscription_id IN touched
+    UNION ALL{
+    _priced(
+        _SINCE,
+        "occurred_at <= last_close AND payment_id IN ("
+        f"SELECT payment_id FROM subscription_periods AS s WHERE {_SINCE})",
+    )
+}
+),
+{_HOLDING},
+pairs AS ({_PAIRS}
+    UNION ALL
+    SELECT '', currency, j, cur_mrr, prev_mrr
+    FROM (
+        SELECT ifNull(currency, '') AS currency, j,
+               toDateTime64(addMonths(first_day, toInt32(j)), 3, 'UTC') AS close_j,
+               toDateTime64(addMonths(first_day, toInt32(j) - 1), 3, 'UTC') AS opening_j,
+               if(access_from <= close_j AND close_j < access_until,
+                  assumeNotNull(monthly), 0) AS cur_mrr,
+               if(access_from <= opening_j AND opening_j < access_until,
+                  assumeNotNull(monthly), 0) AS prev_mrr
+        FROM mrr_state
+        ARRAY JOIN range(1, months + 1) AS j
+        WHERE build_id = {{seed:String}} AND monthly > 0
+          AND subscription_id NOT IN touched
+    )
+    WHERE cur_mrr > 0 OR prev_mrr > 0
+)
+{_MOVEMENTS}"""
+
+# The state at a close (the first instant of {close:Date}) as a new ``mrr_state`` build, from a
+# build at an earlier close ({seed:String} at {seed_close_ms:Int64}) and the rows since, or
+# from the whole history ('' and -1): per subscription its latest row by version and the last
+# price and currency set up to it (what ``anyLast`` carries above).
+MRR_STATE_BUILD = f"""
+INSERT INTO mrr_state (build_id, subscription_id, version, occurred_at, access_from,
+                       access_until, monthly, currency)
+WITH
+toDateTime64({{close:Date}}, 3, 'UTC') AS last_close,
+fromUnixTimestamp64Milli({{seed_close_ms:Int64}}, 'UTC') AS seed_close
+SELECT {{build:String}}, sub, max(version), argMax(occurred_at, version),
+       argMax(access_from, version), argMax(access_until, version),
+       argMaxIf(price, version, isNotNull(price)),
+       argMaxIf(price_currency, version, isNotNull(price_currency))
+FROM (
+    SELECT subscription_id AS sub, version, occurred_at, access_from, access_until,
+           monthly AS price, currency AS price_currency
+    FROM mrr_state
+    WHERE build_id = {{seed:String}}
+    UNION ALL{
+    _priced(
+        "s.occurred_at > seed_close AND s.occurred_at <= last_close", "occurred_at <= last_close"
+    )
+}
+)
+GROUP BY sub
+SETTINGS insert_deduplicate = 0
+"""
+
+# What MRR up to a close is computed from, per month of occurrence (a row at exactly a close
+# belongs to the month it closes): rows, and sums of versions and times. Any row added, even
+# one identical to a row already there, changes it; so does a merge that drops a duplicate
+# (the cache then recomputes what was right anyway).
+MRR_FINGERPRINT = """
+SELECT bucket, sum(n), sum(versions), sum(times)
+FROM (
+    SELECT toStartOfMonth(occurred_at - toIntervalMillisecond(1), 'UTC') AS bucket,
+           count() AS n, sum(version) AS versions,
+           sum(toUnixTimestamp64Milli(occurred_at)) AS times
+    FROM subscription_periods
+    GROUP BY bucket
+    UNION ALL
+    SELECT toStartOfMonth(occurred_at - toIntervalMillisecond(1), 'UTC') AS bucket,
+           count(), sum(version), sum(toUnixTimestamp64Milli(occurred_at))
+    FROM payments
+    WHERE status = 'requested'
+    GROUP BY bucket
+)
+GROUP BY bucket
+ORDER BY bucket
+"""
+
+MRR_CACHED = """
+SELECT month, fingerprint, currency, mrr_minor, new_minor, expansion_minor, contraction_minor,
+       churn_minor, subscribers_at_start, subscribers, new_subscribers, churned_subscribers
+FROM mrr_months
+WHERE month IN {months:Array(Date)}
+ORDER BY month, built_at DESC
+"""
+
+MRR_STATE_FIND = """
+SELECT build_id, subscriptions
+FROM mrr_states
+WHERE close = {close:Date} AND fingerprint = {fingerprint:String}
+ORDER BY built_at DESC
+"""
+
+MRR_STATE_ROWS = "SELECT count() FROM mrr_state WHERE build_id = {build:String}"
 
 
 # Dunning episodes (a renewal's first decline) started in the window, each with the first
@@ -442,14 +590,251 @@ def decline_reasons(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DeclineRea
     return [DeclineReason(r[0], r[1], int(r[2]), int(r[2]) / total) for r in rows]
 
 
-def mrr_movements(ch: ClickHouse, from_month: date, months: int) -> list[MrrMovement]:
-    """Movements of each month from ``from_month`` (its first day is used) for ``months``."""
+def mrr_movements(
+    ch: ClickHouse,
+    from_month: date,
+    months: int,
+    *,
+    now_ms: int | None = None,
+    cache: bool = True,
+) -> list[MrrMovement]:
+    """Movements of each month from ``from_month`` (its first day is used) for ``months``.
+
+    With ``cache`` (the default) closed months come from the MRR cache while the history they
+    were computed from is unchanged, and the months after the last cached close are computed
+    from the subscriptions' state at that close; see ``MrrCache``. ``now_ms`` (default: the
+    clock) says which months are closed. Without ``cache``: one query over the whole history.
+    """
     if not 1 <= months <= 120:
         raise ValueError("months must be within 1..120")
-    params = {"from_month": from_month.replace(day=1), "months": months}
-    return [
-        MrrMovement(r[0], r[1], *(int(v) for v in r[2:])) for r in ch.query(MRR_MOVEMENTS, params)
-    ]
+    first = from_month.replace(day=1)
+    if not cache:
+        return _mrr_query(ch, first, months, None)
+    return MrrCache(ch, clock_ms() if now_ms is None else now_ms).movements(first, months)
+
+
+def _mrr_query(
+    ch: ClickHouse, first: date, months: int, seed: MrrState | None
+) -> list[MrrMovement]:
+    params: dict[str, Any] = {"from_month": first, "months": months}
+    if seed is not None:
+        params["seed"] = seed.build_id
+    sql = MRR_MOVEMENTS if seed is None else MRR_MOVEMENTS_SEEDED
+    return [MrrMovement(r[0], r[1], *(int(v) for v in r[2:])) for r in ch.query(sql, params)]
+
+
+# --------------------------------------------------------------------------- the MRR cache
+def _add_months(d: date, n: int) -> date:
+    index = d.year * 12 + d.month - 1 + n
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def _date_ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
+
+
+class Fingerprints:
+    """MRR_FINGERPRINT's buckets, and the digest of those up to a month's close."""
+
+    def __init__(self, buckets: list[tuple[Any, ...]]) -> None:
+        self.months: list[date] = []
+        self.digests: list[str] = []
+        running = hashlib.blake2b(digest_size=16)
+        for bucket, n, versions, times in sorted(buckets):
+            running.update(f"{bucket}:{n}:{versions}:{times};".encode())
+            self.months.append(bucket)
+            self.digests.append(running.copy().hexdigest())
+        self.empty = hashlib.blake2b(digest_size=16).hexdigest()
+
+    def upto(self, month: date) -> str:
+        """What the MRR at ``month``'s close is computed from."""
+        i = bisect.bisect_right(self.months, month)
+        return self.digests[i - 1] if i else self.empty
+
+
+@dataclass(frozen=True)
+class MrrState:
+    """An ``mrr_state`` build: the subscriptions' state at the first instant of ``close``."""
+
+    build_id: str
+    close: date
+
+
+_BUILD_ID = re.compile(r"^[0-9]{13}[0-9a-f]{12}$")
+STATE_KEEP_S = 600  # a superseded state build stays this long: readers may still be on it
+
+
+class MrrCache:
+    """MRR movements of closed months kept in ClickHouse (schemas/clickhouse.py migration 3).
+
+    - ``mrr_months``: each closed month's movements, under the fingerprint (MRR_FINGERPRINT)
+      of the rows up to its close. A late row (an access change or a payment request that
+      occurred before a close, arriving after the month was cached) changes the fingerprint of
+      its month and every later one, so those are recomputed on the next read; nothing has to
+      tell the cache. Figures are only stored when the fingerprint read before computing them
+      is still the same afterwards (no row arrived in between).
+    - ``mrr_state``/``mrr_states``: the subscriptions' state at the latest close (one row each:
+      latest access row, carried price). The months after it, the current one above all, are
+      computed from that state and the rows since, not from the whole history.
+
+    A read: one fingerprint query, the cached months, then one query for the months from the
+    first one not cached (seeded by the state at its opening when there is a valid one).
+    Reads and writes of the cache that fail (a store without migration 3, a read-only user)
+    are logged and the figures computed as without it.
+    """
+
+    def __init__(self, ch: ClickHouse, now_ms: int) -> None:
+        self.ch = ch
+        self.now_ms = now_ms
+        self.current_month = month_start(now_ms)
+
+    def closed(self, month: date) -> bool:
+        return _date_ms(_add_months(month, 1)) <= self.now_ms
+
+    def movements(self, first: date, months: int) -> list[MrrMovement]:
+        wanted = [_add_months(first, i) for i in range(months)]
+        try:
+            prints = self.fingerprints()
+            cached = self.cached_months([m for m in wanted if self.closed(m)], prints)
+        except StoreError as exc:
+            log.warning("MRR cache unreadable, computing without it: %s", exc)
+            return _mrr_query(self.ch, first, months, None)
+        todo = next((i for i, m in enumerate(wanted) if m not in cached), None)
+        if todo is None:
+            return [row for m in wanted for row in cached[m]]
+        start = wanted[todo]
+        try:
+            seed = self.state(start, prints.upto(_add_months(start, -1)))
+        except StoreError as exc:
+            log.warning("MRR cache state unreadable: %s", exc)
+            seed = None
+        computed = _mrr_query(self.ch, start, months - todo, seed)
+        try:
+            self.store(wanted[todo:], computed, prints, seed)
+        except StoreError as exc:
+            log.warning("MRR cache not updated: %s", exc)
+        return [row for m in wanted[:todo] for row in cached[m]] + computed
+
+    # ----------------------------------------------------------------------------- reads
+    def fingerprints(self) -> Fingerprints:
+        return Fingerprints(self.ch.query(MRR_FINGERPRINT))
+
+    def cached_months(
+        self, months: list[date], prints: Fingerprints
+    ) -> dict[date, list[MrrMovement]]:
+        """The cached figures of these months that are still valid (empty list: no MRR)."""
+        if not months:
+            return {}
+        out: dict[date, list[MrrMovement]] = {}
+        for month, fingerprint, *arrays in self.ch.query(MRR_CACHED, {"months": months}):
+            if month in out or fingerprint != prints.upto(month):
+                continue
+            out[month] = [
+                MrrMovement(month, cur, *(int(v) for v in values))
+                for cur, *values in zip(*arrays, strict=True)
+            ]
+        return out
+
+    def state(self, close: date, fingerprint: str) -> MrrState | None:
+        """A complete state build at ``close`` computed from the history as it is now."""
+        found = self.ch.query(MRR_STATE_FIND, {"close": close, "fingerprint": fingerprint})
+        for build_id, subscriptions in found:
+            rows = self.ch.query(MRR_STATE_ROWS, {"build": build_id})[0][0]
+            if int(rows) == int(subscriptions):
+                return MrrState(build_id, close)
+        return None
+
+    # ---------------------------------------------------------------------------- writes
+    def store(
+        self,
+        months: list[date],
+        computed: list[MrrMovement],
+        prints: Fingerprints,
+        seed: MrrState | None,
+    ) -> None:
+        """Cache the closed ones of ``months`` (just computed as ``computed``) and, when the
+        latest closed month is among them, the state at its close."""
+        closed = [m for m in months if self.closed(m)]
+        if not closed:
+            return
+        after = self.fingerprints()
+        still = [m for m in closed if after.upto(m) == prints.upto(m)]
+        if not still:
+            return
+        built_at = datetime.now(UTC)
+        per: dict[date, list[MrrMovement]] = {m: [] for m in still}
+        for row in computed:
+            if row.month in per:
+                per[row.month].append(row)
+        self.ch.insert(
+            "mrr_months",
+            [
+                (
+                    m,
+                    prints.upto(m),
+                    built_at,
+                    *(list(col) for col in _mrr_columns(per[m])),
+                )
+                for m in still
+            ],
+            COLUMNS["mrr_months"],
+        )
+        latest = _add_months(self.current_month, -1)
+        if latest in still:
+            self.build_state(_add_months(latest, 1), prints.upto(latest), seed)
+
+    def build_state(self, close: date, fingerprint: str, seed: MrrState | None) -> None:
+        if self.state(close, fingerprint) is not None:
+            return
+        build_id = f"{int(time.time() * 1000):013d}{uuid.uuid4().hex[:12]}"
+        self.ch.command(
+            MRR_STATE_BUILD,
+            {
+                "close": close,
+                "seed": seed.build_id if seed else "",
+                "seed_close_ms": _date_ms(seed.close) if seed else -1,
+                "build": build_id,
+            },
+        )
+        rows = int(self.ch.query(MRR_STATE_ROWS, {"build": build_id})[0][0])
+        if self.fingerprints().upto(_add_months(close, -1)) == fingerprint:
+            self.ch.insert(
+                "mrr_states",
+                [(close, build_id, fingerprint, rows, datetime.now(UTC))],
+                COLUMNS["mrr_states"],
+            )
+        self.drop_old_states(keep=build_id)
+
+    def drop_old_states(self, keep: str) -> None:
+        """Drop the state builds older than STATE_KEEP_S but the newest two (``keep`` first):
+        one is enough, the other is for a reader that found it just before."""
+        builds = sorted(
+            (str(b) for (b,) in self.ch.query("SELECT DISTINCT build_id FROM mrr_state")),
+            reverse=True,
+        )
+        kept = {keep, *[b for b in builds if b != keep][:1]}
+        horizon = int(time.time() * 1000) - STATE_KEEP_S * 1000
+        for build in builds:
+            if build in kept or not _BUILD_ID.match(build) or int(build[:13]) > horizon:
+                continue
+            self.ch.command(f"ALTER TABLE mrr_state DROP PARTITION '{build}'")
+
+
+def _mrr_columns(rows: list[MrrMovement]) -> list[tuple[Any, ...]]:
+    """``mrr_months``' arrays (currency, the figures) of one month's rows."""
+    fields = (
+        "currency",
+        "mrr_minor",
+        "new_minor",
+        "expansion_minor",
+        "contraction_minor",
+        "churn_minor",
+        "subscribers_at_start",
+        "subscribers",
+        "new_subscribers",
+        "churned_subscribers",
+    )
+    return [tuple(getattr(r, f) for r in rows) for f in fields]
 
 
 def dunning_recovery(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DunningRecovery]:
@@ -475,7 +860,7 @@ def overview(ch: ClickHouse, now_ms: int, *, days: int = 30, months: int = 12) -
         active=active_subscribers(ch, now_ms),
         success=payment_success(ch, since, now_ms),
         declines=decline_reasons(ch, since, now_ms),
-        mrr=mrr_movements(ch, month_start(now_ms, months - 1), months),
+        mrr=mrr_movements(ch, month_start(now_ms, months - 1), months, now_ms=now_ms),
         refund_rate=refund_rate(ch, since, now_ms),
         dunning=dunning_recovery(ch, since, now_ms),
     )

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from schemas.clickhouse import (
     CREATE_MIGRATIONS_TABLE,
@@ -38,6 +39,9 @@ from schemas.clickhouse import (
 )
 
 log = logging.getLogger(__name__)
+
+# What a store call raises on either backend (an engine error, the server unreachable, ...).
+StoreError = ClickHouseError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

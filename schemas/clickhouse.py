@@ -283,6 +283,65 @@ SETTINGS {_DEDUP}
 """
 
 
+# MRR cache (migration 3; analytics/queries.py ``mrr_movements``). MRR at a close depends on
+# every access row (and the payment requests that price them) up to it, so each cached figure
+# carries the ``fingerprint`` of those rows (count and sums per month of occurrence; a row
+# exactly at a close belongs to the month it closes): a late row for a month changes the
+# fingerprint of that month and of every later close, and the cached figures from there on are
+# recomputed. ``built_at`` orders rebuilds of the same month. Empty arrays: a month without MRR.
+MRR_MONTHS = f"""
+CREATE TABLE IF NOT EXISTS mrr_months (
+    month Date,
+    fingerprint String,
+    built_at DateTime64(3, 'UTC'),
+    currency Array(String),
+    mrr_minor Array(Int64),
+    new_minor Array(Int64),
+    expansion_minor Array(Int64),
+    contraction_minor Array(Int64),
+    churn_minor Array(Int64),
+    subscribers_at_start Array(UInt64),
+    subscribers Array(UInt64),
+    new_subscribers Array(UInt64),
+    churned_subscribers Array(UInt64)
+) ENGINE = ReplacingMergeTree(built_at)
+ORDER BY (month, fingerprint)
+SETTINGS {_DEDUP}
+"""
+
+# Each subscription's priced access state at a close (the first instant of ``close``): its
+# latest access row by then and the monthly price and currency carried to it; the seed the
+# months after a cached close are computed from. One build per partition (``build_id``), listed
+# in ``mrr_states`` once complete (``subscriptions``: its rows); superseded builds are dropped.
+MRR_STATES = f"""
+CREATE TABLE IF NOT EXISTS mrr_states (
+    close Date,
+    build_id String,
+    fingerprint String,
+    subscriptions UInt64,
+    built_at DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(built_at)
+ORDER BY (close, build_id)
+SETTINGS {_DEDUP}
+"""
+
+MRR_STATE = f"""
+CREATE TABLE IF NOT EXISTS mrr_state (
+    build_id String,
+    subscription_id String,
+    version UInt64,
+    occurred_at DateTime64(3, 'UTC'),
+    access_from DateTime64(3, 'UTC'),
+    access_until DateTime64(3, 'UTC'),
+    monthly Nullable(Int64),
+    currency Nullable(String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY build_id
+ORDER BY subscription_id
+SETTINGS {_DEDUP}
+"""
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -299,6 +358,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "reconciliation: report lines (batch path), runs, run totals",
         (RECON_REPORT_LINES, RECON_RUNS, RECON_RUN_TOTALS),
+    ),
+    Migration(
+        3,
+        "mrr cache: closed months' movements, priced access state at a close",
+        (MRR_MONTHS, MRR_STATES, MRR_STATE),
     ),
 )
 
@@ -448,6 +512,32 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "version",
     ),
     "recon_run_totals": ("run_id", "object", "side", "currency", "amount_minor", "version"),
+    "mrr_months": (
+        "month",
+        "fingerprint",
+        "built_at",
+        "currency",
+        "mrr_minor",
+        "new_minor",
+        "expansion_minor",
+        "contraction_minor",
+        "churn_minor",
+        "subscribers_at_start",
+        "subscribers",
+        "new_subscribers",
+        "churned_subscribers",
+    ),
+    "mrr_states": ("close", "build_id", "fingerprint", "subscriptions", "built_at"),
+    "mrr_state": (
+        "build_id",
+        "subscription_id",
+        "version",
+        "occurred_at",
+        "access_from",
+        "access_until",
+        "monthly",
+        "currency",
+    ),
 }
 
 # Tables the events sink writes, in insert order (``events`` last: it is the widest).

@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,13 @@ import pytest
 
 from analytics import queries as q
 from analytics.synthetic import DAY_MS, History, synthetic_history
-from billing.clickhouse import ClickHouseClient, apply_migrations, connect, embedded_dir
+from billing.clickhouse import (
+    ClickHouseClient,
+    StoreError,
+    apply_migrations,
+    connect,
+    embedded_dir,
+)
 from billing.config import Settings
 from schemas.clickhouse import COLUMNS, EVENT_TABLES, MIGRATIONS
 from schemas.ids import event_id_for, subscription_id_for
@@ -615,3 +622,191 @@ def test_lifecycle_upgrade_admin_and_stacking(store: ClickHouseClient) -> None:
     # Revenue is what was charged: the upgrade's prorated 200.00, not its plan's list price.
     assert sum(t.gross_minor for t in january) == 59_900 + 29_900 + 29_900 + 20_000
     assert sum(t.payments for t in january) == 4
+
+
+# ---------------------------------------------------------------------------- MRR cache
+class Recording:
+    """A client that records the SQL it runs (which path a cached read took) and can refuse
+    the cache's writes (a read-only user)."""
+
+    def __init__(self, ch: ClickHouseClient, *, read_only: bool = False) -> None:
+        self.ch = ch
+        self.read_only = read_only
+        self.sql: list[str] = []
+
+    @property
+    def embedded(self) -> bool:
+        return self.ch.embedded
+
+    @property
+    def database(self) -> str:
+        return self.ch.database
+
+    def _write(self, what: str) -> None:
+        if self.read_only:
+            raise StoreError(f"readonly: {what}")
+
+    def command(self, sql: str, params: Any = None) -> None:
+        self.sql.append(sql)
+        self._write(sql)
+        self.ch.command(sql, params)
+
+    def insert(self, table: str, rows: Any, columns: Any, dedup_token: str | None = None) -> None:
+        self.sql.append(f"INSERT {table}")
+        self._write(table)
+        self.ch.insert(table, rows, columns, dedup_token)
+
+    def insert_arrow(self, table: str, data: Any, dedup_token: str | None = None) -> None:
+        self._write(table)
+        self.ch.insert_arrow(table, data, dedup_token)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        self.sql.append(sql)
+        return self.ch.query(sql, params)
+
+    def close(self) -> None:
+        self.ch.close()
+
+    def ran(self, sql: str) -> int:
+        return self.sql.count(sql)
+
+
+@pytest.fixture(scope="module")
+def small_history() -> History:
+    return synthetic_history(300, start_ms=T0, days=200, seed=17)
+
+
+@pytest.fixture
+def small(store: ClickHouseClient, small_history: History) -> ClickHouseClient:
+    ingest(store, cut(small_history.events, 2000))
+    return store
+
+
+def mrr_now(month: date, days: int = 10) -> int:
+    """An instant ``days`` into ``month``: the months before it are closed."""
+    return ms(month.year, month.month, 1) + days * DAY_MS
+
+
+def test_mrr_cache_answers_closed_months_from_the_cache(
+    small: ClickHouseClient, small_history: History
+) -> None:
+    h, first = small_history, day(small_history.start_ms)
+    expected = expected_mrr(h, first, 6)
+    now = mrr_now(date(2026, 8, 1))  # January..June closed long ago
+    cold = Recording(small)
+    assert q.mrr_movements(cold, first, 6, now_ms=now) == expected
+    assert cold.ran(q.MRR_MOVEMENTS) == 1
+    assert small.query("SELECT uniqExact(month) FROM mrr_months") == [(6,)]
+    warm = Recording(small)
+    assert q.mrr_movements(warm, first, 6, now_ms=now) == expected
+    assert warm.ran(q.MRR_MOVEMENTS) == warm.ran(q.MRR_MOVEMENTS_SEEDED) == 0
+    assert q.mrr_movements(small, first, 6, cache=False) == expected
+
+
+def test_mrr_cache_computes_open_months_from_the_state_at_the_last_close(
+    small: ClickHouseClient, small_history: History
+) -> None:
+    """The months up to the last close are cached with the state at that close; the months
+    after it (the current one) are computed from that state and the rows since."""
+    h, first = small_history, day(small_history.start_ms)
+    expected = expected_mrr(h, first, 7)
+    now = mrr_now(date(2026, 5, 1))  # April the latest closed month, May and June open
+    cold = Recording(small)
+    assert q.mrr_movements(cold, first, 7, now_ms=now) == expected
+    [(close, subscriptions)] = small.query("SELECT close, subscriptions FROM mrr_states")
+    assert close == date(2026, 5, 1) and subscriptions > 100
+    assert small.query("SELECT count() FROM mrr_state") == [(subscriptions,)]
+    warm = Recording(small)
+    assert q.mrr_movements(warm, first, 7, now_ms=now) == expected
+    assert (warm.ran(q.MRR_MOVEMENTS), warm.ran(q.MRR_MOVEMENTS_SEEDED)) == (0, 1)
+    # A month later: May closes; it is computed from April's state, and so is May's state.
+    later = Recording(small)
+    assert q.mrr_movements(later, first, 7, now_ms=mrr_now(date(2026, 6, 1))) == expected
+    assert (later.ran(q.MRR_MOVEMENTS), later.ran(q.MRR_MOVEMENTS_SEEDED)) == (0, 1)
+    assert small.query("SELECT max(close) FROM mrr_states") == [(date(2026, 6, 1),)]
+    assert q.mrr_movements(small, date(2026, 6, 1), 1, now_ms=mrr_now(date(2026, 6, 1))) == [
+        m for m in expected if m.month == date(2026, 6, 1)
+    ]
+
+
+def test_mrr_cache_recomputes_after_late_events_for_closed_months(
+    store: ClickHouseClient, small_history: History
+) -> None:
+    """Some subscriptions' events from mid-February on are delivered only after the months
+    were cached (and the state at April's close built), as after a stalled history worker:
+    the answers are then those of the whole history; January's are unchanged."""
+    h, first = small_history, day(small_history.start_ms)
+    now = mrr_now(date(2026, 5, 1))
+    subs = sorted({a.subscription_id for a in h.access})[::10]
+    held = {
+        raw
+        for raw in h.events
+        if (e := decode_event(raw)).subscription_id in subs and e.occurred_at >= ms(2026, 2, 15)
+    }
+    ingest(store, cut([raw for raw in h.events if raw not in held], 2000))
+    before = q.mrr_movements(store, first, 7, now_ms=now)
+    ingest(store, [[raw for raw in h.events if raw in held]])
+    after = Recording(store)
+    got = q.mrr_movements(after, first, 7, now_ms=now)
+    assert got == expected_mrr(h, first, 7)
+    assert after.ran(q.MRR_MOVEMENTS) == 1  # no state kept before February: from scratch
+    jan = date(2026, 1, 1)
+    assert [m for m in got if m.month == jan] == [m for m in before if m.month == jan]
+    assert [m for m in got if m.month == date(2026, 3, 1)] != [
+        m for m in before if m.month == date(2026, 3, 1)
+    ]
+    warm = Recording(store)  # the state at April's close was rebuilt too
+    assert q.mrr_movements(warm, first, 7, now_ms=now) == got
+    assert (warm.ran(q.MRR_MOVEMENTS), warm.ran(q.MRR_MOVEMENTS_SEEDED)) == (0, 1)
+
+
+def test_mrr_cache_sees_a_late_payment_request(store: ClickHouseClient) -> None:
+    """An activation whose request arrives after the month was cached: unpriced (no MRR)
+    until then, priced once it is in."""
+    life = Life("late-request")
+    request, succeeded, activated = life.pay(
+        ms(2026, 1, 10), "basic", 29_900, start=ms(2026, 1, 10)
+    )
+    ingest(store, [[succeeded, activated]])
+    now = mrr_now(date(2026, 4, 1))
+    assert q.mrr_movements(store, date(2026, 1, 1), 2, now_ms=now) == []
+    ingest(store, [[request]])
+    jan, feb = q.mrr_movements(store, date(2026, 1, 1), 2, now_ms=now)
+    assert (jan.mrr_minor, jan.new_subscribers, feb.mrr_minor) == (29_900, 1, 0)
+
+
+def test_mrr_cache_unwritable_or_missing_still_answers(
+    small: ClickHouseClient, small_history: History
+) -> None:
+    first = day(small_history.start_ms)
+    expected = expected_mrr(small_history, first, 7)
+    now = mrr_now(date(2026, 5, 1))
+    read_only = Recording(small, read_only=True)
+    assert q.mrr_movements(read_only, first, 7, now_ms=now) == expected
+    assert small.query("SELECT count() FROM mrr_months") == [(0,)]
+    for table in ("mrr_months", "mrr_states", "mrr_state"):
+        small.command(f"DROP TABLE {table}")
+    assert q.mrr_movements(small, first, 7, now_ms=now) == expected
+
+
+def test_mrr_cache_drops_superseded_state_builds(small: ClickHouseClient) -> None:
+    cache = q.MrrCache(small, mrr_now(date(2026, 5, 1)))
+    old = 1_700_000_000_000  # long before STATE_KEEP_S
+    builds = [f"{old + i:013d}{i:012x}" for i in range(4)]
+    fresh = f"{int(time.time() * 1000):013d}{0:012x}"
+    for build in [*builds, fresh]:
+        small.command(
+            "INSERT INTO mrr_state (build_id, subscription_id) VALUES ({b:String}, 's')",
+            {"b": build},
+        )
+    cache.drop_old_states(keep=builds[0])
+    left = {b for (b,) in small.query("SELECT DISTINCT build_id FROM mrr_state")}
+    assert left == {builds[0], fresh}  # the one kept and the newest other one
+    young = f"{int(time.time() * 1000) - 1000:013d}{1:012x}"
+    small.command(
+        "INSERT INTO mrr_state (build_id, subscription_id) VALUES ({b:String}, 's')",
+        {"b": young},
+    )
+    cache.drop_old_states(keep=builds[0])
+    left = {b for (b,) in small.query("SELECT DISTINCT build_id FROM mrr_state")}
+    assert left == {builds[0], fresh, young}  # younger than STATE_KEEP_S: a reader may use it

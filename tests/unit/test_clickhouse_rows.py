@@ -611,6 +611,9 @@ class FakeStore:
     def insert(self, *args: Any, **kw: Any) -> None:
         raise AssertionError("queries never write")
 
+    def insert_arrow(self, *args: Any, **kw: Any) -> None:
+        raise AssertionError("queries never write")
+
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         self.calls.append((sql, dict(params or {})))
         return self.rows
@@ -627,7 +630,8 @@ def test_rates_and_shares_from_rows() -> None:
     assert [x.share for x in declines] == [0.75, 0.25]
     [dunning] = q.dunning_recovery(FakeStore([(d, 10, 6, 2)]), 0, 1)
     assert (dunning.open, dunning.rate) == (2, 0.75)
-    [m] = q.mrr_movements(FakeStore([(d, "RUB", 100, 50, 10, 5, 20, 8, 9, 3, 2)]), d, 1)
+    mrr = FakeStore([(d, "RUB", 100, 50, 10, 5, 20, 8, 9, 3, 2)])
+    [m] = q.mrr_movements(mrr, d, 1, cache=False)
     assert (m.net_new_minor, m.churn_rate) == (35, 0.25)
     active = q.active_subscribers(FakeStore([(0, "basic", 2), (0, "premium", 1), (1, "", 3)]), 5)
     assert (active.total, active.by_plan) == (3, {"basic": 2, "premium": 1})
@@ -652,9 +656,9 @@ def test_refund_rate_sums_days_per_currency() -> None:
 def test_query_parameters() -> None:
     store = FakeStore([])
     q.revenue_by_day(store, 10, 20)
-    q.mrr_movements(store, date(2026, 3, 17), 12)
+    q.mrr_movements(store, date(2026, 3, 17), 12, cache=False)
     assert store.calls[0][1] == {"from_ms": 10, "to_ms": 20}
-    assert store.calls[1][1] == {"from_month": date(2026, 3, 1), "months": 12}
+    assert store.calls[1] == (q.MRR_MOVEMENTS, {"from_month": date(2026, 3, 1), "months": 12})
     with pytest.raises(ValueError):
         q.mrr_movements(store, date(2026, 3, 1), 0)
 
@@ -664,3 +668,27 @@ def test_month_start() -> None:
     assert q.month_start(T0 + 40 * 86_400_000) == date(2026, 2, 1)
     assert q.month_start(T0, back=1) == date(2025, 12, 1)
     assert q.month_start(T0, back=13) == date(2024, 12, 1)
+
+
+# ---------------------------------------------------------------------- MRR cache, pure
+def test_mrr_fingerprint_of_a_close_covers_every_month_up_to_it() -> None:
+    jan, feb, mar, apr = (date(2026, m, 1) for m in (1, 2, 3, 4))
+    rows = [(jan, 10, 55, 1000), (feb, 20, 70, 2000), (mar, 5, 9, 3000)]
+    prints = q.Fingerprints(rows)
+    assert q.Fingerprints(list(reversed(rows))).upto(mar) == prints.upto(mar)
+    assert len({prints.upto(m) for m in (jan, feb, mar)}) == 3
+    assert prints.upto(apr) == prints.upto(mar)  # nothing occurred in April
+    assert prints.upto(date(2025, 12, 1)) == q.Fingerprints([]).upto(mar)
+    late = q.Fingerprints([(jan, 10, 55, 1000), (feb, 21, 75, 2100), (mar, 5, 9, 3000)])
+    assert late.upto(jan) == prints.upto(jan)
+    assert late.upto(feb) != prints.upto(feb) and late.upto(apr) != prints.upto(apr)
+
+
+def test_mrr_cache_closed_months() -> None:
+    cache = q.MrrCache(FakeStore([]), T0 + 40 * 86_400_000)  # 2026-02-10
+    assert cache.current_month == date(2026, 2, 1)
+    assert cache.closed(date(2026, 1, 1)) and not cache.closed(date(2026, 2, 1))
+    assert q.MrrCache(FakeStore([]), T0 + 31 * 86_400_000).closed(date(2026, 1, 1))  # Feb 1
+    assert q._add_months(date(2026, 11, 1), 3) == date(2027, 2, 1)
+    assert q._add_months(date(2026, 1, 1), -1) == date(2025, 12, 1)
+    assert q._date_ms(date(2026, 1, 1)) == T0
