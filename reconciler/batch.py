@@ -58,7 +58,6 @@ TABLE = "recon_report_lines"
 DEFAULT_CHUNK = 100_000
 
 _INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0}
-MATERIALIZE = True
 
 
 # ------------------------------------------------------------------------------- loading
@@ -186,7 +185,6 @@ report AS (
         seq,
         object,
         provider_id,
-        provider_payment_id AS refunded_provider_id,
         status AS theirs_status,
         amount_minor AS theirs_minor,
         currency AS theirs_currency,
@@ -228,8 +226,8 @@ lines AS {M} (
 --   provider id: PaymentPending / PaymentSucceeded set it, PaymentCanceled keeps the earlier
 --     one when it has none;
 --   held_at: set by PaymentPending(waiting_for_capture), cleared by PaymentPending(pending).
--- Only the payments this run can look at: of a subscription in the report, or judged at the
--- end of the report (requested in the window: the requested rows are read by primary key).
+-- Only the payments this run can look at (a superset is harmless): of a subscription in the
+-- report, or judged at the end of the report (requested in the window: read by primary key).
 ledger_payments AS {M} (
     SELECT
         subscription_id,
@@ -253,8 +251,8 @@ ledger_payments AS {M} (
     WHERE subscription_id IN (
             SELECT subscription_id FROM recon_report_lines WHERE run_id = {run:String}
         )
-        OR (subscription_id, payment_id) IN (
-            SELECT subscription_id, payment_id FROM payments
+        OR payment_id IN (
+            SELECT payment_id FROM payments
             WHERE status = 'requested'
                 AND occurred_at >= fromUnixTimestamp64Milli({window_start:Int64}, 'UTC')
                 AND occurred_at < fromUnixTimestamp64Milli({window_end:Int64}, 'UTC')
@@ -285,8 +283,8 @@ ledger_refunds AS {M} (
     WHERE subscription_id IN (
             SELECT subscription_id FROM recon_report_lines WHERE run_id = {run:String}
         )
-        OR (subscription_id, refund_id) IN (
-            SELECT subscription_id, refund_id FROM refunds
+        OR refund_id IN (
+            SELECT refund_id FROM refunds
             WHERE status = 'requested'
                 AND occurred_at >= fromUnixTimestamp64Milli({window_start:Int64}, 'UTC')
                 AND occurred_at < fromUnixTimestamp64Milli({window_end:Int64}, 'UTC')
@@ -658,7 +656,7 @@ def classify(
         "hold_sla": cfg.hold_sla_ms,
         "include_agreeing": int(include_agreeing),
     }
-    rows = client.query(_sql(MATERIALIZE and _materialized_ctes(client)), params)
+    rows = client.query(_sql(_materialized_ctes(client)), params)
     items: list[MatchItem] = []
     counts: dict[str, int] = dict.fromkeys(MATCH_CLASSES, 0)
     totals: dict[str, dict[str, Money]] = {
