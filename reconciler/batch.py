@@ -36,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pyarrow as pa
+
 from billing.clickhouse import ClickHouse
 from reconciler.matcher import (
     AGREEING_CLASSES,
@@ -57,7 +59,20 @@ from schemas.money import CURRENCY_EXPONENT, Money
 TABLE = "recon_report_lines"
 DEFAULT_CHUNK = 100_000
 
-_INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0}
+# Arrow type of each column that is not a string (the engine converts on insert).
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "seq": pa.uint64(),
+    "amount_minor": pa.int64(),
+    "created_at": pa.timestamp("ms", tz="UTC"),  # epoch ms, as the lines hold them
+    "paid": pa.uint8(),
+    "payment_method_saved": pa.uint8(),
+}
+_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field(c, _ARROW_TYPES.get(c, pa.string()), nullable=c == "created_at")
+        for c in COLUMNS[TABLE]
+    ]
+)
 
 
 # ------------------------------------------------------------------------------- loading
@@ -114,25 +129,19 @@ def _columns(run_id: str, first_seq: int, part: Sequence[ReportLine]) -> list[li
     ]
 
 
+def arrow_block(run_id: str, first_seq: int, part: Sequence[ReportLine]) -> pa.RecordBatch:
+    """Lines as one Arrow block of ``recon_report_lines``: pyarrow converts each whole column
+    in C and the engine reads the stream natively."""
+    columns = _columns(run_id, first_seq, part)
+    arrays = [pa.array(c, type=f.type) for c, f in zip(columns, _ARROW_SCHEMA, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=_ARROW_SCHEMA)
+
+
 def _insert_lines(
     client: ClickHouse, run_id: str, first_seq: int, part: Sequence[ReportLine]
 ) -> None:
-    columns = _columns(run_id, first_seq, part)
-    names = COLUMNS[TABLE]
-    raw = getattr(client, "raw", None)
-    if client.embedded and raw is not None:
-        # Column-oriented, straight from the lines: the protocol's ``insert`` takes rows and
-        # transposes them, twice the work for a million lines. chdb serialises the calls of
-        # one client itself (over HTTP the client's lock is needed, so that path takes rows).
-        raw.insert(
-            TABLE,
-            columns,
-            column_names=list(names),
-            column_oriented=True,
-            settings=_INSERT_SETTINGS,
-        )
-    else:
-        client.insert(TABLE, list(zip(*columns, strict=True)), names)
+    # The table's key ends in ``seq``: it never repeats within a block.
+    client.insert_arrow(TABLE, arrow_block(run_id, first_seq, part))
 
 
 # ------------------------------------------------------------------------------ the query
