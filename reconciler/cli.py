@@ -1,6 +1,7 @@
 """Run a reconciliation on demand.
 
     python -m reconciler --from 2026-11-24 --to 2026-11-25 [--registry FILE.csv] [--wait]
+    python -m reconciler --from … --to … --engine batch [--registry FILE.csv] [--wait]
     python -m reconciler --show RUN_ID [--wait]
 
 ``--from``/``--to``: the window ``[from, to)`` judged on the ledger's request times; a date is
@@ -11,6 +12,11 @@ from a registry file (CSV; columns in ``reconciler/report.py``). The lines are p
 billing.provider-report and matched by the workers' reconcile agents; ``--wait`` waits for
 every partition (a progress bar) and prints the summary: counts per class and succeeded
 totals per currency on both sides.
+
+``--engine batch`` matches the report in ClickHouse SQL instead of the streaming agents (same
+classes, same records in PostgreSQL; for large windows and backfills): the run is recorded
+here and executed by the history worker (``BILLING_HISTORY_URL``), which reads the report
+itself (a registry path must be readable by it).
 
 Settings come from BILLING_* like every process (Kafka, PostgreSQL, provider credentials).
 
@@ -45,6 +51,7 @@ from rich.progress import (
 from rich.table import Table
 
 from reconciler import store
+from reconciler.batch_run import mark_batch
 from reconciler.feed import (
     FeedError,
     FeedProgress,
@@ -55,7 +62,7 @@ from reconciler.feed import (
 )
 from reconciler.matcher import DISCREPANCY_CLASSES, MATCH_CLASSES
 from reconciler.report import ReportError
-from schemas.periods import dt_to_ms, ms_to_dt
+from schemas.periods import dt_to_ms, ms_to_dt, now_ms
 
 EXIT_OK = 0
 EXIT_UNRESOLVED = 1
@@ -100,6 +107,13 @@ def build_parser(prog: str = "python -m reconciler") -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="import a registry CSV (columns: reconciler/report.py) instead of the list API",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("streaming", "batch"),
+        default="streaming",
+        help="streaming: the workers' reconcile agents (default); batch: ClickHouse SQL in the"
+        " history worker, for large windows and backfills",
     )
     parser.add_argument("--show", metavar="RUN_ID", help="show (with --wait: wait for) a run")
     parser.add_argument("--wait", action="store_true", help="wait for the match, then summarise")
@@ -201,7 +215,10 @@ async def _main(
                 console.print(f"[red]no run {run_id}[/]")
                 return EXIT_USAGE
         else:
-            fed = await _feed(conn, request, settings, console)
+            if args.engine == "batch":
+                fed = await _start_batch(conn, request, settings, console)
+            else:
+                fed = await _feed(conn, request, settings, console)
             if fed is None:
                 return EXIT_INCOMPLETE
             run_id = fed
@@ -286,6 +303,42 @@ async def _feed(
         + (f", {result.dropped} repeated lines dropped" if result.dropped else "")
     )
     return result.run.run_id
+
+
+async def _start_batch(
+    conn: AsyncConnection[Any], request: RunRequest, settings: Any, console: Console
+) -> str | None:
+    """Record a batch run and ask the history worker (which owns ClickHouse) to execute it.
+    The worker reads the report itself: a registry path must be readable there."""
+    import httpx
+
+    registry = request.registry.resolve() if request.registry else None
+    run = await store.create_run(
+        conn,
+        run_id=str(uuid.uuid4()),
+        window_start=request.window_start,
+        window_end=request.window_end,
+        source="registry" if registry else "provider_api",
+        source_ref=str(registry) if registry else settings.provider_api_url,
+        trigger=request.trigger,
+        taken_at=now_ms(),
+        pending_sla_ms=request.pending_sla_ms,
+        hold_sla_ms=request.hold_sla_ms,
+    )
+    assert run is not None  # no schedule key: a run is always created
+    await mark_batch(conn, run.run_id)
+    url = f"{settings.history_url.rstrip('/')}/recon/batch/"
+    try:
+        async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT_S) as client:
+            resp = await client.post(url, json={"run_id": run.run_id, "wait": False})
+        if resp.status_code != 202:
+            raise FeedError(f"history worker answered {resp.status_code}: {resp.text[:300]}")
+    except (httpx.HTTPError, FeedError) as exc:
+        await store.fail_run(conn, run.run_id, f"not started: {exc}", now_ms())
+        console.print(f"[red]cannot start the batch run at {url}:[/] {exc}")
+        return None
+    console.print(f"batch run [bold]{run.run_id}[/] started in the history worker ({url})")
+    return run.run_id
 
 
 async def _wait(

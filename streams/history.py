@@ -7,6 +7,11 @@ through this worker's loopback web port (``/analytics/<name>/``), never by openi
 
 Run: ``python -m streams.history worker -l info``.
 
+It also carries reconciliation's ClickHouse side (streams/recon_history.py): it copies runs
+and discrepancies from PostgreSQL into ClickHouse, and executes batch runs
+(``POST /recon/batch/`` with ``{"run_id": ..., "wait": false}``; the run is recorded in
+PostgreSQL first by ``billing reconcile --engine batch``).
+
 Idempotent on replay: each block is inserted under a deduplication token derived from its
 event ids, the tables are ReplacingMergeTree by event id, and the queries collapse duplicates
 (streams/sinks/clickhouse.py, analytics/queries.py). A failed insert is retried with backoff
@@ -22,13 +27,20 @@ from typing import Any
 
 import faust
 import msgspec
+from faust.web import View
+from psycopg import AsyncConnection
 
-from analytics import queries
+from analytics import queries, recon
 from billing.clickhouse import ClickHouseClient, connect
 from billing.config import Settings
+from reconciler import batch_run, store
+from reconciler.feed import FeedError, ReconSettings, new_producer
+from reconciler.report import ReportError
 from schemas.periods import now_ms
 from schemas.topics import EVENTS
 from streams import faust_fix
+from streams.ledger.agent import partition_for
+from streams.recon_history import RECON_SYNC_S, ReconSync, run_summary_json, wait_caught_up
 from streams.sinks.clickhouse import write_batch
 
 log = logging.getLogger(__name__)
@@ -53,6 +65,18 @@ def run_query(client: ClickHouseClient, name: str, params: Any) -> Any:
         return queries.overview(client, _int(params, "at", now))
     if name == "active_subscribers":
         return queries.active_subscribers(client, _int(params, "at", now))
+    if name == "recon_runs":
+        limit = _int(params, "limit", 50)
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be 1..1000")
+        return recon.runs(client, limit)
+    if name == "recon_run_totals":
+        run_id = params.get("run_id")
+        if not run_id:
+            raise ValueError("run_id is required")
+        return recon.run_totals(client, str(run_id))
+    if name == "discrepancies_by_day":
+        return recon.discrepancies_by_day(client, from_ms, to_ms)
     if name == "mrr_movements":
         months = _int(params, "months", 12)
         if not 1 <= months <= 60:
@@ -129,7 +153,98 @@ def create_history_app(settings: Settings) -> Any:
             return self.json({"error": {"code": "bad_query", "message": str(exc)}}, status=400)
         return self.json(msgspec.to_builtins(result))
 
+    if settings.postgres_dsn is not None:
+        register_recon(app, settings, client, settings.postgres_dsn.get_secret_value())
     return app
+
+
+def register_recon(app: Any, settings: Settings, client: Any, dsn: str) -> None:
+    """Reconciliation's ClickHouse side: the periodic copy of results, and batch runs."""
+    sync = ReconSync(client, dsn)
+    running: dict[str, asyncio.Task[Any]] = {}
+    cfg = ReconSettings.of(settings)
+
+    @app.timer(RECON_SYNC_S)
+    async def recon_to_clickhouse() -> None:
+        try:
+            await sync.once()
+        except Exception as exc:  # retried at the next tick; nothing is lost meanwhile
+            log.warning("reconciliation copy to ClickHouse failed: %r", exc)
+
+    async def execute(run_id: str) -> Any:
+        producer = new_producer(settings.kafka_bootstrap)
+        await producer.start()
+        provider: Any = None
+        try:
+            async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+                spec = await batch_run.load_batch_run(conn, run_id)
+                if spec.source != "registry":
+                    from providers.yookassa_adapter import YooKassaProvider
+
+                    provider = YooKassaProvider(settings)
+                try:
+                    lines = await batch_run.read_report(spec, provider=provider, lag_ms=cfg.lag_ms)
+                except (FeedError, ReportError, OSError) as exc:
+                    await store.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}", now_ms())
+                    raise
+
+                async def send(topic: str, key: bytes, value: bytes) -> Any:
+                    partitions = len(await producer.partitions_for(topic))
+                    return await producer.send_and_wait(
+                        topic, value, key=key, partition=partition_for(key, partitions)
+                    )
+
+                outcome = await batch_run.execute(
+                    conn,
+                    await client(),
+                    spec,
+                    lines,
+                    send,
+                    caught_up=lambda: wait_caught_up(settings.kafka_bootstrap, app.conf.id),
+                )
+            await sync.once()
+            return outcome
+        finally:
+            await producer.stop()
+            if provider is not None:
+                await provider.close()
+
+    class ReconBatch(View):  # type: ignore[misc]  # Faust's View is untyped
+        """``POST {"run_id": ..., "wait": false}``: execute a batch run recorded by the CLI."""
+
+        async def post(self, request: Any) -> Any:
+            try:
+                body = await request.json()
+                run_id = str(body["run_id"])
+                wait = bool(body.get("wait", False))
+            except Exception:
+                return self.json(
+                    {"error": {"code": "bad_request", "message": "JSON {run_id, wait}"}},
+                    status=400,
+                )
+            task = running.get(run_id)
+            if task is None or task.done():
+                task = asyncio.ensure_future(execute(run_id))
+                running[run_id] = task
+                task.add_done_callback(lambda t: _forget(running, run_id, t))
+            if not wait:
+                return self.json({"run_id": run_id, "status": "accepted"}, status=202)
+            try:
+                outcome = await asyncio.shield(task)
+            except batch_run.BatchRunError as exc:
+                return self.json({"error": {"code": "bad_run", "message": str(exc)}}, status=409)
+            except Exception as exc:
+                return self.json({"error": {"code": "failed", "message": repr(exc)}}, status=503)
+            return self.json(run_summary_json(outcome))
+
+    app.page("/recon/batch/")(ReconBatch)
+
+
+def _forget(running: dict[str, Any], run_id: str, task: asyncio.Task[Any]) -> None:
+    if running.get(run_id) is task:
+        del running[run_id]
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("batch run %s: %r", run_id, task.exception())
 
 
 def main() -> None:
