@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from analytics import queries as q
 from analytics.synthetic import DAY_MS, synthetic_history
 from billing.clickhouse import ClickHouseClient, connect
 from schemas.clickhouse import COLUMNS, EVENT_TABLES, MIGRATIONS
-from streams.sinks.clickhouse import rows_from_events, write_batch
+from streams.sinks.clickhouse import dedup_token, rows_from_events, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state" / "bench"
@@ -144,6 +145,26 @@ def bench_ingest(ch: ClickHouseClient, store_dir: Path, events: int, batch: int)
     finally:
         small_ch.close()
 
+    # The sink's previous write path, for comparison in the same run: the same rows and
+    # tokens through clickhouse-connect's row insert (Native serialised in Python).
+    rows_ch = connect(store_dir, database=f"rows_{uuid.uuid4().hex[:8]}")
+
+    def row_inserts() -> None:
+        for part in cuts:
+            for table, table_rows in rows_from_events(part).items():
+                if table_rows:
+                    rows_ch.insert(
+                        table,
+                        table_rows,
+                        COLUMNS[table],
+                        dedup_token=dedup_token(table, table_rows),
+                    )
+
+    try:
+        previous = timed(row_inserts)
+    finally:
+        rows_ch.close()
+
     base_rate = rows / base.wall
 
     def fig(name: str, n: int, t: Timing, note: str = "") -> Figure:
@@ -169,6 +190,12 @@ def bench_ingest(ch: ClickHouseClient, store_dir: Path, events: int, batch: int)
         ),
         fig("replay of the same batches", rows, replay, "every block dropped by its token"),
         fig("sink, 1k-event batches", small_rows, small_t, f"{len(small):,} events"),
+        fig(
+            "sink, previous path (row insert)",
+            rows,
+            previous,
+            "decode + map + clickhouse-connect insert with the same tokens (before Arrow)",
+        ),
     ]
 
 
@@ -225,7 +252,7 @@ def bench_queries(
         "active subscribers (now)": lambda: q.active_subscribers(ch, now),
         "payment success by day (30 d)": lambda: q.payment_success(ch, since, now),
         "decline reasons (30 d)": lambda: q.decline_reasons(ch, since, now),
-        "MRR movements (12 months)": lambda: q.mrr_movements(ch, first_month, 12),
+        "MRR movements (12 months)": lambda: q.mrr_movements(ch, first_month, 12, now_ms=now),
         "refund rate (30 d)": lambda: q.refund_rate(ch, since, now),
         "dunning recovery (30 d)": lambda: q.dunning_recovery(ch, since, now),
     }
@@ -246,6 +273,7 @@ def bench_queries(
             f"{counts['payments']:,} payment rows",
         ),
     ]
+    figures += bench_mrr_cache(ch, first_month, now, runs, base)
     total = total_cpu = 0.0
     for name, fn in queries.items():
         samples = [timed(fn) for _ in range(runs)]
@@ -286,6 +314,57 @@ def bench_queries(
             )
         )
     return figures
+
+
+def bench_mrr_cache(
+    ch: ClickHouseClient, first_month: date, now: int, runs: int, base: float
+) -> list[Figure]:
+    """MRR without the cache (one query over the whole history, as before it), the first read
+    (fills the cache: the closed months and the state at the last close), and a read after a
+    late row for a closed month (the months from it recomputed). The overview's figure below
+    is a read with the cache filled: the current month computed from the last close's state."""
+    for table in ("mrr_months", "mrr_states", "mrr_state"):
+        ch.command(f"TRUNCATE TABLE {table}")
+    uncached = [
+        timed(lambda: q.mrr_movements(ch, first_month, 12, cache=False)) for _ in range(runs)
+    ]
+    expected = q.mrr_movements(ch, first_month, 12, cache=False)
+    got: list[Any] = []
+    fill = timed(lambda: got.append(q.mrr_movements(ch, first_month, 12, now_ms=now)))
+    assert got[-1] == expected, "the cache changed an answer"
+    # A late row: a copy of a June access row delivered again (the same event: no answer
+    # changes, but June's fingerprint and every later one do, as for a new row).
+    late_month = q.month_start(now, 6)
+    cols = ", ".join(COLUMNS["subscription_periods"])
+    ch.command(
+        f"INSERT INTO subscription_periods ({cols}) SELECT {cols} FROM subscription_periods"
+        " WHERE toStartOfMonth(occurred_at) = {m:Date} ORDER BY event_id LIMIT 1",
+        {"m": late_month},
+    )
+    late = timed(lambda: got.append(q.mrr_movements(ch, first_month, 12, now_ms=now)))
+    assert got[-1] == expected
+    wall = statistics.median(t.wall for t in uncached)
+
+    def fig(name: str, t: Timing, note: str) -> Figure:
+        return Figure(name, t.wall * 1000, "ms", t.wall / base, "plain aggregate", t.cpu, note)
+
+    return [
+        Figure(
+            "MRR movements, no cache",
+            wall * 1000,
+            "ms",
+            wall / base,
+            "plain aggregate",
+            statistics.median(t.cpu for t in uncached),
+            "one query over the whole history (the query before the cache)",
+        ),
+        fig("MRR movements, first read", fill, "fills the cache: 11 closed months + state"),
+        fig(
+            "MRR movements after a late row",
+            late,
+            f"a row for {late_month:%b %Y} arrives: that month on recomputed (full read)",
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------- output

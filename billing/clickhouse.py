@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -54,6 +54,10 @@ _INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 1}
 # (``optimize_on_insert``, about a quarter of the engine's insert time): the caller sends no
 # duplicate keys within a block, and merges or the queries take care of those across blocks.
 _ARROW_INSERT_SETTINGS: dict[str, Any] = {**_INSERT_SETTINGS, "optimize_on_insert": 0}
+
+# Connections a client opens for concurrent Arrow inserts (the sink stores a batch's tables
+# two at a time: the machines this runs on have few cores, and the sink's own thread needs one).
+INSERT_CONNECTIONS = 2
 
 
 class StoreSettings(Protocol):
@@ -98,13 +102,30 @@ class ClickHouseClient:
     both backends (never string formatting).
     """
 
-    def __init__(self, client: Client, *, database: str, embedded: bool) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        database: str,
+        embedded: bool,
+        opener: Callable[[], Client] | None = None,
+        insert_connections: int = INSERT_CONNECTIONS,
+    ) -> None:
         self._client = client
         self._database = database
         self._embedded = embedded
         # clickhouse-connect serialises calls per client on chdb; do the same on HTTP so one
         # client may be shared by the sink thread and readers.
         self._lock = threading.Lock()
+        # Connections of their own for ``insert_arrow`` (opened on first use, up to
+        # ``insert_connections``): blocks of several tables are stored at once, on as many
+        # cores, and queries do not wait behind them. Without an opener: the main one.
+        self._opener = opener
+        self._insert_limit = insert_connections
+        self._inserters: list[Client] = []
+        self._idle: list[Client] = []
+        self._inserters_lock = threading.Condition()
+        self._closed = False
 
     @property
     def embedded(self) -> bool:
@@ -169,14 +190,37 @@ class ClickHouseClient:
         with pa.ipc.new_stream(sink, data.schema) as writer:
             writer.write(data)
         payload = sink.getvalue().to_pybytes()
-        with self._lock:
-            self._client.raw_insert(
-                table,
-                data.schema.names,
-                insert_block=payload,
-                fmt="ArrowStream",
-                settings=settings,
-            )
+        conn = self._take_inserter()
+        if conn is None:
+            with self._lock:
+                self._client.raw_insert(
+                    table, data.schema.names, payload, settings=settings, fmt="ArrowStream"
+                )
+            return
+        try:
+            conn.raw_insert(table, data.schema.names, payload, settings=settings, fmt="ArrowStream")
+        finally:
+            with self._inserters_lock:
+                self._idle.append(conn)
+                self._inserters_lock.notify()
+
+    def _take_inserter(self) -> Client | None:
+        """An idle insert connection (opening one if fewer than the limit are open, else
+        waiting for one); None when this client opens none."""
+        if self._opener is None or self._insert_limit < 1:
+            return None
+        with self._inserters_lock:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the ClickHouse client is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._inserters) < self._insert_limit:
+                    break
+                self._inserters_lock.wait()
+            conn = self._opener()
+            self._inserters.append(conn)
+            return conn
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -184,6 +228,11 @@ class ClickHouseClient:
         return [tuple(row) for row in result.result_rows]
 
     def close(self) -> None:
+        with self._inserters_lock:
+            self._closed = True
+            inserters, self._inserters, self._idle = self._inserters, [], []
+        for conn in inserters:
+            conn.close()
         with self._lock:
             self._client.close()
 
@@ -237,7 +286,13 @@ def connect(
     except Exception:
         raw.close()
         raise
-    client = ClickHouseClient(raw, database=database, embedded=embedded)
+
+    def opener() -> Client:
+        extra = clickhouse_connect.get_client(dsn=dsn)
+        extra.database = database
+        return extra
+
+    client = ClickHouseClient(raw, database=database, embedded=embedded, opener=opener)
     if migrate:
         try:
             apply_migrations(client)

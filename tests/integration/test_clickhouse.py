@@ -221,6 +221,41 @@ def test_a_second_process_cannot_open_the_embedded_store(
     assert "Cannot lock file" in done.stderr
 
 
+def test_concurrent_inserts_use_their_own_connections_and_close_them(tmp_path: Path) -> None:
+    """The sink stores a batch's tables on up to INSERT_CONNECTIONS extra connections;
+    closing the client closes them too (chdb would refuse another engine directory while any
+    handle on the first is open), so the process can open another store afterwards."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio
+        from analytics.synthetic import synthetic_history
+        from billing.clickhouse import INSERT_CONNECTIONS, connect
+        from streams.sinks.clickhouse import write_batch
+
+        h = synthetic_history(200, start_ms={T0}, days=60, seed=3)
+        ch = connect("{tmp_path / "a"}", database="a")
+        for i in range(0, len(h.events), 500):
+            asyncio.run(write_batch(ch, h.events[i : i + 500]))
+        assert 1 <= len(ch._inserters) <= INSERT_CONNECTIONS, ch._inserters
+        assert ch.query("SELECT count() FROM events") == [(len(h.events),)]
+        extras = list(ch._inserters)
+        ch.close()
+        for extra in extras:
+            try:
+                extra.command("SELECT 1")
+            except Exception:
+                continue
+            raise AssertionError("an insert connection is still open")
+        other = connect("{tmp_path / "b"}", database="b")
+        assert other.query("SELECT count() FROM events") == [(0,)]
+        other.close()
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------ idempotence
 def test_a_replayed_batch_is_dropped_at_insert(store: ClickHouseClient, history: History) -> None:
     batches = cut(history.events[:6000], 1500)
