@@ -33,7 +33,7 @@ with window functions and aggregates over the lines in ``report_order``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -246,7 +246,11 @@ ledger_payments AS {M} (
         argMaxIf(currency, version, status = 'requested') AS ours_currency,
         toUnixTimestamp64Milli(argMaxIf(occurred_at, version, status = 'requested'))
             AS requested_at,
-        argMaxIf(status, version, status IN ({payment_statuses})) AS ours_status,
+        argMaxIf(
+            status, version,
+            status IN ('requested', 'pending', 'waiting_for_capture', 'unknown', 'succeeded',
+                       'canceled')
+        ) AS ours_status,
         argMaxIf(
             provider_payment_id, version,
             status IN ('pending', 'waiting_for_capture', 'succeeded', 'canceled')
@@ -611,10 +615,11 @@ summary AS (
     WHERE entry.3 IS NOT NULL
     GROUP BY section, key
 )
--- The items asked for, then the summary's rows (section, key, value in the first columns).
+-- The items asked for (all but the omitted classes), then the summary's rows: section in
+-- the kind column, key in object, value in ours_minor.
 SELECT 'item' AS row_type, {items}
 FROM items
-WHERE {include_agreeing:UInt8} OR kind NOT IN ({agreeing})
+WHERE NOT has({omit:Array(String)}, kind)
 UNION ALL
 SELECT 'summary', section, key, '', '', '', '', '', '', value, '', NULL, '', '', '', 0, '', '',
     '', 0
@@ -622,18 +627,12 @@ FROM summary
 SETTINGS {settings}
 """
 
-_PAYMENT_STATUSES = (
-    "'requested', 'pending', 'waiting_for_capture', 'unknown', 'succeeded', 'canceled'"
-)
-
 
 def _sql(materialized: bool) -> str:
     return (
         _QUERY.replace("{M}", "MATERIALIZED" if materialized else "")
-        .replace("{payment_statuses}", _PAYMENT_STATUSES)
         .replace("{ours_money}", _OURS_MONEY)
         .replace("{items}", _ITEMS)
-        .replace("{agreeing}", ", ".join(f"'{k}'" for k in sorted(AGREEING_CLASSES)))
         .replace(
             "{settings}",
             "enable_materialized_cte = 1, join_use_nulls = 0"
@@ -652,10 +651,20 @@ def _materialized_ctes(client: ClickHouse) -> bool:
 
 # ---------------------------------------------------------------------------- classifying
 def classify(
-    client: ClickHouse, run_id: str, cfg: MatchConfig, *, include_agreeing: bool = True
+    client: ClickHouse,
+    run_id: str,
+    cfg: MatchConfig,
+    *,
+    include_agreeing: bool = True,
+    omit: Collection[str] = (),
 ) -> MatchResult:
-    """The matcher's ``reconcile`` over the run's loaded report and the whole history: every
-    item (only the discrepancies with ``include_agreeing=False``) and the summary of all."""
+    """The matcher's ``reconcile`` over the run's loaded report and the history: its items
+    (in no particular order) and the summary of all of them.
+
+    ``include_agreeing=False`` leaves out the ``matched`` and ``in_flight`` items (only the
+    discrepancies leave the engine); ``omit`` leaves out the items of any classes (e.g.
+    ``{"matched"}`` to keep the in-flight ones). The summary counts every item either way."""
+    omitted = set(omit) | (set() if include_agreeing else set(AGREEING_CLASSES))
     params = {
         "run": run_id,
         "window_start": cfg.window_start,
@@ -663,7 +672,7 @@ def classify(
         "now": cfg.now,
         "pending_sla": cfg.pending_sla_ms,
         "hold_sla": cfg.hold_sla_ms,
-        "include_agreeing": int(include_agreeing),
+        "omit": sorted(omitted),
     }
     rows = client.query(_sql(_materialized_ctes(client)), params)
     items: list[MatchItem] = []

@@ -622,31 +622,33 @@ def test_batch_agrees_with_the_matcher(store: ClickHouseClient, seed: int) -> No
 
 
 def test_discrepancies_only_and_a_reloaded_report(store: ClickHouseClient) -> None:
-    groups = [build_group(FIXED_SEED + 1, 0)]
-    store_history(store, groups, random.Random(1))
-    for i, g in enumerate(groups):
-        run_id = f"run-{i}"
-        batch.load_report(store, run_id, g.lines)
-        expected = reconcile(g.states.values(), g.lines, g.cfg)
-        full = batch.classify(store, run_id, g.cfg)
-        assert_agree(expected, full, f"group {i}")
+    g = build_group(FIXED_SEED + 1, 0)
+    store_history(store, [g], random.Random(1))
+    batch.load_report(store, "run", g.lines)
+    expected = reconcile(g.states.values(), g.lines, g.cfg)
+    assert_agree(expected, batch.classify(store, "run", g.cfg), "full")
 
-        only = batch.classify(store, run_id, g.cfg, include_agreeing=False)
-        assert only.summary == expected.summary
-        wanted = [item for item in expected.items if item.kind not in AGREEING_CLASSES]
-        assert wanted and len(wanted) < len(expected.items)
-        assert Counter(only.items) == Counter(wanted)
+    only = batch.classify(store, "run", g.cfg, include_agreeing=False)
+    assert only.summary == expected.summary
+    wanted = [item for item in expected.items if item.kind not in AGREEING_CLASSES]
+    assert wanted and len(wanted) < len(expected.items)
+    assert Counter(only.items) == Counter(wanted)
 
-        # the same report loaded again (another chunking): nothing changes
-        batch.load_report(store, run_id, g.lines, chunk=13)
-        assert_agree(expected, batch.classify(store, run_id, g.cfg), f"group {i}, reloaded")
-    # a run id reads only its own lines
-    assert batch.classify(store, "run-none", groups[0].cfg).summary.counts["missing_internal"] == 0
+    unmatched = batch.classify(store, "run", g.cfg, omit={"matched"})
+    assert unmatched.summary == expected.summary
+    wanted = [item for item in expected.items if item.kind != "matched"]
+    assert Counter(unmatched.items) == Counter(wanted)
+
+    # the same report loaded again (in other blocks), another run's report: nothing changes
+    batch.load_report(store, "run", g.lines, chunk=13)
+    batch.load_report(store, "other-run", g.lines[: len(g.lines) // 2])
+    assert_agree(expected, batch.classify(store, "run", g.cfg), "reloaded")
 
 
-def test_an_empty_report_judges_the_ledger_alone(store: ClickHouseClient) -> None:
+def test_a_run_without_lines_judges_the_ledger_alone(store: ClickHouseClient) -> None:
     g = build_group(FIXED_SEED + 2, 0)
     store_history(store, [g], random.Random(2))
+    batch.load_report(store, "other-run", g.lines)
     expected = reconcile(g.states.values(), [], g.cfg)
     assert expected.items
     assert_agree(expected, batch.classify(store, "run-empty", g.cfg), "empty report")
