@@ -9,8 +9,8 @@ in the history worker, which owns the (embedded) ClickHouse store: ``billing rec
 
 What a batch run records is what a streaming run records, so the console, the API and the
 CLI show both alike: the run's counts per class and succeeded totals (computed in SQL), every
-item that is not ``matched`` (discrepancies, and in-flight items) in ``recon_items`` linked to
-the run, one "partition" (the whole report), and the repairs, published as the agent
+item that is not ``matched`` (``store.TALLIED_CLASSES``: discrepancies and in-flight items)
+in ``recon_items`` linked to the run, one "partition" (the whole report), and the repairs, published as the agent
 publishes them (provider observations on ``billing.provider-events``, duplicate-charge
 refunds on ``billing.commands``; their ids are derived, so a re-run repeats nothing). Matched
 items are only counted: writing a row per agreeing line is what a 1 M-line window must not
@@ -119,7 +119,7 @@ async def execute(
             await caught_up()
         t1 = time.perf_counter()
         result = await asyncio.to_thread(
-            classify, client, run_id, spec.match_config(), include_agreeing=False
+            classify, client, run_id, spec.match_config(), omit=store.TALLIED_CLASSES
         )
         t2 = time.perf_counter()
         at = now_ms()
