@@ -9,6 +9,12 @@ twice, so no query counts raw rows. Each first collapses to its unit (``GROUP BY
 ``refund_id`` or ``event_id`` with ``any``/``min``: the duplicates are identical) or counts
 distinct keys (``uniqExact``); nothing depends on ``OPTIMIZE`` or ``FINAL``.
 
+MRR is the one answer that needs the whole history (every subscription's state at each close),
+so closed months are cached in ClickHouse (``MrrCache``: their movements and the
+subscriptions' state at the last close, each valid while the rows up to its close are
+unchanged, whatever arrives late) and the months after the last cached close are computed from
+that state and the rows since.
+
 Conventions: days and months are UTC; amounts are integer minor units and never summed across
 currencies; a time window is ``[from_ms, to_ms)`` in epoch milliseconds.
 
@@ -22,9 +28,10 @@ Definitions:
 - MRR at a month's close (the first instant of the next month): each subscription's monthly
   price in its access state at that instant (the plan's list price / its months, rounded to a
   minor unit; a stacked period's plan counts from when it was bought; an admin extension keeps
-  the price, a grant is free). Movements against the previous close: new (0 -> >0,
-  reactivations included), expansion, contraction, churn (>0 -> 0); churn rate = churned /
-  subscribers at the previous close.
+  the price, a grant is free). A row that occurs exactly at a close counts at it; a payment
+  prices its period only if its request occurred by then (it always precedes the period).
+  Movements against the previous close: new (0 -> >0, reactivations included), expansion,
+  contraction, churn (>0 -> 0); churn rate = churned / subscribers at the previous close.
 - payment success rate: of the payments that reached a terminal state in the window,
   succeeded / (succeeded + canceled); ledger rejections never reached the provider and are
   not counted. Decline reasons: canceled payments by reason and party.
@@ -306,7 +313,7 @@ pairs AS ({_PAIRS}
                   assumeNotNull(monthly), 0) AS prev_mrr
         FROM mrr_state
         ARRAY JOIN range(1, months + 1) AS j
-        WHERE build_id = {{seed:String}} AND monthly > 0
+        WHERE build_id = {{seed:String}} AND monthly > 0 AND access_until > first_close
           AND subscription_id NOT IN touched
     )
     WHERE cur_mrr > 0 OR prev_mrr > 0

@@ -7,6 +7,12 @@ delivered again (a replay after a crash) is dropped by the engine, and rows that
 in differently cut batches are duplicates of the same ``event_id`` key, which the
 ReplacingMergeTree tables merge away and the queries ignore (analytics/queries.py).
 
+Fast path: each block goes to the engine as Arrow (``arrow_batch``: pyarrow converts the row
+tuples in C; no per-value serialisation in Python), and a batch's blocks are stored two at a
+time on connections of their own while this thread builds the next (``write_rows``). What is
+left is the decoding and mapping above, and the engine's own work (sorting, compressing and
+writing the parts, a few milliseconds per block whatever its size: batches of thousands).
+
 Extending it (a new event): write a mapper returning ``(table, row)`` pairs, build the rows
 with ``payment_row``/``refund_row``/``access_row``/``change_row`` and register it with
 ``@maps(TheEvent)``; an event without a mapper still gets its ``events`` row. So does an event
