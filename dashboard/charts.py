@@ -32,6 +32,7 @@ DAY_AXIS = alt.X(
 MONTH_AXIS = alt.X("yearmonth(month):O", title="month", axis=alt.Axis(format="%Y-%m", labelAngle=0))
 
 COUNT_AXIS = alt.Axis(format="d", tickMinStep=1)  # counts: no fractional ticks
+MONEY_AXIS = alt.Axis(format=",.2~f")  # major units: 1,490.5 / 0, never 0.000000
 
 MOVEMENT_COLORS = {
     "new": "#2e7d32",
@@ -83,7 +84,7 @@ def revenue_chart(rows: Iterable[RevenueDay], currency: str) -> Chart | None:
         .mark_bar()
         .encode(
             x=DAY_AXIS,
-            y=alt.Y("value:Q", title=currency),
+            y=alt.Y("value:Q", title=currency, axis=MONEY_AXIS),
             color=alt.Color(
                 "series:N",
                 scale=alt.Scale(domain=["gross", "refunds"], range=["#1565c0", "#c62828"]),
@@ -113,7 +114,7 @@ def revenue_by_plan_chart(rows: Iterable[RevenueDay], currency: str) -> Chart | 
         .mark_bar()
         .encode(
             x=DAY_AXIS,
-            y=alt.Y("sum(net):Q", title=f"net, {currency}"),
+            y=alt.Y("sum(net):Q", title=f"net, {currency}", axis=MONEY_AXIS),
             color=alt.Color("plan:N"),
             tooltip=["day:T", "plan:N", alt.Tooltip("sum(net):Q", format=",.2f")],
         )
@@ -130,7 +131,7 @@ def plan_totals_chart(rows: Iterable[RevenueDay], currency: str) -> Chart | None
         alt.Chart(totals)
         .mark_bar()
         .encode(
-            x=alt.X("net:Q", title=f"net, {currency}"),
+            x=alt.X("net:Q", title=f"net, {currency}", axis=MONEY_AXIS),
             y=alt.Y("plan:N", sort="-x"),
             tooltip=["plan:N", alt.Tooltip("net:Q", format=",.2f")],
         )
@@ -216,7 +217,7 @@ def mrr_chart(rows: Iterable[MrrMonth], currency: str) -> Chart | None:
         .mark_bar()
         .encode(
             x=MONTH_AXIS,
-            y=alt.Y("value:Q", title=currency),
+            y=alt.Y("value:Q", title=currency, axis=MONEY_AXIS),
             color=alt.Color(
                 "movement:N",
                 scale=alt.Scale(domain=list(MOVEMENT_COLORS), range=list(MOVEMENT_COLORS.values())),
@@ -229,7 +230,7 @@ def mrr_chart(rows: Iterable[MrrMonth], currency: str) -> Chart | None:
         .mark_line(point=True, color="#212121")
         .encode(
             x=MONTH_AXIS,
-            y=alt.Y("mrr:Q", title=f"MRR, {currency}"),
+            y=alt.Y("mrr:Q", title=f"MRR, {currency}", axis=MONEY_AXIS),
             tooltip=["yearmonth(month):T", alt.Tooltip("mrr:Q", format=",.2f"), "subscribers:Q"],
         )
     )

@@ -184,6 +184,22 @@ def test_log_in_find_refund_and_see_the_refund(
         page.wait_text("Active subscribers by plan", "Revenue, last 30 days")
         page.idle()
         page.shot("07-overview-after")
+
+        # Every other page renders against the running stack, without an exception.
+        for i, (title, needles) in enumerate(
+            [
+                ("Analytics", ("MRR movements", "Revenue per plan", "Decline reasons")),
+                ("Plans", ("Prices over time", "Schedule a price")),
+                ("Reconciliation", ("Open discrepancies", "Runs", "Resolve an escalation")),
+            ],
+            start=8,
+        ):
+            page.nav(title)
+            page.wait_text(*needles, timeout=60)
+            page.idle()
+            page.shot(f"{i:02d}-{title.lower()}")
+            errors = driver.find_elements(page.by.CSS_SELECTOR, '[data-testid="stException"]')
+            assert not errors, f"{title}: {errors[0].text}"
     except Exception:
         page.shot("failure")
         (artifacts / "failure.html").write_text(driver.page_source)
