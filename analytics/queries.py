@@ -47,8 +47,10 @@ import bisect
 import hashlib
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -668,6 +670,21 @@ class MrrState:
 
 
 _BUILD_ID = re.compile(r"^[0-9]{13}[0-9a-f]{12}$")
+
+# Answers that needed a computation, by (database, first month, months, fingerprint of the rows
+# up to the last close): this process answers the same read again from memory while no row
+# behind it has changed.
+MEMO_SIZE = 32
+_MEMO: OrderedDict[tuple[str, date, int, str], tuple[MrrMovement, ...]] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+
+
+def forget_mrr_answers() -> None:
+    """Empty this process's memo of MRR answers (benchmarks: time the computation)."""
+    with _MEMO_LOCK:
+        _MEMO.clear()
+
+
 STATE_KEEP_S = 600  # a superseded state build stays this long: readers may still be on it
 
 
@@ -685,7 +702,8 @@ class MrrCache:
       computed from that state and the rows since, not from the whole history.
 
     A read: one fingerprint query, the cached months, then one query for the months from the
-    first one not cached (seeded by the state at its opening when there is a valid one).
+    first one not cached (seeded by the state at its opening when there is a valid one), unless
+    this process computed them from the same rows already (``_MEMO``).
     Reads and writes of the cache that fail (a store without migration 3, a read-only user)
     are logged and the figures computed as without it.
     """
@@ -709,6 +727,14 @@ class MrrCache:
         todo = next((i for i, m in enumerate(wanted) if m not in cached), None)
         if todo is None:
             return [row for m in wanted for row in cached[m]]
+        # Only open months left, as last computed from the same rows (a dashboard polling
+        # between two batches of events): nothing to compute, nor to cache.
+        key = (self.ch.database, first, months, prints.upto(wanted[-1]))
+        if not any(self.closed(m) for m in wanted[todo:]):
+            with _MEMO_LOCK:
+                if key in _MEMO:
+                    _MEMO.move_to_end(key)
+                    return list(_MEMO[key])
         start = wanted[todo]
         try:
             seed = self.state(start, prints.upto(_add_months(start, -1)))
@@ -720,7 +746,12 @@ class MrrCache:
             self.store(wanted[todo:], computed, prints, seed)
         except StoreError as exc:
             log.warning("MRR cache not updated: %s", exc)
-        return [row for m in wanted[:todo] for row in cached[m]] + computed
+        result = [row for m in wanted[:todo] for row in cached[m]] + computed
+        with _MEMO_LOCK:
+            _MEMO[key] = tuple(result)
+            while len(_MEMO) > MEMO_SIZE:
+                _MEMO.popitem(last=False)
+        return result
 
     # ----------------------------------------------------------------------------- reads
     def fingerprints(self) -> Fingerprints:

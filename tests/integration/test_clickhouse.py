@@ -751,6 +751,7 @@ def test_mrr_cache_computes_open_months_from_the_state_at_the_last_close(
     [(close, subscriptions)] = small.query("SELECT close, subscriptions FROM mrr_states")
     assert close == date(2026, 5, 1) and subscriptions > 100
     assert small.query("SELECT count() FROM mrr_state") == [(subscriptions,)]
+    q.forget_mrr_answers()  # not from this process's memo: computed from the state
     warm = Recording(small)
     assert q.mrr_movements(warm, first, 7, now_ms=now) == expected
     assert (warm.ran(q.MRR_MOVEMENTS), warm.ran(q.MRR_MOVEMENTS_SEEDED)) == (0, 1)
@@ -790,6 +791,7 @@ def test_mrr_cache_recomputes_after_late_events_for_closed_months(
     assert [m for m in got if m.month == date(2026, 3, 1)] != [
         m for m in before if m.month == date(2026, 3, 1)
     ]
+    q.forget_mrr_answers()
     warm = Recording(store)  # the state at April's close was rebuilt too
     assert q.mrr_movements(warm, first, 7, now_ms=now) == got
     assert (warm.ran(q.MRR_MOVEMENTS), warm.ran(q.MRR_MOVEMENTS_SEEDED)) == (0, 1)
@@ -845,3 +847,22 @@ def test_mrr_cache_drops_superseded_state_builds(small: ClickHouseClient) -> Non
     cache.drop_old_states(keep=builds[0])
     left = {b for (b,) in small.query("SELECT DISTINCT build_id FROM mrr_state")}
     assert left == {builds[0], fresh, young}  # younger than STATE_KEEP_S: a reader may use it
+
+
+def test_mrr_repeated_reads_are_answered_from_memory_until_a_row_arrives(
+    small: ClickHouseClient, small_history: History
+) -> None:
+    first = day(small_history.start_ms)
+    now = mrr_now(date(2026, 5, 1))
+    expected = q.mrr_movements(small, first, 7, now_ms=now)
+    again = Recording(small)
+    assert q.mrr_movements(again, first, 7, now_ms=now) == expected
+    assert again.sql == [q.MRR_FINGERPRINT, q.MRR_CACHED]  # no MRR computed
+    life = Life("arrives-in-june")
+    ingest(small, [life.pay(ms(2026, 6, 3), "premium", 59_900, start=ms(2026, 6, 3))])
+    after = Recording(small)
+    got = q.mrr_movements(after, first, 7, now_ms=now)
+    assert after.ran(q.MRR_MOVEMENTS_SEEDED) == 1
+    june = [m for m in got if m.month == date(2026, 6, 1) and m.currency == "RUB"]
+    june_before = [m for m in expected if m.month == date(2026, 6, 1) and m.currency == "RUB"]
+    assert june[0].new_minor == june_before[0].new_minor + 59_900
