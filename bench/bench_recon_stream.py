@@ -619,7 +619,20 @@ def start_profiler(pid: int, path: Path) -> Any:
 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-o", str(path), "-f", "raw", "-r", "200"],
+        [
+            exe,
+            "record",
+            "-p",
+            str(pid),
+            "-o",
+            str(path),
+            "-f",
+            "raw",
+            "-r",
+            "200",
+            "--threads",
+            "--idle",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

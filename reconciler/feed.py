@@ -30,10 +30,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
-from itertools import zip_longest
+from itertools import repeat, zip_longest
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -109,17 +109,16 @@ def batch_key(run_id: str, partition: int) -> bytes:
 
 def _batches(
     run_id: str, partition: int, lines: list[ReportLine], size: int
-) -> list[tuple[bytes, int]]:
-    """``ReportBatch`` messages of ``size`` lines at most, and how many lines each holds."""
-    out: list[tuple[bytes, int]] = []
+) -> Iterator[tuple[bytes, int]]:
+    """``ReportBatch`` messages of ``size`` lines at most, and how many lines each holds,
+    encoded as they are asked for."""
     for i in range(0, len(lines), size):
         chunk = lines[i : i + size]
         value = encode_report(ReportBatch(run_id=run_id, partition=partition, lines=chunk))
         if len(value) > MAX_MESSAGE_BYTES and len(chunk) > 1:
-            out.extend(_batches(run_id, partition, chunk, max(1, len(chunk) // 2)))
+            yield from _batches(run_id, partition, chunk, max(1, len(chunk) // 2))
         else:
-            out.append((value, len(chunk)))
-    return out
+            yield value, len(chunk)
 
 
 class ReportProvider(Protocol):
@@ -277,12 +276,12 @@ async def publish_report(
         by_partition: dict[int, list[ReportLine]] = defaultdict(list)
         for partition, line in planned:
             by_partition[partition].append(line)
-        chunks = {
-            p: _batches(run_id, p, lines, lines_per_message) for p, lines in by_partition.items()
-        }
-        counts = {p: len(lines) for p, lines in by_partition.items()}
-        # The partitions in turn, so every partition's agent has work from the start.
-        turns = [[(p, chunk) for chunk in chunks[p]] for p in sorted(chunks)]
+        # The partitions in turn, so every partition's agent has work from the start; each
+        # message encoded just before it is sent.
+        turns = [
+            zip(repeat(p), _batches(run_id, p, by_partition[p], lines_per_message))
+            for p in sorted(by_partition)
+        ]
         for row in zip_longest(*turns):
             for entry in row:
                 if entry is None:
@@ -294,7 +293,7 @@ async def publish_report(
                 pending.append((fut, n))
             if len(pending) >= 64:
                 await drain()
-        sent.update(counts)
+        sent.update({p: len(lines) for p, lines in by_partition.items()})
     await drain()
     markers = []
     for partition in range(partitions):

@@ -341,6 +341,8 @@ class Reconciler:
             if batch.lines >= FLUSH_LINES:
                 await self._flush(batch)
                 batch = _Batch()
+            else:
+                await asyncio.sleep(0)  # a message of lines is long: let the loop run
         await self._flush(batch)
         self.memory.evict()
 
