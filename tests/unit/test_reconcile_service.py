@@ -246,3 +246,28 @@ def test_the_worker_gets_the_agent_and_the_nightly_crontab(nightly: bool, tmp_pa
     assert "reconcile" in app.agents
     tasks = [t.__name__ for t in app._app_tasks]
     assert ("nightly_reconciliation" in tasks) is nightly
+
+
+def test_the_light_state_decode_matches_like_the_full_one() -> None:
+    """``decode_for_match`` skips what the matcher never reads: the same items, lines and end
+    of report alike, and the same repairs."""
+    from reconciler.matcher import end_of_report, match_line
+    from schemas.state import decode_state, encode_state
+    from streams.reconcile.agent import decode_for_match
+
+    day = make_day(W0)
+    full = {s.subscription_id: decode_state(encode_state(s)) for s in day.states}
+    light = {s.subscription_id: decode_for_match(encode_state(s)) for s in day.states}
+    runs: dict[str, Any] = {}
+    for line in sorted(day.lines, key=report_order):
+        sub = line.subscription_id or ""
+        a, run_a = match_line(full.get(sub), line, day.cfg, runs.get(sub))
+        b, _ = match_line(light.get(sub), line, day.cfg, runs.get(sub))
+        runs[sub] = run_a
+        assert a == b
+        assert a is not None and b is not None
+        assert repair_for(a, full.get(sub), W0) == repair_for(b, light.get(sub), W0)
+    for sub, state in full.items():
+        assert end_of_report(state, day.cfg, runs.get(sub)) == end_of_report(
+            light[sub], day.cfg, runs.get(sub)
+        )
