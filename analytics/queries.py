@@ -391,6 +391,8 @@ ORDER BY built_at DESC
 
 MRR_STATE_ROWS = "SELECT count() FROM mrr_state WHERE build_id = {build:String}"
 
+MRR_STATES_LISTED = "SELECT close, build_id FROM mrr_states ORDER BY close DESC, built_at DESC"
+
 
 # Dunning episodes (a renewal's first decline) started in the window, each with the first
 # outcome after it: any succeeded payment (a retry or the user paying) or the loss of access.
@@ -686,6 +688,7 @@ def forget_mrr_answers() -> None:
 
 
 STATE_KEEP_S = 600  # a superseded state build stays this long: readers may still be on it
+STATE_CLOSES = 3  # closes whose newest state build is kept
 
 
 class MrrCache:
@@ -698,8 +701,10 @@ class MrrCache:
       tell the cache. Figures are only stored when the fingerprint read before computing them
       is still the same afterwards (no row arrived in between).
     - ``mrr_state``/``mrr_states``: the subscriptions' state at the latest close (one row each:
-      latest access row, carried price). The months after it, the current one above all, are
-      computed from that state and the rows since, not from the whole history.
+      latest access row, carried price), built when a month closes, from the state at the close
+      before. The months after it, the current one above all, are computed from that state and
+      the rows since, not from the whole history; so are the months after a late row when the
+      state before it is one of the STATE_CLOSES kept.
 
     A read: one fingerprint query, the cached months, then one query for the months from the
     first one not cached (seeded by the state at its opening when there is a valid one), unless
@@ -844,15 +849,18 @@ class MrrCache:
         self.drop_old_states(keep=build_id)
 
     def drop_old_states(self, keep: str) -> None:
-        """Drop the state builds older than STATE_KEEP_S but the newest two (``keep`` first):
-        one is enough, the other is for a reader that found it just before."""
-        builds = sorted(
-            (str(b) for (b,) in self.ch.query("SELECT DISTINCT build_id FROM mrr_state")),
-            reverse=True,
-        )
-        kept = {keep, *[b for b in builds if b != keep][:1]}
+        """Keep ``keep`` and the newest build at each of the STATE_CLOSES latest closes (a late
+        row for a recent month is recomputed from the state before it, not from scratch); drop
+        the other builds once older than STATE_KEEP_S (a reader may have just found one)."""
+        kept = {keep}
+        closes: set[date] = set()
+        for close, build_id in self.ch.query(MRR_STATES_LISTED):
+            if close not in closes and len(closes) < STATE_CLOSES:
+                closes.add(close)
+                kept.add(str(build_id))
         horizon = int(time.time() * 1000) - STATE_KEEP_S * 1000
-        for build in builds:
+        for (build_id,) in self.ch.query("SELECT DISTINCT build_id FROM mrr_state"):
+            build = str(build_id)
             if build in kept or not _BUILD_ID.match(build) or int(build[:13]) > horizon:
                 continue
             self.ch.command(f"ALTER TABLE mrr_state DROP PARTITION '{build}'")

@@ -326,31 +326,46 @@ def mrr_computed(ch: ClickHouseClient, first_month: date, now: int) -> Any:
 def bench_mrr_cache(
     ch: ClickHouseClient, first_month: date, now: int, runs: int, base: float
 ) -> list[Figure]:
-    """MRR without the cache (one query over the whole history, as before it), the first read
-    (fills the cache: the closed months and the state at the last close), a read after a late
-    row for a closed month (the months from it recomputed) and the same read again with no row
-    since. The overview's figure below is a read with the cache filled: the current month
-    computed from the last close's state."""
+    """MRR without the cache (one query over the whole history, as before it), then the cache's
+    life: the first read a month ago (fills it: the closed months and the state at the last
+    close), the read once that month has closed (it is cached, the next state built from the
+    previous one), a late row for the month just closed (recomputed from the state before it),
+    a late row for an older month (from scratch: no state kept that far back) and the same
+    read again with no row since. The overview's MRR below is a read with the cache filled:
+    the current month computed from the last close's state."""
     for table in ("mrr_months", "mrr_states", "mrr_state"):
         ch.command(f"TRUNCATE TABLE {table}")
+    q.forget_mrr_answers()
     uncached = [
         timed(lambda: q.mrr_movements(ch, first_month, 12, cache=False)) for _ in range(runs)
     ]
     expected = q.mrr_movements(ch, first_month, 12, cache=False)
     got: list[Any] = []
-    fill = timed(lambda: got.append(q.mrr_movements(ch, first_month, 12, now_ms=now)))
-    assert got[-1] == expected, "the cache changed an answer"
-    # A late row: a copy of a June access row delivered again (the same event: no answer
-    # changes, but June's fingerprint and every later one do, as for a new row).
-    late_month = q.month_start(now, 6)
-    cols = ", ".join(COLUMNS["subscription_periods"])
-    ch.command(
-        f"INSERT INTO subscription_periods ({cols}) SELECT {cols} FROM subscription_periods"
-        " WHERE toStartOfMonth(occurred_at) = {m:Date} ORDER BY event_id LIMIT 1",
-        {"m": late_month},
-    )
-    late = timed(lambda: got.append(q.mrr_movements(ch, first_month, 12, now_ms=now)))
-    assert got[-1] == expected
+
+    def read(at: int) -> Timing:
+        t = timed(lambda: got.append(q.mrr_movements(ch, first_month, 12, now_ms=at)))
+        assert got[-1] == expected, "the cache changed an answer"
+        return t
+
+    def late_row(month: date) -> None:
+        # A copy of an access row of that month delivered again (the same event: no answer
+        # changes, but that month's fingerprint and every later one do, as for a new row).
+        cols = ", ".join(COLUMNS["subscription_periods"])
+        ch.command(
+            f"INSERT INTO subscription_periods ({cols}) SELECT {cols} FROM subscription_periods"
+            " WHERE toStartOfMonth(occurred_at) = {m:Date} AND toDayOfMonth(occurred_at) > 1"
+            " ORDER BY event_id LIMIT 1",
+            {"m": month},
+        )
+
+    month_ago = now - 30 * DAY_MS
+    fill = read(month_ago)
+    rollover = read(now)
+    just_closed, older = q.month_start(now, 1), q.month_start(now, 6)
+    late_row(just_closed)
+    late_recent = read(now)
+    late_row(older)
+    late_old = read(now)
     again = [timed(lambda: q.mrr_movements(ch, first_month, 12, now_ms=now)) for _ in range(3)]
     wall = statistics.median(t.wall for t in uncached)
 
@@ -367,14 +382,20 @@ def bench_mrr_cache(
             statistics.median(t.cpu for t in uncached),
             "one query over the whole history (the query before the cache)",
         ),
-        fig("MRR movements, first read", fill, "fills the cache: 11 closed months + state"),
+        fig("MRR, first read", fill, "a month ago: fills the cache (closed months + state)"),
+        fig("MRR, a month closes", rollover, "cached from the last state; next state built"),
         fig(
-            "MRR movements after a late row",
-            late,
-            f"a row for {late_month:%b %Y} arrives: that month on recomputed (full read)",
+            "MRR after a late row (last month)",
+            late_recent,
+            f"a {just_closed:%b %Y} row arrives: recomputed from the state before it",
         ),
         fig(
-            "MRR movements, same read again",
+            "MRR after a late row (older)",
+            late_old,
+            f"a {older:%b %Y} row arrives: recomputed from scratch",
+        ),
+        fig(
+            "MRR, same read again",
             min(again, key=lambda t: t.wall),
             "no row since: fingerprint + cached months + this process's memo",
         ),

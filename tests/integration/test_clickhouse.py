@@ -827,26 +827,61 @@ def test_mrr_cache_unwritable_or_missing_still_answers(
 
 
 def test_mrr_cache_drops_superseded_state_builds(small: ClickHouseClient) -> None:
-    cache = q.MrrCache(small, mrr_now(date(2026, 5, 1)))
+    """Kept: the newest build at each of the STATE_CLOSES latest closes, the one just built
+    and any younger than STATE_KEEP_S; the rest is dropped."""
+    cache = q.MrrCache(small, mrr_now(date(2026, 8, 1)))
     old = 1_700_000_000_000  # long before STATE_KEEP_S
-    builds = [f"{old + i:013d}{i:012x}" for i in range(4)]
-    fresh = f"{int(time.time() * 1000):013d}{0:012x}"
-    for build in [*builds, fresh]:
+
+    def build(i: int, at: int = old) -> str:
         small.command(
             "INSERT INTO mrr_state (build_id, subscription_id) VALUES ({b:String}, 's')",
-            {"b": build},
+            {"b": f"{at + i:013d}{i:012x}"},
         )
-    cache.drop_old_states(keep=builds[0])
+        return f"{at + i:013d}{i:012x}"
+
+    listed = {
+        (date(2026, m, 1), n): build(10 * m + n) for m in (3, 4, 5, 6) for n in (0, 1)
+    }  # two builds at each of four closes, the second one newer
+    for (close, n), build_id in listed.items():
+        small.insert(
+            "mrr_states",
+            [(close, build_id, "fp", 1, datetime(2026, 7, 1, n, tzinfo=UTC))],
+            COLUMNS["mrr_states"],
+        )
+    unlisted, just_built = build(1), build(2)
+    young = build(3, int(time.time() * 1000))
+    cache.drop_old_states(keep=just_built)
     left = {b for (b,) in small.query("SELECT DISTINCT build_id FROM mrr_state")}
-    assert left == {builds[0], fresh}  # the one kept and the newest other one
-    young = f"{int(time.time() * 1000) - 1000:013d}{1:012x}"
-    small.command(
-        "INSERT INTO mrr_state (build_id, subscription_id) VALUES ({b:String}, 's')",
-        {"b": young},
-    )
-    cache.drop_old_states(keep=builds[0])
-    left = {b for (b,) in small.query("SELECT DISTINCT build_id FROM mrr_state")}
-    assert left == {builds[0], fresh, young}  # younger than STATE_KEEP_S: a reader may use it
+    newest = {listed[date(2026, m, 1), 1] for m in (4, 5, 6)}
+    assert left == newest | {just_built, young}
+    assert unlisted not in left and listed[date(2026, 3, 1), 1] not in left
+
+
+def test_mrr_cache_recomputes_a_late_month_from_the_state_before_it(
+    store: ClickHouseClient, small_history: History
+) -> None:
+    """Events of late May delivered after June's first read (a worker that lagged across the
+    month's close): May on are recomputed from the state at May's opening, kept since."""
+    h, first = small_history, day(small_history.start_ms)
+    subs = sorted({a.subscription_id for a in h.access})[::7]
+    held = {
+        raw
+        for raw in h.events
+        if (e := decode_event(raw)).subscription_id in subs and e.occurred_at >= ms(2026, 5, 20)
+    }
+    ingest(store, cut([raw for raw in h.events if raw not in held], 2000))
+    q.mrr_movements(store, first, 7, now_ms=mrr_now(date(2026, 5, 1)))  # state at May 1
+    june = mrr_now(date(2026, 6, 1))
+    before = q.mrr_movements(store, first, 7, now_ms=june)  # May closes: state at June 1
+    assert store.query("SELECT close FROM mrr_states ORDER BY close") == [
+        (date(2026, 5, 1),),
+        (date(2026, 6, 1),),
+    ]
+    ingest(store, [[raw for raw in h.events if raw in held]])
+    late = Recording(store)
+    got = q.mrr_movements(late, first, 7, now_ms=june)
+    assert got == expected_mrr(h, first, 7) != before
+    assert (late.ran(q.MRR_MOVEMENTS), late.ran(q.MRR_MOVEMENTS_SEEDED)) == (0, 1)
 
 
 def test_mrr_repeated_reads_are_answered_from_memory_until_a_row_arrives(
