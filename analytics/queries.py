@@ -322,32 +322,57 @@ pairs AS ({_PAIRS}
 )
 {_MOVEMENTS}"""
 
-# The state at a close (the first instant of {close:Date}) as a new ``mrr_state`` build, from a
-# build at an earlier close ({seed:String} at {seed_close_ms:Int64}) and the rows since, or
-# from the whole history ('' and -1): per subscription its latest row by version and the last
-# price and currency set up to it (what ``anyLast`` carries above).
-MRR_STATE_BUILD = f"""
-INSERT INTO mrr_state (build_id, subscription_id, version, occurred_at, access_from,
-                       access_until, monthly, currency)
-WITH
-toDateTime64({{close:Date}}, 3, 'UTC') AS last_close,
-fromUnixTimestamp64Milli({{seed_close_ms:Int64}}, 'UTC') AS seed_close
+# The state at a close (the first instant of {close:Date}) as a new ``mrr_state`` build {build}:
+# per subscription its latest row by version and the last price and currency set up to it
+# (what ``anyLast`` carries above). From the whole history:
+_STATE = """
 SELECT {{build:String}}, sub, max(version), argMax(occurred_at, version),
        argMax(access_from, version), argMax(access_until, version),
        argMaxIf(price, version, isNotNull(price)),
        argMaxIf(price_currency, version, isNotNull(price_currency))
-FROM (
+FROM ({rows})
+GROUP BY sub"""
+_STATE_INSERT = """
+INSERT INTO mrr_state (build_id, subscription_id, version, occurred_at, access_from,
+                       access_until, monthly, currency)"""
+
+MRR_STATE_BUILD = f"""{_STATE_INSERT}
+WITH toDateTime64({{close:Date}}, 3, 'UTC') AS last_close
+{_STATE.format(rows=_priced("s.occurred_at <= last_close", "occurred_at <= last_close"))}
+SETTINGS insert_deduplicate = 0
+"""
+
+# ... or from the build at an earlier close ({seed:String} at {seed_from:Date}) and the rows
+# since: the state's row and those rows for a subscription with rows since, its state's row
+# as it is for the others.
+_SINCE_SEED = "s.occurred_at > first_close AND s.occurred_at <= last_close"
+MRR_STATE_BUILD_SEEDED = f"""{_STATE_INSERT}
+WITH
+toDateTime64({{seed_from:Date}}, 3, 'UTC') AS first_close,
+toDateTime64({{close:Date}}, 3, 'UTC') AS last_close,
+touched AS (
+    SELECT subscription_id FROM subscription_periods AS s WHERE {_SINCE_SEED}
+)
+{
+    _STATE.format(
+        rows='''
     SELECT subscription_id AS sub, version, occurred_at, access_from, access_until,
            monthly AS price, currency AS price_currency
     FROM mrr_state
-    WHERE build_id = {{seed:String}}
-    UNION ALL{
-    _priced(
-        "s.occurred_at > seed_close AND s.occurred_at <= last_close", "occurred_at <= last_close"
+    WHERE build_id = {seed:String} AND subscription_id IN touched
+    UNION ALL'''
+        + _priced(
+            _SINCE_SEED,
+            "occurred_at <= last_close AND payment_id IN ("
+            f"SELECT payment_id FROM subscription_periods AS s WHERE {_SINCE_SEED})",
+        )
     )
 }
-)
-GROUP BY sub
+UNION ALL
+SELECT {{build:String}}, subscription_id, version, occurred_at, access_from, access_until,
+       monthly, currency
+FROM mrr_state
+WHERE build_id = {{seed:String}} AND subscription_id NOT IN touched
 SETTINGS insert_deduplicate = 0
 """
 
@@ -830,15 +855,10 @@ class MrrCache:
         if self.state(close, fingerprint) is not None:
             return
         build_id = f"{int(time.time() * 1000):013d}{uuid.uuid4().hex[:12]}"
-        self.ch.command(
-            MRR_STATE_BUILD,
-            {
-                "close": close,
-                "seed": seed.build_id if seed else "",
-                "seed_close_ms": _date_ms(seed.close) if seed else -1,
-                "build": build_id,
-            },
-        )
+        params: dict[str, Any] = {"close": close, "build": build_id}
+        if seed is not None:
+            params |= {"seed": seed.build_id, "seed_from": seed.close}
+        self.ch.command(MRR_STATE_BUILD if seed is None else MRR_STATE_BUILD_SEEDED, params)
         rows = int(self.ch.query(MRR_STATE_ROWS, {"build": build_id})[0][0])
         if self.fingerprints().upto(_add_months(close, -1)) == fingerprint:
             self.ch.insert(
