@@ -706,6 +706,17 @@ _MEMO: OrderedDict[tuple[str, date, int, str], tuple[MrrMovement, ...]] = Ordere
 _MEMO_LOCK = threading.Lock()
 
 
+_TROUBLES: set[str] = set()
+
+
+def _cache_trouble(message: str, exc: Exception) -> None:
+    """Log a cache failure (the answer is computed anyway): a warning the first time in this
+    process (a store without migration 3, a read-only user), then at debug level."""
+    first = message not in _TROUBLES
+    _TROUBLES.add(message)
+    log.log(logging.WARNING if first else logging.DEBUG, message, exc)
+
+
 def forget_mrr_answers() -> None:
     """Empty this process's memo of MRR answers (benchmarks: time the computation)."""
     with _MEMO_LOCK:
@@ -752,7 +763,7 @@ class MrrCache:
             prints = self.fingerprints()
             cached = self.cached_months([m for m in wanted if self.closed(m)], prints)
         except StoreError as exc:
-            log.warning("MRR cache unreadable, computing without it: %s", exc)
+            _cache_trouble("MRR cache unreadable, computing without it: %s", exc)
             return _mrr_query(self.ch, first, months, None)
         todo = next((i for i, m in enumerate(wanted) if m not in cached), None)
         if todo is None:
@@ -769,13 +780,13 @@ class MrrCache:
         try:
             seed = self.state(start, prints.upto(_add_months(start, -1)))
         except StoreError as exc:
-            log.warning("MRR cache state unreadable: %s", exc)
+            _cache_trouble("MRR cache state unreadable: %s", exc)
             seed = None
         computed = _mrr_query(self.ch, start, months - todo, seed)
         try:
             self.store(wanted[todo:], computed, prints, seed)
         except StoreError as exc:
-            log.warning("MRR cache not updated: %s", exc)
+            _cache_trouble("MRR cache not updated: %s", exc)
         result = [row for m in wanted[:todo] for row in cached[m]] + computed
         with _MEMO_LOCK:
             _MEMO[key] = tuple(result)
