@@ -5,14 +5,20 @@
 1. Ingest: a synthetic history (analytics/synthetic.py, events as the ledger emits them) goes
    through ``write_batch`` (decode, map to rows, one deduplicated block per table) in batches
    of ``--batch`` events. Figures: rows/s and events/s, the mapping alone, a replay of the same
-   batches (dropped by the insert tokens), 1k-event batches. Baseline: a plain INSERT of the
-   same rows, already mapped, without deduplication, into plain MergeTree copies of the tables.
+   batches (dropped by the insert tokens), 1k-event batches, and the sink's previous write
+   path (the same rows and tokens through clickhouse-connect's row insert). Baseline: a plain
+   INSERT of the same rows, already mapped, without deduplication, into plain MergeTree copies
+   of the tables.
 2. Queries: the overview page's queries (analytics/queries.py) over a history of ``--history``
    events, built in SQL by replicating an ingested template history under new ids (payments,
    refunds, access rows and lifecycle changes keep their relations), because generating 10 M
    events in Python would take minutes. The raw ``events`` table (JSON bodies) is not
    replicated: no overview query reads it. Baseline: one plain aggregate over the same
    payments (``sum(amount_minor)`` of succeeded payments per currency, no deduplication).
+   MRR also without its cache (one query over the whole history), and through the cache's
+   life: first read, a month closing, late rows, the same read again (``bench_mrr_cache``).
+   Each run adds two duplicate access rows to the kept history (the late rows): no answer
+   changes.
 
 The replicated history is kept under .state/bench (about 200 MB for 10 M events), reused by
 the next run with the same size and code; ``--fresh`` rebuilds it. Every figure also has its
