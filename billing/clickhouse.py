@@ -23,11 +23,10 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
-import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -37,6 +36,9 @@ from schemas.clickhouse import (
     MIGRATIONS,
     MIGRATIONS_TABLE,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # imported where used: the API and the CLI never insert
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,8 @@ class ClickHouseClient:
         settings = dict(_ARROW_INSERT_SETTINGS)
         if dedup_token is not None:
             settings["insert_deduplication_token"] = dedup_token
+        import pyarrow as pa
+
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, data.schema) as writer:
             writer.write(data)
