@@ -329,7 +329,7 @@ payment_lines AS (
 -- over all its lines in report order (the state match_line reaches; only first lines set it):
 --   bound: the record's provider id, else the first line's provider object;
 --   kept: the charge the ledger recorded (its provider id when succeeded), else the first
---     succeeded line ('' when none).
+--     succeeded line of the payment's currency and amount ('' when none).
 payment_lines_ours AS (
     SELECT
         pl.*,
@@ -343,7 +343,9 @@ payment_lines_ours AS (
         if(p.ours_provider_id != '', p.ours_provider_id,
            argMin(pl.provider_id, pl.line_order) OVER per_payment) AS bound_id,
         if(p.ours_status = 'succeeded' AND p.ours_provider_id != '', p.ours_provider_id,
-           argMinIf(pl.provider_id, pl.line_order, pl.theirs_status = 'succeeded')
+           argMinIf(pl.provider_id, pl.line_order,
+                    pl.theirs_status = 'succeeded' AND pl.theirs_currency = p.ours_currency
+                    AND pl.theirs_minor = p.ours_minor)
                OVER per_payment) AS kept_id
     FROM payment_lines AS pl
     LEFT JOIN ledger_payments AS p

@@ -399,8 +399,6 @@ def _match_payment(
 
     recorded = rec.provider_payment_id if rec.status == "succeeded" else None
     kept = recorded or run.kept.get(pid)
-    if theirs == "succeeded" and kept is None:
-        run = msgspec.structs.replace(run, kept={**run.kept, pid: line.provider_payment_id})
 
     def item(kind: MatchClass, repair: RepairKind, detail: str) -> MatchItem:
         return MatchItem(
@@ -431,6 +429,10 @@ def _match_payment(
         return item("currency_mismatch", "escalate", f"ours in {rec.amount.currency}"), run
     if line.amount != rec.amount:
         return item("amount_mismatch", "escalate", f"ours {rec.amount}"), run
+    # Only a charge of the payment's amount can be the one kept: an escalated odd charge
+    # must not make the right one look like its duplicate (and get it refunded).
+    if theirs == "succeeded" and kept is None:
+        run = msgspec.structs.replace(run, kept={**run.kept, pid: line.provider_payment_id})
     if theirs == "succeeded" and kept is not None and kept != line.provider_payment_id:
         return item("duplicate_charge", "refund_later_duplicate", f"charge {kept} is kept"), run
 
