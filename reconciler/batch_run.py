@@ -10,11 +10,11 @@ in the history worker, which owns the (embedded) ClickHouse store: ``billing rec
 What a batch run records is what a streaming run records, so the console, the API and the
 CLI show both alike: the run's counts per class and succeeded totals (computed in SQL), every
 item that is not ``matched`` (``store.TALLIED_CLASSES``: discrepancies and in-flight items)
-in ``recon_items`` linked to the run, one "partition" (the whole report), and the repairs, published as the agent
-publishes them (provider observations on ``billing.provider-events``, duplicate-charge
-refunds on ``billing.commands``; their ids are derived, so a re-run repeats nothing). Matched
-items are only counted: writing a row per agreeing line is what a 1 M-line window must not
-pay for.
+in ``recon_items`` linked to the run, one "partition" (the whole report), and the repairs,
+published as the agent publishes them (provider observations on
+``billing.provider-events``, duplicate-charge refunds on ``billing.commands``; their ids are
+derived, so a re-run repeats nothing). Matched items are only counted: a row per agreeing
+line is what a 1 M-line window must not pay for.
 
 The history must be caught up with the events up to the report (``caught_up``): a batch run
 over a lagging history would see payments we did record as missing.
