@@ -1,6 +1,7 @@
 """Run every benchmark, one at a time, and print a summary table: ``make bench`` or
-``python -m bench.run_all [--quick] [--only machine,transport,e2e_latency,api_intake,clickhouse]``
-(clickhouse is bench/bench_clickhouse.py, run in a process of its own).
+``python -m bench.run_all [--quick] [--only NAME,…]`` (names: ``BENCHES``)
+(clickhouse and recon_batch are bench/bench_clickhouse.py and bench/bench_recon_batch.py, each
+run in a process of its own).
 
 Each benchmark is also runnable alone (``python -m bench.<name> --help``). Figures are ratios
 against a baseline measured in the same run; absolute numbers depend on the machine and on
@@ -30,7 +31,7 @@ from bench.common import (
     table,
 )
 
-BENCHES = ("machine", "transport", "e2e_latency", "api_intake", "clickhouse")
+BENCHES = ("machine", "transport", "e2e_latency", "api_intake", "clickhouse", "recon_batch")
 
 
 # Headline figures for the summary, per benchmark.
@@ -45,6 +46,8 @@ def _headline(bench: str, name: str) -> bool:
         return name.endswith(("p50", "p99", "achieved", "errors"))
     if bench == "clickhouse":
         return "baseline" not in name
+    if bench == "recon_batch":
+        return name.startswith(("load_report", "classify", "batch total", "peak RSS"))
     return True
 
 
@@ -73,16 +76,19 @@ def _runner(name: str, quick: bool) -> Callable[[], Result]:
         return lambda: api_intake.run(rate=500, seconds=15, low_rate=100)
     if name == "clickhouse":
         args = ["--events", "20000", "--history", "1000000"] if quick else []
-        return lambda: clickhouse(args)
+        return lambda: subprocess_bench("bench.bench_clickhouse", "clickhouse", args)
+    if name == "recon_batch":
+        args = ["--lines", "100000"] if quick else []
+        return lambda: subprocess_bench("bench.bench_recon_batch", "recon_batch", args)
     raise ValueError(name)
 
 
-def clickhouse(args: list[str]) -> Result:
-    """bench/bench_clickhouse.py (the history store's benchmark) in a process of its own:
-    chdb allows one data directory per process. Its JSON rows become this table's rows."""
+def subprocess_bench(module: str, name: str, args: list[str]) -> Result:
+    """A benchmark of the ClickHouse store in a process of its own (chdb allows one data
+    directory per process). Its JSON rows become this table's rows."""
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_clickhouse", "--json", *args],
+        [sys.executable, "-m", module, "--json", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -91,9 +97,9 @@ def clickhouse(args: list[str]) -> Result:
     )
     if proc.returncode != 0:
         tail = proc.stderr[-2000:]
-        raise RuntimeError(f"bench.bench_clickhouse exited {proc.returncode}: {tail}")
+        raise RuntimeError(f"{module} exited {proc.returncode}: {tail}")
     data = json.loads(proc.stdout[proc.stdout.index("{") :])
-    result = Result("clickhouse")
+    result = Result(name)
     for r in data["rows"]:
         note = r.get("note") or ""
         if r.get("cpu_s") is not None:
@@ -108,7 +114,8 @@ def clickhouse(args: list[str]) -> Result:
         )
     load = data.get("load")
     load_text = f"{load:.2f}" if isinstance(load, int | float) else "n/a"
-    result.notes.append(f"bench/bench_clickhouse.py; 1-min load average at start {load_text}")
+    path = module.replace(".", "/") + ".py"
+    result.notes.append(f"{path}; 1-min load average at start {load_text}")
     result.seconds = time.monotonic() - started
     return result
 
