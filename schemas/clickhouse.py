@@ -540,7 +540,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Tables the events sink writes, in insert order (``events`` last: it is the widest).
+# Tables the events sink writes (stored concurrently, in no fixed order; see the sink).
 EVENT_TABLES: tuple[str, ...] = (
     "payments",
     "refunds",
