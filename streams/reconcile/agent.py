@@ -144,6 +144,12 @@ class RunMemory:
     def __init__(self) -> None:
         self.subs: dict[tuple[str, str], bytes] = {}
         self.parts: dict[tuple[str, int], _RunPart] = {}
+        # The encoded ledger state (the table's own object) of a subscription that, when its
+        # last line was matched, had nothing left for the end of the report: while the table
+        # holds that very object, the end of the report need not decode it (it would find
+        # nothing: what a run has accounted for only grows).
+        self.settled: dict[tuple[str, str], bytes] = {}
+        self._judged: dict[MatchConfig, MatchConfig | None] = {}
 
     def run_of(self, run_id: str, key: str) -> SubscriptionRun | None:
         """What run ``run_id`` has seen of the subscription (memory key) ``key``."""
@@ -157,18 +163,37 @@ class RunMemory:
         partition: int,
         line: ReportLine,
         state: SubscriptionState | None,
+        raw: bytes | None = None,
     ) -> MatchItem | None:
-        """Classify one line; None for a line this process already classified in this run."""
+        """Classify one line; None for a line this process already classified in this run.
+        ``raw``: the table's encoded ``state``, remembered if nothing of it is left for the
+        end of the report."""
         key = (run_id, message_key(line).decode())
         item, run = match_line(state, line, cfg, self.run_of(*key))
         if item is not None:  # else nothing changed
             self.subs[key] = _run_encoder.encode(run)
+        if state is not None and raw is not None:
+            judged = self._judged_config(cfg)
+            if judged is None or not end_of_report(state, judged, run):
+                self.settled[key] = raw
+            else:
+                self.settled.pop(key, None)
         part = self.parts.setdefault((run_id, partition), _RunPart())
         if item is not None:  # the matcher gives an item for every line it had not seen
             part.lines += 1
         part.keys.add(key[1])
         part.touched = time.monotonic()
         return item
+
+    def _judged_config(self, cfg: MatchConfig) -> MatchConfig | None:
+        if cfg not in self._judged:
+            self._judged[cfg] = end_config(cfg)
+        return self._judged[cfg]
+
+    def unchanged_and_settled(self, run_id: str, key: str, raw: bytes) -> bool:
+        """The end of the report would find nothing for this subscription: its state is the
+        very object that was settled when its last line was matched."""
+        return self.settled.get((run_id, key)) is raw
 
     def lines_seen(self, run_id: str, partition: int) -> int:
         part = self.parts.get((run_id, partition))
@@ -199,6 +224,7 @@ class RunMemory:
         part = self.parts.pop((run_id, partition), None)
         for key in part.keys if part else ():
             self.subs.pop((run_id, key), None)
+            self.settled.pop((run_id, key), None)
 
     def evict(self, older_than_s: float = MEMORY_TTL_S) -> None:
         """Forget runs untouched for long (their marker never came to this process)."""
@@ -208,6 +234,7 @@ class RunMemory:
             return
         self.parts = {k: v for k, v in self.parts.items() if k[0] not in stale}
         self.subs = {k: v for k, v in self.subs.items() if k[0] not in stale}
+        self.settled = {k: v for k, v in self.settled.items() if k[0] not in stale}
 
 
 # ------------------------------------------------------------------------------ repairs
@@ -381,12 +408,13 @@ class Reconciler:
             try:
                 sub = line.subscription_id
                 key = sub.encode() if sub else None
-                state = self._state(key) if key is not None else None
+                raw = self.table.get(key) if key is not None else None
+                state = decode_for_match(raw) if raw is not None else None
                 if known and key is not None:
                     partition_of[key] = partition
                 if state is not None and state.subscription_id != sub:
                     state = None  # never for a well-keyed table; the matcher would refuse
-                item = self.memory.match(cfg, spec.run_id, partition, line, state)
+                item = self.memory.match(cfg, spec.run_id, partition, line, state, raw)
             except Exception:
                 # A line that cannot be matched (an unreadable ledger state) is not seen:
                 # its partition ends incomplete, so the run says so instead of lying.
@@ -409,12 +437,14 @@ class Reconciler:
             await self.send(repair.topic, repair.key, repair.value)
 
     def _partition_states(
-        self, partition: int, unreadable: list[bytes]
+        self, run_id: str, partition: int, unreadable: list[bytes]
     ) -> Iterable[SubscriptionState]:
-        """The ledger states of the subscriptions of ``partition`` held here, decoded one at
-        a time (a partition of a large table does not fit in memory decoded); the keys of
-        states that cannot be read are appended to ``unreadable``."""
+        """The ledger states of the subscriptions of ``partition`` held here that the end of
+        run ``run_id``'s report must look at, decoded one at a time (a partition of a large
+        table does not fit in memory decoded); the keys of states that cannot be read are
+        appended to ``unreadable``."""
         cache = self._partition_of
+        settled = self.memory.unchanged_and_settled
         for key, raw in list(self.table.items()):
             p = cache.get(key)
             if p is None:
@@ -422,6 +452,8 @@ class Reconciler:
             if raw is None or p != partition:
                 continue
             try:
+                if settled(run_id, key.decode("utf-8", "replace"), raw):
+                    continue
                 yield decode_for_match(raw)
             except (DecodeError, ValidationError):
                 log.exception("reconcile: unreadable ledger state %r", key)
@@ -434,7 +466,7 @@ class Reconciler:
             self._configs[run_id],
             run_id,
             partition,
-            self._partition_states(partition, unreadable),
+            self._partition_states(run_id, partition, unreadable),
             marker.lines_sent,
         )
         complete = complete and not unreadable

@@ -271,3 +271,38 @@ def test_the_light_state_decode_matches_like_the_full_one() -> None:
         assert end_of_report(state, day.cfg, runs.get(sub)) == end_of_report(
             light[sub], day.cfg, runs.get(sub)
         )
+
+
+def test_the_end_of_report_skips_only_states_that_have_nothing_left() -> None:
+    """A state whose every item in the judged window was accounted for when its last line
+    was matched, and that the table still holds as the very same object, is skipped at the
+    end of the report: the items are those of looking at every state."""
+    from schemas.state import encode_state
+
+    day = make_day(W0)
+    raws = {s.subscription_id: encode_state(s) for s in day.states}
+    memory = RunMemory()
+    for line in sorted(day.lines, key=report_order):
+        sub = line.subscription_id or ""
+        raw = raws.get(sub)
+        state = decode_state_for_test(raw)
+        memory.match(day.cfg, "run", 0, line, state, raw)
+    everything, _ = memory.end(day.cfg, "run", 0, day.states, len(day.lines))
+    left = [
+        s
+        for s in day.states
+        if not memory.unchanged_and_settled("run", s.subscription_id, raws[s.subscription_id])
+    ]
+    assert 0 < len(left) < len(day.states)
+    assert memory.end(day.cfg, "run", 0, left, len(day.lines))[0] == everything
+    # A state replaced in the table (the same content, another object) is looked at again.
+    sub = day.states[0].subscription_id
+    assert not memory.unchanged_and_settled("run", sub, bytes(bytearray(raws[sub])))
+    memory.forget("run", 0)
+    assert not memory.settled
+
+
+def decode_state_for_test(raw: bytes | None) -> SubscriptionState | None:
+    from streams.reconcile.agent import decode_for_match
+
+    return decode_for_match(raw) if raw is not None else None
