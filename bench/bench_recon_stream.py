@@ -562,12 +562,13 @@ async def wait_finished(
     last_log = time.monotonic()
     async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
         while True:
-            try:
-                report = await store.run_report(conn, run_id)
+            try:  # cheap: run_report's count of open discrepancies is not for polling
+                status, _partitions, done_parts = await store.run_progress(conn, run_id)
             except store.RunNotFound:  # the feeder has not recorded it yet
                 await asyncio.sleep(0.2)
                 continue
-            if report.done:
+            if status in store.DONE_STATUSES:
+                report = await store.run_report(conn, run_id)
                 cur = await conn.execute(
                     "SELECT extract(epoch FROM finished_at)::float8 FROM recon_runs"
                     " WHERE run_id = %s",
@@ -577,15 +578,15 @@ async def wait_finished(
                 assert row is not None
                 return {"report": report, "finished": float(row[0])}
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} not done after {limit_s:.0f}s: {report}")
+                raise TimeoutError(f"run {run_id} not done after {limit_s:.0f}s: {status}")
             if not worker.alive():
                 raise RuntimeError(f"worker exited; see {worker.log_path}")
             if time.monotonic() - last_log > 15:
                 last_log = time.monotonic()
                 done = await _committed(worker, conn)
                 log(
-                    f"  run {report.spec.status}: {done:,} report messages committed,"
-                    f" {report.partitions_done}/{PARTITIONS} partitions done, worker CPU"
+                    f"  run {status}: {done:,} report messages committed,"
+                    f" {done_parts}/{PARTITIONS} partitions done, worker CPU"
                     f" {cpu_seconds(worker.pid):.0f} s"
                     + (f", postgres CPU {tree_cpu_seconds(pg_pid):.0f} s" if pg_pid else "")
                 )

@@ -778,6 +778,22 @@ async def run_report(conn: AsyncConnection[Any], run_id: str) -> RunReport:
     return _report(row)
 
 
+async def run_progress(conn: AsyncConnection[Any], run_id: str) -> tuple[str, int | None, int]:
+    """(status, partitions, partitions done) of a run: what a progress display polls, without
+    ``run_report``'s count of the run's open discrepancies. Raises ``RunNotFound``."""
+    cur = await conn.execute(
+        "SELECT status, partitions,"
+        " (SELECT count(*) FROM recon_run_partitions p WHERE p.run_id = r.run_id)"
+        " FROM recon_runs r WHERE r.run_id = %s",
+        (run_id,),
+    )
+    row = await cur.fetchone()
+    await conn.commit()
+    if row is None:
+        raise RunNotFound(run_id)
+    return str(row[0]), row[1], int(row[2])
+
+
 async def list_runs(
     conn: AsyncConnection[Any], *, limit: int = 20, offset: int = 0
 ) -> list[RunReport]:

@@ -313,17 +313,22 @@ async def test_run_finishes_only_when_every_partition_is_done(
     run = await new_run(conn)
     assert not await store.finish_if_complete(conn, run.run_id, NOW)  # partitions unknown yet
     await store.start_feeding(conn, run.run_id, lines=0, partitions=3)
+    assert await store.run_progress(conn, run.run_id) == ("feeding", 3, 0)
     for p in (0, 1):
         await store.mark_partition_done(
             conn, run.run_id, p, lines_sent=0, lines_matched=0, complete=True, items=0, at=NOW
         )
         assert not await store.finish_if_complete(conn, run.run_id, NOW)
+    assert await store.run_progress(conn, run.run_id) == ("feeding", 3, 2)
     await store.mark_partition_done(
         conn, run.run_id, 2, lines_sent=5, lines_matched=2, complete=False, items=0, at=NOW
     )
     assert await store.finish_if_complete(conn, run.run_id, NOW)
     report = await store.run_report(conn, run.run_id)
     assert report.spec.status == "incomplete" and report.incomplete_partitions == 1
+    assert await store.run_progress(conn, run.run_id) == ("incomplete", 3, 3)
+    with pytest.raises(store.RunNotFound):
+        await store.run_progress(conn, str(uuid.uuid4()))
     # A replayed marker processed by a worker that saw everything completes it.
     await store.mark_partition_done(
         conn, run.run_id, 2, lines_sent=5, lines_matched=5, complete=True, items=0, at=NOW
