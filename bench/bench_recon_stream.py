@@ -20,8 +20,10 @@ still in flight. The run's counts per class must equal what the generator made.
 
 Figures (every rate a ratio against the baseline, measured in the same run):
 - baseline: a raw aiokafka consumer reading the same report (published beforehand to a
-  scratch topic) and decoding every message (``--skip-baselines`` to leave out);
-- the pure matcher in-process (decode the line and the state, ``match_line``) on a sample;
+  scratch topic, as the feeder publishes it: lines many to a message) and decoding every
+  message, in lines/s (``--skip-baselines`` to leave out);
+- the pure matcher in-process (decode the line and the state, ``RunMemory.match``) on a
+  sample;
 - feed alone: the feeder publishing the report to the scratch topic, nobody consuming;
 - the streaming path: from the first line published to the run ``finished`` in
   ``recon_runs`` (its ``finished_at``), lines/s; the feed's share of it; CPU per line of the
@@ -32,7 +34,13 @@ The worker's sweeper is slowed down (``BILLING_SWEEP_INTERVAL_S=3600``) so the l
 periodic full scan of the table (it decodes every state, ~15 s of CPU per million) does not
 land in the timed window; ``--with-sweeper`` keeps the production interval.
 
-Roles (internal): ``--role worker`` is the billing worker, ``--role feed`` the feeder.
+The worker's table recovery at start is slow (about 1,300 states/s: a million take 12 to 13
+minutes, most of the benchmark's time); it is reported, not timed.
+
+``--profile FILE`` samples the worker with py-spy (if installed) over the timed window,
+collapsed stacks per thread, idle included. ``BENCH_KEEP=1`` keeps the work directory (the
+worker's log). Roles (internal): ``--role worker`` is the billing worker, ``--role feed`` the
+feeder.
 """
 
 from __future__ import annotations
@@ -551,7 +559,7 @@ def wait_recovered(worker: Worker, timeout: float) -> float:
 
 
 async def wait_finished(
-    dsn: str, run_id: str, worker: Worker, limit_s: float, pg_pid: int | None
+    dsn: str, run_id: str, worker: Worker, limit_s: float, pg_pid: int | None, bootstrap: str
 ) -> dict[str, Any]:
     """Poll the run until it is done; log progress (the worker's committed offsets)."""
     from psycopg import AsyncConnection
@@ -583,7 +591,7 @@ async def wait_finished(
                 raise RuntimeError(f"worker exited; see {worker.log_path}")
             if time.monotonic() - last_log > 15:
                 last_log = time.monotonic()
-                done = await _committed(worker, conn)
+                done = await _committed(worker, bootstrap)
                 log(
                     f"  run {status}: {done:,} report messages committed,"
                     f" {done_parts}/{PARTITIONS} partitions done, worker CPU"
@@ -593,15 +601,12 @@ async def wait_finished(
             await asyncio.sleep(0.2)
 
 
-async def _committed(worker: Worker, conn: Any) -> int:
+async def _committed(worker: Worker, bootstrap: str) -> int:
     """Report messages the worker's group committed (progress display only)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from schemas.topics import PROVIDER_REPORT
 
-    bootstrap = os.environ.get("_BENCH_BOOTSTRAP", "")
-    if not bootstrap:
-        return 0
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
@@ -675,7 +680,6 @@ def run(
     expected, kinds = expected_counts(lines, seed, t0)
     log(f"report: {lines:,} lines, {sum(kinds.values()):,} subscriptions, {dict(kinds)}")
     with workdir("recon-stream") as root, kafka_broker(root) as bootstrap, postgres(root) as dsn:
-        os.environ["_BENCH_BOOTSTRAP"] = bootstrap
         pg_pid = postmaster_pid(root)
         asyncio.run(
             ensure_topics(
@@ -742,7 +746,7 @@ def run(
             feeder = threading.Thread(target=feeding, daemon=True)
             feeder.start()
             done = asyncio.run(
-                wait_finished(dsn, run_id, worker, limit_s=600 + lines / 100, pg_pid=pg_pid)
+                wait_finished(dsn, run_id, worker, 600 + lines / 100, pg_pid, bootstrap)
             )
             feeder.join()
             if "error" in feed_out:
