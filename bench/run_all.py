@@ -31,7 +31,15 @@ from bench.common import (
     table,
 )
 
-BENCHES = ("machine", "transport", "e2e_latency", "api_intake", "clickhouse", "recon_batch")
+BENCHES = (
+    "machine",
+    "transport",
+    "e2e_latency",
+    "api_intake",
+    "clickhouse",
+    "recon_batch",
+    "recon_stream",
+)
 
 
 # Headline figures for the summary, per benchmark.
@@ -77,6 +85,10 @@ def _runner(name: str, quick: bool) -> Callable[[], Result]:
     if name == "clickhouse":
         args = ["--events", "20000", "--history", "1000000"] if quick else []
         return lambda: subprocess_bench("bench.bench_clickhouse", "clickhouse", args)
+    if name == "recon_stream":
+        from bench import bench_recon_stream
+
+        return lambda: bench_recon_stream.run(100_000 if quick else 1_000_000)
     if name == "recon_batch":
         args = ["--lines", "100000"] if quick else []
         return lambda: subprocess_bench("bench.bench_recon_batch", "recon_batch", args)
