@@ -344,16 +344,18 @@ async def _start_batch(
 async def _wait(
     conn: AsyncConnection[Any], run_id: str, wait_s: float, console: Console
 ) -> store.RunReport:
-    report = await store.run_report(conn, run_id)
+    """Poll the run's progress (cheap: no count of its open discrepancies, which a 1 M-line
+    run would pay for on every poll) until it is done; then read the whole report once."""
+    status, partitions, done = await store.run_progress(conn, run_id)
     deadline = time.monotonic() + wait_s
     with _progress(console) as bar:
-        task = bar.add_task("matching (partitions done)", total=report.spec.partitions)
-        while not report.done and time.monotonic() < deadline:
+        task = bar.add_task("matching (partitions done)", total=partitions)
+        while status not in store.DONE_STATUSES and time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)
-            report = await store.run_report(conn, run_id)
-            bar.update(task, total=report.spec.partitions, completed=report.partitions_done)
-        bar.update(task, completed=report.partitions_done)
-    return report
+            status, partitions, done = await store.run_progress(conn, run_id)
+            bar.update(task, total=partitions, completed=done)
+        bar.update(task, completed=done)
+    return await store.run_report(conn, run_id)
 
 
 def _progress(console: Console) -> Progress:

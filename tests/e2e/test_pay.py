@@ -104,8 +104,10 @@ def test_pay_confirm_active(stack: Stack) -> None:
     assert provider_payments(stack, pid) == 1
     # the outbox loop is closed
     wait_until(
-        lambda: stack.query("SELECT status FROM command_outbox WHERE payment_id = %s", pid)
-        == [("done",)],
+        lambda: (
+            stack.query("SELECT status FROM command_outbox WHERE payment_id = %s", pid)
+            == [("done",)]
+        ),
         message="command done",
     )
 

@@ -79,14 +79,10 @@ def test_renewal_racing_auto_renew_off(stack: Stack) -> None:
         history = versions(stack, user)
         types = [t for t, _ in history]
         off = next(
-            i
-            for i, (t, b) in enumerate(history)
-            if t == "AutoRenewChanged" and b == "false"
+            i for i, (t, b) in enumerate(history) if t == "AutoRenewChanged" and b == "false"
         )
         charges = [
-            i
-            for i, (t, b) in enumerate(history)
-            if t == "PaymentRequested" and b == "renewal"
+            i for i, (t, b) in enumerate(history) if t == "PaymentRequested" and b == "renewal"
         ]
         assert all(i < off for i in charges), f"seed {SEED}: charged after cancel: {types}"
         renewed += bool(charges)
