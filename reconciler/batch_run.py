@@ -200,15 +200,7 @@ async def _finish(
     conn: AsyncConnection[Any], run_id: str, lines: int, summary: Summary, at: int
 ) -> None:
     async with conn.transaction():
-        cur = await conn.execute(
-            "SELECT count(*) FILTER (WHERE i.first_run_id = %s),"
-            " count(*) FILTER (WHERE i.resolution IS NULL)"
-            " FROM recon_run_items r JOIN recon_items i USING (item_key)"
-            " WHERE r.run_id = %s AND i.discrepancy",
-            (run_id, run_id),
-        )
-        row = await cur.fetchone()
-        new, unresolved = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+        new, unresolved = await store.discrepancy_counts(conn, run_id)
         await conn.execute(
             "UPDATE recon_runs SET status = 'finished', lines = %s, counts = %s::jsonb,"
             " totals = %s::jsonb, discrepancies = %s, new_discrepancies = %s, unresolved = %s,"

@@ -675,7 +675,7 @@ async def finish_if_complete(conn: AsyncConnection[Any], run_id: str, at: int) -
             if parts["done"] < run["partitions"]:
                 return False
         summary = await _run_summary(conn, run_id)
-        new, unresolved = await _discrepancy_counts(conn, run_id)
+        new, unresolved = await discrepancy_counts(conn, run_id)
         status = "finished" if parts["partial"] == 0 else "incomplete"
         await conn.execute(
             "UPDATE recon_runs SET status = %s, counts = %s::jsonb, totals = %s::jsonb,"
@@ -720,7 +720,8 @@ async def _run_summary(conn: AsyncConnection[Any], run_id: str) -> Summary:
     return add_tally(summarize(await run_items(conn, run_id)), await run_tally(conn, run_id))
 
 
-async def _discrepancy_counts(conn: AsyncConnection[Any], run_id: str) -> tuple[int, int]:
+async def discrepancy_counts(conn: AsyncConnection[Any], run_id: str) -> tuple[int, int]:
+    """(discrepancies first found by this run, those of its discrepancies still unresolved)."""
     cur = await conn.execute(
         "SELECT count(*) FILTER (WHERE i.first_run_id = %s),"
         " count(*) FILTER (WHERE i.resolution IS NULL)"
