@@ -899,18 +899,8 @@ class MrrCache:
 
 def _mrr_columns(rows: list[MrrMovement]) -> list[tuple[Any, ...]]:
     """``mrr_months``' arrays (currency, the figures) of one month's rows."""
-    fields = (
-        "currency",
-        "mrr_minor",
-        "new_minor",
-        "expansion_minor",
-        "contraction_minor",
-        "churn_minor",
-        "subscribers_at_start",
-        "subscribers",
-        "new_subscribers",
-        "churned_subscribers",
-    )
+    cols = COLUMNS["mrr_months"]
+    fields = cols[cols.index("currency") :]  # the figures follow the month's own columns
     return [tuple(getattr(r, f) for r in rows) for f in fields]
 
 
