@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     broker_rebalance_timeout_s: float = 20.0
     commit_interval_s: float = 0.5
     gateway_concurrency: int = 16
+    # YooKassa honours an Idempotence-Key 24 h: no create is sent for a request older than
+    # this (measured from the request's first time); past it the gateway only reads.
+    provider_key_safe_window_s: float = Field(default=20 * 3600.0, gt=0, lt=24 * 3600.0)
+    # Where the Faust app's consumer group starts when it has no committed offset (a new
+    # worker id, offsets expired, a failover). streams/app.py explains why not "earliest".
+    worker_offset_reset: Literal["latest", "earliest"] = "latest"
     sweep_interval_s: float = 2.0
     payment_deadline_s: float = 15.0
     payment_redrive_max_backoff_s: float = 3600.0
@@ -112,6 +118,10 @@ class Settings(BaseSettings):
     history_port: int = 6067
     history_url: str = "http://127.0.0.1:6067"  # where the API asks the history worker
     history_batch: int = 10_000
+    # Notifier (group <worker_id>-notifier): where it starts without a committed offset, and
+    # how far back "latest" reaches (streams/notify/agent.py says why not "earliest").
+    notifier_offset_reset: Literal["latest", "earliest"] = "latest"
+    notifier_reset_lookback_s: float = Field(default=3600.0, ge=0)
 
     # Dashboard: the Streamlit admin console (`python -m dashboard`). It needs no secret and
     # acts only through the API; it logs in at POST /api/v1/admin/session, which checks

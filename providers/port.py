@@ -7,12 +7,16 @@ is unknown (retry with the same Idempotence-Key, or re-read) or definitely faile
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 import msgspec
 
-from schemas.messages import PaymentRequest
+from schemas.ids import observation_id_for
+from schemas.messages import PaymentObserved, PaymentRequest
 from schemas.money import Money
+
+PROVIDER_STATUSES = ("pending", "waiting_for_capture", "succeeded", "canceled")
 
 
 class ProviderPayment(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,3 +122,58 @@ class PaymentProvider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class SearchingProvider(PaymentProvider, Protocol):
+    """What the gateway needs beyond the port: finding an object by our id without creating
+    it, for a request past the provider's key window (ARCHITECTURE.md invariant 7). A
+    separate Protocol so that fakes serving only webhooks need not implement it."""
+
+    async def find_payment(
+        self, payment_id: str, created_gte: datetime, created_lt: datetime
+    ) -> ProviderPayment | None:
+        """The provider payment whose metadata carries our ``payment_id``, created in
+        [gte, lt); the first created if several; None if there is none."""
+        ...
+
+    async def find_refund(
+        self,
+        refund_id: str,
+        provider_payment_id: str,
+        created_gte: datetime,
+        created_lt: datetime,
+    ) -> ProviderRefund | None:
+        """The refund of ``provider_payment_id`` whose metadata carries our ``refund_id``."""
+        ...
+
+
+def normalise(payment: ProviderPayment, *, source: str, observed_at: int) -> PaymentObserved:
+    """The provider's view of a payment as a provider event for the ledger.
+
+    Our ids come from the metadata we sent at create; a payment without them is not ours.
+    The observation id depends only on (provider id, status), so the same outcome seen by the
+    gateway, a webhook, a poll and reconciliation deduplicates to one.
+    """
+    if payment.status not in PROVIDER_STATUSES:
+        raise ValueError(f"unexpected provider status {payment.status!r}")
+    if source not in ("gateway", "webhook", "poll", "reconciliation"):
+        raise ValueError(f"unknown observation source {source!r}")
+    payment_id, subscription_id = payment.payment_id, payment.subscription_id
+    if not payment_id or not subscription_id:
+        raise ValueError(f"payment {payment.provider_payment_id} carries no billing metadata")
+    return PaymentObserved(
+        observation_id=observation_id_for(payment.provider_payment_id, payment.status),
+        subscription_id=subscription_id,
+        observed_at=observed_at,
+        source=source,  # type: ignore[arg-type]
+        payment_id=payment_id,
+        provider_payment_id=payment.provider_payment_id,
+        status=payment.status,  # type: ignore[arg-type]
+        amount=payment.amount,
+        paid=payment.paid,
+        confirmation_url=payment.confirmation_url,
+        cancellation_party=payment.cancellation_party,
+        cancellation_reason=payment.cancellation_reason,
+        payment_method_id=payment.payment_method_id,
+        payment_method_saved=payment.payment_method_saved,
+    )

@@ -30,25 +30,27 @@ from yookassa.domain.exceptions import ApiError
 
 from billing.config import Settings
 from providers.port import (
+    PROVIDER_STATUSES,
     ProviderError,
     ProviderNotFound,
     ProviderPayment,
     ProviderRefund,
     ProviderRejected,
     ProviderUnavailable,
+    normalise,
 )
-from schemas.ids import observation_id_for
-from schemas.messages import PaymentObserved, PaymentRequest
+from schemas.messages import PaymentRequest
 from schemas.money import Money
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PROVIDER_STATUSES", "YooKassaProvider", "backoff_s", "normalise", "should_retry"]
 
 T = TypeVar("T")
 Source = Literal["gateway", "webhook", "poll", "reconciliation"]
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 5.0
-PROVIDER_STATUSES = ("pending", "waiting_for_capture", "succeeded", "canceled")
 # HTTP statuses whose outcome is unknown: the operation may have happened.
 _UNKNOWN_HTTP = {202, 429}
 
@@ -154,38 +156,6 @@ def parse_refund(obj: Any) -> ProviderRefund:
         created_at=data.get("created_at"),
         cancellation_reason=cancellation.get("reason"),
         metadata={str(k): str(v) for k, v in metadata.items()},
-    )
-
-
-def normalise(payment: ProviderPayment, *, source: str, observed_at: int) -> PaymentObserved:
-    """The provider's view of a payment as a provider event for the ledger.
-
-    Our ids come from the metadata we sent at create; a payment without them is not ours.
-    The observation id depends only on (provider id, status), so the same outcome seen by the
-    gateway, a webhook, a poll and reconciliation deduplicates to one.
-    """
-    if payment.status not in PROVIDER_STATUSES:
-        raise ValueError(f"unexpected provider status {payment.status!r}")
-    if source not in ("gateway", "webhook", "poll", "reconciliation"):
-        raise ValueError(f"unknown observation source {source!r}")
-    payment_id, subscription_id = payment.payment_id, payment.subscription_id
-    if not payment_id or not subscription_id:
-        raise ValueError(f"payment {payment.provider_payment_id} carries no billing metadata")
-    return PaymentObserved(
-        observation_id=observation_id_for(payment.provider_payment_id, payment.status),
-        subscription_id=subscription_id,
-        observed_at=observed_at,
-        source=source,  # type: ignore[arg-type]
-        payment_id=payment_id,
-        provider_payment_id=payment.provider_payment_id,
-        status=payment.status,  # type: ignore[arg-type]
-        amount=payment.amount,
-        paid=payment.paid,
-        confirmation_url=payment.confirmation_url,
-        cancellation_party=payment.cancellation_party,
-        cancellation_reason=payment.cancellation_reason,
-        payment_method_id=payment.payment_method_id,
-        payment_method_saved=payment.payment_method_saved,
     )
 
 
@@ -380,6 +350,18 @@ class YooKassaProvider:
         async for item in self._pages("list", self._payment.list, params):
             yield parse_payment(item)
 
+    async def find_payment(
+        self, payment_id: str, created_gte: datetime, created_lt: datetime
+    ) -> ProviderPayment | None:
+        """Our payment by its metadata, without creating: the read that replaces a create
+        past the key window. The list is newest first; the first created match is kept (a
+        later one would be a duplicate charge, reconciliation's to find and refund)."""
+        found: ProviderPayment | None = None
+        async for p in self.list_payments(created_gte, created_lt):
+            if p.payment_id == payment_id:
+                found = p
+        return found
+
     async def _pages(
         self, op: str, lister: Callable[[dict[str, Any]], Any], params: dict[str, Any]
     ) -> AsyncIterator[Any]:
@@ -436,6 +418,20 @@ class YooKassaProvider:
             params["payment_id"] = payment_id
         async for item in self._pages("list_refunds", self._refund.list, params):
             yield parse_refund(item)
+
+    async def find_refund(
+        self,
+        refund_id: str,
+        provider_payment_id: str,
+        created_gte: datetime,
+        created_lt: datetime,
+    ) -> ProviderRefund | None:
+        """Our refund of one provider payment by its metadata (``refund_id``), first created."""
+        found: ProviderRefund | None = None
+        async for r in self.list_refunds(created_gte, created_lt, payment_id=provider_payment_id):
+            if r.metadata.get("refund_id") == refund_id:
+                found = r
+        return found
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

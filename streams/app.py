@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from billing.config import Settings
-from providers.port import PaymentProvider
+from providers.port import SearchingProvider
 from streams import faust_fix
 from streams.gateway.agent import register_gateway
 from streams.ledger.agent import register_ledger
@@ -45,7 +45,7 @@ def policy_from(settings: Settings) -> Policy:
 def create_app(
     settings: Settings,
     *,
-    provider: PaymentProvider | None = None,
+    provider: SearchingProvider | None = None,
     postgres_dsn: str | None = None,
     agents: tuple[str, ...] = ("ledger", "gateway", "projection", "notifier", "reconcile"),
 ) -> Any:
@@ -94,7 +94,7 @@ def create_app(
             raise RuntimeError("reconciliation needs BILLING_POSTGRES_DSN")
         register_reconciler(app, topics, app.billing_ledger_table, settings, dsn)
     if "notifier" in agents:
-        register_notifier(app, topics, topics.notifications, topics.entitlements)
+        register_notifier(app, settings)
     if "projection" in agents:
         if dsn is None:
             raise RuntimeError("the projection needs BILLING_POSTGRES_DSN")

@@ -1,20 +1,30 @@
-"""Gateway agent: turns PaymentRequested / PaymentRedriven events into provider calls and
-publishes the normalised outcome to billing.provider-events.
+"""Gateway agent: turns PaymentRequested / PaymentRedriven (and refund, settle) events into
+provider calls and publishes the normalised outcome to billing.provider-events.
 
-The provider Idempotence-Key is the payment id, fixed before the first attempt, so a retry, a
-replay after a crash or a re-drive can never create a second charge within YooKassa's 24-hour
-key window. Past that window a create is not repeated: the payment stays ``unknown`` for the
-reconciler to settle. A timeout or 5xx is an unknown outcome, never a failure.
+The provider Idempotence-Key is the payment id (refund id), fixed before the first attempt,
+so a retry, a replay after a crash or a re-drive can never create a second charge while the
+provider honours the key. It honours it 24 h only, so no create is sent for a request older
+than the configured safe window, whatever brought it back: past it the outcome is read (by
+provider id, else by searching the provider's list for our id), else left ``unknown`` for
+reconciliation (``streams.gateway.window`` decides; this module does the I/O). A timeout or
+5xx is an unknown outcome, never a failure.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from billing.config import Settings
-from providers.port import PaymentProvider, ProviderError
-from providers.yookassa_adapter import normalise
+from providers.port import (
+    PaymentProvider,
+    ProviderError,
+    ProviderPayment,
+    ProviderRefund,
+    SearchingProvider,
+    normalise,
+)
 from schemas.ids import derived_id, observation_id_for
 from schemas.messages import (
     PaymentCallFailed,
@@ -29,12 +39,18 @@ from schemas.messages import (
     decode_event,
     encode,
 )
-from schemas.periods import now_ms
+from schemas.periods import ms_to_dt, now_ms
+from streams.gateway.window import (
+    KEY_EXPIRED,
+    Step,
+    give_up_reason,
+    next_step,
+    search_range,
+)
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCE_WINDOW_MS = 23 * 3600 * 1000  # YooKassa honours a key 24 h; keep a margin
 _WANTED = (
     b'{"type":"PaymentRequested"',
     b'{"type":"PaymentRedriven"',
@@ -44,32 +60,68 @@ _WANTED = (
 )
 
 
+def window_ms_of(settings: Settings) -> int:
+    return int(settings.provider_key_safe_window_s * 1000)
+
+
 async def execute(
-    provider: PaymentProvider, event: PaymentRequested | PaymentRedriven
+    provider: SearchingProvider,
+    event: PaymentRequested | PaymentRedriven,
+    *,
+    window_ms: int,
 ) -> PaymentObserved | PaymentCallFailed:
     """One provider call for one request event; every failure becomes a provider event."""
     request = event.request
-    attempt = event.attempt if isinstance(event, PaymentRedriven) else 0
+    if isinstance(event, PaymentRedriven):
+        attempt, requested_at, known = event.attempt, event.requested_at, event.provider_payment_id
+    else:
+        attempt, requested_at, known = 0, event.occurred_at, None
+    now = now_ms()
+    searched = False
+    step: Step = "create"
     try:
-        if isinstance(event, PaymentRedriven) and event.provider_payment_id:
-            payment = await provider.get_payment(event.provider_payment_id)
-        elif (
-            isinstance(event, PaymentRedriven)
-            and now_ms() - event.requested_at > IDEMPOTENCE_WINDOW_MS
-        ):
-            return _failed(
-                event,
-                attempt,
-                "unknown",
-                "idempotence_window_expired",
-                "create not repeated after the provider's key window",
+        while True:
+            step = next_step(
+                requested_at=requested_at,
+                now=now,
+                window_ms=window_ms,
+                provider_id=known,
+                searched=searched,
             )
-        else:
-            payment = await provider.create_payment(request, event.subscription_id)
+            if step == "reread":
+                assert known is not None
+                payment = await provider.get_payment(known)
+            elif step == "create":
+                payment = await provider.create_payment(request, event.subscription_id)
+            elif step == "search":
+                gte, lt = search_range(requested_at, window_ms)
+                found = await provider.find_payment(request.payment_id, ms_to_dt(gte), ms_to_dt(lt))
+                searched = True
+                if found is None:
+                    continue
+                payment = found
+            else:
+                reason = give_up_reason(requested_at, now, window_ms)
+                log.warning("payment %s left unknown: %s", request.payment_id, reason)
+                return _failed(event, attempt, "unknown", KEY_EXPIRED, reason)
+            break
     except ProviderError as exc:
-        outcome = "unknown" if exc.unknown else "rejected"
+        outcome = _outcome(exc, step)
         log.warning("provider call for payment %s: %s (%s)", request.payment_id, exc.code, outcome)
         return _failed(event, attempt, outcome, exc.code, str(exc))
+    return _observed(event, attempt, payment)
+
+
+def _outcome(exc: ProviderError, step: Step) -> str:
+    """Only a refused create is a definite "nothing was made"; a refused read or search says
+    nothing about whether a charge exists, so it stays unknown."""
+    return "rejected" if step == "create" and not exc.unknown else "unknown"
+
+
+def _observed(
+    event: PaymentRequested | PaymentRedriven, attempt: int, payment: ProviderPayment
+) -> PaymentObserved | PaymentCallFailed:
+    request = event.request
     try:
         observed = normalise(payment, source="gateway", observed_at=now_ms())
     except ValueError as exc:
@@ -149,11 +201,18 @@ async def execute_settle(
 
 
 async def execute_refund(
-    provider: PaymentProvider, event: RefundRequested | RefundRedriven
+    provider: SearchingProvider,
+    event: RefundRequested | RefundRedriven,
+    *,
+    window_ms: int,
 ) -> RefundObserved | RefundCallFailed:
-    """One provider call for one refund event (Idempotence-Key = refund id)."""
+    """One provider call for one refund event (Idempotence-Key = refund id), under the same
+    key-window policy as payments."""
     req = event.request
-    attempt = event.attempt if isinstance(event, RefundRedriven) else 0
+    if isinstance(event, RefundRedriven):
+        attempt, requested_at, known = event.attempt, event.requested_at, event.provider_refund_id
+    else:
+        attempt, requested_at, known = 0, event.occurred_at, None
 
     def failed(outcome: str, code: str, error: str) -> RefundCallFailed:
         return RefundCallFailed(
@@ -169,26 +228,60 @@ async def execute_refund(
             attempt=attempt,
         )
 
+    now = now_ms()
+    searched = False
+    step: Step = "create"
     try:
-        if isinstance(event, RefundRedriven) and event.provider_refund_id:
-            refund = await provider.get_refund(event.provider_refund_id)
-        elif (
-            isinstance(event, RefundRedriven)
-            and now_ms() - event.requested_at > IDEMPOTENCE_WINDOW_MS
-        ):
-            return failed("unknown", "idempotence_window_expired", "refund not repeated")
-        else:
-            refund = await provider.create_refund(
-                req.provider_payment_id,
-                req.amount,
-                refund_id=req.refund_id,
-                description=req.reason,
-                metadata={"subscription_id": event.subscription_id, "payment_id": req.payment_id},
+        while True:
+            step = next_step(
+                requested_at=requested_at,
+                now=now,
+                window_ms=window_ms,
+                provider_id=known,
+                searched=searched,
             )
+            if step == "reread":
+                assert known is not None
+                refund = await provider.get_refund(known)
+            elif step == "create":
+                refund = await provider.create_refund(
+                    req.provider_payment_id,
+                    req.amount,
+                    refund_id=req.refund_id,
+                    description=req.reason,
+                    metadata={
+                        "subscription_id": event.subscription_id,
+                        "payment_id": req.payment_id,
+                        "refund_id": req.refund_id,
+                    },
+                )
+            elif step == "search":
+                gte, lt = search_range(requested_at, window_ms)
+                found = await provider.find_refund(
+                    req.refund_id, req.provider_payment_id, ms_to_dt(gte), ms_to_dt(lt)
+                )
+                searched = True
+                if found is None:
+                    continue
+                refund = found
+            else:
+                reason = give_up_reason(requested_at, now, window_ms)
+                log.warning("refund %s left unknown: %s", req.refund_id, reason)
+                return failed("unknown", KEY_EXPIRED, reason)
+            break
     except ProviderError as exc:
-        outcome = "unknown" if exc.unknown else "rejected"
+        outcome = _outcome(exc, step)
         log.warning("provider refund %s: %s (%s)", req.refund_id, exc.code, outcome)
         return failed(outcome, exc.code, str(exc))
+    return _refund_observed(event, refund, failed)
+
+
+def _refund_observed(
+    event: RefundRequested | RefundRedriven,
+    refund: ProviderRefund,
+    failed: Callable[[str, str, str], RefundCallFailed],
+) -> RefundObserved | RefundCallFailed:
+    req = event.request
     if refund.status not in ("pending", "succeeded", "canceled"):
         return failed("unknown", "provider_answer_invalid", f"refund status {refund.status!r}")
     return RefundObserved(
@@ -206,8 +299,10 @@ async def execute_refund(
 
 
 def register_gateway(
-    app: Any, topics: Topics, provider: PaymentProvider, settings: Settings
+    app: Any, topics: Topics, provider: SearchingProvider, settings: Settings
 ) -> Any:
+    window_ms = window_ms_of(settings)
+
     @app.agent(topics.events, name="gateway", concurrency=settings.gateway_concurrency)
     async def gateway(stream: Any) -> None:
         async for event in stream.events():
@@ -217,9 +312,9 @@ def register_gateway(
             decoded = decode_event(value)
             outcome: PaymentObserved | PaymentCallFailed | RefundObserved | RefundCallFailed
             if isinstance(decoded, PaymentRequested | PaymentRedriven):
-                outcome = await execute(provider, decoded)
+                outcome = await execute(provider, decoded, window_ms=window_ms)
             elif isinstance(decoded, RefundRequested | RefundRedriven):
-                outcome = await execute_refund(provider, decoded)
+                outcome = await execute_refund(provider, decoded, window_ms=window_ms)
             elif isinstance(decoded, PaymentSettleRequested):
                 outcome = await execute_settle(provider, decoded)
             else:
