@@ -2,8 +2,9 @@
 
 Consumes billing.commands and billing.provider-events (co-partitioned by subscription id),
 keeps one state per subscription in a table, and emits the decided events to billing.events.
-A replayed input re-emits the same events (same ids and versions); Faust flushes the table
-changelog and the events before committing the input offset.
+A replayed input re-emits the same events (same ids and versions), less the requests whose
+record has moved on (``streams.ledger.resend``); Faust flushes the table changelog and the
+events before committing the input offset.
 
 The sweeper (a timer) asks the pure machine what is due for each subscription whose wake-up
 time has come (``due_commands``): re-drives of overdue payments and refunds, renewal charges,
@@ -27,6 +28,7 @@ from schemas.periods import now_ms
 from schemas.state import SubscriptionState, decode_state, encode_state
 from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
 from streams.ledger.prices import PriceBook, load_price_book
+from streams.ledger.resend import to_resend
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -111,15 +113,18 @@ def register_ledger(
             raw = table.get(key)
             state = decode_state(raw) if raw is not None else None
             decision = decide(state, msg, policy)
+            events = decision.events
             if not decision.duplicate and decision.state is not None:
                 table[key] = encode_state(decision.state)
                 track(key, decision.state)
-            if decision.events:
+            elif events and decision.state is not None:
+                # A re-emission: requests whose outcome is known (or re-driven since) are not
+                # sent again, so the gateway does not call the provider again for them.
+                events = to_resend(decision.state, events)
+            if events:
                 # Shielded: a stop that cancels the agent here must not leave a state change
                 # without its events (Faust would still acknowledge this input).
-                await asyncio.shield(
-                    _send_all(topics.events, key, [encode(out) for out in decision.events])
-                )
+                await asyncio.shield(_send_all(topics.events, key, [encode(out) for out in events]))
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
