@@ -158,7 +158,7 @@ def resent(inputs: Sequence[LedgerInput], again: LedgerInput) -> list[str]:
     return [type(e).__name__ for e in to_resend(d.state, d.events)]
 
 
-PAID = [pay(), seen("succeeded")]
+PAID: list[LedgerInput] = [pay(), seen("succeeded")]
 # (name, inputs before, the duplicate, what is sent again)
 CASES: list[tuple[str, list[LedgerInput], LedgerInput, list[str]]] = [
     ("pay, no answer yet", [pay()], pay(), ["PaymentRequested"]),
