@@ -61,17 +61,20 @@ from schemas.messages import (
 )
 from schemas.money import Money, MoneyError
 from schemas.periods import ms_to_dt, now_ms
+from schemas.topics import COMMANDS
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
 
 
 @dataclass(frozen=True)
 class OutboxMessage:
-    """A command ready to publish to billing.commands, keyed by its subscription."""
+    """An outbox row ready to publish, keyed by its subscription: a command to
+    billing.commands, or (``topic``) a reconciliation correction to billing.provider-events."""
 
     command_id: str
     subscription_id: str
     payload: bytes
+    topic: str = COMMANDS
 
     @property
     def key(self) -> bytes:
@@ -121,7 +124,10 @@ Build = Callable[[Conn], Awaitable[tuple[Command, dict[str, Any]]]]
 # A synchronous write (the admin catalogue): runs in the idempotency transaction and returns
 # the status and body to store and answer.
 Write = Callable[[Conn], Awaitable[tuple[int, dict[str, Any]]]]
+# The same, also leaving a message in the outbox (see ``enqueue``): status, body, and the
+# message to publish after the commit (None: nothing new to publish).
 _Run = Callable[[Conn], Awaitable[tuple[int, dict[str, Any], OutboxMessage | None]]]
+WriteAndSend = _Run
 
 
 def owner_of(command: Command) -> str | None:
@@ -194,27 +200,19 @@ async def accept_command(
     async def run(conn: Conn) -> tuple[int, dict[str, Any], OutboxMessage | None]:
         command, body = await build(conn)
         assert command.command_id == command_id
-        payload = encode(command)
-        cur = await conn.execute(
-            "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
-            " payload, payment_id, refund_id, next_publish_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
-            " ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
-            (
-                command_id,
-                command.subscription_id,
-                owner_of(command) or user_id,
-                type(command).__name__,
-                payload,
-                payment_id,
-                refund_id,
-                settings.relay_delay_s,
-            ),
-        )
-        # No row: the command exists from before an idempotency record expired; the relay
+        # No message: the command exists from before an idempotency record expired; the relay
         # owns it, and the answer names the same ids anyway.
-        created = await cur.fetchone() is not None
-        message = OutboxMessage(command_id, command.subscription_id, payload) if created else None
+        message = await enqueue(
+            conn,
+            settings,
+            message_id=command_id,
+            subscription_id=command.subscription_id,
+            user_id=owner_of(command) or user_id,
+            message_type=type(command).__name__,
+            payload=encode(command),
+            payment_id=payment_id,
+            refund_id=refund_id,
+        )
         return 202, body, message
 
     return await _idempotent(pool, user_id=user_id, idem_key=idem_key, fp=fp, run=run)
@@ -230,6 +228,55 @@ async def accept_write(
         return status, body, None
 
     return await _idempotent(pool, user_id=user_id, idem_key=idem_key, fp=fp, run=run)
+
+
+async def accept_write_and_send(
+    pool: AsyncConnectionPool[Any], *, user_id: str, idem_key: str, fp: str, write: WriteAndSend
+) -> IntakeOutcome:
+    """A synchronous write that also leaves a message in the outbox (``enqueue``) in the same
+    transaction, so the message is never lost once the write is answered."""
+    return await _idempotent(pool, user_id=user_id, idem_key=idem_key, fp=fp, run=write)
+
+
+async def enqueue(
+    conn: Conn,
+    settings: Settings,
+    *,
+    message_id: str,
+    subscription_id: str,
+    user_id: str,
+    message_type: str,
+    payload: bytes,
+    topic: str = COMMANDS,
+    payment_id: str | None = None,
+    refund_id: str | None = None,
+    closed_reason: str | None = None,
+) -> OutboxMessage | None:
+    """Write one outbox row in the caller's transaction; the relay publishes it until the
+    projection closes it. Returns the message to publish now, or None when the row existed
+    already (its relay owns it) or is written closed (``closed_reason``: nothing to send)."""
+    cur = await conn.execute(
+        "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
+        " payload, payment_id, refund_id, topic, status, status_reason, next_publish_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+        " ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
+        (
+            message_id,
+            subscription_id,
+            user_id,
+            message_type,
+            payload,
+            payment_id,
+            refund_id,
+            topic,
+            "accepted" if closed_reason is None else "done",
+            closed_reason,
+            settings.relay_delay_s,
+        ),
+    )
+    if await cur.fetchone() is None or closed_reason is not None:
+        return None
+    return OutboxMessage(message_id, subscription_id, payload, topic)
 
 
 # --------------------------------------------------------------------------- the catalogue

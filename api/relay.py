@@ -1,4 +1,6 @@
-"""The outbox relay: every accepted command reaches billing.commands eventually.
+"""The outbox relay: every accepted command reaches billing.commands eventually (and every
+outbox row its own ``topic``: an admin's reconciliation correction goes to
+billing.provider-events).
 
 Right after intake commits, the API publishes the new command in a background task
 (:func:`publish_soon`); the answer never waits for the broker. Whatever that misses (broker
@@ -26,7 +28,6 @@ from psycopg_pool import AsyncConnectionPool
 from api.intake import OutboxMessage
 from api.publisher import Publisher
 from billing.config import Settings
-from schemas.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ SET publish_attempts = o.publish_attempts + 1,
     updated_at = now()
 FROM due
 WHERE o.command_id = due.command_id
-RETURNING o.command_id::text, o.subscription_id::text, o.payload
+RETURNING o.command_id::text, o.subscription_id::text, o.payload, o.topic
 """
 
 
 async def _publish(publisher: Publisher, settings: Settings, msg: OutboxMessage) -> None:
     await asyncio.wait_for(
-        publisher.publish(COMMANDS, msg.key, msg.payload), settings.publish_timeout_s
+        publisher.publish(msg.topic, msg.key, msg.payload), settings.publish_timeout_s
     )
 
 
@@ -85,7 +86,7 @@ async def relay_once(
         rows = await cur.fetchall()
     if not rows:
         return 0
-    messages = [OutboxMessage(r[0], r[1], bytes(r[2])) for r in rows]
+    messages = [OutboxMessage(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
     results = await asyncio.gather(
         *(_publish(publisher, settings, m) for m in messages), return_exceptions=True
     )

@@ -5,6 +5,22 @@ is newer than the version already projected (``projection_versions``), so replay
 re-emissions change nothing. Every event is also kept in ``subscription_events`` (the audit
 trail, deduplicated by event id). Projecting an outcome closes the intake loop: the command's
 outbox row becomes processing, done or rejected.
+
+Every kind of outbox row has an event that closes it (a row left ``accepted`` is republished
+by the relay forever, ARCHITECTURE.md invariant 3):
+- PaySubscription, RetryPayment, ChangePlan (upgrade): PaymentRejected / PlanChangeRejected,
+  or PaymentRequested (processing) then the payment's PaymentSucceeded / PaymentCanceled
+  (done); a downgrade: PlanChangeScheduled.
+- RefundPayment: RefundRejected, or RefundRequested (processing) then RefundSucceeded /
+  RefundFailed.
+- SetAutoRenew: AutoRenewChanged. AdminAdjust: PeriodAdjusted, SubscriptionCanceled (with
+  its command id) or AdminActionRejected.
+- SettlePayment (an admin's capture/release): PaymentSettleRejected, or PaymentSettleRequested
+  (processing) then the payment's PaymentSucceeded / PaymentCanceled (done): see
+  ``_close_about``.
+- A reconciliation correction (a provider observation on billing.provider-events, written by
+  the API's resolution route): done when the payment's PaymentCanceled or the refund's
+  RefundFailed is projected, whichever source caused it.
 """
 
 from __future__ import annotations
@@ -175,6 +191,7 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 " AND status IN ('accepted', 'processing')",
                 (event.command_id,),
             ),
+            _close_about(sub, SETTLE, "payment_id", event.payment_id, "payment succeeded"),
             *(
                 [
                     (
@@ -200,6 +217,13 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 " updated_at = now() WHERE command_id = %s"
                 " AND status IN ('accepted', 'processing')",
                 (f"canceled: {event.reason}", event.command_id),
+            ),
+            _close_about(
+                sub,
+                (*SETTLE, *PAYMENT_CORRECTION),
+                "payment_id",
+                event.payment_id,
+                f"payment canceled: {event.reason}",
             ),
             (
                 "UPDATE subscriptions SET status = 'inactive', version = %s, updated_at = %s"
@@ -238,6 +262,39 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             ),
         ]
     return _lifecycle_statements(event)
+
+
+# Outbox rows closed by the outcome of the payment or refund they are about, not by an event
+# carrying their own id (see _close_about).
+SETTLE = ("SettlePayment",)
+PAYMENT_CORRECTION = ("PaymentObserved",)
+REFUND_CORRECTION = ("RefundObserved",)
+
+
+def _close_about(
+    subscription_id: str, types: tuple[str, ...], field: str, object_id: str, reason: str
+) -> tuple[str, tuple[Any, ...]]:
+    """Close the open outbox rows of ``types`` about one payment or refund (``field`` of the
+    payload names it) as done.
+
+    An admin's capture/release is done when its payment ends (succeeded or canceled), not when
+    the ledger asks the provider (PaymentSettleRequested: that only makes it processing, which
+    already stops the relay). The outcome is what the admin asked about, a capture can still
+    fail, and the ledger re-drives it itself until the payment ends, so until then the command
+    is visibly pending with its reason. The outcome events carry the payment's original pay
+    command id, never the settle's, and several settles (an admin's and the timer's, or two
+    admins') may wait on one payment: so they are found by payment, every one of them closed.
+    A reconciliation correction is a provider observation whose effect is the payment (or
+    refund) canceled: it is done once that is projected, whatever caused it, so a correction
+    the ledger had nothing left to apply to (already canceled) does not stay open either. The
+    partial index of migration 0009 keeps this to the subscription's few open rows."""
+    return (
+        "UPDATE command_outbox SET status = 'done', status_reason = %s, updated_at = now()"
+        " WHERE subscription_id = %s AND status IN ('accepted', 'processing')"
+        " AND command_type = ANY(%s)"
+        " AND convert_from(payload, 'UTF8')::jsonb ->> %s = %s",
+        (reason, subscription_id, list(types), field, object_id),
+    )
 
 
 def _close(command_id: str, status: str, reason: str) -> tuple[str, tuple[Any, ...]]:
@@ -335,6 +392,13 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 (event.reason, event.provider_refund_id, at, v, event.refund_id),
             ),
             _close(event.command_id, "done", f"refund failed: {event.reason}"),
+            _close_about(
+                event.subscription_id,
+                REFUND_CORRECTION,
+                "refund_id",
+                event.refund_id,
+                f"refund canceled: {event.reason}",
+            ),
         ]
     if isinstance(event, RefundRejected):
         reason = f"{event.reason}: {event.detail}" if event.detail else event.reason
@@ -375,17 +439,19 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             _close(event.command_id, "done", f"plan change to {event.plan_id} at period end"),
         ]
     if isinstance(event, PaymentSettleRequested):
+        reason = f"{event.action} requested by {event.actor} (attempt {event.attempt})"
         return [
             (
                 "UPDATE payments SET status_reason = %s, updated_at = %s, version = %s"
                 " WHERE payment_id = %s",
-                (
-                    f"{event.action} requested by {event.actor} (attempt {event.attempt})",
-                    at,
-                    v,
-                    event.payment_id,
-                ),
-            )
+                (reason, at, v, event.payment_id),
+            ),
+            # Taken by the ledger: no more republishing; done when the payment ends.
+            (
+                "UPDATE command_outbox SET status = 'processing', status_reason = %s,"
+                " updated_at = now() WHERE command_id = %s AND status = 'accepted'",
+                (reason, event.command_id),
+            ),
         ]
     if isinstance(event, PaymentSettleRejected):
         return [_close(event.command_id, "rejected", event.reason)]

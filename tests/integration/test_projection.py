@@ -11,7 +11,15 @@ import psycopg
 import pytest
 
 from schemas.ids import command_id_for, observation_id_for, payment_id_for, subscription_id_for
-from schemas.messages import AnyEvent, PaymentObserved, PaySubscription, encode
+from schemas.messages import (
+    AnyEvent,
+    PaymentObserved,
+    PaySubscription,
+    RefundObserved,
+    RefundPayment,
+    SettlePayment,
+    encode,
+)
 from schemas.money import Money
 from schemas.pg import migrate
 from schemas.state import SubscriptionState
@@ -42,6 +50,19 @@ async def conn(projection_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any
 
 
 def flow(user: str, *statuses: str) -> tuple[list[tuple[AnyEvent, bytes]], PaySubscription]:
+    inputs = flow_inputs(user, *statuses)
+    cmd = inputs[0]
+    assert isinstance(cmd, PaySubscription)
+    state: SubscriptionState | None = None
+    out: list[tuple[AnyEvent, bytes]] = []
+    for msg in inputs:
+        d = decide(state, msg, Policy())
+        state = d.state
+        out.extend((e, encode(e)) for e in d.events)
+    return out, cmd
+
+
+def flow_inputs(user: str, *statuses: str) -> list[LedgerInput]:
     sub = subscription_id_for(user)
     cid = command_id_for(user, "key-1")
     cmd = PaySubscription(
@@ -72,13 +93,7 @@ def flow(user: str, *statuses: str) -> tuple[list[tuple[AnyEvent, bytes]], PaySu
                 cancellation_reason="insufficient_funds" if status == "canceled" else None,
             )
         )
-    state: SubscriptionState | None = None
-    out: list[tuple[AnyEvent, bytes]] = []
-    for msg in inputs:
-        d = decide(state, msg, Policy())
-        state = d.state
-        out.extend((e, encode(e)) for e in d.events)
-    return out, cmd
+    return inputs
 
 
 async def outbox(conn: psycopg.AsyncConnection[Any], cmd: PaySubscription) -> None:
@@ -174,3 +189,202 @@ async def test_events_split_across_batches_apply_in_order(
         await project(conn, [e])
     (status,) = await row(conn, "SELECT status FROM subscriptions WHERE user_id = %s", user)
     assert status == "active"
+
+
+# ------------------------------------------------- outbox rows closed by what they are about
+def decide_all(inputs: list[LedgerInput]) -> list[list[tuple[AnyEvent, bytes]]]:
+    """The events of each input, in order, through the pure machine."""
+    state: SubscriptionState | None = None
+    out: list[list[tuple[AnyEvent, bytes]]] = []
+    for msg in inputs:
+        d = decide(state, msg, Policy(capture_delay_ms=None))
+        state = d.state
+        out.append([(e, encode(e)) for e in d.events])
+    return out
+
+
+def observed(cmd: PaySubscription, status: str, at: int, **kw: Any) -> PaymentObserved:
+    provider_id = f"prov-{cmd.payment_id}"
+    return PaymentObserved(
+        observation_id=observation_id_for(provider_id, status),
+        subscription_id=cmd.subscription_id,
+        observed_at=at,
+        source=kw.pop("source", "webhook"),
+        payment_id=cmd.payment_id,
+        provider_payment_id=provider_id,
+        status=status,  # type: ignore[arg-type]
+        amount=cmd.amount,
+        **kw,
+    )
+
+
+def two_stage_pay(user: str) -> PaySubscription:
+    cid = command_id_for(user, "key-1")
+    return PaySubscription(
+        command_id=cid,
+        subscription_id=subscription_id_for(user),
+        issued_at=T0,
+        user_id=user,
+        payment_id=payment_id_for(cid),
+        plan_id="monthly",
+        amount=Money(29900, "RUB"),
+        period_months=1,
+        return_url="https://cinema.example/back",
+        description="Cinema monthly",
+        capture=False,
+    )
+
+
+async def insert_outbox(
+    conn: psycopg.AsyncConnection[Any], message_id: str, sub: str, user: str, msg: Any
+) -> None:
+    """An outbox row as intake (or the resolution route) writes it: the topic is not the
+    projection's business, so it is left to its default here."""
+    await conn.execute(
+        "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type, payload)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (message_id, sub, user, type(msg).__name__, encode(msg)),
+    )
+    await conn.commit()
+
+
+async def outbox_state(conn: psycopg.AsyncConnection[Any], command_id: str) -> tuple[Any, ...]:
+    return await row(
+        conn, "SELECT status, status_reason FROM command_outbox WHERE command_id = %s", command_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "outcome", "reason"),
+    [("capture", "succeeded", "payment succeeded"), ("cancel", "canceled", "payment canceled")],
+)
+async def test_an_admin_settle_is_processing_once_requested_and_done_when_the_payment_ends(
+    conn: psycopg.AsyncConnection[Any], action: str, outcome: str, reason: str
+) -> None:
+    """Issue 11 §3: PaymentSettleRequested used to leave the capture/release row 'accepted',
+    so the relay republished it (another capture call) every few minutes, forever."""
+    user = f"u-{uuid.uuid4()}"
+    pay = two_stage_pay(user)
+    settle = SettlePayment(
+        command_id=command_id_for("admin-1", f"settle-{user}"),
+        subscription_id=pay.subscription_id,
+        issued_at=T0 + 2000,
+        user_id=user,
+        payment_id=pay.payment_id,
+        action=action,  # type: ignore[arg-type]
+        actor="admin:admin-1",
+        reason="checked by phone",
+    )
+    held, settled, ended = decide_all(
+        [
+            pay,
+            observed(pay, "waiting_for_capture", T0 + 1000),
+            settle,
+            observed(pay, outcome, T0 + 3000),
+        ]
+    )[1:]
+    assert [type(e).__name__ for e, _ in settled] == ["PaymentSettleRequested"]
+    await outbox(conn, pay)
+    await insert_outbox(conn, settle.command_id, pay.subscription_id, user, settle)
+
+    first = decide_all([pay])[0]
+    await project(conn, first + held + settled)
+    status, why = await outbox_state(conn, settle.command_id)
+    assert status == "processing"  # taken: the relay leaves it
+    assert why == f"{action} requested by admin:admin-1 (attempt 1)"
+
+    await project(conn, ended)
+    status, why = await outbox_state(conn, settle.command_id)
+    assert status == "done" and why.startswith(reason)
+    assert (await outbox_state(conn, pay.command_id))[0] == "done"  # the pay command too
+
+
+async def test_a_settle_the_ledger_refuses_is_rejected(conn: psycopg.AsyncConnection[Any]) -> None:
+    user = f"u-{uuid.uuid4()}"
+    pay = two_stage_pay(user)
+    settle = SettlePayment(
+        command_id=command_id_for("admin-1", f"settle-{user}"),
+        subscription_id=pay.subscription_id,
+        issued_at=T0 + 2000,
+        user_id=user,
+        payment_id=pay.payment_id,
+        action="capture",
+        actor="admin:admin-1",
+    )
+    events = [e for batch in decide_all([pay, settle]) for e in batch]  # never held
+    await insert_outbox(conn, settle.command_id, pay.subscription_id, user, settle)
+    await project(conn, events)
+    status, why = await outbox_state(conn, settle.command_id)
+    assert status == "rejected" and "not waiting_for_capture" in why
+
+
+async def test_a_reconciliation_correction_is_done_once_the_payment_is_canceled(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """An admin's accept_provider (our succeeded payment the provider never made): the
+    observation's row is closed by the PaymentCanceled it causes."""
+    user = f"u-{uuid.uuid4()}"
+    events, pay = flow(user, "pending", "succeeded")
+    await project(conn, events)
+    correction = PaymentObserved(
+        observation_id=observation_id_for(f"prov-{user}", "canceled"),
+        subscription_id=pay.subscription_id,
+        observed_at=T0 + 10_000,
+        source="reconciliation",
+        payment_id=pay.payment_id,
+        provider_payment_id=f"prov-{user}",
+        status="canceled",
+        amount=pay.amount,
+        cancellation_party="merchant",
+        cancellation_reason="not at the provider",
+    )
+    await insert_outbox(conn, correction.observation_id, pay.subscription_id, user, correction)
+    await project(conn, events)  # the payment's own outcome closes nothing of the correction
+    assert (await outbox_state(conn, correction.observation_id))[0] == "accepted"
+
+    canceled = decide_all([*flow_inputs(user, "pending", "succeeded"), correction])[-1]
+    assert "PaymentCanceled" in [type(e).__name__ for e, _ in canceled]
+    await project(conn, canceled)
+    status, why = await outbox_state(conn, correction.observation_id)
+    assert status == "done" and why.startswith("payment canceled: reconciliation")
+
+
+async def test_a_refund_correction_is_done_once_the_refund_is_canceled(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    user = f"u-{uuid.uuid4()}"
+    inputs = flow_inputs(user, "pending", "succeeded")
+    pay = inputs[0]
+    assert isinstance(pay, PaySubscription)
+    refund = RefundPayment(
+        command_id=command_id_for(user, "refund-1"),
+        subscription_id=pay.subscription_id,
+        issued_at=T0 + 5000,
+        user_id=user,
+        refund_id=str(uuid.uuid4()),
+        payment_id=pay.payment_id,
+    )
+
+    def refund_seen(status: str, source: str) -> RefundObserved:
+        return RefundObserved(
+            observation_id=observation_id_for(f"prov-r-{user}", status),
+            subscription_id=pay.subscription_id,
+            observed_at=T0 + 6000,
+            source=source,  # type: ignore[arg-type]
+            refund_id=refund.refund_id,
+            payment_id=pay.payment_id,
+            provider_refund_id=f"prov-r-{user}",
+            status=status,  # type: ignore[arg-type]
+            amount=pay.amount,
+            cancellation_reason="not at the provider" if status == "canceled" else None,
+        )
+
+    correction = refund_seen("canceled", "reconciliation")
+    batches = decide_all([*inputs, refund, refund_seen("succeeded", "webhook"), correction])
+    await insert_outbox(conn, correction.observation_id, pay.subscription_id, user, correction)
+    await project(conn, [e for b in batches[:-1] for e in b])
+    assert (await outbox_state(conn, correction.observation_id))[0] == "accepted"
+    assert "RefundFailed" in [type(e).__name__ for e, _ in batches[-1]]
+    await project(conn, batches[-1])
+    status, why = await outbox_state(conn, correction.observation_id)
+    assert status == "done" and why == "refund canceled: not at the provider"
