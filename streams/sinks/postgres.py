@@ -282,8 +282,8 @@ def _close_about(
     already stops the relay). The outcome is what the admin asked about, a capture can still
     fail, and the ledger re-drives it itself until the payment ends, so until then the command
     is visibly pending with its reason. The outcome events carry the payment's original pay
-    command id, never the settle's, and several settles (an admin's and the timer's, or two
-    admins') may wait on one payment: so they are found by payment, every one of them closed.
+    command id, never the settle's, and several admins' settles may wait on one payment (the
+    same action asked twice): so they are found by payment, every one of them closed.
     A reconciliation correction is a provider observation whose effect is the payment (or
     refund) canceled: it is done once that is projected, whatever caused it, so a correction
     the ledger had nothing left to apply to (already canceled) does not stay open either. The

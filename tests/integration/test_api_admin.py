@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from api.relay import relay_once
 from schemas.ids import command_id_for, derived_id, subscription_id_for
 from schemas.messages import AdminAdjust, AnyCommand, PaySubscription, RefundPayment, SetAutoRenew
 from schemas.money import Money
+from streams.ledger.machine import Policy
 from tests.integration.api_support import (
     RETURN_URL,
     Api,
@@ -716,3 +718,49 @@ async def test_actions_on_unknown_subscriptions_or_plans_and_bad_bodies_write_no
 async def test_unknown_command_is_404(api: Api) -> None:
     resp = await admin_get(api, f"/api/v1/admin/commands/{uuid.uuid4()}")
     assert resp.status_code == 404 and error_code(resp) == "command_not_found"
+
+
+@pytest.mark.parametrize(
+    ("path", "outcome", "reason"),
+    [("capture", "succeeded", "payment succeeded"), ("release", "canceled", "payment canceled")],
+)
+async def test_a_capture_or_release_closes_its_command_and_the_relay_leaves_it(
+    module_pg_dsn: str, path: str, outcome: str, reason: str
+) -> None:
+    """Issue 11 §3: the projection ignored PaymentSettleRequested for the outbox, so the relay
+    republished an admin's capture every few minutes (each time another capture call)."""
+    async with running_api(module_pg_dsn, two_stage_payments=True) as api:
+        ledger = Ledger(api, Policy(capture_delay_ms=None))  # held until an admin decides
+        user = new_user()
+        resp = await api.pay(user)
+        pid = resp.json()["payment_id"]
+        await ledger.drain(user)
+        await ledger.observe(user, pid, "waiting_for_capture")
+
+        settle = await admin_post(
+            api, f"/api/v1/admin/payments/{pid}/{path}", {"reason": "checked by phone"}
+        )
+        assert settle.status_code == 202, settle.text
+        cid, url = settle.json()["command_id"], settle.json()["status_url"]
+        await ledger.drain(user)  # the ledger asks the provider: PaymentSettleRequested
+        status = await command_status(api, url)
+        assert status["status"] == "processing"
+        action = "cancel" if path == "release" else "capture"
+        assert status["status_reason"] == f"{action} requested by {ACTOR} (attempt 1)"
+
+        async def republished() -> int:
+            async with api.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE command_outbox SET next_publish_at = now() - interval '1 hour'"
+                    " WHERE command_id = %s",
+                    (cid,),
+                )
+            await relay_once(api.pool, api.publisher, api.settings)
+            return len([c for _, c in api.publisher.commands() if c.command_id == cid]) - 1
+
+        assert await republished() == 0  # long overdue, but the ledger has it
+
+        await ledger.observe(user, pid, outcome)
+        status = await command_status(api, url)
+        assert status["status"] == "done" and status["status_reason"].startswith(reason)
+        assert await republished() == 0
