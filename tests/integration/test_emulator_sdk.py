@@ -178,6 +178,93 @@ def test_key_is_forgotten_after_24_hours(sdk: EmulatorHandle) -> None:
     assert Payment.create(body, key).id != first.id
 
 
+def _iso_dt(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def test_unguarded_create_after_25h_is_a_second_charge_that_search_finds(
+    fresh_emulator: EmulatorHandle, provider: YooKassaProvider
+) -> None:
+    """Why the gateway's key-window guard exists (invariant 7): through our adapter, the same
+    key and body 25 h later (emulator clock) make a SECOND payment. Search by created_at and
+    metadata, the guard's read path, finds each in its own window, our ids on both."""
+    sub = str(uuid.uuid4())
+    request = new_request()
+    first = await provider.create_payment(request, sub)
+    fresh_emulator.control.advance_clock(25 * 3600)
+    second = await provider.create_payment(request, sub)
+    assert second.provider_payment_id != first.provider_payment_id
+    stats = fresh_emulator.control.stats()
+    assert stats["payments_created"] == 2
+    assert stats["by_payment_id"] == {request.payment_id: 2}
+    for p in (first, second):
+        assert (p.payment_id, p.subscription_id) == (request.payment_id, sub)
+
+    # Decoys in each window: other payments with their own ids are never returned.
+    await provider.create_payment(new_request(), sub)
+    t1, t2 = _iso_dt(first.created_at or ""), _iso_dt(second.created_at or "")
+    assert t2 - t1 >= timedelta(hours=25)
+    window = timedelta(minutes=5)
+    found = await provider.find_payment(request.payment_id, t1 - window, t1 + window)
+    assert found is not None and found.provider_payment_id == first.provider_payment_id
+    assert found.metadata["payment_id"] == request.payment_id
+    later = await provider.find_payment(request.payment_id, t2 - window, t2 + window)
+    assert later is not None and later.provider_payment_id == second.provider_payment_id
+    # Across both: the first created is the one kept (the later one is the duplicate).
+    both = await provider.find_payment(request.payment_id, t1 - window, t2 + window)
+    assert both is not None and both.provider_payment_id == first.provider_payment_id
+    assert await provider.find_payment(str(uuid.uuid4()), t1 - window, t2 + window) is None
+
+
+async def test_search_pages_through_more_than_100(
+    fresh_emulator: EmulatorHandle, provider: YooKassaProvider
+) -> None:
+    """The search walks the cursor (limit 100 a page) to an item past the first page."""
+    sub = str(uuid.uuid4())
+    wanted = new_request()
+    await provider.create_payment(wanted, sub)
+    for _ in range(120):
+        await provider.create_payment(new_request(), sub)
+    now = datetime.now(UTC)
+    found = await provider.find_payment(
+        wanted.payment_id, now - timedelta(minutes=5), now + timedelta(minutes=5)
+    )
+    assert found is not None and found.payment_id == wanted.payment_id
+    assert fresh_emulator.control.stats()["requests"]["payments.list"] == 2
+
+
+async def test_unguarded_refund_after_25h_is_a_second_refund_that_search_finds(
+    fresh_emulator: EmulatorHandle, provider: YooKassaProvider
+) -> None:
+    p = await provider.create_payment(new_request(), str(uuid.uuid4()))
+    fresh_emulator.control.confirm(p.provider_payment_id)
+    refund_id = str(uuid.uuid4())
+    part = Money(10000, "RUB")
+    meta = {"payment_id": p.payment_id or ""}
+    first = await provider.create_refund(
+        p.provider_payment_id, part, refund_id=refund_id, metadata=meta
+    )
+    assert first.metadata == {"payment_id": p.payment_id, "refund_id": refund_id}
+    fresh_emulator.control.advance_clock(25 * 3600)
+    second = await provider.create_refund(
+        p.provider_payment_id, part, refund_id=refund_id, metadata=meta
+    )
+    assert second.provider_refund_id != first.provider_refund_id  # money out twice
+    assert fresh_emulator.control.stats()["refunds_created"] == 2
+
+    t1 = _iso_dt(first.created_at or "")
+    window = timedelta(minutes=5)
+    found = await provider.find_refund(refund_id, p.provider_payment_id, t1 - window, t1 + window)
+    assert found is not None and found.provider_refund_id == first.provider_refund_id
+    assert found.metadata["refund_id"] == refund_id
+    assert (
+        await provider.find_refund(
+            str(uuid.uuid4()), p.provider_payment_id, t1 - window, t1 + window
+        )
+        is None
+    )
+
+
 def test_concurrent_same_key_creates_make_one_object(sdk: EmulatorHandle) -> None:
     key, body = str(uuid.uuid4()), sdk_body()
     with ThreadPoolExecutor(8) as pool:
