@@ -1,7 +1,7 @@
 """History worker: billing.events → ClickHouse, and the analytics queries for the API.
 
-A Faust app of its own (app id ``<worker_id>-history``, so its own consumer group and offsets)
-so that an insert or a multi-second analytical query never delays the ledger. In embedded
+A process of its own so that an insert or a multi-second analytical query never delays the
+ledger; Faust runs its web server and timers only (its own Kafka consumer is off). In embedded
 mode it owns the chdb store (one process per data directory); the API reaches the queries
 through this worker's loopback web port (``/analytics/<name>/``), never by opening the store.
 
@@ -12,16 +12,23 @@ and discrepancies from PostgreSQL into ClickHouse, and executes batch runs
 (``POST /recon/batch/`` with ``{"run_id": ..., "wait": false}``; the run is recorded in
 PostgreSQL first by ``billing reconcile --engine batch``).
 
-Idempotent on replay: each block is inserted under a deduplication token derived from its
-event ids, the tables are ReplacingMergeTree by event id, and the queries collapse duplicates
-(streams/sinks/clickhouse.py, analytics/queries.py). A failed insert is retried with backoff
-before the agent moves on, because Faust acknowledges input even when the agent raises.
+Nothing acked before it is done (invariant 8): billing.events is read by a plain consumer
+(streams/consumer.py, group ``<worker_id>-history``, the group the Faust agent used, so its
+offsets carry over) that commits a batch only after ClickHouse stored all of it; a failed
+insert is retried with backoff, a stop or a crash replays the uncommitted batch. Not a Faust
+agent: Faust acknowledges ``take()`` input when the agent is cancelled (a stop, a rebalance),
+so an insert cut short was committed and lost. A group without offsets starts at
+``earliest``, on purpose: the history must hold the whole log (invariant 6) and a replay has no
+effect outside the store. Idempotent on replay: each block is inserted under a deduplication
+token derived from its event ids, the tables are ReplacingMergeTree by event id, and the
+queries collapse duplicates (streams/sinks/clickhouse.py, analytics/queries.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -39,6 +46,7 @@ from reconciler.report import ReportError
 from schemas.periods import now_ms
 from schemas.topics import EVENTS
 from streams import faust_fix
+from streams.consumer import Record, Start, run_consumer
 from streams.ledger.agent import partition_for
 from streams.recon_history import RECON_SYNC_S, ReconSync, run_summary_json, wait_caught_up
 from streams.sinks.clickhouse import write_batch
@@ -95,6 +103,11 @@ def run_query(client: ClickHouseClient, name: str, params: Any) -> Any:
     return windowed[name](client, from_ms, to_ms)
 
 
+def history_group(settings: Settings) -> str:
+    """The history's consumer group (its committed offsets say how far ClickHouse is)."""
+    return f"{settings.worker_id}-history"
+
+
 def create_history_app(settings: Settings) -> Any:
     faust_fix.apply()
     datadir = settings.state_dir / "faust-history"
@@ -117,9 +130,9 @@ def create_history_app(settings: Settings) -> Any:
         producer_acks=-1,
         stream_wait_empty=False,
     )
-    events = app.topic(
-        EVENTS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
+    # Faust's consumer would join a group of its own here with nothing to read.
+    app.boot_strategy = app.BootStrategy(app, enable_kafka_consumer=False)
+    group = history_group(settings)
     holder: list[ClickHouseClient] = []
     lock = asyncio.Lock()
 
@@ -129,19 +142,24 @@ def create_history_app(settings: Settings) -> Any:
                 holder.append(await asyncio.to_thread(connect, settings))
             return holder[0]
 
-    @app.agent(events, name="history")
-    async def history(stream: Any) -> None:
-        async for values in stream.take(settings.history_batch, within=1.0):
-            batch = [bytes(v) for v in values]
-            backoff = 0.5
-            while True:
-                try:
-                    await write_batch(await client(), batch)
-                    break
-                except Exception as exc:  # the batch must land before its offsets commit
-                    log.warning("history insert failed (%r); retrying in %.1fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+    async def insert(records: Sequence[Record]) -> None:
+        await write_batch(await client(), [r.value for r in records if r.value is not None])
+
+    @app.task
+    async def history() -> None:
+        await run_consumer(
+            "history",
+            bootstrap=settings.kafka_bootstrap,
+            topic=EVENTS,
+            group=group,
+            start=Start("earliest"),
+            handle=insert,
+            max_records=settings.history_batch,
+            linger_s=1.0,
+            max_backoff_s=MAX_BACKOFF_S,
+            session_timeout_s=settings.broker_session_timeout_s,
+            heartbeat_interval_s=settings.broker_heartbeat_interval_s,
+        )
 
     @app.page("/analytics/{name}/")
     async def analytics(self: Any, request: Any, name: str) -> Any:
@@ -200,7 +218,9 @@ def register_recon(app: Any, settings: Settings, client: Any, dsn: str) -> None:
                     spec,
                     lines,
                     send,
-                    caught_up=lambda: wait_caught_up(settings.kafka_bootstrap, app.conf.id),
+                    caught_up=lambda: wait_caught_up(
+                        settings.kafka_bootstrap, history_group(settings)
+                    ),
                 )
             await sync.once()
             return outcome

@@ -1,0 +1,389 @@
+"""Chaos for the side-effecting consumers of billing.events (invariant 8: nothing acked before
+it is done): the notifier (billing.notifications, billing.entitlements) and the ClickHouse
+history worker.
+
+Real domain events, folded by the pure ledger machine from payments (succeeded, declined,
+refunded in full) and encoded as the ledger encodes them, are published to billing.events on a
+broker of this test's own while the notifier's process (a Faust worker running only the
+notifier) and the history worker are each SIGKILLed and SIGTERMed several times, every fault
+soon after the previous restart so that it hits the backlog the downtime left. Afterwards:
+every notification and entitlement change that any event stands for is on its topic (at least
+once, with the same id and content), and ClickHouse holds every event and the same money
+totals as the event log (invariant 6).
+
+Replay a run with ``BILLING_CHAOS_SEED=<seed>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from analytics.totals import differences, from_event_log, from_history
+from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
+from billing.processes import ManagedProcess
+from schemas import notifications as contract
+from schemas.ids import (
+    command_id_for,
+    derived_id,
+    observation_id_for,
+    payment_id_for,
+    subscription_id_for,
+)
+from schemas.messages import (
+    AnyEvent,
+    PaymentObserved,
+    PaySubscription,
+    RefundObserved,
+    RefundPayment,
+    encode,
+)
+from schemas.money import Money
+from schemas.periods import now_ms
+from schemas.topics import ENTITLEMENTS, EVENTS, NOTIFICATIONS
+from streams.ledger.machine import LedgerInput, Policy, decide
+from streams.notify.agent import derive
+from tests.chaos.invariants import read_topic
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(360)]
+
+USERS = int(os.environ.get("BILLING_CHAOS_CONSUMER_USERS", "4000"))
+PUBLISH_S = 50.0  # the events go out evenly over this long, faults meanwhile
+FAULTS: list[Literal["sigkill", "sigterm"]] = [
+    "sigkill",
+    "sigkill",
+    "sigkill",
+    "sigterm",
+    "sigterm",
+    "sigterm",
+]
+SETTLE_TIMEOUT_S = 90.0
+PARTITIONS = 4
+PRICE = Money(29900, "RUB")
+
+# The notifier alone in a Faust worker of its own (the worker's other agents need the database
+# and the provider); argv after ``-c`` goes to Faust's command line.
+NOTIFIER_MAIN = (
+    "import logging\n"
+    "from billing.config import Settings\n"
+    "from streams.app import create_app\n"
+    "s = Settings()\n"
+    "logging.basicConfig(level=s.log_level)\n"
+    "create_app(s, agents=('notifier',)).main()\n"
+)
+
+
+# ---------------------------------------------------------------------------------- events
+def _facts(user: str, fate: str, at: int) -> list[AnyEvent]:
+    """The events the ledger emits for one user's payment: ``ok`` (succeeded), ``declined``,
+    or ``refunded`` (succeeded, then refunded in full: the subscription is canceled)."""
+    sub = subscription_id_for(user)
+    cid = command_id_for(user, "chaos")
+    pid = payment_id_for(cid)
+    status: Literal["succeeded", "canceled"] = "canceled" if fate == "declined" else "succeeded"
+    inputs: list[LedgerInput] = [
+        PaySubscription(
+            command_id=cid,
+            subscription_id=sub,
+            issued_at=at,
+            user_id=user,
+            payment_id=pid,
+            plan_id="monthly",
+            amount=PRICE,
+            period_months=1,
+            return_url="https://cinema.example/return",
+            description="Cinema monthly",
+        ),
+        PaymentObserved(
+            observation_id=observation_id_for(f"prov-{pid}", status),
+            subscription_id=sub,
+            observed_at=at + 1_000,
+            source="webhook",
+            payment_id=pid,
+            provider_payment_id=f"prov-{pid}",
+            status=status,
+            amount=PRICE,
+            paid=status == "succeeded",
+        ),
+    ]
+    if fate == "refunded":
+        rid = derived_id(sub, "refund-chaos")
+        inputs += [
+            RefundPayment(
+                command_id=derived_id(sub, "refund-command-chaos"),
+                subscription_id=sub,
+                issued_at=at + 5_000,
+                user_id=user,
+                refund_id=rid,
+                payment_id=pid,
+                reason="chaos",
+            ),
+            RefundObserved(
+                observation_id=observation_id_for(f"r-{rid}", "succeeded"),
+                subscription_id=sub,
+                observed_at=at + 6_000,
+                source="gateway",
+                refund_id=rid,
+                payment_id=pid,
+                provider_refund_id=f"r-{rid}",
+                status="succeeded",
+                amount=PRICE,
+            ),
+        ]
+    policy = Policy(payment_deadline_ms=60_000)
+    state = None
+    out: list[AnyEvent] = []
+    for msg in inputs:
+        d = decide(state, msg, policy)
+        state = d.state
+        out += d.events
+    return out
+
+
+def backlog(rng: random.Random, users: int) -> list[list[AnyEvent]]:
+    """Each user's events, in order (they share one key, so one partition)."""
+    at = now_ms() - 3_600_000
+    run = uuid.uuid4().hex[:8]
+    fates = rng.choices(["ok", "declined", "refunded"], weights=[6, 2, 2], k=users)
+    return [_facts(f"chaos-{run}-{i}", fate, at + i) for i, fate in enumerate(fates)]
+
+
+def expected_messages(events: list[AnyEvent]) -> dict[str, tuple[str, bytes]]:
+    """Message id -> (topic, encoded message) of everything the events stand for."""
+    out: dict[str, tuple[str, bytes]] = {}
+    for e in events:
+        for m in derive(e):
+            if isinstance(m, contract.Notification):
+                out[m.notification_id] = (NOTIFICATIONS, contract.encode(m))
+            else:
+                out[m.entitlement_id] = (ENTITLEMENTS, contract.encode(m))
+    return out
+
+
+async def publish(bootstrap: str, per_user: list[list[AnyEvent]], seconds: float) -> int:
+    """Send every user's events, spread evenly over ``seconds``; returns records sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    sent = 0
+    try:
+        chunks = 50
+        size = -(-len(per_user) // chunks)
+        for i in range(chunks):
+            started = time.monotonic()
+            futures = [
+                await producer.send(EVENTS, encode(e), key=e.subscription_id.encode())
+                for events in per_user[i * size : (i + 1) * size]
+                for e in events
+            ]
+            await asyncio.gather(*futures)
+            sent += len(futures)
+            await asyncio.sleep(max(0.0, seconds / chunks - (time.monotonic() - started)))
+    finally:
+        await producer.stop()
+    return sent
+
+
+# ------------------------------------------------------------------------------ processes
+def _ready_count(p: ManagedProcess) -> int:
+    try:
+        return p.log_path.read_text(errors="replace").count("[^Worker]: Ready")
+    except FileNotFoundError:
+        return 0
+
+
+def start(p: ManagedProcess, timeout: float = 90) -> None:
+    before = _ready_count(p)
+    p.start()
+    p.wait_ready(lambda: _ready_count(p) > before, timeout=timeout)
+
+
+def chaos(
+    p: ManagedProcess, faults: list[Literal["sigkill", "sigterm"]], rng: random.Random
+) -> list[str]:
+    """Each fault soon after the process came back (it is working off the backlog of its
+    downtime), then a restart. Returns what was done, for the report."""
+    done = []
+    for fault in faults:
+        time.sleep(rng.uniform(0.3, 2.5))
+        t0 = time.monotonic()
+        if fault == "sigkill":
+            p.kill()
+        else:
+            p.stop(timeout=20)  # SIGTERM; SIGKILL if it hangs
+        start(p)
+        done.append(f"{p.name} {fault} (back in {time.monotonic() - t0:.1f}s)")
+    return done
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
+    b = KafkaBroker(tmp_path / "kafka", free_port(), free_port(), fetch_kafka_jars())
+    b.start()
+    try:
+        asyncio.run(ensure_topics(b.bootstrap, PARTITIONS))
+        yield b
+    finally:
+        b.stop()
+
+
+def _env(tmp_path: Path, broker: KafkaBroker) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    env.update(
+        BILLING_ENV="test",
+        BILLING_KAFKA_BOOTSTRAP=broker.bootstrap,
+        BILLING_KAFKA_PARTITIONS=str(PARTITIONS),
+        BILLING_WORKER_ID=f"billing-{uuid.uuid4().hex[:6]}",
+        BILLING_BROKER_SESSION_TIMEOUT_S="6",
+        BILLING_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+# ---------------------------------------------------------------------------------- checks
+async def notifier_problems(bootstrap: str, expected: dict[str, tuple[str, bytes]]) -> list[str]:
+    found: dict[str, tuple[str, bytes]] = {}
+    copies: Counter[str] = Counter()
+    problems: list[str] = []
+    for topic in (NOTIFICATIONS, ENTITLEMENTS):
+        for r in await read_topic(bootstrap, topic):
+            msg = contract.decode(r.value or b"")
+            mid = (
+                msg.notification_id
+                if isinstance(msg, contract.Notification)
+                else msg.entitlement_id
+            )
+            copies[mid] += 1
+            if mid in found and found[mid] != (topic, r.value):
+                problems.append(f"{mid}: two different messages carry this id")
+            found[mid] = (topic, r.value or b"")
+    missing = [m for m in expected if m not in found]
+    if missing:
+        problems.append(f"{len(missing)} of {len(expected)} messages missing, e.g. {missing[:3]}")
+    wrong = [m for m, v in expected.items() if m in found and found[m] != v]
+    if wrong:
+        problems.append(f"{len(wrong)} messages differ from what their events stand for")
+    unexpected = set(found) - set(expected)
+    if unexpected:
+        problems.append(f"{len(unexpected)} messages no event stands for")
+    print(f"notifier: {sum(copies.values())} messages, {len(found)} distinct")
+    return problems
+
+
+def history_problems(history_url: str, bootstrap: str) -> list[str]:
+    try:
+        ch = from_history(history_url, now_ms() - 2 * 86_400_000, now_ms() + 86_400_000)
+    except httpx.HTTPError as exc:
+        return [f"history not answering: {exc!r}"]
+    log = asyncio.run(from_event_log(bootstrap))
+    if not log:
+        return ["the event log holds no money"]
+    return [f"ClickHouse vs log: {d}" for d in differences(event_log=log, clickhouse=ch)]
+
+
+def clickhouse_event_count(env: dict[str, str]) -> int:
+    """Distinct event ids in the store (read in a process of its own: chdb allows one store
+    per process, and the history worker must be stopped first)."""
+    code = (
+        "from billing.config import Settings\n"
+        "from billing.clickhouse import connect\n"
+        "print(connect(Settings()).query('SELECT uniqExact(event_id) FROM events')[0][0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ test
+def test_notifier_and_history_lose_nothing_when_killed_and_stopped(
+    tmp_path: Path, broker: KafkaBroker, chaos_seed: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(chaos_seed)
+    with capsys.disabled():
+        print(f"\nchaos seed={chaos_seed} (replay: BILLING_CHAOS_SEED={chaos_seed})")
+    env = _env(tmp_path, broker)
+    logs = tmp_path / "logs"
+    notifier = ManagedProcess(
+        "notifier",
+        [sys.executable, "-c", NOTIFIER_MAIN, "worker", "-l", "info"],
+        log_path=logs / "notifier.log",
+        env=dict(
+            env,
+            BILLING_STATE_DIR=str(tmp_path / "state-notifier"),
+            BILLING_WORKER_WEB_PORT=str(free_port()),
+        ),
+    )
+    history_port = free_port()
+    history_url = f"http://127.0.0.1:{history_port}"
+    history_env = dict(
+        env,
+        BILLING_STATE_DIR=str(tmp_path / "state-history"),
+        BILLING_HISTORY_PORT=str(history_port),
+        BILLING_HISTORY_BATCH="500",
+    )
+    history = ManagedProcess.python(
+        "history",
+        ["streams.history", "worker", "-l", "info"],
+        log_path=logs / "history.log",
+        env=history_env,
+    )
+    per_user = backlog(rng, USERS)
+    events = [e for evs in per_user for e in evs]
+    expected = expected_messages(events)
+    try:
+        start(notifier)
+        start(history)
+        faults = {p.name: rng.sample(FAULTS, len(FAULTS)) for p in (notifier, history)}
+        report: list[str] = []
+        threads = [
+            threading.Thread(
+                target=lambda p=p: report.extend(
+                    chaos(p, faults[p.name], random.Random(f"{chaos_seed}-{p.name}"))
+                ),
+                daemon=True,
+            )
+            for p in (notifier, history)
+        ]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        sent = asyncio.run(publish(broker.bootstrap, per_user, PUBLISH_S))
+        for t in threads:
+            t.join(timeout=240)
+        assert not any(t.is_alive() for t in threads), "a fault sequence hung"
+        with capsys.disabled():
+            print(
+                f"{sent} events ({len(events)} distinct), {len(expected)} messages expected;"
+                f" faults in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(report)
+            )
+        assert sent == len(events)
+
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            problems = asyncio.run(notifier_problems(broker.bootstrap, expected))
+            problems += history_problems(history_url, broker.bootstrap)
+            if not problems or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert problems == [], "\n".join(problems)
+        history.stop()
+        assert clickhouse_event_count(history_env) == len({e.event_id for e in events})
+    finally:
+        for p in (notifier, history):
+            p.kill()
