@@ -8,6 +8,21 @@ faust-streaming 0.15.3 (STACK-NOTES.md) and must not be used.
 Tables live in memory (``memory://``): the ledger state is small per subscription and is
 rebuilt from its compacted changelog at start; that keeps the worker free of a native RocksDB
 build. For large tables set BILLING_TABLE_STORE=rocksdb:// (needs rocksdict installed).
+
+Offset reset (``consumer_auto_offset_reset``, BILLING_WORKER_OFFSET_RESET, default
+``latest``): where the app's consumer group starts on a partition without a committed offset
+(a new BILLING_WORKER_ID, offsets expired after 7 idle days, a failover to a fresh group).
+Faust's own default, ``earliest``, would feed the gateway every request event still
+retained and the ledger every command: each a provider call, and past the provider's key
+window a potential second charge (invariant 7; the gateway's guard reads instead, but a
+flood of searches is no better). ``latest`` loses nothing that matters: the outbox relay
+republishes every command not yet applied (its row stays ``accepted``), and the ledger's
+sweeper re-drives every payment, refund and capture whose outcome is late and issues every
+due renewal from the state table, which is restored from its changelog by explicit seeks,
+whatever this setting says. A provider event skipped is found again by that re-drive (a
+re-read), a reconciliation report skipped leaves its run visibly unfinished, to run again.
+``earliest`` remains for a deliberate rebuild. BILLING_WORKER_ID also names the state
+table's changelog: changing it is a migration, not a restart.
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ def create_app(
         broker=f"kafka://{settings.kafka_bootstrap}",
         store=settings.table_store,
         processing_guarantee="at_least_once",
+        consumer_auto_offset_reset=settings.worker_offset_reset,  # see the docstring
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,
