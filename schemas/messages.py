@@ -243,6 +243,9 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
     kind: Literal["purchase", "renewal", "upgrade", "retry"] = "purchase"
     price_version: int = 0
     plan_amount: Money | None = None  # the plan's full price when the charge differs (upgrade)
+    # Upgrade: the credit taken from each earlier payment (payment id -> minor units); the
+    # charge is ``plan_amount`` less their sum.
+    credits: dict[str, int] = {}
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -311,6 +314,10 @@ class PaymentOutcomeUnknown(Event, tag="PaymentOutcomeUnknown", frozen=True):
     payment_id: str
     attempt: int
     error: str
+    # Set when the provider answered with something we did not ask for (another amount or
+    # currency): the payment is escalated, not granted, and waits for reconciliation.
+    escalated: bool = False
+    provider_payment_id: str | None = None
 
 
 class PaymentSucceeded(Event, tag="PaymentSucceeded", frozen=True):

@@ -39,12 +39,30 @@ class PaymentRecord(msgspec.Struct, frozen=True, kw_only=True):
     settle_action: str | None = None  # "capture" | "cancel" once asked of the provider
     settle_attempts: int = 0
     settle_deadline: int | None = None
+    # Credit an upgrade took from this payment (the unused part of its period): money the
+    # user has already been given back in kind, so it is no longer refundable.
+    credited_minor: int = 0
+    # The provider's answer did not match the request (amount or currency): nothing granted,
+    # kept open (status unknown, no deadline) for reconciliation and an operator.
+    escalated: bool = False
 
     @property
     def refundable_minor(self) -> int:
         if self.status != "succeeded":
             return 0
-        return self.amount.amount_minor - self.refunded_minor - self.refunding_minor
+        return (
+            self.amount.amount_minor
+            - self.refunded_minor
+            - self.refunding_minor
+            - self.credited_minor
+        )
+
+    @property
+    def kept_minor(self) -> int:
+        """Captured money still paying for the period: not refunded, not credited."""
+        if self.status != "succeeded":
+            return 0
+        return self.amount.amount_minor - self.refunded_minor - self.credited_minor
 
 
 RefundStatus = Literal["requested", "unknown", "pending", "succeeded", "canceled"]
@@ -87,6 +105,9 @@ class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True):
     # Source message id -> the events it produced, for the last few sources: a replayed
     # command or provider event re-emits exactly these (same ids, same versions).
     recent: dict[str, list[AnyEvent]] = {}
+    # Ids of the last user and admin commands answered (bounded): a command redelivered
+    # after it left ``recent`` (the relay, a replay) is recognised and applies nothing.
+    answered: list[str] = []
 
 
 _encoder = msgspec.json.Encoder()

@@ -115,6 +115,7 @@ class Policy:
     payment_deadline_ms: int = 15_000
     redrive_max_backoff_ms: int = 3_600_000
     recent_sources: int = 16
+    answered_commands: int = 32  # user/admin command ids remembered beyond ``recent``
     renew_lead_ms: int = DAY_MS  # charge a renewal this long before the period ends
     # Waits after each declined renewal charge before the next try: 4 retries over 14 days.
     dunning_schedule_ms: tuple[int, ...] = (DAY_MS, 3 * DAY_MS, 5 * DAY_MS, 5 * DAY_MS)
@@ -175,11 +176,26 @@ def time_of(msg: LedgerInput) -> int:
     return msg.observed_at
 
 
+# Commands a person sent (through the outbox): each is answered once, however often the relay
+# or a replay delivers it.
+_PERSON_COMMANDS = (
+    PaySubscription,
+    RefundPayment,
+    SetAutoRenew,
+    RetryPayment,
+    ChangePlan,
+    AdminAdjust,
+    SettlePayment,
+)
+
+
 def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) -> Decision:
     """Apply one input to one subscription's state."""
     source_id = source_id_of(msg)
     if state is not None and source_id in state.recent:
         return Decision(state, list(state.recent[source_id]), duplicate=True)
+    if state is not None and isinstance(msg, _PERSON_COMMANDS) and source_id in state.answered:
+        return Decision(state, duplicate=True)  # answered long ago: its events are in the log
     if state is None:
         if not isinstance(
             msg,
@@ -234,7 +250,12 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
     recent[source_id] = emitter.events
     while len(recent) > policy.recent_sources:
         del recent[next(iter(recent))]
-    return Decision(msgspec.structs.replace(emitter.state, recent=recent), emitter.events)
+    answered = emitter.state.answered
+    if isinstance(msg, _PERSON_COMMANDS):
+        answered = [*answered[-(policy.answered_commands - 1) :], source_id]
+    return Decision(
+        msgspec.structs.replace(emitter.state, recent=recent, answered=answered), emitter.events
+    )
 
 
 # ------------------------------------------------------------------------------- handlers
@@ -303,6 +324,24 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
         if obs.source == "reconciliation" and obs.status in TERMINAL_PAYMENT_STATUSES:
             _correct_terminal(em, rec, obs)
         return
+    if rec.escalated and obs.source != "reconciliation":
+        return  # only reconciliation (an operator's decision) settles an escalated payment
+    if (
+        obs.status in ("succeeded", "waiting_for_capture")
+        and obs.amount != rec.amount
+        and obs.source != "reconciliation"
+    ):
+        # The provider took (or holds) another sum than we asked: granting the period would
+        # sell it at the wrong price, refusing it would ignore money taken. Neither: escalate.
+        em.emit(
+            PaymentOutcomeUnknown,
+            payment_id=rec.payment_id,
+            attempt=rec.attempts,
+            error=f"amount_mismatch: provider {obs.status} {obs.amount}, requested {rec.amount}",
+            escalated=True,
+            provider_payment_id=obs.provider_payment_id,
+        )
+        return
     if _RANK[obs.status] <= _RANK[rec.status]:
         return
     if obs.status in ("pending", "waiting_for_capture"):
@@ -365,11 +404,6 @@ def _correct_terminal(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) ->
     if obs.status == "succeeded":
         _succeed(em, rec, obs)
         return
-    covered = (
-        rec.period_start is not None
-        and rec.period_end is not None
-        and rec.period_start <= obs.observed_at < rec.period_end
-    )
     em.emit(
         PaymentCanceled,
         payment_id=rec.payment_id,
@@ -378,13 +412,37 @@ def _correct_terminal(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) ->
         reason=f"reconciliation: {obs.cancellation_reason or 'canceled at the provider'}",
         party=obs.cancellation_party,
     )
-    if covered and em.state.status in ("active", "past_due"):
-        em.emit(
-            SubscriptionCanceled,
-            payment_id=rec.payment_id,
-            reason="payment canceled at the provider",
-            access_until=obs.observed_at,
-        )
+    _period_returned(em, em.state.payments[rec.payment_id], "payment canceled at the provider")
+
+
+def _period_returned(em: _Emitter, rec: PaymentRecord, reason: str) -> None:
+    """``rec`` no longer pays for its period (fully refunded, or canceled at the provider):
+    the part of it still ahead leaves the access window, and the periods paid after it move
+    up (evolve shifts them). Access ends now only when nothing paid is left ahead."""
+    state = em.state
+    now = em.now
+    if (
+        rec.period_start is None
+        or rec.period_end is None
+        or state.period_end is None
+        or state.status not in ("active", "past_due")
+    ):
+        return
+    ahead = rec.period_end - max(rec.period_start, now)
+    if ahead <= 0 or state.period_end <= now:
+        return  # its period is over: nothing of today's access rests on it
+    new_end = state.period_end - ahead
+    if new_end <= now:
+        em.emit(SubscriptionCanceled, payment_id=rec.payment_id, reason=reason, access_until=now)
+        return
+    em.emit(
+        AccessShortened,
+        payment_id=rec.payment_id,
+        plan_id=state.plan_id,
+        period_start=state.period_start or now,
+        period_end=new_end,
+        reason=reason,
+    )
 
 
 def _after_renewal_failure(em: _Emitter, rec: PaymentRecord, reason: str, policy: Policy) -> None:
@@ -478,6 +536,11 @@ def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
         return
     if rec.status != "succeeded" or rec.provider_payment_id is None:
         return reject("payment_not_refundable", f"payment is {rec.status}")
+    upgrading = _upgrade_in_flight(state)
+    if upgrading is not None:
+        # The upgrade's charge was priced with this subscription's credit: refunding while it
+        # is open could pay the same unused days back twice.
+        return reject("plan_change_in_progress", upgrading.payment_id)
     refundable = rec.refundable_minor
     amount = cmd.amount or Money(refundable, rec.amount.currency)
     if amount.currency != rec.amount.currency:
@@ -537,10 +600,7 @@ def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
         )
         return
     pay = em.state.payments[ref.payment_id]
-    fully = (
-        not ref.request.duplicate
-        and pay.refunded_minor + ref.amount.amount_minor >= pay.amount.amount_minor
-    )
+    fully = not ref.request.duplicate and pay.kept_minor - ref.amount.amount_minor <= 0
     em.emit(
         RefundSucceeded,
         refund_id=ref.refund_id,
@@ -550,34 +610,10 @@ def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
         amount=ref.amount,
         fully_refunded=fully,
     )
-    state = em.state
-    covers_now = (
-        pay.period_start is not None
-        and pay.period_end is not None
-        and pay.period_start <= em.now < pay.period_end
-    )
-    if fully and covers_now and state.status in ("active", "past_due"):
-        # The current period's payment is fully refunded: access ends at once.
-        em.emit(
-            SubscriptionCanceled, payment_id=pay.payment_id, reason="refunded", access_until=em.now
-        )
-    elif (
-        fully
-        and pay.period_start is not None
-        and pay.period_end is not None
-        and pay.period_start > em.now
-        and state.period_end is not None
-        and state.status in ("active", "past_due")
-    ):
-        # A stacked future period was refunded: it is taken out of the access window.
-        em.emit(
-            AccessShortened,
-            payment_id=pay.payment_id,
-            plan_id=state.plan_id,
-            period_start=state.period_start or em.now,
-            period_end=state.period_end - (pay.period_end - pay.period_start),
-            reason="refunded",
-        )
+    if fully:
+        # Whether access ends is decided by what still pays for the days ahead, not by this
+        # payment's own period: after an upgrade, the upgrade's payment does.
+        _period_returned(em, em.state.payments[pay.payment_id], "refunded")
 
 
 def _refund_call_failed(em: _Emitter, failed: RefundCallFailed) -> None:
@@ -841,21 +877,36 @@ def _settle(em: _Emitter, cmd: SettlePayment, policy: Policy) -> None:
     _request_settle(em, rec, cmd.action, cmd.command_id, cmd.actor, cmd.reason, policy)
 
 
-def upgrade_credit(state: SubscriptionState, now: int) -> int:
+def upgrade_credits(state: SubscriptionState, now: int) -> dict[str, int] | None:
     """The unused part of the period running at ``now``, in minor units, pro rata temporis
-    of what was paid for it (net of refunds), rounded down."""
+    of what was paid for it (net of refunds and earlier credits), rounded down, keyed by the
+    payment it comes from. None while a later period is already paid for."""
+    credits: dict[str, int] = {}
     for rec in state.payments.values():
-        if (
-            rec.status == "succeeded"
-            and rec.period_start is not None
-            and rec.period_end is not None
-            and rec.period_start <= now < rec.period_end
-        ):
-            paid = rec.amount.amount_minor - rec.refunded_minor
+        if rec.kept_minor <= 0 or rec.period_start is None or rec.period_end is None:
+            continue
+        if rec.period_start > now:
+            return None
+        if rec.period_start <= now < rec.period_end:
+            paid = rec.kept_minor
             if rec.request.plan_amount is not None:
                 paid = min(paid, rec.request.plan_amount.amount_minor)
-            return paid * (rec.period_end - now) // (rec.period_end - rec.period_start)
-    return 0
+            credit = paid * (rec.period_end - now) // (rec.period_end - rec.period_start)
+            if credit > 0:
+                credits[rec.payment_id] = credit
+    return credits
+
+
+def upgrade_credit(state: SubscriptionState, now: int) -> int:
+    """The whole credit an upgrade at ``now`` would get (0 when it would be refused)."""
+    return sum((upgrade_credits(state, now) or {}).values())
+
+
+def _upgrade_in_flight(state: SubscriptionState) -> PaymentRecord | None:
+    for rec in state.payments.values():
+        if rec.kind == "upgrade" and rec.status not in TERMINAL_PAYMENT_STATUSES:
+            return rec
+    return None
 
 
 def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
@@ -875,6 +926,16 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
     busy = _in_flight(state)
     if busy is not None:
         return reject("payment_in_progress", busy.payment_id)
+    refunding = next(
+        (
+            r
+            for r in state.refunds.values()
+            if r.status not in TERMINAL_PAYMENT_STATUSES and not r.request.duplicate
+        ),
+        None,
+    )
+    if refunding is not None:
+        return reject("refund_in_progress", refunding.refund_id)
     current_amount = state.renew_amount
     new = cmd.price.amount
     if current_amount is None or new.currency != current_amount.currency:
@@ -889,7 +950,14 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
             effective_at=state.period_end or now,
         )
         return
-    charge = new.amount_minor - upgrade_credit(state, now)
+    credits = upgrade_credits(state, now)
+    if credits is None:
+        # An upgrade starts now and replaces the running period; periods already paid after
+        # it would be lost. Refused rather than guessed: the user refunds them first.
+        return reject("prepaid_period", "a later period is already paid for")
+    charge = new.amount_minor - sum(credits.values())
+    if charge < 1:
+        return reject("credit_exceeds_price", f"credit {sum(credits.values())}")
     em.emit(
         PaymentRequested,
         request=PaymentRequest(
@@ -897,7 +965,7 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
             command_id=cmd.command_id,
             user_id=cmd.user_id,
             plan_id=cmd.price.plan_id,
-            amount=Money(max(charge, 1), new.currency),
+            amount=Money(charge, new.currency),
             period_months=cmd.price.period_months,
             price_version=cmd.price.price_version,
             return_url=cmd.return_url,
@@ -906,6 +974,7 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
             save_payment_method=state.payment_method_id is None,
             kind="upgrade",
             plan_amount=new,
+            credits=credits,
         ),
         deadline_at=now + policy.payment_deadline_ms,
     )
@@ -1041,9 +1110,17 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
     new: dict[str, Any] = {"version": event.version}
 
     def put(rec: PaymentRecord) -> None:
-        updated = dict(payments)
+        updated = dict(new.get("payments", payments))
         updated[rec.payment_id] = rec
         new["payments"] = updated
+
+    def credit(credits: dict[str, int], sign: int) -> None:
+        """Take (+1) or give back (-1) an upgrade's credit on the payments it came from."""
+        for source_id, minor in credits.items():
+            source = new.get("payments", payments).get(source_id)
+            if source is not None:
+                taken = max(source.credited_minor + sign * minor, 0)
+                put(replace(source, credited_minor=taken))
 
     if isinstance(event, PaymentRequested):
         req = event.request
@@ -1061,6 +1138,7 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 kind=req.kind,
             )
         )
+        credit(req.credits, +1)
         if state.status in ("none", "inactive", "expired", "canceled"):
             new["status"] = "pending"
     elif isinstance(event, PaymentRedriven):
@@ -1090,13 +1168,28 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         )
     elif isinstance(event, PaymentOutcomeUnknown):
         rec = payments[event.payment_id]
-        put(replace(rec, status="unknown", status_reason=event.error))
+        if event.escalated:
+            put(
+                replace(
+                    rec,
+                    status="unknown",
+                    status_reason=event.error,
+                    escalated=True,
+                    provider_payment_id=event.provider_payment_id or rec.provider_payment_id,
+                    deadline_at=None,
+                )
+            )
+        else:
+            put(replace(rec, status="unknown", status_reason=event.error))
     elif isinstance(event, PaymentSucceeded):
         rec = payments[event.payment_id]
+        if rec.status == "canceled":  # reconciliation revived it: its credit is taken again
+            credit(rec.request.credits, +1)
         put(
             replace(
-                rec,
+                new.get("payments", payments)[rec.payment_id],
                 status="succeeded",
+                amount=event.amount,  # captured: differs only if an operator accepted it
                 provider_payment_id=event.provider_payment_id,
                 succeeded_at=event.occurred_at,
                 deadline_at=None,
@@ -1108,9 +1201,11 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
             new["payment_method_id"] = event.payment_method_id
     elif isinstance(event, PaymentCanceled):
         rec = payments[event.payment_id]
+        if rec.status != "canceled":  # a failed upgrade gives its credit back
+            credit(rec.request.credits, -1)
         put(
             replace(
-                rec,
+                new.get("payments", payments)[rec.payment_id],
                 status="canceled",
                 provider_payment_id=event.provider_payment_id or rec.provider_payment_id,
                 status_reason=event.reason,
@@ -1123,6 +1218,13 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
     elif isinstance(event, SubscriptionActivated):
         rec = payments[event.payment_id]
         put(replace(rec, period_start=event.period_start, period_end=event.period_end))
+        # An upgrade replaces the running period: the payments it took credit from now pay
+        # only up to its start (their unused part is the credit).
+        for source_id in rec.request.credits:
+            source = new["payments"].get(source_id)
+            if source is not None and source.period_end is not None and source.period_start:
+                cut = max(source.period_start, min(source.period_end, event.period_start))
+                put(replace(source, period_end=cut))
         new["status"] = "active"
         new["plan_id"] = event.plan_id
         new["period_end"] = event.period_end
@@ -1157,6 +1259,24 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         new["reminded_for"] = event.period_end
     elif isinstance(event, AccessShortened):
         new["period_end"] = event.period_end
+        # The periods paid after the returned one move up by what left the window.
+        returned = payments.get(event.payment_id)
+        delta = (state.period_end or event.period_end) - event.period_end
+        if returned is not None and returned.period_end is not None and delta > 0:
+            for rec in payments.values():
+                if (
+                    rec.payment_id != returned.payment_id
+                    and rec.period_start is not None
+                    and rec.period_end is not None
+                    and rec.period_start >= returned.period_end
+                ):
+                    put(
+                        replace(
+                            rec,
+                            period_start=rec.period_start - delta,
+                            period_end=rec.period_end - delta,
+                        )
+                    )
     elif isinstance(event, PlanChangeScheduled):
         new.update(
             renew_plan_id=event.plan_id,
@@ -1217,15 +1337,19 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
             amt = ref.amount.amount_minor
             was_open = ref.status not in TERMINAL_PAYMENT_STATUSES
             was_ok = ref.status == "succeeded"
+            refunded = prec.refunded_minor + (amt if ok else 0) - (amt if was_ok else 0)
             put(
                 replace(
                     prec,
                     refunding_minor=prec.refunding_minor - (amt if was_open else 0),
-                    refunded_minor=prec.refunded_minor
-                    + (amt if ok else 0)
-                    - (amt if was_ok else 0),
+                    refunded_minor=refunded,
                 )
             )
+            whole = prec.amount.amount_minor
+            if (prec.refunded_minor < whole) != (refunded < whole):
+                # An upgrade refunded in full gives its credit back to the payment it came
+                # from (which may then be refunded too); un-refunded by reconciliation, retaken.
+                credit(prec.request.credits, -1 if refunded >= whole else +1)
     # PaymentRejected changes nothing but the version: the command is answered, not applied.
     return replace(state, **new)
 

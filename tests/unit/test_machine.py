@@ -281,7 +281,7 @@ def test_folding_the_events_rebuilds_the_state() -> None:
     rebuilt = SubscriptionState(subscription_id=SUB, user_id=USER)
     for e in sorted(events, key=lambda e: e.version):
         rebuilt = evolve(rebuilt, e)
-    assert msgspec.structs.replace(rebuilt, recent=state.recent) == state
+    assert msgspec.structs.replace(rebuilt, recent=state.recent, answered=state.answered) == state
 
 
 def test_activation_period_is_calendar_aware() -> None:
