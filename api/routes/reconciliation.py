@@ -6,16 +6,17 @@ reconciler (CLI or nightly job), never from here.
 
 A decision (``POST /resolutions``) follows the Idempotency-Key rules of every admin write.
 Accepting the provider's view of a payment or refund of ours that the provider never made
-also sends the ledger the provider's view (a canceled observation from reconciliation, on
-billing.provider-events, with an id derived from the provider object, so sending it twice is
-harmless). If that publish fails the decision stays recorded and the answer is 503
-``publish_failed``: send the same request again (same key) and it is published then.
+also sends the ledger the provider's view: a canceled observation from reconciliation, for
+billing.provider-events, with an id derived from the provider object. It goes through the
+outbox like every command (a row written in the decision's transaction, published after the
+commit, republished by the relay until the projection sees the payment or refund canceled),
+so a broker outage never loses it and never fails the decision.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,14 +31,14 @@ from api.deps import (
     IdempotencyKey,
     IntakeDep,
     JsonBody,
-    PublisherDep,
     get_admin_user,
 )
-from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from api.errors import Conflict, NotFound, Unprocessable
 from api.models import MoneyOut, Reason, error_responses
+from billing.config import Settings
 from reconciler import store
 from reconciler.matcher import MatchClass
-from schemas.messages import encode
+from schemas.messages import PaymentObserved, RefundObserved, encode
 from schemas.money import Money
 from schemas.periods import ms_to_dt, now_ms
 from schemas.topics import PROVIDER_EVENTS
@@ -70,12 +71,9 @@ class AlreadyResolved(Conflict):
     message = "an admin already decided this discrepancy otherwise"
 
 
-class PublishFailed(ServiceUnavailable):
-    code = "publish_failed"
-    message = (
-        "the decision is recorded, but the ledger could not be told yet; send the same request"
-        " again (same Idempotency-Key)"
-    )
+class CorrectionImpossible(Unprocessable):
+    code = "correction_impossible"
+    message = "the provider's view cannot be sent to the ledger: the item names no object of ours"
 
 
 # --------------------------------------------------------------------------------- models
@@ -233,8 +231,14 @@ class ResolutionOut(BaseModel):
     item: DiscrepancyOut
     changed: bool = Field(description="false: the same decision was already recorded")
     ledger_correction: bool = Field(
-        description="true: the provider's view was sent to the ledger (our payment or refund"
-        " the provider never made is canceled)"
+        description="true: the provider's view goes to the ledger (our payment or refund the"
+        " provider never made is canceled), through the outbox: recorded with the decision,"
+        " delivered even if the broker is down now"
+    )
+    correction_id: str | None = Field(
+        default=None,
+        description="the correction's outbox id when ledger_correction: its status at"
+        " /api/v1/admin/commands/{id} (accepted, then done once the ledger applied it)",
     )
 
 
@@ -302,31 +306,46 @@ async def list_discrepancies(
     )
 
 
-async def _send_correction(
-    ctx: IntakeDep, publisher: PublisherDep, body: ResolutionCreate, actor: str
-) -> None:
-    """Publish the ledger correction of a recorded ``accept_provider`` (re-derived from the
-    recorded decision: deciding the same again changes nothing)."""
-    async with ctx.pool.connection() as conn:
-        resolved = await store.resolve(
-            conn, body.item_key, resolution=body.resolution, actor=actor, at=now_ms()
-        )
-    follow_up = resolved.follow_up
-    if follow_up is None:
-        return
+def _uuid(value: str) -> bool:
     try:
-        await asyncio.wait_for(
-            publisher.publish(
-                PROVIDER_EVENTS, follow_up.subscription_id.encode(), encode(follow_up)
-            ),
-            ctx.settings.publish_timeout_s,
-        )
-    except Exception as exc:
-        log.warning(
-            "reconciliation: publishing the correction of %s failed: %r", body.item_key, exc
-        )
-        raise PublishFailed() from exc
-    log.info("reconciliation: %s accepted from the provider, ledger told", body.item_key)
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _enqueue_correction(
+    conn: Any, settings: Settings, follow_up: PaymentObserved | RefundObserved, actor: str
+) -> intake.OutboxMessage | None:
+    """Write the correction into the outbox in the decision's transaction.
+
+    The object's read-model row is locked (FOR SHARE) first: if it is canceled already the
+    ledger has nothing to apply and no event would ever close the row, so it is written closed;
+    otherwise a projection canceling it meanwhile waits for this commit and then closes the
+    new row (streams/sinks/postgres.py). A correction recorded before (the same decision again)
+    is left to its relay: nothing new to publish."""
+    if isinstance(follow_up, PaymentObserved):
+        object_id, table, column = follow_up.payment_id, "payments", "payment_id"
+    else:
+        object_id, table, column = follow_up.refund_id, "refunds", "refund_id"
+    if not (_uuid(follow_up.subscription_id) and _uuid(object_id)):
+        raise CorrectionImpossible(details={"subscription_id": follow_up.subscription_id})
+    cur = await conn.execute(
+        f"SELECT user_id, status FROM {table} WHERE {column} = %s FOR SHARE", (object_id,)
+    )
+    row = await cur.fetchone()
+    already = row is not None and row[1] == follow_up.status
+    return await intake.enqueue(
+        conn,
+        settings,
+        message_id=follow_up.observation_id,
+        subscription_id=follow_up.subscription_id,
+        user_id=str(row[0]) if row is not None else actor,
+        message_type=type(follow_up).__name__,
+        payload=encode(follow_up),
+        topic=PROVIDER_EVENTS,
+        closed_reason=f"nothing to apply: already {follow_up.status}" if already else None,
+    )
 
 
 @router.post(
@@ -341,14 +360,14 @@ async def resolve(
     key: IdempotencyKey,
     body: ResolutionCreate,
     ctx: IntakeDep,
-    publisher: PublisherDep,
 ) -> JSONResponse:
     """Decide an open (or reconciler-repaired) discrepancy, with a reason. Deciding the same
     again is harmless (``changed`` false); deciding otherwise after an admin decided is 409
-    ``already_resolved``."""
+    ``already_resolved``. A ledger correction is recorded with the decision and delivered by
+    the outbox."""
     actor = intake.actor_of(admin.user_id)
 
-    async def write(conn: Any) -> tuple[int, dict[str, Any]]:
+    async def write(conn: Any) -> tuple[int, dict[str, Any], intake.OutboxMessage | None]:
         try:
             resolved = await store.resolve(
                 conn,
@@ -366,21 +385,25 @@ async def resolve(
             raise AlreadyResolved(
                 details={"resolution": exc.resolution, "resolved_by": exc.resolved_by}
             ) from exc
+        follow_up = resolved.follow_up
+        message = None
+        if follow_up is not None:
+            message = await _enqueue_correction(conn, ctx.settings, follow_up, actor)
         out = ResolutionOut(
             item=DiscrepancyOut.of(resolved.item),
             changed=resolved.changed,
-            ledger_correction=resolved.follow_up is not None,
+            ledger_correction=follow_up is not None,
+            correction_id=follow_up.observation_id if follow_up is not None else None,
         )
-        return 200, out.model_dump(mode="json")
+        return 200, out.model_dump(mode="json"), message
 
-    outcome = await intake.accept_write(
+    outcome = await intake.accept_write_and_send(
         ctx.pool,
         user_id=admin.user_id,
         idem_key=key,
         fp=intake.fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
         write=write,
     )
-    if outcome.status_code == 200 and outcome.body.get("ledger_correction"):
-        # After the decision is committed; again on a replay, so a failed publish is retried.
-        await _send_correction(ctx, publisher, body, actor)
-    return ctx.answer(outcome)
+    if outcome.message is not None:
+        log.info("reconciliation: %s accepted from the provider, ledger told", body.item_key)
+    return ctx.answer(outcome)  # publishes a new correction now; the relay covers a failure

@@ -1,24 +1,46 @@
 """The console's reconciliation endpoints on the real PostgreSQL, over what reconciler/store.py
 recorded: runs with counts, discrepancies across runs, and an admin's decision (Idempotency-Key
-rules, a changed mind refused, the ledger told when the provider's view is accepted, a failed
-publish retried by the same request)."""
+rules, a changed mind refused, the ledger told through the outbox when the provider's view is
+accepted: written with the decision, republished after a lost publish, closed once applied)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from api.auth import mint_token
+from api.main import create_app
+from api.publisher import KafkaPublisher
+from api.relay import relay_once
+from billing.kafka_local import KafkaBroker
 from reconciler import store
 from reconciler.matcher import MatchItem
-from schemas.messages import PaymentObserved
+from schemas.ids import command_id_for, observation_id_for, payment_id_for, subscription_id_for
+from schemas.messages import PaymentObserved, PaySubscription, decode_provider_event, encode
 from schemas.money import Money
 from schemas.periods import now_ms
+from schemas.state import SubscriptionState
 from schemas.topics import PROVIDER_EVENTS
-from tests.integration.api_support import Api, error_code, running_api
+from streams.ledger.machine import LedgerInput, Policy, decide
+from streams.sinks.postgres import project
+from tests.integration.api_support import (
+    Api,
+    FakeProvider,
+    Ledger,
+    api_settings,
+    error_code,
+    fake_normalise,
+    new_user,
+    running_api,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -166,41 +188,332 @@ async def test_a_decision_follows_the_idempotency_rules(api: Api, run: dict[str,
     assert key in [i["item_key"] for i in everything["items"]]
 
 
-async def test_accepting_the_provider_tells_the_ledger_even_after_a_failed_publish(
-    api: Api, run: dict[str, Any]
+async def record_run(dsn: str, items: list[MatchItem]) -> str:
+    """A finished run that found ``items`` (one partition)."""
+    run_id = str(uuid.uuid4())
+    at = now_ms()
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        spec = await store.create_run(
+            conn,
+            run_id=run_id,
+            window_start=at - 86_400_000,
+            window_end=at,
+            source="provider_api",
+            taken_at=at,
+        )
+        assert spec is not None
+        n = len(items)
+        await store.start_feeding(conn, run_id, lines=n, partitions=1)
+        await store.record_items(conn, run_id, [(0, i) for i in items], at)
+        await store.mark_partition_done(
+            conn, run_id, 0, lines_sent=n, lines_matched=n, complete=True, items=n, at=at
+        )
+        assert await store.finish_if_complete(conn, run_id, at)
+    return run_id
+
+
+def never_at_provider(user: str, payment_id: str, ours: Money, ours_status: str) -> MatchItem:
+    """Our payment the provider's report does not have (``Ledger.observe`` names its
+    provider object ``prov-<payment id>``)."""
+    return item(
+        "missing_at_provider",
+        "escalate",
+        subscription_id=subscription_id_for(user),
+        payment_id=payment_id,
+        provider_id=f"prov-{payment_id}",
+        ours_status=ours_status,
+        ours_amount=ours,
+        theirs_status=None,
+        theirs_amount=None,
+    )
+
+
+def corrections_sent(api: Api, payment_id: str) -> list[tuple[bytes, PaymentObserved]]:
+    return [
+        (k, e)
+        for k, e in api.publisher.provider_events()
+        if isinstance(e, PaymentObserved) and e.payment_id == payment_id
+    ]
+
+
+async def fetch(dsn: str, sql: str, *params: Any) -> tuple[Any, ...] | None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(sql, params)
+        row = await cur.fetchone()
+    return None if row is None else tuple(row)
+
+
+async def make_due(api: Api, message_id: str, ago: str = "0 s") -> None:
+    async with api.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE command_outbox SET next_publish_at = now() - %s::interval"
+            " WHERE command_id = %s",
+            (ago, message_id),
+        )
+
+
+async def test_a_correction_commits_with_the_decision_survives_a_lost_publish_and_closes(
+    api: Api, module_pg_dsn: str
 ) -> None:
-    missing: MatchItem = run["missing"]
+    """Issue 11 §3: the correction went straight to Kafka after the decision's commit (503
+    ``publish_failed`` if that failed). Now its outbox row commits with the decision, a lost
+    publish is republished by the relay, and the row is closed once the ledger applied it."""
+    ledger = Ledger(api)
+    user = new_user()
+    pid = await ledger.subscribe(user)
+    amount = ledger.states[subscription_id_for(user)].payments[pid].amount
+    missing = never_at_provider(user, pid, amount, "succeeded")
+    await record_run(module_pg_dsn, [missing])
+    key = store.item_key(missing)
+    body = {"item_key": key, "resolution": "accept_provider", "reason": "provider never charged"}
+    url = f"{BASE}/resolutions"
+    correction_id = observation_id_for(f"prov-{pid}", "canceled")
+
+    # While the outbox is locked the decision cannot commit: it is one transaction with its
+    # outbox row. The first publish (after the commit) is lost: the broker is down.
+    api.publisher.fail = True
+    try:
+        async with await psycopg.AsyncConnection.connect(module_pg_dsn) as blocker:
+            await blocker.execute("LOCK TABLE command_outbox IN SHARE ROW EXCLUSIVE MODE")
+            task = asyncio.create_task(api.client.post(url, json=body, headers=admin(api, "acc-1")))
+            waiting = 0
+            for _ in range(100):
+                row = await fetch(
+                    module_pg_dsn,
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                    " WHERE c.relname = 'command_outbox' AND NOT l.granted",
+                )
+                waiting = row[0] if row else 0
+                if waiting or task.done():
+                    break
+                await asyncio.sleep(0.05)
+            pending = not task.done()
+            resolution = await fetch(
+                module_pg_dsn, "SELECT resolution FROM recon_items WHERE item_key = %s", key
+            )
+            await blocker.rollback()
+        resp = await task
+        await api.settle()
+    finally:
+        api.publisher.fail = False
+    assert waiting and pending  # the decision waited for its outbox row
+    assert resolution == (None,)  # and was not visible without it
+    assert resp.status_code == 200, resp.text  # the broker's state is no longer the admin's
+    out = resp.json()
+    assert out["ledger_correction"] is True and out["correction_id"] == correction_id
+    assert out["item"]["resolution"] == "accept_provider"
+    row = await fetch(
+        module_pg_dsn,
+        "SELECT status, topic, command_type, subscription_id::text, user_id, published_at,"
+        " last_error FROM command_outbox WHERE command_id = %s",
+        correction_id,
+    )
+    assert row is not None
+    assert row[:5] == (
+        "accepted",
+        PROVIDER_EVENTS,
+        "PaymentObserved",
+        missing.subscription_id,
+        user,
+    )
+    assert row[5] is None and "publish failed" in row[6]
+    assert corrections_sent(api, pid) == []
+
+    await make_due(api, correction_id)
+    assert await relay_once(api.pool, api.publisher, api.settings) >= 1
+    [(key_bytes, observed)] = corrections_sent(api, pid)
+    assert key_bytes == missing.subscription_id.encode()
+    assert (observed.observation_id, observed.status, observed.source) == (
+        correction_id,
+        "canceled",
+        "reconciliation",
+    )
+    assert (PROVIDER_EVENTS, key_bytes) in [(t, k) for t, k, _ in api.publisher.sent]
+
+    events = await ledger.apply(observed)  # the ledger applies it; the projection closes it
+    assert "PaymentCanceled" in [type(e).__name__ for e in events]
+    status = await api.client.get(f"/api/v1/admin/commands/{correction_id}", headers=admin(api))
+    assert status.status_code == 200
+    assert (status.json()["status"], status.json()["command_type"]) == ("done", "PaymentObserved")
+    await make_due(api, correction_id, "1 hour")
+    await relay_once(api.pool, api.publisher, api.settings)
+    assert len(corrections_sent(api, pid)) == 1  # closed: never republished
+
+    # The same decision again, or the same request replayed: nothing new to send.
+    again = await api.client.post(url, json=body, headers=admin(api, "acc-2"))
+    replay = await api.client.post(url, json=body, headers=admin(api, "acc-1"))
+    await api.settle()
+    assert again.status_code == 200 and again.json()["changed"] is False
+    assert again.json()["correction_id"] == correction_id
+    assert replay.json() == out
+    assert len(corrections_sent(api, pid)) == 1
+
+
+async def test_a_correction_with_nothing_left_to_apply_is_recorded_closed(
+    api: Api, module_pg_dsn: str
+) -> None:
+    """The payment is canceled already: the ledger would apply nothing, so no event would
+    ever close the row and the relay would republish it forever. It is written done."""
+    ledger = Ledger(api)
+    user = new_user()
+    resp = await api.pay(user)
+    pid = resp.json()["payment_id"]
+    await ledger.drain(user)
+    amount = ledger.states[subscription_id_for(user)].payments[pid].amount
+    await ledger.observe(user, pid, "canceled", reason="expired_on_confirmation")
+    missing = never_at_provider(user, pid, amount, "pending")  # the report's snapshot
+    await record_run(module_pg_dsn, [missing])
     body = {
         "item_key": store.item_key(missing),
         "resolution": "accept_provider",
-        "reason": "provider never charged",
+        "reason": "never at the provider",
     }
-    url = f"{BASE}/resolutions"
-    api.publisher.fail = True
-    try:
-        failed = await api.client.post(url, json=body, headers=admin(api, "accept-1"))
-    finally:
-        api.publisher.fail = False
-    assert failed.status_code == 503 and error_code(failed) == "publish_failed"
-    assert not [
-        e
-        for _, e in api.publisher.provider_events()
-        if isinstance(e, PaymentObserved) and e.payment_id == missing.payment_id
-    ]
+    decided = await api.client.post(
+        f"{BASE}/resolutions", json=body, headers=admin(api, f"k-{uuid.uuid4()}")
+    )
+    await api.settle()
+    assert decided.status_code == 200, decided.text
+    correction_id = observation_id_for(f"prov-{pid}", "canceled")
+    assert decided.json()["ledger_correction"] is True
+    assert corrections_sent(api, pid) == []  # nothing the ledger could apply
+    row = await fetch(
+        module_pg_dsn,
+        "SELECT status, status_reason FROM command_outbox WHERE command_id = %s",
+        correction_id,
+    )
+    assert row == ("done", "nothing to apply: already canceled")
+    await make_due(api, correction_id, "1 hour")
+    await relay_once(api.pool, api.publisher, api.settings)
+    assert corrections_sent(api, pid) == []
 
-    retried = await api.client.post(url, json=body, headers=admin(api, "accept-1"))
-    assert retried.status_code == 200, retried.text
-    assert retried.json()["ledger_correction"] is True
-    sent = [
-        (k, e)
-        for k, e in api.publisher.provider_events()
-        if isinstance(e, PaymentObserved) and e.payment_id == missing.payment_id
-    ]
-    assert len(sent) == 1
-    key_bytes, observed = sent[0]
-    assert key_bytes == str(missing.subscription_id).encode()
-    assert observed.status == "canceled" and observed.source == "reconciliation"
-    assert (PROVIDER_EVENTS, key_bytes) in [(t, k) for t, k, _ in api.publisher.sent]
+
+class LosingPublisher:
+    """The real producer, except that the first provider event is acknowledged and lost:
+    the outbox row says published, the broker never got it (the chaos suite's lost publish)."""
+
+    def __init__(self, inner: KafkaPublisher) -> None:
+        self.inner = inner
+        self.lost: list[bytes] = []
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        if topic == PROVIDER_EVENTS and not self.lost:
+            self.lost.append(value)
+            return
+        await self.inner.publish(topic, key, value)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_lost_correction_reaches_the_broker_through_the_relay_and_closes(
+    kafka_broker: KafkaBroker, module_pg_dsn: str
+) -> None:
+    settings = api_settings(module_pg_dsn, kafka_bootstrap=kafka_broker.bootstrap)
+    publisher = LosingPublisher(KafkaPublisher(settings))
+    app = create_app(
+        settings,
+        publisher=publisher,
+        provider=FakeProvider(),
+        normalise=fake_normalise,
+        relay=False,
+    )
+    user = new_user()
+    sub = subscription_id_for(user)
+    cid = command_id_for(user, "buy")
+    pay = PaySubscription(
+        command_id=cid,
+        subscription_id=sub,
+        issued_at=now_ms(),
+        user_id=user,
+        payment_id=payment_id_for(cid),
+        plan_id="monthly",
+        amount=PRICE,
+        period_months=1,
+        return_url="https://cinema.example/back",
+        description="Cinema monthly",
+    )
+    provider_id = f"prov-{pay.payment_id}"
+    ok = PaymentObserved(
+        observation_id=observation_id_for(provider_id, "succeeded"),
+        subscription_id=sub,
+        observed_at=now_ms(),
+        source="webhook",
+        payment_id=pay.payment_id,
+        provider_payment_id=provider_id,
+        status="succeeded",
+        amount=PRICE,
+    )
+    state: SubscriptionState | None = None
+    async with app.router.lifespan_context(app):
+        pool = app.state.pool
+
+        async def apply(msg: LedgerInput) -> list[str]:
+            nonlocal state
+            d = decide(state, msg, Policy())
+            state = d.state
+            async with pool.connection() as conn:
+                await project(conn, [(e, encode(e)) for e in d.events])
+            return [type(e).__name__ for e in d.events]
+
+        await apply(pay)
+        await apply(ok)
+        missing = never_at_provider(user, pay.payment_id, PRICE, "succeeded")
+        await record_run(module_pg_dsn, [missing])
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+            headers = {
+                "Authorization": f"Bearer {mint_token(settings, ADMIN, roles=('admin',))}",
+                "Idempotency-Key": "lost-1",
+            }
+            resp = await client.post(
+                f"{BASE}/resolutions",
+                json={
+                    "item_key": store.item_key(missing),
+                    "resolution": "accept_provider",
+                    "reason": "provider never charged",
+                },
+                headers=headers,
+            )
+            assert resp.status_code == 200, resp.text
+            correction_id = observation_id_for(provider_id, "canceled")
+            await app.state.background.drain(10)
+        assert len(publisher.lost) == 1  # "published", and gone
+
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE command_outbox SET next_publish_at = now() WHERE command_id = %s",
+                (correction_id,),
+            )
+        assert await relay_once(pool, publisher, settings) >= 1
+
+        consumer = AIOKafkaConsumer(
+            PROVIDER_EVENTS,
+            bootstrap_servers=kafka_broker.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=f"recon-test-{uuid.uuid4().hex[:6]}",
+        )
+        await consumer.start()
+        found: tuple[bytes | None, Any] | None = None
+        try:
+            deadline = time.monotonic() + 20
+            while found is None and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for rec in records:
+                        msg = decode_provider_event(rec.value or b"")
+                        if msg.observation_id == correction_id:
+                            found = (rec.key, msg)
+        finally:
+            await consumer.stop()
+        assert found is not None
+        assert found[0] == sub.encode() and isinstance(found[1], PaymentObserved)
+        assert "PaymentCanceled" in await apply(found[1])
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT status FROM command_outbox WHERE command_id = %s", (correction_id,)
+            )
+            assert await cur.fetchone() == ("done",)
 
 
 async def test_unknown_and_agreeing_items_cannot_be_decided(api: Api, run: dict[str, Any]) -> None:
