@@ -3,7 +3,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bootstrap bench clean console reconcile
+.PHONY: run test lint bootstrap bench clean console reconcile \
+	test-unit test-integration test-e2e test-chaos test-browser
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,6 +22,26 @@ test: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# One tier at a time for daily work (`make test` runs them all, as CI does).
+test-unit: bootstrap
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: bootstrap
+	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: bootstrap
+	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-chaos: bootstrap
+	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
+
+test-browser: bootstrap
+	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m pytest tests/browser $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .
