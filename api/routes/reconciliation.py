@@ -405,5 +405,5 @@ async def resolve(
         write=write,
     )
     if outcome.message is not None:
-        log.info("reconciliation: %s accepted from the provider, ledger told", body.item_key)
+        log.info("reconciliation: %s accepted from the provider, correction queued", body.item_key)
     return ctx.answer(outcome)  # publishes a new correction now; the relay covers a failure

@@ -6,6 +6,7 @@ accepted: written with the decision, republished after a lost publish, closed on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -243,6 +244,23 @@ async def fetch(dsn: str, sql: str, *params: Any) -> tuple[Any, ...] | None:
     return None if row is None else tuple(row)
 
 
+async def waiting_on_outbox(dsn: str, task: asyncio.Task[Any], within_s: float = 30) -> int:
+    """How many lock requests on command_outbox wait, once one does (or ``task`` ended)."""
+    deadline = time.monotonic() + within_s
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                " WHERE c.relname = 'command_outbox' AND NOT l.granted"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            row = await cur.fetchone()
+            waiting = int(row[0]) if row else 0
+            if waiting or task.done() or time.monotonic() > deadline:
+                return waiting
+            await asyncio.sleep(0.02)
+
+
 async def make_due(api: Api, message_id: str, ago: str = "0 s") -> None:
     async with api.pool.connection() as conn:
         await conn.execute(
@@ -276,17 +294,7 @@ async def test_a_correction_commits_with_the_decision_survives_a_lost_publish_an
         async with await psycopg.AsyncConnection.connect(module_pg_dsn) as blocker:
             await blocker.execute("LOCK TABLE command_outbox IN SHARE ROW EXCLUSIVE MODE")
             task = asyncio.create_task(api.client.post(url, json=body, headers=admin(api, "acc-1")))
-            waiting = 0
-            for _ in range(100):
-                row = await fetch(
-                    module_pg_dsn,
-                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
-                    " WHERE c.relname = 'command_outbox' AND NOT l.granted",
-                )
-                waiting = row[0] if row else 0
-                if waiting or task.done():
-                    break
-                await asyncio.sleep(0.05)
+            waiting = await waiting_on_outbox(module_pg_dsn, task)
             pending = not task.done()
             resolution = await fetch(
                 module_pg_dsn, "SELECT resolution FROM recon_items WHERE item_key = %s", key
@@ -313,7 +321,7 @@ async def test_a_correction_commits_with_the_decision_survives_a_lost_publish_an
         "accepted",
         PROVIDER_EVENTS,
         "PaymentObserved",
-        missing.subscription_id,
+        subscription_id_for(user),
         user,
     )
     assert row[5] is None and "publish failed" in row[6]
@@ -322,7 +330,7 @@ async def test_a_correction_commits_with_the_decision_survives_a_lost_publish_an
     await make_due(api, correction_id)
     assert await relay_once(api.pool, api.publisher, api.settings) >= 1
     [(key_bytes, observed)] = corrections_sent(api, pid)
-    assert key_bytes == missing.subscription_id.encode()
+    assert key_bytes == subscription_id_for(user).encode()
     assert (observed.observation_id, observed.status, observed.source) == (
         correction_id,
         "canceled",
@@ -444,7 +452,8 @@ async def test_a_lost_correction_reaches_the_broker_through_the_relay_and_closes
         amount=PRICE,
     )
     state: SubscriptionState | None = None
-    async with app.router.lifespan_context(app):
+    async with app.router.lifespan_context(app), contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(publisher.close)  # passed in: the app leaves it open
         pool = app.state.pool
 
         async def apply(msg: LedgerInput) -> list[str]:
