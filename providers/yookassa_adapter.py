@@ -8,7 +8,10 @@ timeout (a hung call cannot pin a thread for ever) and the SDK's own 202 retries
 
 Idempotence-Key = our payment id (refund id for refunds), fixed before the first attempt, so
 a retry can only ever re-obtain the same payment. The retry policy is two pure functions,
-``should_retry`` and ``backoff_s``, after stripe-python's.
+``should_retry`` and ``backoff_s``, after stripe-python's. The key holds 24 h only: the
+gateway stops creating well before (its safe window leaves hours for these seconds of
+retries) and then finds our objects by the ids the create put in ``metadata``
+(``find_payment``, ``find_refund``: list pages of 100 by ``created_at``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -47,7 +50,6 @@ log = logging.getLogger(__name__)
 __all__ = ["PROVIDER_STATUSES", "YooKassaProvider", "backoff_s", "normalise", "should_retry"]
 
 T = TypeVar("T")
-Source = Literal["gateway", "webhook", "poll", "reconciliation"]
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 5.0
