@@ -364,7 +364,8 @@ async def resolve(
     """Decide an open (or reconciler-repaired) discrepancy, with a reason. Deciding the same
     again is harmless (``changed`` false); deciding otherwise after an admin decided is 409
     ``already_resolved``. A ledger correction is recorded with the decision and delivered by
-    the outbox."""
+    the outbox (``correction_id``: its status under /api/v1/admin/commands); 422
+    ``correction_impossible`` if the item does not name our object by its ids."""
     actor = intake.actor_of(admin.user_id)
 
     async def write(conn: Any) -> tuple[int, dict[str, Any], intake.OutboxMessage | None]:

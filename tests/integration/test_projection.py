@@ -299,23 +299,55 @@ async def test_an_admin_settle_is_processing_once_requested_and_done_when_the_pa
     assert (await outbox_state(conn, pay.command_id))[0] == "done"  # the pay command too
 
 
-async def test_a_settle_the_ledger_refuses_is_rejected(conn: psycopg.AsyncConnection[Any]) -> None:
+async def test_every_settle_of_a_payment_is_closed_by_its_outcome(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """Two admins capture the same held payment (both asked of the provider), a third asks
+    to release it meanwhile (refused): the success closes both captures, the refusal stays."""
     user = f"u-{uuid.uuid4()}"
     pay = two_stage_pay(user)
-    settle = SettlePayment(
-        command_id=command_id_for("admin-1", f"settle-{user}"),
-        subscription_id=pay.subscription_id,
-        issued_at=T0 + 2000,
-        user_id=user,
-        payment_id=pay.payment_id,
-        action="capture",
-        actor="admin:admin-1",
+
+    def settle(admin: str, action: str, at: int) -> SettlePayment:
+        return SettlePayment(
+            command_id=command_id_for(admin, f"settle-{user}"),
+            subscription_id=pay.subscription_id,
+            issued_at=at,
+            user_id=user,
+            payment_id=pay.payment_id,
+            action=action,  # type: ignore[arg-type]
+            actor=f"admin:{admin}",
+        )
+
+    first, second, release = (
+        settle("admin-1", "capture", T0 + 2000),
+        settle("admin-2", "capture", T0 + 2100),
+        settle("admin-3", "cancel", T0 + 2200),
     )
-    events = [e for batch in decide_all([pay, settle]) for e in batch]  # never held
-    await insert_outbox(conn, settle.command_id, pay.subscription_id, user, settle)
-    await project(conn, events)
-    status, why = await outbox_state(conn, settle.command_id)
-    assert status == "rejected" and "not waiting_for_capture" in why
+    batches = decide_all(
+        [
+            pay,
+            observed(pay, "waiting_for_capture", T0 + 1000),
+            first,
+            second,
+            release,
+            observed(pay, "succeeded", T0 + 3000),
+        ]
+    )
+    for cmd in (first, second, release):
+        await insert_outbox(conn, cmd.command_id, pay.subscription_id, user, cmd)
+    await project(conn, [e for b in batches[:-1] for e in b])
+    assert [(await outbox_state(conn, c.command_id))[0] for c in (first, second, release)] == [
+        "processing",
+        "processing",
+        "rejected",
+    ]
+    await project(conn, batches[-1])
+    states = [await outbox_state(conn, c.command_id) for c in (first, second, release)]
+    assert states == [
+        ("done", "payment succeeded"),
+        ("done", "payment succeeded"),
+        ("rejected", "already asked to capture"),
+    ]
 
 
 async def test_a_reconciliation_correction_is_done_once_the_payment_is_canceled(
