@@ -126,8 +126,8 @@ Build = Callable[[Conn], Awaitable[tuple[Command, dict[str, Any]]]]
 Write = Callable[[Conn], Awaitable[tuple[int, dict[str, Any]]]]
 # The same, also leaving a message in the outbox (see ``enqueue``): status, body, and the
 # message to publish after the commit (None: nothing new to publish).
-_Run = Callable[[Conn], Awaitable[tuple[int, dict[str, Any], OutboxMessage | None]]]
-WriteAndSend = _Run
+WriteAndSend = Callable[[Conn], Awaitable[tuple[int, dict[str, Any], OutboxMessage | None]]]
+_Run = WriteAndSend
 
 
 def owner_of(command: Command) -> str | None:
