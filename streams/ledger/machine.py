@@ -1103,8 +1103,19 @@ def next_wakeup(state: SubscriptionState, policy: Policy) -> int | None:
 
 
 # -------------------------------------------------------------------------------- evolve
+class VersionGap(ValueError):
+    """An event that does not follow the state's version: folding it would silently skip
+    (or repeat) what happened between, so a rebuild stops instead."""
+
+
 def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
-    """Fold one event into the state. Total over AnyEvent; used by decide and by rebuilds."""
+    """Fold one event into the state. Total over AnyEvent; used by decide and by rebuilds.
+    Events fold in version order, one after another: a gap or a repeat raises VersionGap."""
+    if event.version != state.version + 1:
+        raise VersionGap(
+            f"subscription {state.subscription_id}: event {event.event_id} has version "
+            f"{event.version}, the state is at {state.version}"
+        )
     replace = msgspec.structs.replace
     payments = state.payments
     new: dict[str, Any] = {"version": event.version}

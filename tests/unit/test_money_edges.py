@@ -241,3 +241,16 @@ def test_an_admin_command_redelivered_after_leaving_the_replay_memory_applies_no
 def test_period_end_after_upgrade_is_a_full_new_period() -> None:
     state = upgraded(at=T0 + 60_000)
     assert state.period_end == period_end_ms(T0 + 61_000, 12)
+
+
+def test_evolve_refuses_a_version_gap_or_a_repeat() -> None:
+    from streams.ledger.machine import VersionGap, evolve
+
+    state, _ = apply(None, [pay()])
+    d = decide(state, observed("pending"), POLICY)
+    (event,) = d.events
+    with pytest.raises(VersionGap):
+        evolve(state, msgspec.structs.replace(event, version=state.version + 2))
+    with pytest.raises(VersionGap):
+        evolve(state, msgspec.structs.replace(event, version=state.version))
+    assert evolve(state, event).version == state.version + 1
