@@ -6,7 +6,6 @@ projection (``Ledger``)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,17 +30,6 @@ pytestmark = pytest.mark.integration
 
 ADMIN = "admin-7"
 ACTOR = f"admin:{ADMIN}"
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
-
-
-@pytest.fixture
-def ledger(api: Api) -> Ledger:
-    return Ledger(api)
 
 
 async def admin_post(

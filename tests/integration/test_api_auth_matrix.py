@@ -4,7 +4,6 @@ tokens that are expired, garbage, signed with another key, for another audience,
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -18,7 +17,6 @@ from tests.integration.api_support import (
     Api,
     error_code,
     new_user,
-    running_api,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,12 +49,6 @@ class World:
     api: Api
     owner: str
     payment_id: str
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
 
 
 @pytest.fixture(scope="module")

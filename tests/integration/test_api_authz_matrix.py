@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,6 @@ from tests.integration.api_support import (
     Ledger,
     error_code,
     new_user,
-    running_api,
 )
 
 pytestmark = pytest.mark.integration
@@ -45,12 +44,6 @@ class World:
     api: Api
     owner: str
     ids: dict[str, str]  # the path parameters: the owner's payment, refund, ...
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,11 @@ from tests.integration.api_support import (
     error_code,
     fake_normalise,
     new_user,
-    running_api,
 )
 
 pytestmark = pytest.mark.integration
 
 OK_BODY = {"plan_id": "monthly", "return_url": RETURN_URL}
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
 
 
 async def outbox_count(api: Api) -> int:

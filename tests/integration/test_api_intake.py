@@ -20,12 +20,6 @@ from tests.integration.api_support import RETURN_URL, Api, error_code, new_user,
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
-
-
 @pytest.fixture(autouse=True)
 async def healthy_broker(api: Api) -> AsyncIterator[None]:
     api.publisher.fail = False

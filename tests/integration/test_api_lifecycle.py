@@ -7,7 +7,6 @@ what the client would poll."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,23 +29,11 @@ from tests.integration.api_support import (
     Ledger,
     error_code,
     new_user,
-    running_api,
 )
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
-
-
-@pytest.fixture
-def ledger(api: Api) -> Ledger:
-    return Ledger(api)
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -4,23 +4,16 @@ probes, the admin view of stuck commands, and the OpenAPI document."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from schemas.ids import subscription_id_for
-from tests.integration.api_support import Api, error_code, new_user, running_api
+from tests.integration.api_support import Api, error_code, new_user
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
 
 
 async def seed_payment(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,12 +19,6 @@ from tests.integration.api_support import Api, error_code, new_user, running_api
 pytestmark = pytest.mark.integration
 
 URL = "/api/v1/webhooks/yookassa"
-
-
-@pytest.fixture(scope="module")
-async def api(module_pg_dsn: str) -> AsyncIterator[Api]:
-    async with running_api(module_pg_dsn) as a:
-        yield a
 
 
 @pytest.fixture(autouse=True)
