@@ -21,8 +21,8 @@ import psycopg
 
 from api import queries
 from api.errors import PlanExists, PlanNotFound, PriceConflict, PriceInPast, PriceInvalid
-from api.models import MoneyIn, PlanCreate, PlanUpdate, PriceCreate
 from api.queries import engine_now
+from schemas.http import MoneyIn, PlanCreate, PlanUpdate, PriceCreate
 from schemas.money import Money, MoneyError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from api.errors import (
     RefundInvalid,
     SubscriptionNotFound,
 )
-from api.models import (
+from billing.config import Settings
+from schemas.http import (
     AdminAutoRenew,
     AdminExtend,
     AdminGrant,
@@ -45,7 +46,6 @@ from api.models import (
     RefundCreate,
     RetryCreate,
 )
-from billing.config import Settings
 from schemas.ids import command_id_for, derived_id, payment_id_for, subscription_id_for
 from schemas.messages import (
     AdminAdjust,

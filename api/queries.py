@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from api.errors import InvalidCursor
-from api.models import (
+from schemas.http import (
     AdminPaymentOut,
     AdminPlanOut,
     AdminRefundOut,

@@ -41,7 +41,7 @@ def _console_credentials(settings: Settings, state: Path, env: dict[str, str]) -
     ``.state/console-password`` (mode 0600) for the local stack. Never printed."""
     if settings.dashboard_admin_password_hash is not None:
         return f"user {settings.dashboard_admin_user}, password as configured"
-    from api.routes.session import hash_password
+    from billing.passwords import hash_password
 
     path = state / "console-password"
     if not path.exists():

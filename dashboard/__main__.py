@@ -46,7 +46,7 @@ def _run() -> int:
 
 
 def _hash_password(from_stdin: bool) -> int:
-    from api.routes.session import hash_password
+    from billing.passwords import hash_password
 
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")

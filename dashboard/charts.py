@@ -13,7 +13,8 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from api.routes.analytics import (
+from dashboard.tables import major
+from schemas.http import (
     DeclineReasonOut,
     DiscrepancyDayOut,
     DunningMonth,
@@ -21,7 +22,6 @@ from api.routes.analytics import (
     RevenueDay,
     SuccessDay,
 )
-from dashboard.tables import major
 
 Chart = Any  # alt.Chart | alt.LayerChart: both render with st.altair_chart
 

@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from api.models import (
+from api.routes.reconciliation import (
+    DiscrepancyPage,
+    ReconciliationSummary,
+    ResolutionCreate,
+    ResolutionOut,
+    RunPage,
+)
+from schemas.http import (
+    ActiveSubscribersOut,
     AdminActionAccepted,
     AdminAutoRenew,
     AdminExtend,
@@ -38,29 +46,19 @@ from api.models import (
     AdminSubscriptionDetail,
     AdminSubscriptionPage,
     CommandOut,
-    PlanCreate,
-    PlanUpdate,
-    PriceCreate,
-)
-from api.routes.analytics import (
-    ActiveSubscribersOut,
     DeclineReasonOut,
     DiscrepancyDayOut,
     DunningMonth,
     MrrMonth,
     OverviewOut,
+    PlanCreate,
+    PlanUpdate,
+    PriceCreate,
     RefundRateOut,
     RevenueDay,
+    SessionOut,
     SuccessDay,
 )
-from api.routes.reconciliation import (
-    DiscrepancyPage,
-    ReconciliationSummary,
-    ResolutionCreate,
-    ResolutionOut,
-    RunPage,
-)
-from api.routes.session import SessionOut
 
 T = TypeVar("T")
 

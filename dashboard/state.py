@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from api.routes.session import SessionOut
+from schemas.http import SessionOut
 
 
 @dataclass(frozen=True)

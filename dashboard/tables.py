@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from api.models import (
+from api.routes.reconciliation import DiscrepancyOut, RunOut
+from schemas.http import (
     AdminPaymentOut,
     AdminPlanOut,
     AdminRefundOut,
@@ -21,7 +22,6 @@ from api.models import (
     EventOut,
     MoneyOut,
 )
-from api.routes.reconciliation import DiscrepancyOut, RunOut
 from schemas.money import CURRENCY_EXPONENT
 
 DEFAULT_PAGE_SIZE = 25

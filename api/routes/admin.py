@@ -29,7 +29,7 @@ from api.deps import (
     get_admin_user,
 )
 from api.errors import CommandNotFound, SubscriptionNotFound
-from api.models import (
+from schemas.http import (
     AdminActionAccepted,
     AdminAutoRenew,
     AdminExtend,

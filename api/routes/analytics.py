@@ -26,13 +26,24 @@ from typing import Annotated, Any
 import httpx
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError, model_validator
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from analytics import queries, recon
 from api.deps import SettingsDep, get_admin_user
 from api.errors import ApiError, InvalidRange, Unprocessable
-from api.models import error_responses
 from billing.config import Settings
+from schemas.http import (
+    ActiveSubscribersOut,
+    DeclineReasonOut,
+    DiscrepancyDayOut,
+    DunningMonth,
+    MrrMonth,
+    OverviewOut,
+    RefundRateOut,
+    RevenueDay,
+    SuccessDay,
+    error_responses,
+)
 from schemas.periods import dt_to_ms, now_ms
 
 log = logging.getLogger(__name__)
@@ -61,122 +72,6 @@ class AnalyticsUnavailable(ApiError):
 class WindowTooLong(Unprocessable):
     code = "window_too_long"
     message = f"a window is at most {MAX_WINDOW_DAYS} days"
-
-
-# --------------------------------------------------------------------------------- models
-class RevenueDay(BaseModel):
-    day: date
-    currency: str
-    plan_id: str = ""  # '' when the payment's request is not in the history
-    gross_minor: int
-    refunds_minor: int
-    net_minor: int
-    payments: int
-    refunds: int
-
-
-class SuccessDay(BaseModel):
-    day: date
-    succeeded: int
-    canceled: int
-    rate: float | None = None  # succeeded / (succeeded + canceled)
-
-    @model_validator(mode="after")
-    def _rate(self) -> SuccessDay:
-        done = self.succeeded + self.canceled
-        self.rate = self.succeeded / done if done else None
-        return self
-
-
-class DeclineReasonOut(BaseModel):
-    reason: str
-    party: str
-    payments: int
-    share: float
-
-
-class MrrMonth(BaseModel):
-    month: date
-    currency: str
-    mrr_minor: int
-    new_minor: int
-    expansion_minor: int
-    contraction_minor: int
-    churn_minor: int
-    subscribers_at_start: int
-    subscribers: int
-    new_subscribers: int
-    churned_subscribers: int
-    net_new_minor: int = 0
-    churn_rate: float | None = None
-
-    @model_validator(mode="after")
-    def _derived(self) -> MrrMonth:
-        self.net_new_minor = (
-            self.new_minor + self.expansion_minor - self.contraction_minor - self.churn_minor
-        )
-        start = self.subscribers_at_start
-        self.churn_rate = self.churned_subscribers / start if start else None
-        return self
-
-
-class RefundRateOut(BaseModel):
-    currency: str
-    gross_minor: int
-    refunds_minor: int
-    payments: int
-    refunds: int
-    rate: float | None = None
-
-    @model_validator(mode="after")
-    def _rate(self) -> RefundRateOut:
-        self.rate = self.refunds_minor / self.gross_minor if self.gross_minor else None
-        return self
-
-
-class DunningMonth(BaseModel):
-    month: date
-    episodes: int
-    recovered: int
-    lost: int
-    open: int = 0
-    rate: float | None = None
-
-    @model_validator(mode="after")
-    def _derived(self) -> DunningMonth:
-        self.open = self.episodes - self.recovered - self.lost
-        ended = self.recovered + self.lost
-        self.rate = self.recovered / ended if ended else None
-        return self
-
-
-class DiscrepancyDayOut(BaseModel):
-    """Discrepancies first found on ``day``, by class and current status (open, repaired,
-    or an admin's decision), from the reconciliation history in ClickHouse."""
-
-    day: date
-    kind: str
-    status: str
-    items: int
-
-
-class ActiveSubscribersOut(BaseModel):
-    at_ms: int
-    total: int
-    by_plan: dict[str, int]
-
-
-class OverviewOut(BaseModel):
-    """The last 30 days of revenue, success, declines, refund rate and dunning, active
-    subscribers now, and MRR movements of the last 12 months."""
-
-    revenue: list[RevenueDay]
-    active: ActiveSubscribersOut
-    success: list[SuccessDay]
-    declines: list[DeclineReasonOut]
-    mrr: list[MrrMonth]
-    refund_rate: list[RefundRateOut]
-    dunning: list[DunningMonth]
 
 
 # -------------------------------------------------------------------------------- backends

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime
 from api import intake, queries
 from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
 from api.errors import InvalidRange, PaymentNotFound
-from api.models import (
+from schemas.http import (
     PaymentAccepted,
     PaymentCreate,
     PaymentOut,

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api import queries
 from api.deps import DbDep
-from api.models import PlanOut
+from schemas.http import PlanOut
 
 router = APIRouter(prefix="/api/v1/plans", tags=["plans"])
 

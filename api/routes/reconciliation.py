@@ -34,10 +34,10 @@ from api.deps import (
     get_admin_user,
 )
 from api.errors import Conflict, NotFound, Unprocessable
-from api.models import MoneyOut, Reason, error_responses
 from billing.config import Settings
 from reconciler import store
 from reconciler.matcher import MatchClass
+from schemas.http import MoneyOut, Reason, error_responses
 from schemas.messages import PaymentObserved, RefundObserved, encode
 from schemas.money import Money
 from schemas.periods import ms_to_dt, now_ms

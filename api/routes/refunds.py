@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from api import intake, queries
 from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
 from api.errors import PaymentNotFound, RefundNotFound
-from api.models import RefundAccepted, RefundCreate, RefundOut, RefundPage, error_responses
+from schemas.http import RefundAccepted, RefundCreate, RefundOut, RefundPage, error_responses
 
 log = logging.getLogger(__name__)
 

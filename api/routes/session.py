@@ -18,17 +18,13 @@ and storing its answer for a replay would store a credential.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 import hmac
 import logging
-import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -36,92 +32,17 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from api.auth import ADMIN_ROLE, mint_token
 from api.deps import JsonBody, SettingsDep
 from api.errors import ApiError, ServiceUnavailable
-from api.models import error_responses
 from billing.config import Settings
+from billing.passwords import PasswordHashInvalid, valid_password, verify_password
+from schemas.http import SessionOut, error_responses
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/admin", tags=["session"])
 
-# scrypt: 16 MiB and ~50 ms per hash on these machines; verified off the event loop.
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-SCRYPT_DKLEN = 32
-SCHEME = "scrypt"
-SEP = ":"
-_MAX_N = 2**20  # refuse a configured hash that would take seconds and a GiB per login
-_MAXMEM = 1100 * 1024 * 1024
-
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 300.0
 MAX_TRACKED = 10_000
-
-
-# ------------------------------------------------------------------------------ passwords
-class PasswordHashInvalid(ValueError):
-    """The configured hash is not one ``hash_password`` makes."""
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _valid_password(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def hash_password(
-    password: str,
-    *,
-    salt: bytes | None = None,
-    n: int = SCRYPT_N,
-    r: int = SCRYPT_R,
-    p: int = SCRYPT_P,
-) -> str:
-    """``scrypt:n:r:p:salt:hash`` (salt and hash base64url): what
-    BILLING_DASHBOARD_ADMIN_PASSWORD_HASH holds. No ``$`` in it, so neither a shell nor
-    docker compose interpolates any part of it."""
-    if not password:
-        raise ValueError("the password is empty")
-    _valid_password(password)
-    salt = os.urandom(16) if salt is None else salt
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, dklen=SCRYPT_DKLEN, maxmem=_MAXMEM
-    )
-    return SEP.join((SCHEME, str(n), str(r), str(p), _b64(salt), _b64(digest)))
-
-
-def parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
-    parts = encoded.strip().split(SEP)
-    if len(parts) != 6 or parts[0] != SCHEME:
-        raise PasswordHashInvalid("expected scrypt:n:r:p:salt:hash")
-    try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt, digest = _unb64(parts[4]), _unb64(parts[5])
-    except (ValueError, binascii.Error) as exc:
-        raise PasswordHashInvalid("malformed scrypt parameters") from exc
-    if not (2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-        raise PasswordHashInvalid("scrypt parameters out of range")
-    if len(salt) < 8 or len(digest) < 16:
-        raise PasswordHashInvalid("salt or hash too short")
-    return n, r, p, salt, digest
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Constant-time check of ``password`` against a ``hash_password`` string; raises
-    PasswordHashInvalid for a malformed one."""
-    n, r, p, salt, digest = parse_hash(encoded)
-    candidate = hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=_MAXMEM
-    )
-    return hmac.compare_digest(candidate, digest)
 
 
 # ------------------------------------------------------------------------------- throttle
@@ -216,7 +137,7 @@ Username = Annotated[
     StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$"),
 ]
 Password = Annotated[
-    str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_valid_password)
+    str, StringConstraints(min_length=1, max_length=1024), AfterValidator(valid_password)
 ]
 
 
@@ -230,15 +151,6 @@ class SessionCreate(BaseModel):
         return f"SessionCreate(username={self.username!r}, password='**********')"
 
     __str__ = __repr__
-
-
-class SessionOut(BaseModel):
-    access_token: str
-    token_type: Literal["bearer"] = "bearer"
-    expires_in: int = Field(description="seconds")
-    expires_at: datetime
-    user_id: str
-    roles: list[str]
 
 
 def _client_key(request: Request, username: str) -> str:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from api import intake, queries
 from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody, SettingsDep
 from api.errors import SubscriptionNotFound
-from api.models import (
+from schemas.http import (
     AutoRenewUpdate,
     PlanChangeAccepted,
     PlanChangeCreate,

@@ -12,7 +12,9 @@ from typing import Any
 import streamlit as st
 from pydantic import ValidationError
 
-from api.models import (
+from dashboard import tables, ui
+from dashboard.client import AdminClient, ApiError, SessionExpired
+from schemas.http import (
     AdminActionAccepted,
     AdminPaymentOut,
     AdminRefundAccepted,
@@ -20,8 +22,6 @@ from api.models import (
     AdminSubscriptionDetail,
     MoneyIn,
 )
-from dashboard import tables, ui
-from dashboard.client import AdminClient, ApiError, SessionExpired
 
 LAST = "last-action"
 WAIT_S = 25.0

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from api.routes.analytics import OverviewOut
 from dashboard import charts, tables, ui
 from dashboard.client import ApiError, SessionExpired
+from schemas.http import OverviewOut
 
 
 def _overview() -> OverviewOut | None:

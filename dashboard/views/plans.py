@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, time
 import streamlit as st
 from pydantic import ValidationError
 
-from api.models import AdminPlanOut, MoneyIn, PlanCreate, PlanUpdate, PriceCreate
 from dashboard import charts, tables, ui
 from dashboard.client import AdminClient
+from schemas.http import AdminPlanOut, MoneyIn, PlanCreate, PlanUpdate, PriceCreate
 
 CURRENCIES = ["RUB", "USD", "EUR", "KZT", "BYN"]
 

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from api.models import AdminSubscriptionDetail, AdminSubscriptionOut, EventOut
 from dashboard import charts, tables, ui
 from dashboard.client import AdminClient
+from schemas.http import AdminSubscriptionDetail, AdminSubscriptionOut, EventOut
 
 PAGE_SIZE = 50
 EVENTS_PAGE = 500

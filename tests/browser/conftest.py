@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from api.routes.session import hash_password
 from billing.kafka_local import free_port
+from billing.passwords import hash_password
 from billing.processes import ManagedProcess, http_ok
 from tests.e2e.harness import Stack
 from tests.fixtures.postgres import FreshDatabase

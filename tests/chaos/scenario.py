@@ -24,9 +24,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from api.intake import accept_payment
-from api.models import PaymentCreate
 from billing.config import Settings
 from billing.processes import ManagedProcess
+from schemas.http import PaymentCreate
 from schemas.ids import command_id_for, payment_id_for, subscription_id_for
 from schemas.messages import PaymentRedriven
 from schemas.topics import COMMANDS

@@ -13,10 +13,10 @@ from pydantic import SecretStr, ValidationError
 from api.deps import get_idempotency_key
 from api.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing, InvalidCursor
 from api.intake import advisory_lock_key, fingerprint
-from api.models import PaymentCreate
 from api.queries import decode_cursor, encode_cursor
 from api.routes.webhooks import source_ip
 from billing.config import Settings
+from schemas.http import PaymentCreate
 
 
 def test_fingerprint_is_canonical_and_covers_method_and_path() -> None:

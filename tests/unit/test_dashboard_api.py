@@ -19,8 +19,9 @@ from analytics import queries
 from api import errors
 from api.auth import decode_token, mint_token
 from api.routes import analytics, session
-from api.routes.session import LoginThrottle, hash_password, parse_hash, verify_password
+from api.routes.session import LoginThrottle
 from billing.config import Settings
+from billing.passwords import hash_password, parse_hash, verify_password
 
 SECRET = "unit-test-secret-of-at-least-thirty-two-bytes"
 PASSWORD = "correct horse battery staple"

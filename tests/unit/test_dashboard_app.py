@@ -16,7 +16,9 @@ import pytest
 from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
-from api.models import (
+from api.routes.reconciliation import DiscrepancyOut, RunOut
+from billing.config import Settings
+from schemas.http import (
     AdminPaymentOut,
     AdminPlanOut,
     AdminRefundOut,
@@ -28,8 +30,6 @@ from api.models import (
     PlanPriceOut,
     PlanRef,
 )
-from api.routes.reconciliation import DiscrepancyOut, RunOut
-from billing.config import Settings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 USER = "alice"

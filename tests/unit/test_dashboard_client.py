@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from api.models import AdminRefundCreate, MoneyIn
 from dashboard.client import (
     AdminClient,
     ApiError,
@@ -21,6 +20,7 @@ from dashboard.client import (
     RetryPolicy,
     SessionExpired,
 )
+from schemas.http import AdminRefundCreate, MoneyIn
 
 PAYMENT = str(uuid.uuid4())
 SUB = str(uuid.uuid4())

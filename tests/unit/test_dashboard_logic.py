@@ -10,18 +10,21 @@ from typing import Any
 
 import pandas as pd
 
-from api.models import AdminPaymentOut, AdminPlanOut, MoneyOut, PlanPriceOut
-from api.routes.analytics import (
+from dashboard import charts, tables
+from dashboard.state import ActionKeys, Session
+from schemas.http import (
+    AdminPaymentOut,
+    AdminPlanOut,
     DeclineReasonOut,
     DiscrepancyDayOut,
     DunningMonth,
+    MoneyOut,
     MrrMonth,
+    PlanPriceOut,
     RevenueDay,
+    SessionOut,
     SuccessDay,
 )
-from api.routes.session import SessionOut
-from dashboard import charts, tables
-from dashboard.state import ActionKeys, Session
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

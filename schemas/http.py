@@ -1,12 +1,15 @@
-"""Request and response bodies of the public API (they also document it in OpenAPI).
+"""Request and response bodies of the HTTP API (they also document it in OpenAPI), in one
+place for the API that answers with them and the admin console that reads them.
 
 Money goes out as YooKassa does it, ``{"value": "299.00", "currency": "RUB"}`` (a decimal
 string, never a float), plus the integer ``amount_minor`` for machines.
+
+The class names are the OpenAPI schema names: renaming one changes the published document.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -457,3 +460,131 @@ class ErrorOut(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting the error body."""
     return {status: {"model": ErrorOut} for status in statuses}
+
+
+# ------------------------------------------------------------------------ console session
+class SessionOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="seconds")
+    expires_at: datetime
+    user_id: str
+    roles: list[str]
+
+
+# ------------------------------------------------------------------------------ analytics
+# The series of GET /api/v1/admin/analytics/* (api/routes/analytics.py): days and months UTC,
+# amounts in integer minor units per currency.
+class RevenueDay(BaseModel):
+    day: date
+    currency: str
+    plan_id: str = ""  # '' when the payment's request is not in the history
+    gross_minor: int
+    refunds_minor: int
+    net_minor: int
+    payments: int
+    refunds: int
+
+
+class SuccessDay(BaseModel):
+    day: date
+    succeeded: int
+    canceled: int
+    rate: float | None = None  # succeeded / (succeeded + canceled)
+
+    @model_validator(mode="after")
+    def _rate(self) -> SuccessDay:
+        done = self.succeeded + self.canceled
+        self.rate = self.succeeded / done if done else None
+        return self
+
+
+class DeclineReasonOut(BaseModel):
+    reason: str
+    party: str
+    payments: int
+    share: float
+
+
+class MrrMonth(BaseModel):
+    month: date
+    currency: str
+    mrr_minor: int
+    new_minor: int
+    expansion_minor: int
+    contraction_minor: int
+    churn_minor: int
+    subscribers_at_start: int
+    subscribers: int
+    new_subscribers: int
+    churned_subscribers: int
+    net_new_minor: int = 0
+    churn_rate: float | None = None
+
+    @model_validator(mode="after")
+    def _derived(self) -> MrrMonth:
+        self.net_new_minor = (
+            self.new_minor + self.expansion_minor - self.contraction_minor - self.churn_minor
+        )
+        start = self.subscribers_at_start
+        self.churn_rate = self.churned_subscribers / start if start else None
+        return self
+
+
+class RefundRateOut(BaseModel):
+    currency: str
+    gross_minor: int
+    refunds_minor: int
+    payments: int
+    refunds: int
+    rate: float | None = None
+
+    @model_validator(mode="after")
+    def _rate(self) -> RefundRateOut:
+        self.rate = self.refunds_minor / self.gross_minor if self.gross_minor else None
+        return self
+
+
+class DunningMonth(BaseModel):
+    month: date
+    episodes: int
+    recovered: int
+    lost: int
+    open: int = 0
+    rate: float | None = None
+
+    @model_validator(mode="after")
+    def _derived(self) -> DunningMonth:
+        self.open = self.episodes - self.recovered - self.lost
+        ended = self.recovered + self.lost
+        self.rate = self.recovered / ended if ended else None
+        return self
+
+
+class DiscrepancyDayOut(BaseModel):
+    """Discrepancies first found on ``day``, by class and current status (open, repaired,
+    or an admin's decision), from the reconciliation history in ClickHouse."""
+
+    day: date
+    kind: str
+    status: str
+    items: int
+
+
+class ActiveSubscribersOut(BaseModel):
+    at_ms: int
+    total: int
+    by_plan: dict[str, int]
+
+
+class OverviewOut(BaseModel):
+    """The last 30 days of revenue, success, declines, refund rate and dunning, active
+    subscribers now, and MRR movements of the last 12 months."""
+
+    revenue: list[RevenueDay]
+    active: ActiveSubscribersOut
+    success: list[SuccessDay]
+    declines: list[DeclineReasonOut]
+    mrr: list[MrrMonth]
+    refund_rate: list[RefundRateOut]
+    dunning: list[DunningMonth]
