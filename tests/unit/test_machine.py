@@ -8,86 +8,30 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from schemas.ids import command_id_for, derived_id, observation_id_for, payment_id_for
+from schemas.ids import command_id_for
 from schemas.messages import (
-    PaymentCallFailed,
-    PaymentObserved,
-    PaySubscription,
-    SweepPayment,
     encode,
 )
-from schemas.money import Money
 from schemas.periods import dt_to_ms
 from schemas.state import SubscriptionState, decode_state, encode_state
 from streams.ledger.machine import Decision, LedgerInput, Policy, decide, evolve
 
+# Re-exported (``X as X``) only for test_money_edges and test_notify, which are being changed
+# elsewhere and still import them from here; anything new imports tests.factories.
+# tests/unit/test_test_layout.py lists them.
+from tests.factories import PRICE as PRICE
+from tests.factories import SUB as SUB
+from tests.factories import T0 as T0
+from tests.factories import USER as USER
+from tests.factories import call_failed, sweep
+from tests.factories import observed as observed
+from tests.factories import pay as pay
+from tests.factories import pid as pid
+
 POLICY = Policy(payment_deadline_ms=10_000, redrive_max_backoff_ms=80_000, recent_sources=16)
-T0 = dt_to_ms(datetime(2026, 1, 31, 12, 0, tzinfo=UTC))
-SUB = "11111111-1111-5111-8111-111111111111"
-USER = "user-1"
-PRICE = Money(29900, "RUB")
 
 
-def pay(key: str = "k1", at: int = T0, months: int = 1) -> PaySubscription:
-    cid = command_id_for(USER, key)
-    return PaySubscription(
-        command_id=cid,
-        subscription_id=SUB,
-        issued_at=at,
-        user_id=USER,
-        payment_id=payment_id_for(cid),
-        plan_id="monthly" if months == 1 else "yearly",
-        amount=PRICE,
-        period_months=months,
-        return_url="https://cinema.example/return",
-        description="Cinema monthly",
-    )
-
-
-def pid(key: str = "k1") -> str:
-    return payment_id_for(command_id_for(USER, key))
-
-
-def observed(status: str, key: str = "k1", at: int = T0 + 1_000, **kw: object) -> PaymentObserved:
-    provider_id = f"prov-{key}"
-    fields: dict[str, object] = {
-        "observation_id": observation_id_for(provider_id, status),
-        "subscription_id": SUB,
-        "observed_at": at,
-        "source": "webhook",
-        "payment_id": pid(key),
-        "provider_payment_id": provider_id,
-        "status": status,
-        "amount": PRICE,
-        "paid": status == "succeeded",
-        "confirmation_url": "http://emu/confirm" if status == "pending" else None,
-    }
-    fields.update(kw)
-    return PaymentObserved(**fields)  # type: ignore[arg-type]
-
-
-def call_failed(outcome: str, attempt: int = 1, key: str = "k1") -> PaymentCallFailed:
-    return PaymentCallFailed(
-        observation_id=derived_id(pid(key), f"callfail-{attempt}-{outcome}"),
-        subscription_id=SUB,
-        observed_at=T0 + 500,
-        source="gateway",
-        payment_id=pid(key),
-        outcome=outcome,  # type: ignore[arg-type]
-        error_code="timeout" if outcome == "unknown" else "invalid_request",
-        error="boom",
-        attempt=attempt,
-    )
-
-
-def sweep(attempt: int, at: int, key: str = "k1") -> SweepPayment:
-    return SweepPayment(
-        command_id=derived_id(pid(key), f"sweep-{attempt}"),
-        subscription_id=SUB,
-        issued_at=at,
-        payment_id=pid(key),
-        attempt=attempt,
-    )
+POLICY = Policy(payment_deadline_ms=10_000, redrive_max_backoff_ms=80_000, recent_sources=16)
 
 
 def run(inputs: Sequence[LedgerInput]) -> tuple[SubscriptionState | None, list[list[str]]]:

@@ -746,8 +746,7 @@ def test_registry_paid_defaults_to_succeeded_and_can_be_given() -> None:
 
 def test_end_of_report_does_not_judge_items_requested_after_the_report_was_taken() -> None:
     from reconciler.matcher import MatchConfig, end_of_report
-    from tests.unit.test_lifecycle import active
-    from tests.unit.test_machine import T0
+    from tests.factories import T0, active
 
     state = active()  # one succeeded payment requested at T0, never reported
     window = {"window_start": T0 - 1_000, "window_end": T0 + 10_000_000}
