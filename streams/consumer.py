@@ -157,8 +157,8 @@ async def run_consumer(
         heartbeat_interval_ms=int(heartbeat_interval_s * 1000),
     )
     consumer.subscribe([topic], listener=_PinStart(name, consumer, start))
-    await consumer.start()
     try:
+        await consumer.start()
         while True:
             records = await _next_batch(consumer, max_records, linger_s)
             if not records:

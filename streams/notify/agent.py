@@ -188,8 +188,8 @@ def register_notifier(app: Any, settings: Settings) -> Any:
             enable_idempotence=True,
             linger_ms=5,
         )
-        await producer.start()
         try:
+            await producer.start()
             await run_consumer(
                 "notifier",
                 bootstrap=settings.kafka_bootstrap,

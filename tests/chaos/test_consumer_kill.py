@@ -25,13 +25,15 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from analytics.totals import differences, from_event_log, from_history
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
@@ -61,15 +63,16 @@ from tests.chaos.invariants import read_topic
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(360)]
 
-USERS = int(os.environ.get("BILLING_CHAOS_CONSUMER_USERS", "4000"))
-PUBLISH_S = 50.0  # the events go out evenly over this long, faults meanwhile
-FAULTS: list[Literal["sigkill", "sigterm"]] = [
-    "sigkill",
-    "sigkill",
-    "sigkill",
-    "sigterm",
-    "sigterm",
-    "sigterm",
+USERS = 12_000  # more than the run publishes: the faults end the publishing
+RATE = 300.0  # events a second, published all through the faults
+WORK_TIMEOUT_S = 20.0  # a restarted process is working within this (a dead member's session)
+Fault = tuple[Literal["sigkill", "sigterm"], Literal["after ready", "while working", "IDLE"]]
+# Each signal at each moment, twice, per process, in a seeded order.
+FAULTS: list[Fault] = [
+    (signal, when)
+    for signal in ("sigkill", "sigterm")
+    for when in ("after ready", "while working")
+    for _ in range(2)
 ]
 SETTLE_TIMEOUT_S = 90.0
 PARTITIONS = 4
@@ -174,24 +177,28 @@ def expected_messages(events: list[AnyEvent]) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-async def publish(bootstrap: str, per_user: list[list[AnyEvent]], seconds: float) -> int:
-    """Send every user's events, spread evenly over ``seconds``; returns records sent."""
+async def publish(
+    bootstrap: str, per_user: list[list[AnyEvent]], rate: float, stop: threading.Event
+) -> list[AnyEvent]:
+    """Send the users' events at about ``rate`` events a second until ``stop`` is set (or all
+    are sent); returns the events sent."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
-    sent = 0
+    sent: list[AnyEvent] = []
+    started = time.monotonic()
     try:
-        chunks = 50
-        size = -(-len(per_user) // chunks)
-        for i in range(chunks):
-            started = time.monotonic()
+        for events in per_user:
+            if stop.is_set():
+                break
             futures = [
                 await producer.send(EVENTS, encode(e), key=e.subscription_id.encode())
-                for events in per_user[i * size : (i + 1) * size]
                 for e in events
             ]
             await asyncio.gather(*futures)
-            sent += len(futures)
-            await asyncio.sleep(max(0.0, seconds / chunks - (time.monotonic() - started)))
+            sent += events
+            ahead = len(sent) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
     finally:
         await producer.stop()
     return sent
@@ -211,22 +218,88 @@ def start(p: ManagedProcess, timeout: float = 90) -> None:
     p.wait_ready(lambda: _ready_count(p) > before, timeout=timeout)
 
 
-def chaos(
-    p: ManagedProcess, faults: list[Literal["sigkill", "sigterm"]], rng: random.Random
+Progress = Callable[[], Awaitable[int]]
+
+
+async def chaos(
+    p: ManagedProcess, plan: list[Fault], rng: random.Random, progress: Progress
 ) -> list[str]:
-    """Each fault soon after the process came back (it is working off the backlog of its
-    downtime), then a restart. Returns what was done, for the report."""
+    """Each fault either soon after the process reported ready (it is joining its group,
+    opening its store and picking up the backlog its downtime left) or while it works: once
+    ``progress`` (what it has produced or committed) moved, a moment later. Returns what was
+    done, for the report."""
     done = []
-    for fault in faults:
-        time.sleep(rng.uniform(0.3, 2.5))
+    for fault, when in plan:
+        base = await progress()
+        if when == "after ready":
+            await asyncio.sleep(rng.uniform(0.1, 1.2))
+        else:
+            deadline = time.monotonic() + WORK_TIMEOUT_S
+            while time.monotonic() < deadline and not await progress() > base:  # noqa: ASYNC110 - polled from outside
+                await asyncio.sleep(0.05)
+            if time.monotonic() >= deadline:
+                when = "IDLE"
+            await asyncio.sleep(rng.uniform(0.0, 0.4))
         t0 = time.monotonic()
         if fault == "sigkill":
-            p.kill()
+            await asyncio.to_thread(p.kill)
         else:
-            p.stop(timeout=20)  # SIGTERM; SIGKILL if it hangs
-        start(p)
-        done.append(f"{p.name} {fault} (back in {time.monotonic() - t0:.1f}s)")
+            await asyncio.to_thread(p.stop, 20)  # SIGTERM; SIGKILL if it hangs
+        await asyncio.to_thread(start, p)
+        done.append(f"{p.name} {fault} {when} (back in {time.monotonic() - t0:.1f}s)")
     return done
+
+
+@asynccontextmanager
+async def output_end(bootstrap: str) -> AsyncIterator[Progress]:
+    """The notifier's progress: records on its output topics."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = [TopicPartition(t, i) for t in (NOTIFICATIONS, ENTITLEMENTS) for i in range(PARTITIONS)]
+
+    async def measure() -> int:
+        return sum((await consumer.end_offsets(tps)).values())
+
+    try:
+        yield measure
+    finally:
+        await consumer.stop()
+
+
+@asynccontextmanager
+async def committed(bootstrap: str, group: str) -> AsyncIterator[Progress]:
+    """The history's progress: offsets its group committed."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+
+    async def measure() -> int:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(o.offset for o in offsets.values() if o.offset > 0)
+
+    try:
+        yield measure
+    finally:
+        await admin.close()
+
+
+def run_chaos(
+    p: ManagedProcess,
+    plan: list[Fault],
+    rng: random.Random,
+    probe: Callable[[], AbstractAsyncContextManager[Progress]],
+    report: list[str],
+) -> None:
+    async def main() -> None:
+        async with probe() as progress:
+            report.extend(await chaos(p, plan, rng, progress))
+
+    asyncio.run(main())
+
+
+def join_then_set(threads: list[threading.Thread], stop: threading.Event) -> None:
+    for t in threads:
+        t.join(timeout=240)
+    stop.set()
 
 
 @pytest.fixture
@@ -256,6 +329,7 @@ def _env(tmp_path: Path, broker: KafkaBroker) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------- checks
 async def notifier_problems(bootstrap: str, expected: dict[str, tuple[str, bytes]]) -> list[str]:
+    """Every expected message on its topic with its content; the copies are counted."""
     found: dict[str, tuple[str, bytes]] = {}
     copies: Counter[str] = Counter()
     problems: list[str] = []
@@ -280,7 +354,7 @@ async def notifier_problems(bootstrap: str, expected: dict[str, tuple[str, bytes
     unexpected = set(found) - set(expected)
     if unexpected:
         problems.append(f"{len(unexpected)} messages no event stands for")
-    print(f"notifier: {sum(copies.values())} messages, {len(found)} distinct")
+    problems.append(f"(notifier: {sum(copies.values())} messages, {len(found)} distinct)")
     return problems
 
 
@@ -344,44 +418,58 @@ def test_notifier_and_history_lose_nothing_when_killed_and_stopped(
         env=history_env,
     )
     per_user = backlog(rng, USERS)
-    events = [e for evs in per_user for e in evs]
-    expected = expected_messages(events)
+    group = f"{env['BILLING_WORKER_ID']}-history"
     try:
         start(notifier)
         start(history)
-        faults = {p.name: rng.sample(FAULTS, len(FAULTS)) for p in (notifier, history)}
         report: list[str] = []
         threads = [
             threading.Thread(
-                target=lambda p=p: report.extend(
-                    chaos(p, faults[p.name], random.Random(f"{chaos_seed}-{p.name}"))
+                target=run_chaos,
+                args=(
+                    p,
+                    rng.sample(FAULTS, len(FAULTS)),
+                    random.Random(f"{chaos_seed}-{p.name}"),
+                    measure,
+                    report,
                 ),
                 daemon=True,
             )
-            for p in (notifier, history)
+            for p, measure in (
+                (notifier, lambda: output_end(broker.bootstrap)),
+                (history, lambda: committed(broker.bootstrap, group)),
+            )
         ]
         t0 = time.monotonic()
         for t in threads:
             t.start()
-        sent = asyncio.run(publish(broker.bootstrap, per_user, PUBLISH_S))
-        for t in threads:
-            t.join(timeout=240)
+        stop = threading.Event()
+        waiter = threading.Thread(target=join_then_set, args=(threads, stop), daemon=True)
+        waiter.start()
+        events = asyncio.run(publish(broker.bootstrap, per_user, RATE, stop))
+        waiter.join()
         assert not any(t.is_alive() for t in threads), "a fault sequence hung"
+        expected = expected_messages(events)
         with capsys.disabled():
             print(
-                f"{sent} events ({len(events)} distinct), {len(expected)} messages expected;"
-                f" faults in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(report)
+                f"{len(events)} events, {len(expected)} messages expected;"
+                f" faults in {time.monotonic() - t0:.0f}s:\n  " + "\n  ".join(sorted(report))
             )
-        assert sent == len(events)
+        assert len(events) < sum(map(len, per_user)), "the faults outlasted the backlog"
+        idle = [r for r in report if "IDLE" in r]
+        assert len(idle) <= 2, f"faults that hit an idle consumer: {idle}"
 
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
             problems = asyncio.run(notifier_problems(broker.bootstrap, expected))
             problems += history_problems(history_url, broker.bootstrap)
-            if not problems or time.monotonic() > deadline:
+            failed = [p for p in problems if not p.startswith("(")]
+            if not failed or time.monotonic() > deadline:
                 break
             time.sleep(3)
-        assert problems == [], "\n".join(problems)
+        with capsys.disabled():
+            print("\n".join(problems))
+        assert failed == [], "\n".join(problems)
         history.stop()
         assert clickhouse_event_count(history_env) == len({e.event_id for e in events})
     finally:

@@ -1,10 +1,20 @@
-"""The notifier's mapping: one message per fact, ids derived from the event."""
+"""The notifier's mapping: one message per fact, ids derived from the event; a batch's messages
+and the offsets committed after it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from schemas import notifications as contract
+from schemas.messages import encode
 from schemas.notifications import Notification
+from schemas.topics import ENTITLEMENTS, EVENTS, NOTIFICATIONS
+from streams.consumer import next_offsets
 from streams.ledger.machine import LedgerInput, decide
-from streams.notify.agent import derive
+from streams.notify.agent import derive, outgoing
 from tests.unit.test_lifecycle import POLICY, refund, refund_seen
 from tests.unit.test_machine import observed, pay
 
@@ -43,3 +53,26 @@ def test_a_replayed_event_yields_the_same_ids() -> None:
     first = [m for e in d.events for m in derive(e)]
     second = [m for e in again.events for m in derive(e)]
     assert first == second and len(first) == 2
+
+
+def _record(value: bytes, offset: int, partition: int = 0, key: bytes = b"sub") -> Any:
+    return SimpleNamespace(topic=EVENTS, partition=partition, offset=offset, key=key, value=value)
+
+
+def test_a_batch_maps_to_its_messages_in_order_on_their_topics_keyed_like_the_event() -> None:
+    d = decide(None, pay(), POLICY)
+    d = decide(d.state, observed("succeeded"), POLICY)
+    records = [
+        _record(encode(e), i, key=e.subscription_id.encode()) for i, e in enumerate(d.events)
+    ]
+    records.insert(1, _record(b'{"type":"PaymentSucceeded","broken', 99))  # logged, skipped
+    out = outgoing(records)
+    expected = [m for e in d.events for m in derive(e)]
+    assert [contract.decode(v) for _, _, v in out] == expected
+    assert [t for t, _, _ in out] == [NOTIFICATIONS, ENTITLEMENTS]
+    assert {k for _, k, _ in out} == {d.events[0].subscription_id.encode()}
+
+
+def test_the_offsets_committed_after_a_batch_are_one_past_each_partitions_last() -> None:
+    records = [_record(b"", 5, 0), _record(b"", 7, 1), _record(b"", 6, 0), _record(b"", 8, 1)]
+    assert next_offsets(records) == {TopicPartition(EVENTS, 0): 7, TopicPartition(EVENTS, 1): 9}
