@@ -22,7 +22,7 @@ from api.errors import (
     TokenMissing,
     UnsupportedMediaType,
 )
-from api.intake import IntakeOutcome
+from api.intake import Caller, IntakeOutcome
 from api.publisher import Publisher
 from api.relay import Background, publish_soon
 from billing.config import Settings
@@ -94,17 +94,25 @@ async def get_normaliser(request: Request) -> Normaliser:
 
 @dataclass(frozen=True)
 class Intake:
-    """What a command-accepting route needs: the pool for the intake transaction, and the
-    publisher and background set for the publish right after the 202."""
+    """What a command-accepting route needs: the pool for the intake transaction, the
+    publisher and background set for the publish right after the 202, and the request's
+    method and path (the idempotency fingerprint covers them)."""
 
     pool: AsyncConnectionPool[Any]
     publisher: Publisher
     background: Background
     settings: Settings
+    method: str
+    path: str
 
-    def answer(self, outcome: IntakeOutcome) -> JSONResponse:
-        """Publish a newly created command soon (the relay covers a failure) and answer
-        with the stored status and body, ``Location`` and ``Idempotent-Replayed``."""
+    def caller(self, user_id: str, idem_key: str) -> Caller:
+        """This request as ``user_id`` asks it under ``idem_key``."""
+        return Caller(user_id, idem_key, self.method, self.path)
+
+    def publish_and_answer(self, outcome: IntakeOutcome) -> JSONResponse:
+        """Publish the message a request has just created (in the background, right after the
+        answer; the relay covers a failure), then answer with the stored status and body,
+        ``Location`` and ``Idempotent-Replayed``. A replay publishes nothing."""
         if outcome.message is not None:
             publish_soon(self.background, self.pool, self.publisher, self.settings, outcome.message)
         headers: dict[str, str] = {}
@@ -117,7 +125,9 @@ class Intake:
 
 async def get_intake(request: Request, pool: PoolDep) -> Intake:
     state = request.app.state
-    return Intake(pool, state.publisher, state.background, state.settings)
+    return Intake(
+        pool, state.publisher, state.background, state.settings, request.method, request.url.path
+    )
 
 
 _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with sub, roles, exp, aud")

@@ -17,11 +17,12 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
 
 from api.errors import (
     IdempotencyKeyInFlight,
@@ -333,37 +334,97 @@ async def _quote_for_sale(conn: Conn, plan_id: str, *, kept_plan: str | None = N
     return plan
 
 
-def _issued_at() -> int:
-    """The engine's clock (schemas.periods.now_ms: tests shift it for every process)."""
-    return now_ms()
+# ------------------------------------------------------------------------- the commands
+# Every accept_* below has one shape: derive the ids from (caller, Idempotency-Key), build the
+# command and its 202 body inside the intake transaction (reading what it needs and raising
+# an ApiError to refuse), and hand both to ``_accept``. Each keeps only what differs.
+
+
+class Head(TypedDict):
+    """The fields every command carries before its own."""
+
+    command_id: str
+    subscription_id: str
+    issued_at: int
+    user_id: str
+
+
+def _head(command_id: str, subscription_id: str, owner: str) -> Head:
+    """A command's common fields, issued now on the engine's clock (schemas.periods.now_ms:
+    tests shift it for every process); ``owner`` is the subscription's user."""
+    return Head(
+        command_id=command_id, subscription_id=subscription_id, issued_at=now_ms(), user_id=owner
+    )
+
+
+def _accepted(status_url: str, **ids: Any) -> dict[str, Any]:
+    """A 202 body: the ids the client may poll by, ``accepted``, and where to poll."""
+    return {**ids, "status": "accepted", "status_url": status_url}
+
+
+def _admin_accepted(command_id: str, **ids: Any) -> dict[str, Any]:
+    """A 202 body for an admin: the command's own status URL."""
+    return _accepted(command_status_url(command_id), command_id=command_id, **ids)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, and on what: the idempotency record is the caller's (``user_id``,
+    ``idem_key``), and the request's fingerprint covers its method and path with the body."""
+
+    user_id: str
+    idem_key: str
+    method: str
+    path: str
+
+    @property
+    def command_id(self) -> str:
+        return command_id_for(self.user_id, self.idem_key)
+
+
+async def _accept(
+    pool: AsyncConnectionPool[Any],
+    settings: Settings,
+    caller: Caller,
+    request: BaseModel,
+    build: Build,
+    *,
+    payment_id: str | None = None,
+    refund_id: str | None = None,
+) -> IntakeOutcome:
+    """``accept_command`` for a validated request body: its fingerprint is the method, the
+    path and the body as JSON."""
+    return await accept_command(
+        pool,
+        settings,
+        user_id=caller.user_id,
+        idem_key=caller.idem_key,
+        fp=fingerprint(caller.method, caller.path, request.model_dump(mode="json")),
+        build=build,
+        payment_id=payment_id,
+        refund_id=refund_id,
+    )
 
 
 async def accept_payment(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
-    *,
-    user_id: str,
-    idem_key: str,
+    caller: Caller,
     request: PaymentCreate,
-    method: str,
-    path: str,
 ) -> IntakeOutcome:
     """Buy a plan at its price in force now. An archived plan is not for sale (subscriptions
     already on it keep renewing: that is the ledger's timer, not intake)."""
-    command_id = command_id_for(user_id, idem_key)
+    command_id = caller.command_id
     payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(user_id)
+    subscription_id = subscription_id_for(caller.user_id)
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         plan = await _quote_for_sale(conn, request.plan_id)
         assert plan.quote is not None
-        # PaySubscription has no price_version field (schemas/messages.py): the version is
-        # known here but cannot be carried; the payment row then reads price_version 0.
+        # The price version goes with the command, so the payment row records the version
+        # the user was charged at.
         command = PaySubscription(
-            command_id=command_id,
-            subscription_id=subscription_id,
-            issued_at=_issued_at(),
-            user_id=user_id,
+            **_head(command_id, subscription_id, caller.user_id),
             payment_id=payment_id,
             plan_id=plan.plan_id,
             amount=plan.quote.amount,
@@ -373,55 +434,41 @@ async def accept_payment(
             description=plan.name[:MAX_DESCRIPTION_LEN],
             capture=not settings.two_stage_payments,
         )
-        body: dict[str, Any] = {
-            "payment_id": payment_id,
-            "subscription_id": subscription_id,
-            "status": "accepted",
-            "status_url": status_url(payment_id),
-        }
+        body = _accepted(
+            status_url(payment_id), payment_id=payment_id, subscription_id=subscription_id
+        )
         return command, body
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=user_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-        payment_id=payment_id,
-    )
+    return await _accept(pool, settings, caller, request, build, payment_id=payment_id)
 
 
 async def accept_retry(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
-    *,
-    user_id: str,
-    idem_key: str,
-    retry_of: str,
+    caller: Caller,
     request: RetryCreate,
-    method: str,
-    path: str,
+    *,
+    retry_of: str,
 ) -> IntakeOutcome:
     """Pay again for what one of the caller's canceled payments was for, at the price in force
     now for its plan. Whether it may be retried (canceled, nothing in flight, the period not
     paid meanwhile) is the ledger's call, made serially per subscription."""
-    command_id = command_id_for(user_id, idem_key)
+    command_id = caller.command_id
     payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(user_id)
+    subscription_id = subscription_id_for(caller.user_id)
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         cur = await conn.execute(
             "SELECT p.plan_id, s.plan_id FROM payments p"
             " LEFT JOIN subscriptions s ON s.subscription_id = p.subscription_id"
             " WHERE p.payment_id = %s AND p.user_id = %s",
-            (retry_of, user_id),
+            (retry_of, caller.user_id),
         )
         row = await cur.fetchone()
         if row is None:
             cur = await conn.execute(
                 "SELECT 1 FROM command_outbox WHERE payment_id = %s AND user_id = %s",
-                (retry_of, user_id),
+                (retry_of, caller.user_id),
             )
             if await cur.fetchone() is not None:
                 raise PaymentNotRetryable(details={"payment_id": retry_of})
@@ -429,169 +476,123 @@ async def accept_retry(
         plan = await _quote_for_sale(conn, str(row[0]), kept_plan=row[1])
         assert plan.quote is not None
         command = RetryPayment(
-            command_id=command_id,
-            subscription_id=subscription_id,
-            issued_at=_issued_at(),
-            user_id=user_id,
+            **_head(command_id, subscription_id, caller.user_id),
             retry_of=retry_of,
             payment_id=payment_id,
             price=plan.quote,
             return_url=request.return_url,
             description=plan.name[:MAX_DESCRIPTION_LEN],
         )
-        body: dict[str, Any] = {
-            "payment_id": payment_id,
-            "subscription_id": subscription_id,
-            "retry_of": retry_of,
-            "status": "accepted",
-            "status_url": status_url(payment_id),
-        }
+        body = _accepted(
+            status_url(payment_id),
+            payment_id=payment_id,
+            subscription_id=subscription_id,
+            retry_of=retry_of,
+        )
         return command, body
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=user_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-        payment_id=payment_id,
-    )
+    return await _accept(pool, settings, caller, request, build, payment_id=payment_id)
 
 
 async def accept_plan_change(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
-    *,
-    user_id: str,
-    idem_key: str,
+    caller: Caller,
     request: PlanChangeCreate,
-    method: str,
-    path: str,
 ) -> IntakeOutcome:
     """Switch the caller's subscription to another plan on sale, priced now. The ledger
     decides upgrade (charged now, prorated) or downgrade (at the period end) and refuses a
     subscription that is not active, the same plan, or a payment in flight."""
-    command_id = command_id_for(user_id, idem_key)
+    command_id = caller.command_id
     payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(user_id)
+    subscription_id = subscription_id_for(caller.user_id)
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         await _subscription_owner(conn, subscription_id)
         plan = await _quote_for_sale(conn, request.plan_id)
         assert plan.quote is not None
         command = ChangePlan(
-            command_id=command_id,
-            subscription_id=subscription_id,
-            issued_at=_issued_at(),
-            user_id=user_id,
+            **_head(command_id, subscription_id, caller.user_id),
             payment_id=payment_id,
             price=plan.quote,
             return_url=request.return_url,
             description=plan.name[:MAX_DESCRIPTION_LEN],
         )
-        body: dict[str, Any] = {
-            "payment_id": payment_id,
-            "subscription_id": subscription_id,
-            "plan_id": plan.plan_id,
-            "status": "accepted",
-            "status_url": status_url(payment_id),
-        }
+        body = _accepted(
+            status_url(payment_id),
+            payment_id=payment_id,
+            subscription_id=subscription_id,
+            plan_id=plan.plan_id,
+        )
         return command, body
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=user_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-        payment_id=payment_id,
-    )
+    return await _accept(pool, settings, caller, request, build, payment_id=payment_id)
+
+
+def _refund_amount(request: RefundCreate | AdminRefundCreate, currency: str) -> Money | None:
+    """The amount asked for, in the payment's currency and positive; None: all that is left."""
+    if request.amount is None:
+        return None
+    if request.amount.currency != currency:
+        raise RefundInvalid(
+            "the refund currency must be the payment's", details={"payment_currency": currency}
+        )
+    try:
+        amount = Money.from_decimal(Decimal(request.amount.value), currency)
+    except (MoneyError, InvalidOperation) as exc:
+        raise RefundInvalid(str(exc)) from exc
+    if amount.amount_minor <= 0:
+        raise RefundInvalid("the refund amount must be positive")
+    return amount
 
 
 async def accept_refund(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
-    *,
-    user_id: str,
-    idem_key: str,
-    payment_id: str,
+    caller: Caller,
     request: RefundCreate | AdminRefundCreate,
-    method: str,
-    path: str,
+    *,
+    payment_id: str,
     admin: bool = False,
 ) -> IntakeOutcome:
     """Ask for a refund of one of the caller's payments, or (``admin``) of anyone's, with the
     admin recorded as the actor. The refundable amount is enforced by the ledger, serially
     per subscription."""
-    command_id = command_id_for(user_id, idem_key)
+    command_id = caller.command_id
     refund_id = derived_id(command_id, "refund")
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
-        if admin:
-            cur = await conn.execute(
-                "SELECT subscription_id::text, currency, user_id FROM payments"
-                " WHERE payment_id = %s",
-                (payment_id,),
-            )
-        else:
-            cur = await conn.execute(
-                "SELECT subscription_id::text, currency, user_id FROM payments"
-                " WHERE payment_id = %s AND user_id = %s",
-                (payment_id, user_id),
-            )
+        sql = "SELECT subscription_id::text, currency, user_id FROM payments WHERE payment_id = %s"
+        params: tuple[str, ...] = (payment_id,)
+        if not admin:
+            sql, params = sql + " AND user_id = %s", (payment_id, caller.user_id)
+        cur = await conn.execute(sql, params)
         row = await cur.fetchone()
         if row is None:
             raise PaymentNotFound()
         subscription_id, currency, owner = row[0], str(row[1]).strip(), str(row[2])
-        amount = None
-        if request.amount is not None:
-            if request.amount.currency != currency:
-                raise RefundInvalid(
-                    "the refund currency must be the payment's",
-                    details={"payment_currency": currency},
-                )
-            try:
-                amount = Money.from_decimal(Decimal(request.amount.value), currency)
-            except (MoneyError, InvalidOperation) as exc:
-                raise RefundInvalid(str(exc)) from exc
-            if amount.amount_minor <= 0:
-                raise RefundInvalid("the refund amount must be positive")
         command = RefundPayment(
-            command_id=command_id,
-            subscription_id=subscription_id,
-            issued_at=_issued_at(),
-            user_id=owner,
+            **_head(command_id, subscription_id, owner),
             refund_id=refund_id,
             payment_id=payment_id,
-            amount=amount,
+            amount=_refund_amount(request, currency),
             reason=request.reason,
-            actor=actor_of(user_id) if admin else "user",
+            actor=actor_of(caller.user_id) if admin else "user",
         )
-        body: dict[str, Any] = {
-            "refund_id": refund_id,
-            "payment_id": payment_id,
-            "status": "accepted",
-            "status_url": f"/api/v1/refunds/{refund_id}",
-        }
         if admin:
-            body.update(
-                command_id=command_id,
+            body = _admin_accepted(
+                command_id,
+                refund_id=refund_id,
+                payment_id=payment_id,
                 subscription_id=subscription_id,
-                status_url=command_status_url(command_id),
+            )
+        else:
+            body = _accepted(
+                f"/api/v1/refunds/{refund_id}", refund_id=refund_id, payment_id=payment_id
             )
         return command, body
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=user_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-        refund_id=refund_id,
-    )
+    return await _accept(pool, settings, caller, request, build, refund_id=refund_id)
 
 
 async def _subscription_owner(conn: Conn, subscription_id: str) -> tuple[str, str | None]:
@@ -609,72 +610,50 @@ async def _subscription_owner(conn: Conn, subscription_id: str) -> tuple[str, st
 async def accept_auto_renew(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
-    *,
-    user_id: str,
-    idem_key: str,
+    caller: Caller,
     request: AutoRenewUpdate | AdminAutoRenew,
-    method: str,
-    path: str,
+    *,
     subscription_id: str | None = None,
 ) -> IntakeOutcome:
     """Turn auto-renewal off (access lasts to the period end, then it expires) or on: the
     caller's own, or (``subscription_id`` given: an admin) anyone's, with actor and reason."""
-    command_id = command_id_for(user_id, idem_key)
+    command_id = caller.command_id
     admin = subscription_id is not None
-    sub_id = subscription_id or subscription_id_for(user_id)
+    sub_id = subscription_id or subscription_id_for(caller.user_id)
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         owner, _ = await _subscription_owner(conn, sub_id)
         command = SetAutoRenew(
-            command_id=command_id,
-            subscription_id=sub_id,
-            issued_at=_issued_at(),
-            user_id=owner,
+            **_head(command_id, sub_id, owner),
             enabled=request.enabled,
-            actor=actor_of(user_id) if admin else "user",
+            actor=actor_of(caller.user_id) if admin else "user",
             reason=request.reason if isinstance(request, AdminAutoRenew) else "",
         )
-        body: dict[str, Any] = {
-            "subscription_id": sub_id,
-            "auto_renew": request.enabled,
-            "status": "accepted",
-            "status_url": "/api/v1/subscriptions/me",
-        }
+        ids = {"subscription_id": sub_id, "auto_renew": request.enabled}
         if admin:
-            body.update(
-                command_id=command_id,
-                action="auto_renew_on" if request.enabled else "auto_renew_off",
-                status_url=command_status_url(command_id),
-            )
+            action = "auto_renew_on" if request.enabled else "auto_renew_off"
+            body = _admin_accepted(command_id, **ids, action=action)
+        else:
+            body = _accepted("/api/v1/subscriptions/me", **ids)
         return command, body
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=user_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-    )
+    return await _accept(pool, settings, caller, request, build)
 
 
 async def accept_admin_adjust(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
+    caller: Caller,
+    request: AdminReason | AdminExtend | AdminGrant,
     *,
-    admin_id: str,
-    idem_key: str,
     subscription_id: str,
     action: Literal["extend", "grant", "cancel"],
-    request: AdminReason | AdminExtend | AdminGrant,
-    method: str,
-    path: str,
 ) -> IntakeOutcome:
     """An admin's extend / grant / cancel of a subscription the read model knows. A grant
     gives one period of a plan (its own period length); an archived plan only to a
     subscription already on it. What applies (nothing to extend, nothing to cancel) is the
     ledger's call."""
-    command_id = command_id_for(admin_id, idem_key)
+    command_id = caller.command_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         owner, current_plan = await _subscription_owner(conn, subscription_id)
@@ -685,51 +664,31 @@ async def accept_admin_adjust(
             plan = await _quote_for_sale(conn, request.plan_id, kept_plan=current_plan)
             plan_id, months = plan.plan_id, plan.period_months
         command = AdminAdjust(
-            command_id=command_id,
-            subscription_id=subscription_id,
-            issued_at=_issued_at(),
-            user_id=owner,
+            **_head(command_id, subscription_id, owner),
             action=action,
-            actor=actor_of(admin_id),
+            actor=actor_of(caller.user_id),
             reason=request.reason,
             days=days,
             plan_id=plan_id,
             period_months=months,
         )
-        body: dict[str, Any] = {
-            "command_id": command_id,
-            "subscription_id": subscription_id,
-            "action": action,
-            "status": "accepted",
-            "status_url": command_status_url(command_id),
-        }
-        return command, body
+        return command, _admin_accepted(command_id, subscription_id=subscription_id, action=action)
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=admin_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-    )
+    return await _accept(pool, settings, caller, request, build)
 
 
 async def accept_admin_settle(
     pool: AsyncConnectionPool[Any],
     settings: Settings,
+    caller: Caller,
+    request: AdminReason,
     *,
-    admin_id: str,
-    idem_key: str,
     payment_id: str,
     action: Literal["capture", "cancel"],
-    request: AdminReason,
-    method: str,
-    path: str,
 ) -> IntakeOutcome:
     """Capture or release a two-stage payment held for capture. Whether it is still held is
     the ledger's call (refused with a reason otherwise)."""
-    command_id = command_id_for(admin_id, idem_key)
+    command_id = caller.command_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         cur = await conn.execute(
@@ -739,31 +698,14 @@ async def accept_admin_settle(
         row = await cur.fetchone()
         if row is None:
             raise PaymentNotFound()
+        subscription_id, owner = row
         command = SettlePayment(
-            command_id=command_id,
-            subscription_id=row[0],
-            issued_at=_issued_at(),
-            user_id=row[1],
+            **_head(command_id, subscription_id, owner),
             payment_id=payment_id,
             action=action,
-            actor=actor_of(admin_id),
+            actor=actor_of(caller.user_id),
             reason=request.reason,
         )
-        body: dict[str, Any] = {
-            "command_id": command_id,
-            "subscription_id": row[0],
-            "action": action,
-            "status": "accepted",
-            "status_url": command_status_url(command_id),
-        }
-        return command, body
+        return command, _admin_accepted(command_id, subscription_id=subscription_id, action=action)
 
-    return await accept_command(
-        pool,
-        settings,
-        user_id=admin_id,
-        idem_key=idem_key,
-        fp=fingerprint(method, path, request.model_dump(mode="json")),
-        build=build,
-        payment_id=None,
-    )
+    return await _accept(pool, settings, caller, request, build)

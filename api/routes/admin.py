@@ -97,7 +97,7 @@ async def _write(
         fp=intake.fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
         write=write,
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.get("/plans", response_model=list[AdminPlanOut], responses=error_responses(401, 403))
@@ -273,7 +273,6 @@ async def get_subscription(
 )
 async def refund_payment(
     payment_id: uuid.UUID,
-    request: Request,
     admin: AdminUser,
     key: IdempotencyKey,
     body: AdminRefundCreate,
@@ -284,15 +283,12 @@ async def refund_payment(
     outcome = await intake.accept_refund(
         ctx.pool,
         ctx.settings,
-        user_id=admin.user_id,
-        idem_key=key,
+        ctx.caller(admin.user_id, key),
+        body,
         payment_id=str(payment_id),
-        request=body,
-        method=request.method,
-        path=request.url.path,
         admin=True,
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.post(
@@ -311,7 +307,7 @@ async def capture_payment(
     ctx: IntakeDep,
 ) -> JSONResponse:
     """Capture a two-stage payment held for capture (BILLING_TWO_STAGE_PAYMENTS)."""
-    return await _settle("capture", payment_id, request, admin, key, body, ctx)
+    return await _settle("capture", payment_id, admin, key, body, ctx)
 
 
 @router.post(
@@ -331,13 +327,12 @@ async def release_payment(
 ) -> JSONResponse:
     """Release (cancel) a two-stage payment held for capture: the hold is lifted, nothing
     is charged."""
-    return await _settle("cancel", payment_id, request, admin, key, body, ctx)
+    return await _settle("cancel", payment_id, admin, key, body, ctx)
 
 
 async def _settle(
     action: Literal["capture", "cancel"],
     payment_id: uuid.UUID,
-    request: Request,
     admin: AdminUser,
     key: str,
     body: AdminReason,
@@ -346,21 +341,17 @@ async def _settle(
     outcome = await intake.accept_admin_settle(
         ctx.pool,
         ctx.settings,
-        admin_id=admin.user_id,
-        idem_key=key,
+        ctx.caller(admin.user_id, key),
+        body,
         payment_id=str(payment_id),
         action=action,
-        request=body,
-        method=request.method,
-        path=request.url.path,
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 async def _adjust(
     action: Literal["extend", "grant", "cancel"],
     subscription_id: uuid.UUID,
-    request: Request,
     admin: AdminUser,
     key: str,
     body: AdminReason | AdminExtend | AdminGrant,
@@ -369,15 +360,12 @@ async def _adjust(
     outcome = await intake.accept_admin_adjust(
         ctx.pool,
         ctx.settings,
-        admin_id=admin.user_id,
-        idem_key=key,
+        ctx.caller(admin.user_id, key),
+        body,
         subscription_id=str(subscription_id),
         action=action,
-        request=body,
-        method=request.method,
-        path=request.url.path,
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.post(
@@ -397,7 +385,7 @@ async def cancel_subscription(
 ) -> JSONResponse:
     """End access now and stop renewals (no refund: refund a payment separately). Refused by
     the ledger unless the subscription is active or past due."""
-    return await _adjust("cancel", subscription_id, request, admin, key, body, ctx)
+    return await _adjust("cancel", subscription_id, admin, key, body, ctx)
 
 
 @router.post(
@@ -417,7 +405,7 @@ async def extend_subscription(
 ) -> JSONResponse:
     """Add ``days`` to the current paid period, free. Refused by the ledger unless a period
     covers now."""
-    return await _adjust("extend", subscription_id, request, admin, key, body, ctx)
+    return await _adjust("extend", subscription_id, admin, key, body, ctx)
 
 
 @router.post(
@@ -437,7 +425,7 @@ async def grant_subscription(
 ) -> JSONResponse:
     """Give one free period of a plan (its own length): from now, or from the end of the
     period covering now. A plan off sale only to a subscription already on it."""
-    return await _adjust("grant", subscription_id, request, admin, key, body, ctx)
+    return await _adjust("grant", subscription_id, admin, key, body, ctx)
 
 
 @router.post(
@@ -449,7 +437,6 @@ async def grant_subscription(
 )
 async def set_auto_renew(
     subscription_id: uuid.UUID,
-    request: Request,
     admin: AdminUser,
     key: IdempotencyKey,
     body: AdminAutoRenew,
@@ -459,11 +446,8 @@ async def set_auto_renew(
     outcome = await intake.accept_auto_renew(
         ctx.pool,
         ctx.settings,
-        user_id=admin.user_id,
-        idem_key=key,
-        request=body,
-        method=request.method,
-        path=request.url.path,
+        ctx.caller(admin.user_id, key),
+        body,
         subscription_id=str(subscription_id),
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)

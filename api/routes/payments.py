@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
@@ -40,24 +40,18 @@ StatusFilter = Literal[
     responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def create_payment(
-    request: Request, user: CurrentUser, key: IdempotencyKey, body: PaymentCreate, ctx: IntakeDep
+    user: CurrentUser, key: IdempotencyKey, body: PaymentCreate, ctx: IntakeDep
 ) -> JSONResponse:
     """Pay for a plan. Needs an ``Idempotency-Key``: retrying with the same key and body
     returns the first answer (``Idempotent-Replayed: true``) and never charges twice. The
     price is the plan's price in force now; archived plans are not for sale. 202 means the
     command is durably accepted; poll ``status_url``."""
     outcome = await intake.accept_payment(
-        ctx.pool,
-        ctx.settings,
-        user_id=user.user_id,
-        idem_key=key,
-        request=body,
-        method=request.method,
-        path=request.url.path,
+        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body
     )
     if outcome.message is not None:
         log.info("accepted command %s", outcome.message.command_id)
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.post(
@@ -69,7 +63,6 @@ async def create_payment(
 )
 async def retry_payment(
     payment_id: uuid.UUID,
-    request: Request,
     user: CurrentUser,
     key: IdempotencyKey,
     body: RetryCreate,
@@ -81,16 +74,9 @@ async def retry_payment(
     URL) a payment that is not canceled, a payment in flight, or a period paid meanwhile.
     Someone else's payment is a 404."""
     outcome = await intake.accept_retry(
-        ctx.pool,
-        ctx.settings,
-        user_id=user.user_id,
-        idem_key=key,
-        retry_of=str(payment_id),
-        request=body,
-        method=request.method,
-        path=request.url.path,
+        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body, retry_of=str(payment_id)
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.get("", response_model=PaymentPage, responses=error_responses(400, 401, 422))

@@ -407,4 +407,4 @@ async def resolve(
     )
     if outcome.message is not None:
         log.info("reconciliation: %s accepted from the provider, correction queued", body.item_key)
-    return ctx.answer(outcome)  # publishes a new correction now; the relay covers a failure
+    return ctx.publish_and_answer(outcome)  # publishes a new correction now; the relay covers a failure

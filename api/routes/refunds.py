@@ -7,7 +7,7 @@ import logging
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
@@ -31,7 +31,6 @@ RefundStatusFilter = Literal["requested", "unknown", "pending", "succeeded", "ca
 )
 async def create_refund(
     payment_id: uuid.UUID,
-    request: Request,
     user: CurrentUser,
     key: IdempotencyKey,
     body: RefundCreate,
@@ -42,18 +41,11 @@ async def create_refund(
     refundable (``status: rejected`` with the reason on the status URL). A full refund of the
     current period's payment ends access at once; a partial one keeps it."""
     outcome = await intake.accept_refund(
-        ctx.pool,
-        ctx.settings,
-        user_id=user.user_id,
-        idem_key=key,
-        payment_id=str(payment_id),
-        request=body,
-        method=request.method,
-        path=request.url.path,
+        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body, payment_id=str(payment_id)
     )
     if outcome.message is not None:
         log.info("accepted refund command %s", outcome.message.command_id)
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.get(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
@@ -44,7 +44,6 @@ async def my_subscription(user: CurrentUser, db: DbDep, settings: SettingsDep) -
     responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def set_auto_renew(
-    request: Request,
     user: CurrentUser,
     key: IdempotencyKey,
     body: AutoRenewUpdate,
@@ -53,15 +52,9 @@ async def set_auto_renew(
     """Turn auto-renewal off (``cancel_at_period_end``: access lasts to the period end, then
     the subscription expires) or back on. Needs an ``Idempotency-Key``."""
     outcome = await intake.accept_auto_renew(
-        ctx.pool,
-        ctx.settings,
-        user_id=user.user_id,
-        idem_key=key,
-        request=body,
-        method=request.method,
-        path=request.url.path,
+        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)
 
 
 @router.post(
@@ -72,7 +65,6 @@ async def set_auto_renew(
     responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
 )
 async def change_plan(
-    request: Request,
     user: CurrentUser,
     key: IdempotencyKey,
     body: PlanChangeCreate,
@@ -85,12 +77,6 @@ async def change_plan(
     ledger (``rejected`` with the reason) without an active subscription, for the same plan,
     or with a payment in flight."""
     outcome = await intake.accept_plan_change(
-        ctx.pool,
-        ctx.settings,
-        user_id=user.user_id,
-        idem_key=key,
-        request=body,
-        method=request.method,
-        path=request.url.path,
+        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body
     )
-    return ctx.answer(outcome)
+    return ctx.publish_and_answer(outcome)

@@ -23,7 +23,7 @@ import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from api.intake import accept_payment
+from api.intake import Caller, accept_payment
 from billing.config import Settings
 from billing.processes import ManagedProcess
 from schemas.http import PaymentCreate
@@ -300,11 +300,8 @@ class ChaosRun:
         outcome = await accept_payment(
             pool,
             self.settings,
-            user_id=e.user_id,
-            idem_key=e.idem_key,
-            request=PaymentCreate(plan_id=e.plan_id, return_url=RETURN_URL),
-            method="POST",
-            path="/api/v1/payments",
+            Caller(e.user_id, e.idem_key, "POST", "/api/v1/payments"),
+            PaymentCreate(plan_id=e.plan_id, return_url=RETURN_URL),
         )
         assert outcome.status_code == 202 and outcome.message is not None, outcome
         assert outcome.body["payment_id"] == e.payment_id
