@@ -43,10 +43,10 @@ import pyarrow as pa
 from bench.common import Result, loadavg, log, print_result, ratio, workdir
 from billing.clickhouse import ClickHouseClient, connect
 from reconciler import batch
-from reconciler.matcher import MatchConfig
-from reconciler.report import PaymentLine, RefundLine, ReportLine
 from schemas.clickhouse import COLUMNS
 from schemas.money import Money
+from schemas.recon import PaymentLine, RefundLine, ReportLine
+from schemas.recon_match import MatchConfig
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE

@@ -222,7 +222,7 @@ def population(n_lines: int, seed: int, t0: int) -> Iterator[Slot]:
 
 
 def _line(slot: Slot, provider_id: str, status: str, amount: Any, created: int) -> Any:
-    from reconciler.report import PaymentLine
+    from schemas.recon import PaymentLine
 
     ok = status == "succeeded"
     return PaymentLine(
@@ -258,7 +258,7 @@ async def seed_changelog(
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from streams.ledger.agent import partition_for
+    from schemas.topics import partition_for
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -313,8 +313,7 @@ async def raw_consume(bootstrap: str, topic: str) -> dict[str, float]:
     and decodes each message (no state, no database); rates are in report lines."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from reconciler.feed import ReportBatch, decode_report
-    from schemas.recon import ReportEnvelope
+    from schemas.recon import ReportBatch, ReportEnvelope, decode_report_message
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
@@ -333,7 +332,7 @@ async def raw_consume(bootstrap: str, topic: str) -> dict[str, float]:
             for records in got.values():
                 for r in records:
                     assert r.value is not None
-                    msg = decode_report(r.value)
+                    msg = decode_report_message(r.value)
                     if isinstance(msg, ReportBatch):
                         lines += len(msg.lines)
                     elif isinstance(msg, ReportEnvelope):
@@ -354,8 +353,8 @@ async def raw_consume(bootstrap: str, topic: str) -> dict[str, float]:
 def pure_matcher(n_sample: int, seed: int, tpl: Templates) -> dict[str, float]:
     """The matcher's own cost in this process: per line, decode the report message, get the
     encoded state from a dict, decode it and ``match_line`` (``RunMemory.match``)."""
-    from reconciler.matcher import MatchConfig
     from schemas.recon import ReportEnvelope, decode_report_message, encode_report_message
+    from schemas.recon_match import MatchConfig
     from streams.reconcile.agent import RunMemory, decode_for_match
 
     table: dict[bytes, bytes] = {}
@@ -565,6 +564,7 @@ async def wait_finished(
     from psycopg import AsyncConnection
 
     from reconciler import store
+    from schemas.recon_runs import DONE_STATUSES
 
     deadline = time.monotonic() + limit_s
     last_log = time.monotonic()
@@ -575,7 +575,7 @@ async def wait_finished(
             except store.RunNotFound:  # the feeder has not recorded it yet
                 await asyncio.sleep(0.2)
                 continue
-            if status in store.DONE_STATUSES:
+            if status in DONE_STATUSES:
                 report = await store.run_report(conn, run_id)
                 cur = await conn.execute(
                     "SELECT extract(epoch FROM finished_at)::float8 FROM recon_runs"
@@ -669,8 +669,8 @@ def run(
     profile: Path | None = None,
 ) -> Result:
     from billing.kafka_local import ensure_topics
-    from reconciler.matcher import MATCH_CLASSES
     from schemas import topics as billing_topics
+    from schemas.recon_match import MATCH_CLASSES
 
     result = Result(BENCH)
     started = time.monotonic()

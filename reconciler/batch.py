@@ -39,7 +39,13 @@ from typing import Any
 import pyarrow as pa
 
 from billing.clickhouse import ClickHouse
-from reconciler.matcher import (
+from reconciler.matcher import duplicate_refund_key
+from schemas.clickhouse import COLUMNS
+from schemas.ids import observation_id_for
+from schemas.messages import PaymentObserved, RefundObserved
+from schemas.money import CURRENCY_EXPONENT, Money
+from schemas.recon import PaymentLine, ReportLine
+from schemas.recon_match import (
     AGREEING_CLASSES,
     MATCH_CLASSES,
     MatchClass,
@@ -48,13 +54,7 @@ from reconciler.matcher import (
     MatchResult,
     RepairKind,
     Summary,
-    duplicate_refund_key,
 )
-from reconciler.report import PaymentLine, ReportLine
-from schemas.clickhouse import COLUMNS
-from schemas.ids import observation_id_for
-from schemas.messages import PaymentObserved, RefundObserved
-from schemas.money import CURRENCY_EXPONENT, Money
 
 TABLE = "recon_report_lines"
 DEFAULT_CHUNK = 100_000

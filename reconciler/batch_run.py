@@ -37,11 +37,13 @@ from billing.clickhouse import ClickHouse
 from reconciler import store
 from reconciler.batch import classify, load_report
 from reconciler.feed import FeedError, ReportProvider, fetch_provider_report, import_registry
-from reconciler.matcher import MatchItem, Summary
-from reconciler.report import ReportLine
+from reconciler.repairs import repair_for
+from schemas.errors import BillingError
 from schemas.periods import ms_to_dt, now_ms
+from schemas.recon import ReportLine
+from schemas.recon_match import MatchItem, Summary
+from schemas.recon_runs import DONE_STATUSES, RunSpec
 from schemas.state import SubscriptionState
-from streams.reconcile.agent import repair_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ RECORD_CHUNK = 5_000  # items per PostgreSQL transaction
 Send = Callable[[str, bytes, bytes], Awaitable[Any]]
 
 
-class BatchRunError(Exception):
+class BatchRunError(BillingError):
     """The run cannot be executed as asked (unknown run, not a batch run, already done)."""
 
 
@@ -73,7 +75,7 @@ async def mark_batch(conn: AsyncConnection[Any], run_id: str) -> None:
         await conn.execute("UPDATE recon_runs SET engine = %s WHERE run_id = %s", (ENGINE, run_id))
 
 
-async def load_batch_run(conn: AsyncConnection[Any], run_id: str) -> store.RunSpec:
+async def load_batch_run(conn: AsyncConnection[Any], run_id: str) -> RunSpec:
     """The run to execute, refusing what is not a batch run waiting to be matched."""
     cur = await conn.execute("SELECT engine FROM recon_runs WHERE run_id = %s", (run_id,))
     row = await cur.fetchone()
@@ -82,13 +84,13 @@ async def load_batch_run(conn: AsyncConnection[Any], run_id: str) -> store.RunSp
         raise BatchRunError(f"no run {run_id}")
     if row[0] != ENGINE:
         raise BatchRunError(f"run {run_id} is a {row[0]} run")
-    if spec.status in store.DONE_STATUSES:
+    if spec.status in DONE_STATUSES:
         raise BatchRunError(f"run {run_id} is already {spec.status}")
     return spec
 
 
 async def read_report(
-    spec: store.RunSpec, *, provider: ReportProvider | None, lag_ms: int
+    spec: RunSpec, *, provider: ReportProvider | None, lag_ms: int
 ) -> list[ReportLine]:
     """The run's report: the registry file it names, or the provider's list API."""
     if spec.source == "registry":
@@ -101,7 +103,7 @@ async def read_report(
 async def execute(
     conn: AsyncConnection[Any],
     client: ClickHouse,
-    spec: store.RunSpec,
+    spec: RunSpec,
     lines: Sequence[ReportLine],
     send: Send,
     *,

@@ -60,9 +60,11 @@ from reconciler.feed import (
     new_producer,
     run_report,
 )
-from reconciler.matcher import DISCREPANCY_CLASSES, MATCH_CLASSES
 from reconciler.report import ReportError
+from schemas.errors import BillingError
 from schemas.periods import dt_to_ms, ms_to_dt, now_ms
+from schemas.recon_match import DISCREPANCY_CLASSES, MATCH_CLASSES
+from schemas.recon_runs import DONE_STATUSES, ItemRow, RunReport
 
 EXIT_OK = 0
 EXIT_UNRESOLVED = 1
@@ -72,8 +74,8 @@ POLL_S = 0.3
 CONNECT_TIMEOUT_S = 15.0
 
 
-class UsageError(Exception):
-    pass
+class UsageError(BillingError):
+    """The command line asks for something impossible (exit status 2)."""
 
 
 def parse_when(value: str, tz: Any) -> int:
@@ -241,7 +243,7 @@ async def _main(
         return _exit_code(report)
 
 
-def _exit_code(report: store.RunReport) -> int:
+def _exit_code(report: RunReport) -> int:
     if report.spec.status != "finished":
         return EXIT_INCOMPLETE
     return EXIT_UNRESOLVED if report.unresolved else EXIT_OK
@@ -343,14 +345,14 @@ async def _start_batch(
 
 async def _wait(
     conn: AsyncConnection[Any], run_id: str, wait_s: float, console: Console
-) -> store.RunReport:
+) -> RunReport:
     """Poll the run's progress (cheap: no count of its open discrepancies, which a 1 M-line
     run would pay for on every poll) until it is done; then read the whole report once."""
     status, partitions, done = await store.run_progress(conn, run_id)
     deadline = time.monotonic() + wait_s
     with _progress(console) as bar:
         task = bar.add_task("matching (partitions done)", total=partitions)
-        while status not in store.DONE_STATUSES and time.monotonic() < deadline:
+        while status not in DONE_STATUSES and time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)
             status, partitions, done = await store.run_progress(conn, run_id)
             bar.update(task, total=partitions, completed=done)
@@ -370,7 +372,7 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _summary(console: Console, report: store.RunReport) -> None:
+def _summary(console: Console, report: RunReport) -> None:
     spec = report.spec
     window = f"{_iso(spec.window_start)} .. {_iso(spec.window_end)}"
     took = f"{report.duration_ms / 1000:.1f}s" if report.duration_ms is not None else "-"
@@ -414,7 +416,7 @@ def _summary(console: Console, report: store.RunReport) -> None:
         console.print(totals)
 
 
-def _items_table(console: Console, items: list[store.ItemRow], total: int) -> None:
+def _items_table(console: Console, items: list[ItemRow], total: int) -> None:
     table = Table(title=f"Unresolved discrepancies ({len(items)} of {total})")
     for head in ("item", "subscription", "ours", "provider", "detail"):
         table.add_column(head)

@@ -43,29 +43,31 @@ from psycopg import AsyncConnection
 
 from providers.port import ProviderPayment, ProviderRefund
 from reconciler import store
-from reconciler.matcher import DEFAULT_HOLD_SLA_MS, DEFAULT_PENDING_SLA_MS
 from reconciler.report import (
-    PaymentLine,
     ReportError,
-    ReportLine,
     payment_line,
     read_registry,
     refund_line,
-    report_order,
 )
 from schemas import topics as topic_names
+from schemas.errors import BillingError
 from schemas.periods import dt_to_ms, ms_to_dt, now_ms
 from schemas.recon import (
-    END_OF_REPORT,
-    REPORT_LINE,
     EndOfReport,
+    PaymentLine,
+    ReportBatch,
     ReportEnvelope,
+    ReportLine,
+    batch_key,
     encode_report_message,
     line_key,
     marker_key,
     message_key,
+    report_order,
 )
-from streams.ledger.agent import partition_for
+from schemas.recon_match import DEFAULT_HOLD_SLA_MS, DEFAULT_PENDING_SLA_MS
+from schemas.recon_runs import RunSource, RunSpec
+from schemas.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -73,40 +75,9 @@ DEFAULT_REPORT_LAG_MS = 10 * 60_000
 Progress = Callable[[int], None]  # called with how many more objects were fetched or sent
 LINES_PER_MESSAGE = 200  # about 70 KB of JSON: far below the broker's 1 MB message limit
 MAX_MESSAGE_BYTES = 512 * 1024  # a batch this large is split (long free-text fields)
-REPORT_LINES = "lines"
 
 
 # ----------------------------------------------------------------------------- messages
-class ReportBatch(msgspec.Struct, tag_field="type", tag=REPORT_LINES, frozen=True, kw_only=True):
-    """Lines of run ``run_id`` for ``partition``, in report order: the same as that many
-    ``ReportEnvelope`` messages (each line is distinct by object and provider id, and counts
-    in the marker's ``lines_sent``). Keyed by ``batch_key``; the partition is explicit."""
-
-    run_id: str
-    partition: int
-    lines: list[ReportLine]
-
-
-AnyReportMessage = ReportEnvelope | EndOfReport | ReportBatch
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AnyReportMessage)
-assert REPORT_LINES not in (REPORT_LINE, END_OF_REPORT)
-
-
-def encode_report(msg: AnyReportMessage) -> bytes:
-    return _encoder.encode(msg)
-
-
-def decode_report(data: bytes) -> AnyReportMessage:
-    """A message of billing.provider-report: one line, lines of a partition, or a marker."""
-    return _decoder.decode(data)  # type: ignore[no-any-return]
-
-
-def batch_key(run_id: str, partition: int) -> bytes:
-    """The Kafka key of a ``ReportBatch`` (the partition is explicit; the key labels it)."""
-    return f"report-lines:{run_id}:{partition}".encode()
-
-
 def _batches(
     run_id: str, partition: int, lines: list[ReportLine], size: int
 ) -> Iterator[tuple[bytes, int]]:
@@ -114,7 +85,7 @@ def _batches(
     encoded as they are asked for."""
     for i in range(0, len(lines), size):
         chunk = lines[i : i + size]
-        value = encode_report(ReportBatch(run_id=run_id, partition=partition, lines=chunk))
+        value = encode_report_message(ReportBatch(run_id=run_id, partition=partition, lines=chunk))
         if len(value) > MAX_MESSAGE_BYTES and len(chunk) > 1:
             yield from _batches(run_id, partition, chunk, max(1, len(chunk) // 2))
         else:
@@ -135,13 +106,13 @@ class ReportProvider(Protocol):
     async def get_payment(self, provider_payment_id: str) -> ProviderPayment: ...
 
 
-class FeedError(Exception):
+class FeedError(BillingError):
     """The report could not be fetched, read or published."""
 
 
 @dataclass(frozen=True)
 class FeedResult:
-    run: store.RunSpec
+    run: RunSpec
     lines: int
     per_partition: dict[int, int]  # distinct lines sent per partition
     dropped: int  # lines repeated in the report (same object and provider id)
@@ -364,7 +335,7 @@ async def run_report(
     already (the nightly run of that day was started by someone else). On failure the run is
     recorded as failed and the error re-raised as ``FeedError``."""
     progress = progress or FeedProgress()
-    source: store.RunSource = "registry" if request.registry else "provider_api"
+    source: RunSource = "registry" if request.registry else "provider_api"
     ref = str(request.registry) if request.registry else api_url
     run = await store.create_run(
         conn,
@@ -408,7 +379,7 @@ async def run_report(
 async def publish_run(
     conn: AsyncConnection[Any],
     producer: Any,
-    run: store.RunSpec,
+    run: RunSpec,
     lines: Iterable[ReportLine],
     *,
     topic: str = topic_names.PROVIDER_REPORT,

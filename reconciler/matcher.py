@@ -15,7 +15,7 @@ Inputs
 ------
 - Ledger: ``SubscriptionState.payments`` (``PaymentRecord``) and ``.refunds``
   (``RefundRecord``).
-- Report: ``reconciler.report.PaymentLine``/``RefundLine``, the provider's objects created in
+- Report: ``schemas.recon.PaymentLine``/``RefundLine``, the provider's objects created in
   the window. The report should cover provider ``created_at`` in ``[start, end + lag)`` where
   lag covers the delay from our request to the provider's create: a ledger item requested
   just before ``end`` is otherwise judged missing.
@@ -48,7 +48,7 @@ Definitions
   provider objects under one payment id. The charge *kept* is the one the ledger recorded
   (a ledger ``succeeded`` was re-read from the provider, so it exists), else the first
   succeeded line processed (the oldest: ``reconcile`` processes lines in
-  ``report.report_order``); every other succeeded one is ``duplicate_charge``, refunded in
+  ``schemas.recon.report_order``); every other succeeded one is ``duplicate_charge``, refunded in
   full under a refund key derived from its provider id. This refunds "the later one" except
   when the ledger recorded the later one: then the unrecorded one is refunded, so the ledger
   never points at refunded money. Two charges for one period under two payment ids (a
@@ -102,105 +102,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
 
 import msgspec
 
-from reconciler.report import PaymentLine, RefundLine, ReportLine, report_order
 from schemas.ids import NS_BILLING, observation_id_for
 from schemas.messages import TERMINAL_PAYMENT_STATUSES, PaymentObserved, RefundObserved
 from schemas.money import Money
-from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
-
-MatchClass = Literal[
-    "matched",
-    "in_flight",
-    "missing_internal",
-    "status_mismatch",
-    "missing_at_provider",
-    "amount_mismatch",
-    "currency_mismatch",
-    "duplicate_charge",
-    "refund_mismatch",
-]
-MATCH_CLASSES: tuple[MatchClass, ...] = (
-    "matched",
-    "in_flight",
-    "missing_internal",
-    "status_mismatch",
-    "missing_at_provider",
-    "amount_mismatch",
-    "currency_mismatch",
-    "duplicate_charge",
-    "refund_mismatch",
+from schemas.recon import PaymentLine, RefundLine, ReportLine, report_order
+from schemas.recon_match import (
+    MATCH_CLASSES,
+    MatchClass,
+    MatchConfig,
+    MatchItem,
+    MatchResult,
+    RepairKind,
+    Summary,
 )
-# Not discrepancies: the books agree, or the item is still in flight within the SLA.
-AGREEING_CLASSES: frozenset[str] = frozenset({"matched", "in_flight"})
-DISCREPANCY_CLASSES: frozenset[str] = frozenset(MATCH_CLASSES) - AGREEING_CLASSES
-
-RepairKind = Literal["none", "apply_provider_status", "refund_later_duplicate", "escalate"]
-
-# Beyond the ledger's longest re-drive backoff (1 h) with room for the user's 3-DS step.
-DEFAULT_PENDING_SLA_MS = 2 * 3_600_000
-# A two-stage payment may be held for days: the ledger releases a hold after its hold_ms
-# (6 days); YooKassa cancels a card hold after 7.
-DEFAULT_HOLD_SLA_MS = 7 * 24 * 3_600_000
-
-
-@dataclass(frozen=True)
-class MatchConfig:
-    """What the matcher is not told by its inputs. All times epoch ms UTC."""
-
-    window_start: int
-    window_end: int
-    now: int
-    pending_sla_ms: int = DEFAULT_PENDING_SLA_MS
-    hold_sla_ms: int = DEFAULT_HOLD_SLA_MS
-
-    def __post_init__(self) -> None:
-        if self.window_start >= self.window_end:
-            raise ValueError("empty window: window_start must be before window_end")
-        if self.pending_sla_ms < 0 or self.hold_sla_ms < 0:
-            raise ValueError("an SLA must not be negative")
-
-    def in_window(self, at: int) -> bool:
-        return self.window_start <= at < self.window_end
-
-    def overdue(self, since: int, *, held: bool = False) -> bool:
-        """In flight for at least the SLA (the hold SLA for a payment held for capture)."""
-        return self.now - since >= (self.hold_sla_ms if held else self.pending_sla_ms)
+from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 
 
 def _payment_overdue(cfg: MatchConfig, rec: PaymentRecord, theirs: str | None) -> bool:
     held = "waiting_for_capture" in (rec.status, theirs)
     since = rec.held_at if held and rec.held_at is not None else rec.requested_at
     return cfg.overdue(since, held=held)
-
-
-class MatchItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One classified object. ``kind`` is the class; ``ours_*`` is the ledger object (absent
-    when the ledger has none for this provider object) and ``theirs_*`` the provider's
-    (absent when the provider never reported it)."""
-
-    kind: MatchClass
-    object: Literal["payment", "refund"]
-    subscription_id: str | None
-    payment_id: str | None
-    refund_id: str | None = None
-    provider_id: str | None
-    ours_status: str | None
-    theirs_status: str | None
-    ours_amount: Money | None
-    theirs_amount: Money | None
-    repair: RepairKind
-    observation: PaymentObserved | RefundObserved | None = None
-    refund_key: str | None = None
-    detail: str = ""
-
-    @property
-    def discrepancy(self) -> bool:
-        return self.kind in DISCREPANCY_CLASSES
 
 
 class SubscriptionRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,25 +136,6 @@ class SubscriptionRun(msgspec.Struct, frozen=True, kw_only=True):
     accounted_refunds: frozenset[str] = frozenset()  # ledger refund ids likewise
     bound: dict[str, str] = {}  # payment id -> provider object standing for it
     kept: dict[str, str] = {}  # payment id -> the succeeded charge kept (not yet recorded)
-
-
-class Summary(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts per class (every class present) and succeeded totals per currency."""
-
-    counts: dict[str, int]
-    payments_ours: dict[str, Money]
-    payments_theirs: dict[str, Money]
-    refunds_ours: dict[str, Money]
-    refunds_theirs: dict[str, Money]
-
-    @property
-    def discrepancies(self) -> int:
-        return sum(n for kind, n in self.counts.items() if kind in DISCREPANCY_CLASSES)
-
-
-class MatchResult(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[MatchItem]
-    summary: Summary
 
 
 def duplicate_refund_key(provider_payment_id: str) -> str:

@@ -1,15 +1,12 @@
-"""Provider report lines: the contract between whatever reads the provider's books (the list
-API, a registry file) and the matcher. Pure: no I/O; the CSV reader takes an iterable of text
-lines.
+"""Reading provider reports into report lines (``schemas.recon.PaymentLine``/``RefundLine``):
+from the list API's objects, or from a registry file. Pure: no I/O; the CSV reader takes an
+iterable of text lines.
 
 A report is the provider's payments and refunds created in a window. Each line carries our
-ids from the metadata we sent at create (``subscription_id`` is the Kafka key of the line on
-``billing.provider-report``). YooKassa refunds carry only ``metadata.refund_id`` and the
-provider payment id unless we add ours at create, so the feeder resolves a refund's
+ids from the metadata we sent at create. YooKassa refunds carry only ``metadata.refund_id``
+and the provider payment id unless we add ours at create, so the feeder resolves a refund's
 ``subscription_id``/``payment_id`` from the payment it refunds (a payment line of the same
 report, or a re-read) when the refund's metadata lacks them.
-
-Times are epoch milliseconds UTC, like every message. Amounts are ``Money``.
 
 Registry file (CSV, UTF-8, comma-separated, header row required, column order free, extra
 columns ignored, empty cell = absent):
@@ -40,83 +37,22 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Literal, Protocol
-
-import msgspec
+from typing import Protocol
 
 from providers.port import ProviderPayment
-from schemas.messages import ProviderStatus
+from schemas.errors import BillingError
 from schemas.money import Money, MoneyError
-
-RefundStatus = Literal["pending", "succeeded", "canceled"]
-PAYMENT_STATUSES: frozenset[str] = frozenset(
-    {"pending", "waiting_for_capture", "succeeded", "canceled"}
+from schemas.recon import (
+    PAYMENT_STATUSES,
+    REFUND_STATUSES,
+    PaymentLine,
+    RefundLine,
+    ReportLine,
 )
-REFUND_STATUSES: frozenset[str] = frozenset({"pending", "succeeded", "canceled"})
-
-
-class PaymentLine(msgspec.Struct, tag_field="object", tag="payment", frozen=True, kw_only=True):
-    """One provider payment as the report saw it."""
-
-    provider_payment_id: str
-    status: ProviderStatus
-    amount: Money
-    paid: bool = False
-    created_at: int | None = None
-    subscription_id: str | None = None
-    payment_id: str | None = None
-    user_id: str | None = None
-    cancellation_party: str | None = None
-    cancellation_reason: str | None = None
-    payment_method_id: str | None = None
-    payment_method_saved: bool = False
-
-
-class RefundLine(msgspec.Struct, tag_field="object", tag="refund", frozen=True, kw_only=True):
-    """One provider refund as the report saw it."""
-
-    provider_refund_id: str
-    provider_payment_id: str
-    status: RefundStatus
-    amount: Money
-    created_at: int | None = None
-    subscription_id: str | None = None
-    payment_id: str | None = None
-    refund_id: str | None = None
-    cancellation_reason: str | None = None
-
-
-ReportLine = PaymentLine | RefundLine
-
-
-def provider_id_of(line: ReportLine) -> str:
-    """The provider's id of the object a line describes (payment or refund)."""
-    return line.provider_payment_id if isinstance(line, PaymentLine) else line.provider_refund_id
-
-
-def report_order(line: ReportLine) -> tuple[int, str, str]:
-    """Oldest first, then by object and id: the order the batch matcher processes a report
-    in. A feeder that wants the streaming path to agree with the batch on which of two
-    charges is "the later one" publishes each subscription's lines in this order."""
-    created = line.created_at if line.created_at is not None else -1
-    return created, type(line).__name__, provider_id_of(line)
-
-
-# ------------------------------------------------------------------------------ encoding
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ReportLine)
-
-
-def encode_line(line: ReportLine) -> bytes:
-    return _encoder.encode(line)
-
-
-def decode_line(data: bytes) -> ReportLine:
-    return _decoder.decode(data)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- conversion
-class ReportError(ValueError):
+class ReportError(BillingError, ValueError):
     """A report line that cannot be read; for a registry, ``row`` is its 1-based line."""
 
     def __init__(self, message: str, *, row: int | None = None) -> None:

@@ -32,36 +32,39 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from reconciler.matcher import (
-    DEFAULT_HOLD_SLA_MS,
-    DEFAULT_PENDING_SLA_MS,
-    MATCH_CLASSES,
-    MatchConfig,
-    MatchItem,
-    Summary,
-    summarize,
-)
+from reconciler.matcher import summarize
+from schemas.errors import BillingError
 from schemas.ids import observation_id_for
 from schemas.messages import PaymentObserved, RefundObserved
 from schemas.money import Money
 from schemas.periods import dt_to_ms, ms_to_dt
+from schemas.recon_match import (
+    AUTO_REPAIRS,
+    DEFAULT_HOLD_SLA_MS,
+    DEFAULT_PENDING_SLA_MS,
+    MATCH_CLASSES,
+    RECONCILER_ACTOR,
+    MatchConfig,
+    MatchItem,
+    Summary,
+)
+from schemas.recon_runs import (
+    ADMIN_RESOLUTIONS,
+    AdminResolution,
+    ItemRow,
+    RunReport,
+    RunSource,
+    RunSpec,
+)
 
-RunSource = Literal["provider_api", "registry"]
-RunStatus = Literal["feeding", "matching", "finished", "incomplete", "failed"]
-AdminResolution = Literal["accept_provider", "accept_ours", "write_off"]
-ADMIN_RESOLUTIONS: tuple[str, ...] = get_args(AdminResolution)
-AUTO_REPAIRS: frozenset[str] = frozenset({"apply_provider_status", "refund_later_duplicate"})
-RECONCILER_ACTOR = "reconciler"
-DONE_STATUSES: frozenset[str] = frozenset({"finished", "incomplete", "failed"})
 
-
-class StoreError(Exception):
+class StoreError(BillingError):
     """Root of the store's refusals (an admin endpoint maps them to 4xx)."""
 
 
@@ -87,87 +90,6 @@ class AlreadyResolved(StoreError):
 
 
 # ------------------------------------------------------------------------------ records
-@dataclass(frozen=True)
-class RunSpec:
-    """What a run is: the matcher's parameters, its source and where it stands."""
-
-    run_id: str
-    window_start: int
-    window_end: int
-    taken_at: int
-    pending_sla_ms: int
-    hold_sla_ms: int
-    source: str
-    source_ref: str
-    trigger: str
-    status: str
-    partitions: int | None
-
-    def match_config(self) -> MatchConfig:
-        return MatchConfig(
-            window_start=self.window_start,
-            window_end=self.window_end,
-            now=self.taken_at,
-            pending_sla_ms=self.pending_sla_ms,
-            hold_sla_ms=self.hold_sla_ms,
-        )
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """A run as the CLI and the console show it; ``unresolved`` and ``partitions_done`` are
-    live (read now), the rest as recorded when the run finished."""
-
-    spec: RunSpec
-    lines: int
-    partitions_done: int
-    incomplete_partitions: int
-    counts: dict[str, int]
-    totals: dict[str, dict[str, str]]
-    discrepancies: int
-    new_discrepancies: int
-    unresolved: int
-    started_at: datetime
-    fed_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: int | None
-    error: str | None
-
-    @property
-    def done(self) -> bool:
-        return self.spec.status in DONE_STATUSES
-
-
-@dataclass(frozen=True)
-class ItemRow:
-    """One discrepancy (or agreeing item) across runs, with its resolution."""
-
-    item_key: str
-    object: str
-    kind: str
-    discrepancy: bool
-    subscription_id: str | None
-    payment_id: str | None
-    refund_id: str | None
-    provider_id: str | None
-    ours_status: str | None
-    theirs_status: str | None
-    ours_amount: Money | None
-    theirs_amount: Money | None
-    repair: str
-    refund_key: str | None
-    detail: str
-    first_run_id: str
-    last_run_id: str
-    first_seen_at: datetime
-    last_seen_at: datetime
-    repaired_at: datetime | None
-    resolution: str | None
-    resolved_by: str | None
-    resolved_at: datetime | None
-    note: str
-
-
 @dataclass(frozen=True)
 class Resolved:
     """The outcome of ``resolve``. ``follow_up``: for ``accept_provider`` where the ledger can

@@ -9,12 +9,14 @@ from decimal import Decimal, InvalidOperation
 
 import msgspec
 
+from schemas.errors import BillingError
+
 # Minor-unit exponents of the currencies we accept. Unknown currencies are refused rather
 # than guessed: a wrong exponent is a hundredfold billing error.
 CURRENCY_EXPONENT: dict[str, int] = {"RUB": 2, "USD": 2, "EUR": 2, "KZT": 2, "BYN": 2}
 
 
-class MoneyError(ValueError):
+class MoneyError(BillingError, ValueError):
     """A money value that cannot be represented exactly."""
 
 

@@ -33,14 +33,15 @@ from api.deps import (
     JsonBody,
     get_admin_user,
 )
-from api.errors import Conflict, NotFound, Unprocessable
+from api.errors import ApiError, Conflict, NotFound, Unprocessable
 from billing.config import Settings
 from reconciler import store
-from reconciler.matcher import MatchClass
 from schemas.http import MoneyOut, Reason, error_responses
 from schemas.messages import PaymentObserved, RefundObserved, encode
 from schemas.money import Money
 from schemas.periods import ms_to_dt, now_ms
+from schemas.recon_match import MatchClass
+from schemas.recon_runs import ItemRow, ItemView, RunReport
 from schemas.topics import PROVIDER_EVENTS
 
 log = logging.getLogger(__name__)
@@ -56,19 +57,20 @@ WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 MAX_RUNS_PAGE = 50
 
 
-class DiscrepancyNotFound(NotFound):
-    code = "discrepancy_not_found"
-    message = "no such discrepancy"
-
-
-class NotADiscrepancy(Unprocessable):
-    code = "not_a_discrepancy"
-    message = "this item agrees with the provider (or is in flight): nothing to resolve"
-
-
-class AlreadyResolved(Conflict):
-    code = "already_resolved"
-    message = "an admin already decided this discrepancy otherwise"
+def refusal(exc: store.StoreError) -> ApiError:
+    """The store's refusal of a decision as the API answers it (clients branch on ``code``)."""
+    if isinstance(exc, store.NotADiscrepancy):
+        return Unprocessable(
+            "this item agrees with the provider (or is in flight): nothing to resolve",
+            code="not_a_discrepancy",
+        )
+    if isinstance(exc, store.AlreadyResolved):
+        return Conflict(
+            "an admin already decided this discrepancy otherwise",
+            code="already_resolved",
+            details={"resolution": exc.resolution, "resolved_by": exc.resolved_by},
+        )
+    return NotFound("no such discrepancy", code="discrepancy_not_found")
 
 
 class CorrectionImpossible(Unprocessable):
@@ -104,7 +106,7 @@ class RunOut(BaseModel):
     error: str | None
 
     @classmethod
-    def of(cls, r: store.RunReport) -> RunOut:
+    def of(cls, r: RunReport) -> RunOut:
         s = r.spec
         return cls(
             run_id=s.run_id,
@@ -141,62 +143,14 @@ def _money(m: Money | None) -> MoneyOut | None:
     return MoneyOut.of(m.amount_minor, m.currency) if m is not None else None
 
 
-class DiscrepancyOut(BaseModel):
-    item_key: str
-    object: str = Field(description="payment | refund")
-    kind: str
-    discrepancy: bool
-    subscription_id: str | None
-    payment_id: str | None
-    refund_id: str | None
-    provider_id: str | None
-    ours_status: str | None
-    theirs_status: str | None
-    ours_amount: MoneyOut | None
-    theirs_amount: MoneyOut | None
-    repair: str = Field(
-        description="none | apply_provider_status | refund_later_duplicate | escalate"
-    )
-    detail: str
-    first_run_id: str
-    last_run_id: str
-    first_seen_at: datetime
-    last_seen_at: datetime
-    repaired_at: datetime | None
-    resolution: str | None = Field(
-        description="null: open; repaired (by the reconciler) or an admin's accept_provider,"
-        " accept_ours, write_off"
-    )
-    resolved_by: str | None
-    resolved_at: datetime | None
-    note: str
-
+# An item (schemas.recon_runs.ItemView) with its amounts as the API shows money. No
+# docstring: it would become the schema's description in the OpenAPI document.
+class DiscrepancyOut(ItemView[MoneyOut]):
     @classmethod
-    def of(cls, i: store.ItemRow) -> DiscrepancyOut:
+    def of(cls, i: ItemRow) -> DiscrepancyOut:
+        fields = i.model_dump(exclude={"refund_key", "ours_amount", "theirs_amount"})
         return cls(
-            item_key=i.item_key,
-            object=i.object,
-            kind=i.kind,
-            discrepancy=i.discrepancy,
-            subscription_id=i.subscription_id,
-            payment_id=i.payment_id,
-            refund_id=i.refund_id,
-            provider_id=i.provider_id,
-            ours_status=i.ours_status,
-            theirs_status=i.theirs_status,
-            ours_amount=_money(i.ours_amount),
-            theirs_amount=_money(i.theirs_amount),
-            repair=i.repair,
-            detail=i.detail,
-            first_run_id=i.first_run_id,
-            last_run_id=i.last_run_id,
-            first_seen_at=i.first_seen_at,
-            last_seen_at=i.last_seen_at,
-            repaired_at=i.repaired_at,
-            resolution=i.resolution,
-            resolved_by=i.resolved_by,
-            resolved_at=i.resolved_at,
-            note=i.note,
+            **fields, ours_amount=_money(i.ours_amount), theirs_amount=_money(i.theirs_amount)
         )
 
 
@@ -378,14 +332,8 @@ async def resolve(
                 note=body.reason,
                 at=now_ms(),
             )
-        except store.ItemNotFound as exc:
-            raise DiscrepancyNotFound() from exc
-        except store.NotADiscrepancy as exc:
-            raise NotADiscrepancy() from exc
-        except store.AlreadyResolved as exc:
-            raise AlreadyResolved(
-                details={"resolution": exc.resolution, "resolved_by": exc.resolved_by}
-            ) from exc
+        except (store.ItemNotFound, store.NotADiscrepancy, store.AlreadyResolved) as exc:
+            raise refusal(exc) from exc
         follow_up = resolved.follow_up
         message = None
         if follow_up is not None:

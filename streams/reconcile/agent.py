@@ -8,7 +8,7 @@ that partition in the table (what the ledger has in the window that the provider
 reported), then the partition is recorded done; the agent that records the last partition of
 a run finishes it (summary from the stored items).
 
-The lines of a partition usually come many to a message (``reconciler.feed.ReportBatch``);
+The lines of a partition usually come many to a message (``schemas.recon.ReportBatch``);
 a single ``ReportEnvelope`` per line is read as well. Faust's cost is per message (a few
 hundred microseconds of its own), so one message per line capped a run at about 2,000 lines
 a second on the development machine.
@@ -18,14 +18,12 @@ in one transaction: discrepancies (and in-flight items) as upserts keyed across 
 linked to the run, ``matched`` items only counted in the (run, partition) tally. The tally
 keeps the last offset of the partition recorded, so a message processed again (a replay
 after a crash or a rebalance, here or in the partition's next owner) records nothing twice.
-Repairs are published where the ledger takes them: ``apply_provider_status`` as the item's
-observation (``source="reconciliation"``) on billing.provider-events,
-``refund_later_duplicate`` as a ``RefundPayment`` command on billing.commands
-(``actor="reconciler"``), both keyed by the subscription. Items are written before repairs
-are sent, and Faust flushes sends before it commits the input offset, so a crash replays at
-most, and a replay is harmless: repairs are sent again even for a message already recorded
-(observation ids and refund keys are derived from the provider object, the refund's command
-id from the refund key, whatever the run).
+Repairs are published where the ledger takes them (``reconciler.repairs.repair_for``: an
+observation on billing.provider-events or a ``RefundPayment`` command on billing.commands,
+keyed by the subscription). Items are written before repairs are sent, and Faust flushes
+sends before it commits the input offset, so a crash replays at most, and a replay is
+harmless: repairs are sent again even for a message already recorded (their ids are derived
+from the provider object, whatever the run).
 
 The ledger state of a line is decoded with only what the matcher and the repairs read
 (``decode_for_match``: ids, payments, refunds), not the events the state keeps for replays.
@@ -60,16 +58,23 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from reconciler import store
-from reconciler.feed import ReconSettings, ReportBatch, decode_report, run_nightly
-from reconciler.matcher import MatchConfig, MatchItem, SubscriptionRun, end_of_report, match_line
-from reconciler.report import ReportLine
+from reconciler.feed import ReconSettings, run_nightly
+from reconciler.matcher import SubscriptionRun, end_of_report, match_line
+from reconciler.repairs import Repair, repair_for
 from schemas import topics as topic_names
-from schemas.ids import derived_id
-from schemas.messages import DecodeError, RefundPayment, ValidationError, encode
+from schemas.messages import DecodeError, ValidationError
 from schemas.periods import now_ms
-from schemas.recon import EndOfReport, message_key
+from schemas.recon import (
+    EndOfReport,
+    ReportBatch,
+    ReportLine,
+    decode_report_message,
+    message_key,
+)
+from schemas.recon_match import MatchConfig, MatchItem
+from schemas.recon_runs import RunSpec
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
-from streams.ledger.agent import partition_for
+from schemas.topics import partition_for
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -237,45 +242,6 @@ class RunMemory:
         self.settled = {k: v for k, v in self.settled.items() if k[0] not in stale}
 
 
-# ------------------------------------------------------------------------------ repairs
-@dataclass(frozen=True)
-class Repair:
-    topic: str  # schemas.topics name
-    key: bytes
-    value: bytes
-
-
-def repair_for(item: MatchItem, state: SubscriptionState | None, now: int) -> Repair | None:
-    """The message that carries out an item's repair, or None (nothing to do, escalated)."""
-    if item.subscription_id is None:
-        return None
-    key = item.subscription_id.encode()
-    if item.repair == "apply_provider_status" and item.observation is not None:
-        return Repair(topic_names.PROVIDER_EVENTS, key, encode(item.observation))
-    if item.repair == "refund_later_duplicate":
-        if (
-            state is None
-            or item.refund_key is None
-            or item.payment_id is None
-            or item.theirs_amount is None
-        ):
-            return None
-        command = RefundPayment(
-            command_id=derived_id(item.refund_key, "reconciliation-refund"),
-            subscription_id=item.subscription_id,
-            issued_at=now,
-            user_id=state.user_id,
-            refund_id=item.refund_key,
-            payment_id=item.payment_id,
-            amount=item.theirs_amount,
-            reason=f"duplicate charge {item.provider_id} (reconciliation)",
-            actor=store.RECONCILER_ACTOR,
-            duplicate_of_provider_id=item.provider_id,
-        )
-        return Repair(topic_names.COMMANDS, key, encode(command))
-    return None
-
-
 # -------------------------------------------------------------------------------- agent
 @dataclass
 class _Batch:
@@ -310,7 +276,7 @@ class Reconciler:
         self.partitions = partitions
         self.memory = RunMemory()
         self._partition_of: dict[bytes, int] = {}  # murmur2 in Python is slow: once per key
-        self.runs: dict[str, store.RunSpec | None] = {}
+        self.runs: dict[str, RunSpec | None] = {}
         self._configs: dict[str, MatchConfig] = {}
         self.lines_matched = 0  # this process, all runs (for figures)
 
@@ -337,7 +303,7 @@ class Reconciler:
             await asyncio.sleep(delay)
             delay = min(delay * 2, DB_RETRY_MAX_S)
 
-    async def _run(self, run_id: str) -> store.RunSpec | None:
+    async def _run(self, run_id: str) -> RunSpec | None:
         if run_id not in self.runs:
             spec = await self._db("load run", lambda c: store.load_run(c, run_id))
             if spec is None:
@@ -354,7 +320,7 @@ class Reconciler:
         runs = self.runs
         for partition, offset, value in messages:
             try:
-                msg = decode_report(value)
+                msg = decode_report_message(value)
             except (DecodeError, ValidationError) as exc:
                 log.error("reconcile: undecodable report message on %s: %s", partition, exc)
                 continue
@@ -390,7 +356,7 @@ class Reconciler:
 
     def _match(
         self,
-        spec: store.RunSpec,
+        spec: RunSpec,
         partition: int,
         offset: int,
         lines: Sequence[ReportLine],
@@ -459,7 +425,7 @@ class Reconciler:
                 log.exception("reconcile: unreadable ledger state %r", key)
                 unreadable.append(key)
 
-    async def _end(self, spec: store.RunSpec, marker: EndOfReport, offset: int, now: int) -> None:
+    async def _end(self, spec: RunSpec, marker: EndOfReport, offset: int, now: int) -> None:
         run_id, partition = spec.run_id, marker.partition
         unreadable: list[bytes] = []
         items, complete = self.memory.end(

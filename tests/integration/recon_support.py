@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from reconciler.matcher import MatchConfig
-from reconciler.report import PaymentLine, RefundLine, ReportLine
 from schemas.messages import PaymentRequest, PaymentStatus, RefundRequest
 from schemas.money import Money
+from schemas.recon import PaymentLine, RefundLine, ReportLine
+from schemas.recon_match import MatchConfig
 from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 
 HOUR = 3_600_000

@@ -23,11 +23,11 @@ from api.publisher import KafkaPublisher
 from api.relay import relay_once
 from billing.kafka_local import KafkaBroker
 from reconciler import store
-from reconciler.matcher import MatchItem
 from schemas.ids import command_id_for, observation_id_for, payment_id_for, subscription_id_for
 from schemas.messages import PaymentObserved, PaySubscription, decode_provider_event, encode
 from schemas.money import Money
 from schemas.periods import now_ms
+from schemas.recon_match import MatchItem
 from schemas.state import SubscriptionState
 from schemas.topics import PROVIDER_EVENTS
 from streams.ledger.machine import LedgerInput, Policy, decide

@@ -33,15 +33,7 @@ import pytest
 
 from billing.clickhouse import ClickHouseClient, connect, embedded_dir
 from reconciler import batch
-from reconciler.matcher import (
-    AGREEING_CLASSES,
-    MATCH_CLASSES,
-    MatchConfig,
-    MatchItem,
-    MatchResult,
-    reconcile,
-)
-from reconciler.report import PaymentLine, RefundLine, ReportLine
+from reconciler.matcher import reconcile
 from schemas.messages import (
     Event,
     PaymentCanceled,
@@ -64,6 +56,14 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import CURRENCY_EXPONENT, Money
+from schemas.recon import PaymentLine, RefundLine, ReportLine
+from schemas.recon_match import (
+    AGREEING_CLASSES,
+    MATCH_CLASSES,
+    MatchConfig,
+    MatchItem,
+    MatchResult,
+)
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 from streams.ledger.machine import evolve
 from streams.sinks.clickhouse import rows_from_events, write_rows

@@ -16,8 +16,8 @@ from psycopg import AsyncConnection
 from analytics import recon
 from billing.clickhouse import ClickHouseClient, connect, embedded_dir
 from reconciler import store
-from reconciler.matcher import DISCREPANCY_CLASSES
 from schemas.money import Money
+from schemas.recon_match import DISCREPANCY_CLASSES
 from streams.recon_history import sync_recon
 from tests.integration.test_reconcile_store import NOW, W0, day_items, record_run
 

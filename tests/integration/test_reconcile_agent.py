@@ -30,8 +30,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess
 from reconciler import feed, store
-from reconciler.matcher import MATCH_CLASSES, MatchConfig
-from reconciler.report import ReportLine
 from schemas import topics
 from schemas.ids import derived_id
 from schemas.messages import (
@@ -43,7 +41,15 @@ from schemas.messages import (
 )
 from schemas.money import Money
 from schemas.periods import now_ms
-from schemas.recon import EndOfReport, ReportEnvelope, encode_report_message
+from schemas.recon import (
+    EndOfReport,
+    ReportBatch,
+    ReportEnvelope,
+    ReportLine,
+    encode_report_message,
+)
+from schemas.recon_match import MATCH_CLASSES, MatchConfig
+from schemas.recon_runs import RunReport
 from tests.integration.recon_support import payment_line, refund_line, uid
 
 pytestmark = pytest.mark.integration
@@ -256,7 +262,7 @@ async def start_run(
 
 async def wait_done(
     conn: psycopg.AsyncConnection[Any], run_id: str, wait_s: float = 90
-) -> store.RunReport:
+) -> RunReport:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         report = await store.run_report(conn, run_id)
@@ -520,7 +526,7 @@ async def test_a_replay_here_or_in_the_next_owner_records_nothing_twice(
         encode_report_message(ReportEnvelope(run_id=run.run_id, line=line)) for line in lines
     ]
     batches = [
-        feed.encode_report(feed.ReportBatch(run_id=run.run_id, partition=0, lines=lines[i : i + 4]))
+        encode_report_message(ReportBatch(run_id=run.run_id, partition=0, lines=lines[i : i + 4]))
         for i in range(0, len(lines), 4)
     ]
     marker = encode_report_message(

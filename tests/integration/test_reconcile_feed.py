@@ -20,18 +20,24 @@ from psycopg import AsyncConnection
 from billing.kafka_local import KafkaBroker, ensure_topics
 from providers.yookassa_adapter import YooKassaProvider
 from reconciler import feed, store
-from reconciler.report import (
-    PaymentLine,
-    RefundLine,
-    ReportError,
-    ReportLine,
-    iso_to_ms,
-    report_order,
-)
+from reconciler.report import ReportError, iso_to_ms
 from schemas.messages import PaymentRequest
 from schemas.money import Money
-from schemas.recon import EndOfReport, ReportEnvelope, message_key
-from streams.ledger.agent import partition_for
+from schemas.recon import (
+    EndOfReport,
+    PaymentLine,
+    RefundLine,
+    ReportBatch,
+    ReportEnvelope,
+    ReportLine,
+    ReportMessage,
+    batch_key,
+    decode_report_message,
+    encode_report_message,
+    message_key,
+    report_order,
+)
+from schemas.topics import partition_for
 from tests.fixtures.emulator import EmulatorHandle
 from tests.integration.recon_support import payment_line, refund_line, uid
 
@@ -81,7 +87,7 @@ async def producer(kafka_broker: KafkaBroker) -> AsyncIterator[Any]:
         await p.stop()
 
 
-async def consume(bootstrap: str, topic: str) -> dict[int, list[feed.AnyReportMessage]]:
+async def consume(bootstrap: str, topic: str) -> dict[int, list[ReportMessage]]:
     """Every message of the topic, per partition, in order; each keyed as the feeder keys it:
     a line by its subscription, a batch by its run and partition (the one it is on)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -91,7 +97,7 @@ async def consume(bootstrap: str, topic: str) -> dict[int, list[feed.AnyReportMe
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        out: dict[int, list[feed.AnyReportMessage]] = {p: [] for p in range(PARTITIONS)}
+        out: dict[int, list[ReportMessage]] = {p: [] for p in range(PARTITIONS)}
 
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in tps])
@@ -101,11 +107,11 @@ async def consume(bootstrap: str, topic: str) -> dict[int, list[feed.AnyReportMe
             for tp, records in batch.items():
                 for r in records:
                     assert r.key is not None and r.value is not None
-                    msg = feed.decode_report(r.value)
+                    msg = decode_report_message(r.value)
                     if isinstance(msg, ReportEnvelope):
                         assert r.key == message_key(msg.line)
-                    if isinstance(msg, feed.ReportBatch):
-                        assert r.key == feed.batch_key(msg.run_id, tp.partition)
+                    if isinstance(msg, ReportBatch):
+                        assert r.key == batch_key(msg.run_id, tp.partition)
                         assert msg.partition == tp.partition and msg.lines
                     out[tp.partition].append(msg)
         return out
@@ -114,7 +120,7 @@ async def consume(bootstrap: str, topic: str) -> dict[int, list[feed.AnyReportMe
 
 
 def check_published(
-    messages: dict[int, list[feed.AnyReportMessage]],
+    messages: dict[int, list[ReportMessage]],
     run_id: str,
     lines: list[ReportLine],
     *,
@@ -131,7 +137,7 @@ def check_published(
             if isinstance(m, ReportEnvelope):
                 assert not batched
                 body.append(m.line)
-            elif isinstance(m, feed.ReportBatch):
+            elif isinstance(m, ReportBatch):
                 assert batched
                 body.extend(m.lines)
             else:
@@ -361,10 +367,10 @@ async def test_one_line_per_message_and_large_batches_split(
     check_published(messages, one, lines, batched=False)
     check_published(messages, many, wordy)
     sizes = [
-        len(feed.encode_report(m))
+        len(encode_report_message(m))
         for msgs in messages.values()
         for m in msgs
-        if isinstance(m, feed.ReportBatch) and m.run_id == many
+        if isinstance(m, ReportBatch) and m.run_id == many
     ]
     assert len(sizes) > PARTITIONS and max(sizes) <= feed.MAX_MESSAGE_BYTES
 

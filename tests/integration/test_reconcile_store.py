@@ -15,9 +15,11 @@ import pytest
 from psycopg import AsyncConnection
 
 from reconciler import store
-from reconciler.matcher import MatchItem, reconcile, summarize
+from reconciler.matcher import reconcile, summarize
 from schemas.messages import PaymentObserved, RefundObserved
 from schemas.periods import dt_to_ms
+from schemas.recon_match import MatchItem
+from schemas.recon_runs import RunSpec
 from tests.integration.recon_support import HOUR, Day, make_day
 
 pytestmark = pytest.mark.integration
@@ -38,7 +40,7 @@ async def new_run(
     window_start: int = W0,
     window_end: int = W0 + 24 * HOUR,
     **kw: Any,
-) -> store.RunSpec:
+) -> RunSpec:
     spec = await store.create_run(
         conn,
         run_id=str(uuid.uuid4()),
@@ -55,7 +57,7 @@ async def new_run(
 
 async def record_run(
     conn: AsyncConnection[Any], items: list[MatchItem], partitions: int = 2, taken_at: int = NOW
-) -> store.RunSpec:
+) -> RunSpec:
     """A run that found ``items``, spread over ``partitions``, every partition done."""
     run = await new_run(conn, taken_at=taken_at)
     await store.start_feeding(conn, run.run_id, lines=len(items), partitions=partitions)
@@ -353,7 +355,7 @@ async def test_list_runs_newest_first_with_live_counts(conn: AsyncConnection[Any
 
 
 # ----------------------------------------------------------------------------- progress
-async def finish(conn: AsyncConnection[Any], run: store.RunSpec, partitions: int) -> None:
+async def finish(conn: AsyncConnection[Any], run: RunSpec, partitions: int) -> None:
     for p in range(partitions):
         await store.mark_partition_done(
             conn, run.run_id, p, lines_sent=1, lines_matched=1, complete=True, items=0, at=NOW

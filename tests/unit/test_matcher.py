@@ -14,10 +14,6 @@ import pytest
 
 from providers.port import ProviderPayment
 from reconciler.matcher import (
-    DISCREPANCY_CLASSES,
-    MATCH_CLASSES,
-    MatchConfig,
-    MatchItem,
     SubscriptionRun,
     duplicate_refund_key,
     end_of_report,
@@ -25,17 +21,11 @@ from reconciler.matcher import (
     reconcile,
 )
 from reconciler.report import (
-    PaymentLine,
-    RefundLine,
     ReportError,
-    ReportLine,
-    decode_line,
-    encode_line,
     iso_to_ms,
     payment_line,
     read_registry,
     refund_line,
-    report_order,
 )
 from schemas.ids import observation_id_for
 from schemas.messages import (
@@ -47,6 +37,15 @@ from schemas.messages import (
 )
 from schemas.money import Money
 from schemas.periods import dt_to_ms
+from schemas.recon import (
+    PaymentLine,
+    RefundLine,
+    ReportLine,
+    decode_line,
+    encode_line,
+    report_order,
+)
+from schemas.recon_match import DISCREPANCY_CLASSES, MATCH_CLASSES, MatchConfig, MatchItem
 from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 
 HOUR = 3_600_000
@@ -745,7 +744,8 @@ def test_registry_paid_defaults_to_succeeded_and_can_be_given() -> None:
 
 
 def test_end_of_report_does_not_judge_items_requested_after_the_report_was_taken() -> None:
-    from reconciler.matcher import MatchConfig, end_of_report
+    from reconciler.matcher import end_of_report
+    from schemas.recon_match import MatchConfig
     from tests.factories import T0, active
 
     state = active()  # one succeeded payment requested at T0, never reported

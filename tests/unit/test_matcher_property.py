@@ -19,16 +19,15 @@ import msgspec
 import pytest
 
 from reconciler.matcher import (
-    MatchConfig,
-    MatchItem,
     SubscriptionRun,
     end_of_report,
     match_line,
     reconcile,
 )
-from reconciler.report import PaymentLine, RefundLine, ReportLine, provider_id_of
 from schemas.messages import PaymentRequest, PaymentStatus, RefundRequest
 from schemas.money import CURRENCY_EXPONENT, Money
+from schemas.recon import PaymentLine, RefundLine, ReportLine, provider_id_of
+from schemas.recon_match import MatchConfig, MatchItem
 from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 
 HOUR = 3_600_000

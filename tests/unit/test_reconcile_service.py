@@ -14,8 +14,8 @@ import pytest
 from billing.config import Settings
 from reconciler import cli
 from reconciler.feed import FeedError, ReconSettings, nightly_window
-from reconciler.matcher import MatchConfig, duplicate_refund_key, reconcile
-from reconciler.report import PaymentLine, report_order
+from reconciler.matcher import duplicate_refund_key, reconcile
+from reconciler.repairs import repair_for
 from schemas import topics
 from schemas.ids import derived_id
 from schemas.messages import PaymentObserved, RefundPayment, decode_command, decode_provider_event
@@ -23,16 +23,19 @@ from schemas.money import Money
 from schemas.periods import dt_to_ms
 from schemas.recon import (
     EndOfReport,
+    PaymentLine,
     ReportEnvelope,
     decode_report_message,
     encode_report_message,
     line_key,
     message_key,
+    report_order,
 )
+from schemas.recon_match import MatchConfig
 from schemas.state import SubscriptionState
 from streams.app import create_app
 from streams.reconcile import register_reconciler
-from streams.reconcile.agent import RunMemory, end_config, repair_for
+from streams.reconcile.agent import RunMemory, end_config
 from streams.topics import declare
 from tests.integration.recon_support import HOUR, make_day, payment_line
 
