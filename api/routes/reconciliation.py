@@ -355,4 +355,5 @@ async def resolve(
     )
     if outcome.message is not None:
         log.info("reconciliation: %s accepted from the provider, correction queued", body.item_key)
-    return ctx.publish_and_answer(outcome)  # publishes a new correction now; the relay covers a failure
+    # Publishes a new correction now; the relay covers a failure.
+    return ctx.publish_and_answer(outcome)
