@@ -344,6 +344,9 @@ class SubscriptionActivated(Event, tag="SubscriptionActivated", frozen=True):
     period_start: int
     period_end: int
     extended: bool = False
+    # An upgrade replaces the running period: the payments it took credit from now pay only
+    # up to its start (payment id -> their new period end).
+    supersedes: dict[str, int] = {}
 
 
 class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -444,6 +447,9 @@ class SubscriptionCanceled(Event, tag="SubscriptionCanceled", frozen=True):
     access_until: int
     actor: str = "system"
     command_id: str = ""  # the admin command that canceled it, if any
+    # Payments whose periods now end at ``access_until`` (payment id -> new period end): the
+    # days after it are no longer theirs, so a new purchase never pays for them twice.
+    supersedes: dict[str, int] = {}
 
 
 class AccessShortened(Event, tag="AccessShortened", frozen=True):
@@ -455,6 +461,9 @@ class AccessShortened(Event, tag="AccessShortened", frozen=True):
     period_start: int
     period_end: int
     reason: str
+    # The periods paid after the returned one move up by this much (they start sooner).
+    moved: list[str] = []
+    moved_by_ms: int = 0
 
 
 class RenewalUpcoming(Event, tag="RenewalUpcoming", frozen=True):

@@ -386,6 +386,13 @@ def _succeed(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
         and state.status in ("active", "past_due")
     )
     start = state.period_end if extended and state.period_end is not None else obs.observed_at
+    supersedes: dict[str, int] = {}
+    for source_id in rec.request.credits:
+        source = state.payments.get(source_id)
+        if source is not None and source.period_start is not None and source.period_end:
+            cut = max(source.period_start, min(source.period_end, start))
+            if cut != source.period_end:
+                supersedes[source_id] = cut
     em.emit(
         SubscriptionActivated,
         payment_id=rec.payment_id,
@@ -393,6 +400,7 @@ def _succeed(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
         period_start=start,
         period_end=period_end_ms(start, rec.period_months),
         extended=extended,
+        supersedes=supersedes,
     )
 
 
@@ -415,6 +423,16 @@ def _correct_terminal(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) ->
     _period_returned(em, em.state.payments[rec.payment_id], "payment canceled at the provider")
 
 
+def _cut_at(state: SubscriptionState, until: int) -> dict[str, int]:
+    """Payments whose periods reach past ``until``, with ``until`` as their new end (never
+    before their start): access canceled at ``until`` takes those days from them."""
+    return {
+        p.payment_id: max(p.period_start, until)
+        for p in state.payments.values()
+        if p.period_start is not None and p.period_end is not None and p.period_end > until
+    }
+
+
 def _period_returned(em: _Emitter, rec: PaymentRecord, reason: str) -> None:
     """``rec`` no longer pays for its period (fully refunded, or canceled at the provider):
     the part of it still ahead leaves the access window, and the periods paid after it move
@@ -433,8 +451,21 @@ def _period_returned(em: _Emitter, rec: PaymentRecord, reason: str) -> None:
         return  # its period is over: nothing of today's access rests on it
     new_end = state.period_end - ahead
     if new_end <= now:
-        em.emit(SubscriptionCanceled, payment_id=rec.payment_id, reason=reason, access_until=now)
+        em.emit(
+            SubscriptionCanceled,
+            payment_id=rec.payment_id,
+            reason=reason,
+            access_until=now,
+            supersedes=_cut_at(state, now),
+        )
         return
+    later = [
+        p.payment_id
+        for p in state.payments.values()
+        if p.payment_id != rec.payment_id
+        and p.period_start is not None
+        and p.period_start >= rec.period_end
+    ]
     em.emit(
         AccessShortened,
         payment_id=rec.payment_id,
@@ -442,6 +473,8 @@ def _period_returned(em: _Emitter, rec: PaymentRecord, reason: str) -> None:
         period_start=state.period_start or now,
         period_end=new_end,
         reason=reason,
+        moved=sorted(later),
+        moved_by_ms=ahead if later else 0,
     )
 
 
@@ -1004,6 +1037,7 @@ def _admin(em: _Emitter, cmd: AdminAdjust) -> None:
             access_until=min(now, state.period_end or now),
             actor=cmd.actor,
             command_id=cmd.command_id,
+            supersedes=_cut_at(state, min(now, state.period_end or now)),
         )
         return
     if cmd.action == "extend":
@@ -1229,13 +1263,8 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
     elif isinstance(event, SubscriptionActivated):
         rec = payments[event.payment_id]
         put(replace(rec, period_start=event.period_start, period_end=event.period_end))
-        # An upgrade replaces the running period: the payments it took credit from now pay
-        # only up to its start (their unused part is the credit).
-        for source_id in rec.request.credits:
-            source = new["payments"].get(source_id)
-            if source is not None and source.period_end is not None and source.period_start:
-                cut = max(source.period_start, min(source.period_end, event.period_start))
-                put(replace(source, period_end=cut))
+        for source_id, cut in event.supersedes.items():  # an upgrade's credit sources
+            put(replace(new["payments"][source_id], period_end=cut))
         new["status"] = "active"
         new["plan_id"] = event.plan_id
         new["period_end"] = event.period_end
@@ -1264,30 +1293,24 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
     elif isinstance(event, SubscriptionCanceled):
         new["status"] = "canceled"
         new["period_end"] = event.access_until
+        for cut_id, cut in event.supersedes.items():
+            put(replace(payments[cut_id], period_end=cut))
     elif isinstance(event, AutoRenewChanged):
         new["auto_renew"] = event.enabled
     elif isinstance(event, RenewalUpcoming):
         new["reminded_for"] = event.period_end
     elif isinstance(event, AccessShortened):
         new["period_end"] = event.period_end
-        # The periods paid after the returned one move up by what left the window.
-        returned = payments.get(event.payment_id)
-        delta = (state.period_end or event.period_end) - event.period_end
-        if returned is not None and returned.period_end is not None and delta > 0:
-            for rec in payments.values():
-                if (
-                    rec.payment_id != returned.payment_id
-                    and rec.period_start is not None
-                    and rec.period_end is not None
-                    and rec.period_start >= returned.period_end
-                ):
-                    put(
-                        replace(
-                            rec,
-                            period_start=rec.period_start - delta,
-                            period_end=rec.period_end - delta,
-                        )
+        for moved_id in event.moved:  # the periods paid after the returned one move up
+            rec = payments[moved_id]
+            if rec.period_start is not None and rec.period_end is not None:
+                put(
+                    replace(
+                        rec,
+                        period_start=rec.period_start - event.moved_by_ms,
+                        period_end=rec.period_end - event.moved_by_ms,
                     )
+                )
     elif isinstance(event, PlanChangeScheduled):
         new.update(
             renew_plan_id=event.plan_id,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -79,6 +79,19 @@ BATCH_WITHIN_S = 0.02
 
 def _ts(ms: int) -> datetime:
     return ms_to_dt(ms)
+
+
+def _ms(ms: int) -> timedelta:
+    return timedelta(milliseconds=ms)
+
+
+def _period_ends(ends: dict[str, int]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Payments whose period now ends sooner (an upgrade's credit sources, a cancel): the
+    event names them and their new ends, as evolve reads it."""
+    return [
+        ("UPDATE payments SET period_end = %s WHERE payment_id = %s", (_ts(end), payment_id))
+        for payment_id, end in sorted(ends.items())
+    ]
 
 
 def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
@@ -173,17 +186,24 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
                 "UPDATE payments SET status = 'unknown', status_reason = %s, updated_at = %s,"
+                " provider_payment_id = COALESCE(%s, provider_payment_id),"
                 " version = %s WHERE payment_id = %s",
-                (event.error, at, v, event.payment_id),
+                (event.error, at, event.provider_payment_id, v, event.payment_id),
             )
         ]
     if isinstance(event, PaymentSucceeded):
         return [
             (
                 "UPDATE payments SET status = 'succeeded', provider_payment_id = %s,"
-                " confirmation_url = NULL, status_reason = NULL, updated_at = %s, version = %s"
-                " WHERE payment_id = %s",
-                (event.provider_payment_id, at, v, event.payment_id),
+                " amount_minor = %s, confirmation_url = NULL, status_reason = NULL,"
+                " updated_at = %s, version = %s WHERE payment_id = %s",
+                (
+                    event.provider_payment_id,
+                    event.amount.amount_minor,
+                    at,
+                    v,
+                    event.payment_id,
+                ),
             ),
             (
                 "UPDATE command_outbox SET status = 'done', status_reason = 'succeeded',"
@@ -238,6 +258,7 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 " WHERE payment_id = %s",
                 (_ts(event.period_start), _ts(event.period_end), v, event.payment_id),
             ),
+            *_period_ends(event.supersedes),
             (
                 "INSERT INTO subscriptions (subscription_id, user_id, status, plan_id,"
                 " period_start, period_end, version, updated_at)"
@@ -305,15 +326,22 @@ def _close(command_id: str, status: str, reason: str) -> tuple[str, tuple[Any, .
     )
 
 
-def _sub(sets: str, params: tuple[Any, ...], event: AnyEvent) -> tuple[str, tuple[Any, ...]]:
-    """Update the subscription row, creating it for a user whose first command is not a
-    payment (e.g. auto-renew toggled before ever paying)."""
-    return (
-        "INSERT INTO subscriptions (subscription_id, user_id, status, version, updated_at)"
-        " VALUES (%s, %s, 'none', %s, %s) ON CONFLICT (subscription_id) DO UPDATE SET"
-        f" {sets}, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
-        (event.subscription_id, event.user_id, event.version, _ts(event.occurred_at), *params),
-    )
+def _sub(sets: str, params: tuple[Any, ...], event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
+    """Update the subscription row, creating it first for a user whose first event is not a
+    payment's (auto-renew toggled before ever paying, an admin's grant to a new user): the
+    update then applies to the new row too."""
+    return [
+        (
+            "INSERT INTO subscriptions (subscription_id, user_id, status, version, updated_at)"
+            " VALUES (%s, %s, 'none', %s, %s) ON CONFLICT (subscription_id) DO NOTHING",
+            (event.subscription_id, event.user_id, event.version, _ts(event.occurred_at)),
+        ),
+        (
+            f"UPDATE subscriptions SET {sets}, version = %s, updated_at = %s"
+            " WHERE subscription_id = %s",
+            (*params, event.version, _ts(event.occurred_at), event.subscription_id),
+        ),
+    ]
 
 
 def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
@@ -405,14 +433,14 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         return [_close(event.command_id, "rejected", reason)]
     if isinstance(event, AutoRenewChanged):
         return [
-            _sub("auto_renew = %s", (event.enabled,), event),
+            *_sub("auto_renew = %s", (event.enabled,), event),
             _close(
                 event.command_id, "done", "auto_renew on" if event.enabled else "auto_renew off"
             ),
         ]
     if isinstance(event, RenewalFailed):
         return [
-            _sub(
+            *_sub(
                 "next_retry_at = %s, status_reason = %s",
                 (
                     _ts(event.next_retry_at) if event.next_retry_at else None,
@@ -422,20 +450,29 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             )
         ]
     if isinstance(event, SubscriptionPastDue):
-        return [_sub("status = 'past_due'", (), event)]
+        return [*_sub("status = 'past_due'", (), event)]
     if isinstance(event, SubscriptionExpired):
         return [
-            _sub(
+            *_sub(
                 "status = 'expired', status_reason = %s, next_retry_at = NULL",
                 (event.reason,),
                 event,
             )
         ]
     if isinstance(event, AccessShortened):
-        return [_sub("period_end = %s", (_ts(event.period_end),), event)]
+        out = [*_sub("period_end = %s", (_ts(event.period_end),), event)]
+        if event.moved:
+            out.append(
+                (
+                    "UPDATE payments SET period_start = period_start - %s,"
+                    " period_end = period_end - %s WHERE payment_id = ANY(%s::uuid[])",
+                    (_ms(event.moved_by_ms), _ms(event.moved_by_ms), event.moved),
+                )
+            )
+        return out
     if isinstance(event, PlanChangeScheduled):
         return [
-            _sub("next_plan_id = %s", (event.plan_id,), event),
+            *_sub("next_plan_id = %s", (event.plan_id,), event),
             _close(event.command_id, "done", f"plan change to {event.plan_id} at period end"),
         ]
     if isinstance(event, PaymentSettleRequested):
@@ -459,7 +496,7 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         return [_close(event.command_id, "rejected", event.reason)]
     if isinstance(event, PeriodAdjusted):
         return [
-            _sub(
+            *_sub(
                 "status = 'active', plan_id = COALESCE(%s, subscriptions.plan_id),"
                 " period_start = %s, period_end = %s, status_reason = %s, next_retry_at = NULL",
                 (
@@ -474,11 +511,12 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         ]
     if isinstance(event, SubscriptionCanceled):
         out = [
-            _sub(
+            *_sub(
                 "status = 'canceled', status_reason = %s, period_end = %s",
                 (event.reason, _ts(event.access_until)),
                 event,
-            )
+            ),
+            *_period_ends(event.supersedes),
         ]
         if event.command_id:
             out.append(_close(event.command_id, "done", "canceled"))
