@@ -56,8 +56,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from billing.clickhouse import ClickHouse, StoreError
+from billing.clock import now_ms as clock_ms
 from schemas.clickhouse import COLUMNS
-from schemas.periods import now_ms as clock_ms
 
 log = logging.getLogger(__name__)
 

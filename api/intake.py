@@ -34,6 +34,7 @@ from api.errors import (
     RefundInvalid,
     SubscriptionNotFound,
 )
+from billing.clock import now_ms
 from billing.config import Settings
 from schemas.http import (
     AdminAutoRenew,
@@ -61,7 +62,7 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import Money, MoneyError
-from schemas.periods import ms_to_dt, now_ms
+from schemas.periods import ms_to_dt
 from schemas.topics import COMMANDS
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
@@ -350,7 +351,7 @@ class Head(TypedDict):
 
 
 def _head(command_id: str, subscription_id: str, owner: str) -> Head:
-    """A command's common fields, issued now on the engine's clock (schemas.periods.now_ms:
+    """A command's common fields, issued now on the engine's clock (billing.clock.now_ms:
     tests shift it for every process); ``owner`` is the subscription's user."""
     return Head(
         command_id=command_id, subscription_id=subscription_id, issued_at=now_ms(), user_id=owner

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from api.errors import InvalidCursor
+from billing.clock import now_ms
 from schemas.http import (
     AdminPaymentOut,
     AdminPlanOut,
@@ -46,7 +47,7 @@ from schemas.messages import (
     decode_command,
 )
 from schemas.money import MoneyError
-from schemas.periods import ms_to_dt, now_ms
+from schemas.periods import ms_to_dt
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -210,7 +211,7 @@ async def list_payments(
 
 
 def engine_now() -> datetime:
-    """Now on the engine's clock (schemas.periods.now_ms), not the database's: "active" and
+    """Now on the engine's clock (billing.clock.now_ms), not the database's: "active" and
     "the price in force" must mean what they mean to the ledger (tests shift this clock)."""
     return ms_to_dt(now_ms())
 

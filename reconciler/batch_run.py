@@ -34,12 +34,13 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from billing.clickhouse import ClickHouse
+from billing.clock import now_ms
 from reconciler import store
 from reconciler.batch import classify, load_report
 from reconciler.feed import FeedError, ReportProvider, fetch_provider_report, import_registry
 from reconciler.repairs import repair_for
 from schemas.errors import BillingError
-from schemas.periods import ms_to_dt, now_ms
+from schemas.periods import ms_to_dt
 from schemas.recon import ReportLine
 from schemas.recon_match import MatchItem, Summary
 from schemas.recon_runs import DONE_STATUSES, RunSpec

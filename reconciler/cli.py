@@ -50,6 +50,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from billing.clock import now_ms
 from reconciler import store
 from reconciler.batch_run import mark_batch
 from reconciler.feed import (
@@ -62,7 +63,7 @@ from reconciler.feed import (
 )
 from reconciler.report import ReportError
 from schemas.errors import BillingError
-from schemas.periods import dt_to_ms, ms_to_dt, now_ms
+from schemas.periods import dt_to_ms, ms_to_dt
 from schemas.recon_match import DISCREPANCY_CLASSES, MATCH_CLASSES
 from schemas.recon_runs import DONE_STATUSES, ItemRow, RunReport
 

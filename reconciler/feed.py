@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from psycopg import AsyncConnection
 
+from billing.clock import now_ms
 from providers.port import ProviderPayment, ProviderRefund
 from reconciler import store
 from reconciler.report import (
@@ -51,7 +52,7 @@ from reconciler.report import (
 )
 from schemas import topics as topic_names
 from schemas.errors import BillingError
-from schemas.periods import dt_to_ms, ms_to_dt, now_ms
+from schemas.periods import dt_to_ms, ms_to_dt
 from schemas.recon import (
     EndOfReport,
     PaymentLine,

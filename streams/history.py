@@ -39,11 +39,11 @@ from psycopg import AsyncConnection
 
 from analytics import queries, recon
 from billing.clickhouse import ClickHouseClient, connect
+from billing.clock import now_ms
 from billing.config import Settings
 from reconciler import batch_run, store
 from reconciler.feed import FeedError, ReconSettings, new_producer
 from reconciler.report import ReportError
-from schemas.periods import now_ms
 from schemas.topics import EVENTS
 from streams import faust_fix
 from streams.consumer import Record, Start, run_consumer

@@ -31,6 +31,7 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from analytics import queries, recon
 from api.deps import SettingsDep, get_admin_user
 from api.errors import ApiError, InvalidRange, Unprocessable
+from billing.clock import now_ms
 from billing.config import Settings
 from schemas.http import (
     ActiveSubscribersOut,
@@ -44,7 +45,7 @@ from schemas.http import (
     SuccessDay,
     error_responses,
 )
-from schemas.periods import dt_to_ms, now_ms
+from schemas.periods import dt_to_ms
 
 log = logging.getLogger(__name__)
 

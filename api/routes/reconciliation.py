@@ -34,12 +34,13 @@ from api.deps import (
     get_admin_user,
 )
 from api.errors import ApiError, Conflict, NotFound, Unprocessable
+from billing.clock import now_ms
 from billing.config import Settings
 from reconciler import store
 from schemas.http import MoneyOut, Reason, error_responses
 from schemas.messages import PaymentObserved, RefundObserved, encode
 from schemas.money import Money
-from schemas.periods import ms_to_dt, now_ms
+from schemas.periods import ms_to_dt
 from schemas.recon_match import MatchClass
 from schemas.recon_runs import ItemRow, ItemView, RunReport
 from schemas.topics import PROVIDER_EVENTS

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from api.deps import NormaliserDep, ProviderDep, PublisherDep, SettingsDep
 from api.errors import ServiceUnavailable, WebhookMalformed, WebhookSourceForbidden
+from billing.clock import now_ms
 from billing.config import Settings
 from providers.port import ProviderError, ProviderNotFound
 from schemas.http import WebhookAck, error_responses
 from schemas.messages import encode
-from schemas.periods import now_ms
 from schemas.topics import PROVIDER_EVENTS
 
 log = logging.getLogger(__name__)

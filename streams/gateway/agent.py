@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from billing.clock import now_ms
 from billing.config import Settings
 from providers.port import (
     PaymentProvider,
@@ -39,7 +40,7 @@ from schemas.messages import (
     decode_event,
     encode,
 )
-from schemas.periods import ms_to_dt, now_ms
+from schemas.periods import ms_to_dt
 from streams.gateway.window import (
     KEY_EXPIRED,
     Step,

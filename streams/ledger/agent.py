@@ -21,10 +21,10 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
+from billing.clock import now_ms
 from billing.config import Settings
 from schemas import topics as topic_names
 from schemas.messages import DecodeError, ValidationError, decode_ledger_input, encode
-from schemas.periods import now_ms
 from schemas.state import SubscriptionState, decode_state, encode_state
 from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
 from streams.ledger.prices import PriceBook, load_price_book

@@ -57,13 +57,13 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from billing.clock import now_ms
 from reconciler import store
 from reconciler.feed import ReconSettings, run_nightly
 from reconciler.matcher import SubscriptionRun, end_of_report, match_line
 from reconciler.repairs import Repair, repair_for
 from schemas import topics as topic_names
 from schemas.messages import DecodeError, ValidationError
-from schemas.periods import now_ms
 from schemas.recon import (
     EndOfReport,
     ReportBatch,

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from analytics.totals import differences, from_event_log, from_history
+from billing.clock import now_ms
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess
 from schemas import notifications as contract
@@ -55,7 +56,6 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import Money
-from schemas.periods import now_ms
 from schemas.topics import ENTITLEMENTS, EVENTS, NOTIFICATIONS
 from streams.ledger.machine import LedgerInput, Policy, decide
 from streams.notify.agent import derive

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import psycopg
 
+from billing.clock import set_clock_offset
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess, http_ok, log_contains
-from schemas.periods import set_clock_offset
 from tests.fixtures.emulator import EmulatorControl
 
 

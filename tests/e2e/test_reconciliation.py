@@ -35,9 +35,9 @@ import httpx
 import psycopg
 import pytest
 
+from billing.clock import now_ms
 from reconciler import store
 from reconciler.matcher import duplicate_refund_key
-from schemas.periods import now_ms
 from tests.e2e.harness import Stack, wait_until
 from tests.e2e.test_pay import get, pay, payment, wait_status
 from tests.e2e.test_refunds import ask_refund, paid_user, provider_refunds, refund_status

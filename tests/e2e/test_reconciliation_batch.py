@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas.periods import now_ms
+from billing.clock import now_ms
 from tests.e2e.harness import Stack, wait_until
 from tests.e2e.test_pay import pay, payment, wait_status
 from tests.e2e.test_reconciliation import (

@@ -18,6 +18,7 @@ from api.auth import mint_token
 from api.main import create_app
 from api.publisher import PublishError
 from api.relay import Background
+from billing.clock import now_ms
 from billing.config import Settings
 from providers.port import ProviderNotFound, ProviderPayment, ProviderUnavailable
 from schemas.ids import observation_id_for, subscription_id_for
@@ -30,7 +31,6 @@ from schemas.messages import (
     decode_provider_event,
     encode,
 )
-from schemas.periods import now_ms
 from schemas.state import SubscriptionState
 from schemas.topics import COMMANDS, PROVIDER_EVENTS
 from streams.ledger.machine import LedgerInput, Policy, decide

@@ -21,12 +21,12 @@ from api.auth import mint_token
 from api.main import create_app
 from api.publisher import KafkaPublisher
 from api.relay import relay_once
+from billing.clock import now_ms
 from billing.kafka_local import KafkaBroker
 from reconciler import store
 from schemas.ids import command_id_for, observation_id_for, payment_id_for, subscription_id_for
 from schemas.messages import PaymentObserved, PaySubscription, decode_provider_event, encode
 from schemas.money import Money
-from schemas.periods import now_ms
 from schemas.recon_match import MatchItem
 from schemas.state import SubscriptionState
 from schemas.topics import PROVIDER_EVENTS

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from schemas import periods
+from billing import clock
 from schemas.ids import command_id_for, payment_id_for, subscription_id_for
 from schemas.messages import (
     AnyCommand,
@@ -629,7 +629,7 @@ async def test_prices_follow_the_engines_clock_not_the_databases(
     """Tests (and the year-long e2e) shift the engine's clock: a purchase must be priced at
     the version the ledger's timer would also see as in force, whatever PostgreSQL's now()."""
     plan = await make_plan(api, [(None, 10000), (timedelta(days=5), 12000)])
-    monkeypatch.setattr(periods._clock, "offset_ms", 6 * 86_400_000)
+    monkeypatch.setattr(clock._clock, "offset_ms", 6 * 86_400_000)
     user = new_user()
     resp = await api.pay(user, body={"plan_id": plan, "return_url": RETURN_URL})
     assert resp.status_code == 202, resp.text

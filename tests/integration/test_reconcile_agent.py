@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from billing.clock import now_ms
 from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars, free_port
 from billing.processes import ManagedProcess
 from reconciler import feed, store
@@ -40,7 +41,6 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import Money
-from schemas.periods import now_ms
 from schemas.recon import (
     EndOfReport,
     ReportBatch,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from billing.clock import now_ms
 from billing.config import Settings
 from providers.port import (
     ProviderNotFound,
@@ -33,7 +34,7 @@ from schemas.messages import (
     RefundRequested,
 )
 from schemas.money import Money
-from schemas.periods import dt_to_ms, now_ms
+from schemas.periods import dt_to_ms
 from streams.gateway.agent import execute, execute_refund
 from streams.gateway.window import (
     KEY_EXPIRED,
