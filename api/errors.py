@@ -18,10 +18,12 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from schemas.errors import BillingError
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(BillingError):
     """Root of every error the API answers on purpose."""
 
     status_code: int = 400

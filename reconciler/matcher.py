@@ -3,7 +3,9 @@
 No Faust, no database, no clock: the time (``now``), the window and the pending SLA come in a
 ``MatchConfig``, so the same inputs always give the same items, and a replayed report line
 gives the same item again (its repair is idempotent: observation ids and refund keys are
-derived, never random).
+derived, never random). The shapes it works with (``MatchConfig``, ``MatchItem``,
+``Summary``, the class and repair names) are contracts in ``schemas.recon_match``; the logic
+that chooses a class is here.
 
 Two entry points, one logic. The streaming agent calls ``match_line`` for each report line
 (with the subscription's state and the ``SubscriptionRun`` it keeps for this run) and

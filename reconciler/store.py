@@ -23,7 +23,8 @@ admin's ``accept_provider`` / ``accept_ours`` / ``write_off`` (``resolve``). A l
 finds a repaired item escalated (the repair did not take) reopens it; an admin's decision is
 never undone by a run.
 
-All functions take an open psycopg ``AsyncConnection`` and commit their own transaction.
+All functions take an open psycopg ``AsyncConnection`` and commit their own transaction. The records
+they return (``RunSpec``, ``RunReport``, ``ItemRow``) are in ``schemas.recon_runs``.
 """
 
 from __future__ import annotations

@@ -89,16 +89,14 @@ def report_order(line: ReportLine) -> tuple[int, str, str]:
     return created, type(line).__name__, provider_id_of(line)
 
 
-_line_encoder = msgspec.json.Encoder()
-_line_decoder = msgspec.json.Decoder(ReportLine)
-
-
 def encode_line(line: ReportLine) -> bytes:
-    return _line_encoder.encode(line)
+    """One line alone (msgspec JSON tagged by ``object``); topic messages carry lines in
+    their envelopes (``encode_report_message``)."""
+    return msgspec.json.encode(line)
 
 
 def decode_line(data: bytes) -> ReportLine:
-    return _line_decoder.decode(data)  # type: ignore[no-any-return]
+    return msgspec.json.decode(data, type=ReportLine)  # type: ignore[arg-type,no-any-return]
 
 
 # ------------------------------------------------------------- billing.provider-report

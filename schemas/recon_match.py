@@ -9,7 +9,7 @@ path, the store, the CLI and the API all share. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -27,17 +27,7 @@ MatchClass = Literal[
     "duplicate_charge",
     "refund_mismatch",
 ]
-MATCH_CLASSES: tuple[MatchClass, ...] = (
-    "matched",
-    "in_flight",
-    "missing_internal",
-    "status_mismatch",
-    "missing_at_provider",
-    "amount_mismatch",
-    "currency_mismatch",
-    "duplicate_charge",
-    "refund_mismatch",
-)
+MATCH_CLASSES: tuple[MatchClass, ...] = get_args(MatchClass)
 # Not discrepancies: the books agree, or the item is still in flight within the SLA.
 AGREEING_CLASSES: frozenset[str] = frozenset({"matched", "in_flight"})
 DISCREPANCY_CLASSES: frozenset[str] = frozenset(MATCH_CLASSES) - AGREEING_CLASSES
