@@ -27,7 +27,8 @@ from schemas import topics as topic_names
 from schemas.messages import DecodeError, ValidationError, decode_ledger_input, encode
 from schemas.state import SubscriptionState, decode_state, encode_state
 from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
-from streams.ledger.prices import PriceBook, load_price_book
+from streams.ledger.price_store import load_price_book
+from streams.ledger.prices import PriceBook
 from streams.ledger.resend import to_resend
 from streams.topics import Topics
 

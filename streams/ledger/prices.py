@@ -3,23 +3,19 @@
 Renewals charge the price in force when the new period starts (the current period's end), so
 an admin can schedule a price change ahead. The timer looks the price up here and puts it in
 the SubscriptionDue command: the machine stays pure and a replay charges the same amount.
+
+Pure: the book is built from rows; reading them from PostgreSQL is
+``streams/ledger/price_store.py``.
 """
 
 from __future__ import annotations
 
 import bisect
-import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import psycopg
 
 from schemas.messages import PriceQuote
 from schemas.money import Money
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,25 +51,3 @@ class PriceBook:
             return None
         i = bisect.bisect_right([eff for eff, _ in versions], at_ms) - 1
         return versions[i][1] if i >= 0 else None
-
-
-_MIN_MS = -(2**62)
-
-_QUERY = """
-SELECT pp.plan_id, pp.version,
-       CASE WHEN pp.effective_from = '-infinity' THEN NULL
-            ELSE (extract(epoch FROM pp.effective_from) * 1000)::bigint END,
-       pp.amount_minor, pp.currency, p.period_months
-FROM plan_prices pp JOIN plans p USING (plan_id)
-"""
-
-
-async def load_price_book(dsn: str) -> PriceBook:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(_QUERY)
-        rows: list[Any] = await cur.fetchall()
-    book = PriceBook.of(
-        (r[0], r[1], _MIN_MS if r[2] is None else r[2], r[3], r[4], r[5]) for r in rows
-    )
-    book.loaded_at = time.monotonic()
-    return book
