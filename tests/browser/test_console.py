@@ -5,7 +5,6 @@ every step are saved as test artifacts."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_pay import get, pay, wait_status
+from tests.e2e.client import get, paid_user
+from tests.e2e.harness import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -120,25 +119,12 @@ def _xpath_literal(s: str) -> str:
     return "concat('" + "', \"'\", '".join(s.split("'")) + "')"
 
 
-def paid_user(stack: Stack) -> tuple[str, str]:
-    user = f"browser-{uuid.uuid4().hex[:8]}"
-    pid = pay(stack, user)
-    pending = wait_status(stack, user, pid, "pending")
-    stack.control.confirm(pending["provider_payment_id"], "succeed")
-    wait_status(stack, user, pid, "succeeded")
-    wait_until(
-        lambda: get(stack, user, "/api/v1/subscriptions/me").json().get("active") is True,
-        message="subscription active",
-    )
-    return user, pid
-
-
 def test_log_in_find_refund_and_see_the_refund(
     driver: Any, browser_stack: Stack, console: str, artifacts: Path
 ) -> None:
     # ``driver`` first: without Chromium the test is skipped before a stack is started.
     stack = browser_stack
-    user, pid = paid_user(stack)
+    user, pid = paid_user(stack, prefix="browser-")
     page = Page(driver, artifacts)
     try:
         driver.get(console)

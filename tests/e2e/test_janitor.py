@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.client import get, headers, pay, payment, provider_payments, wait_status
 from tests.e2e.harness import Stack, wait_until
 from tests.e2e.invariants import check_invariants
-from tests.e2e.test_pay import get, headers, pay, payment, provider_payments, wait_status
 
 pytestmark = [pytest.mark.e2e]
 

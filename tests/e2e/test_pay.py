@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,54 +12,19 @@ import pytest
 
 from schemas.ids import subscription_id_for
 from schemas.periods import add_months
+from tests.e2e.client import BODY, new_user, provider_payments, ts
+
+# Re-exported (``X as X``) only for test_history, test_key_window, test_reconciliation and
+# test_reconciliation_batch, which are being changed elsewhere and still import them from here;
+# anything new imports them from tests.e2e.client. tests/unit/test_test_layout.py lists them.
+from tests.e2e.client import get as get
+from tests.e2e.client import headers as headers
+from tests.e2e.client import pay as pay
+from tests.e2e.client import payment as payment
+from tests.e2e.client import wait_status as wait_status
 from tests.e2e.harness import Stack, wait_until
 
 pytestmark = [pytest.mark.e2e]
-
-BODY = {"plan_id": "monthly", "return_url": "https://cinema.example/return"}
-
-
-def headers(stack: Stack, user: str, key: str | None = None) -> dict[str, str]:
-    h = {"Authorization": f"Bearer {stack.token(user)}"}
-    if key is not None:
-        h["Idempotency-Key"] = key
-    return h
-
-
-def get(stack: Stack, user: str, path: str) -> httpx.Response:
-    return httpx.get(f"{stack.api_url}{path}", headers=headers(stack, user), timeout=10)
-
-
-def pay(stack: Stack, user: str, key: str | None = None, body: dict[str, Any] = BODY) -> str:
-    resp = httpx.post(
-        f"{stack.api_url}/api/v1/payments",
-        headers=headers(stack, user, key or str(uuid.uuid4())),
-        json=body,
-        timeout=10,
-    )
-    assert resp.status_code == 202, resp.text
-    payment_id: str = resp.json()["payment_id"]
-    return payment_id
-
-
-def payment(stack: Stack, user: str, payment_id: str) -> dict[str, Any]:
-    resp = get(stack, user, f"/api/v1/payments/{payment_id}")
-    assert resp.status_code == 200, resp.text
-    body: dict[str, Any] = resp.json()
-    return body
-
-
-def wait_status(
-    stack: Stack, user: str, payment_id: str, *statuses: str, timeout: float = 60
-) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    def reached() -> bool:
-        seen.update(payment(stack, user, payment_id))
-        return seen["status"] in statuses
-
-    wait_until(reached, timeout=timeout, message=f"payment {payment_id} in {statuses}")
-    return seen
 
 
 def activations(stack: Stack, user: str) -> list[tuple[Any, ...]]:
@@ -71,18 +35,8 @@ def activations(stack: Stack, user: str) -> list[tuple[Any, ...]]:
     )
 
 
-def provider_payments(stack: Stack, payment_id: str) -> int:
-    """Payments the provider created for our payment id (the charges that could happen)."""
-    n: int = stack.control.stats()["by_payment_id"].get(payment_id, 0)
-    return n
-
-
-def ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def test_pay_confirm_active(stack: Stack) -> None:
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     assert get(stack, user, "/api/v1/subscriptions/me").status_code == 404
     pid = pay(stack, user)
     pending = wait_status(stack, user, pid, "pending")
@@ -113,7 +67,7 @@ def test_pay_confirm_active(stack: Stack) -> None:
 
 
 def test_same_key_sequential_is_one_payment(stack: Stack) -> None:
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     key = str(uuid.uuid4())
     url = f"{stack.api_url}/api/v1/payments"
     first = httpx.post(url, headers=headers(stack, user, key), json=BODY, timeout=10)
@@ -131,7 +85,7 @@ def test_same_key_sequential_is_one_payment(stack: Stack) -> None:
 
 
 def test_twenty_concurrent_same_key_is_one_payment(stack: Stack) -> None:
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     key = str(uuid.uuid4())
 
     async def burst() -> list[httpx.Response]:
@@ -161,7 +115,7 @@ def test_twenty_concurrent_same_key_is_one_payment(stack: Stack) -> None:
 
 
 def test_duplicate_and_out_of_order_webhooks_activate_once(stack: Stack) -> None:
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     pid = pay(stack, user)
     pending = wait_status(stack, user, pid, "pending")
     sent_before = len(stack.control.deliveries())
@@ -192,7 +146,7 @@ def test_duplicate_and_out_of_order_webhooks_activate_once(stack: Stack) -> None
 
 
 def test_declined_payment_leaves_subscription_inactive(stack: Stack) -> None:
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     pid = pay(stack, user)
     pending = wait_status(stack, user, pid, "pending")
     stack.control.confirm(pending["provider_payment_id"], "cancel", reason="insufficient_funds")
@@ -207,7 +161,7 @@ def test_provider_timeout_is_unknown_then_one_charge(stack: Stack) -> None:
     """The create succeeds at the provider but the answer is lost (timeout after the work):
     the gateway retries under the same Idempotence-Key, the sweeper re-drives, and the
     provider holds exactly one payment."""
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     calls_before = stack.control.stats()["create_calls"]
     stack.control.add_fault("payments.create", "timeout", when="after", count=4)
     pid = pay(stack, user)
@@ -224,7 +178,7 @@ def test_broker_down_at_pay_loses_nothing(stack: Stack) -> None:
     """The broker is down when the user pays: the API still answers 202 (the outbox holds the
     command) and the payment flows once the broker is back. Last in the module: it restarts
     the broker under the worker."""
-    user = f"u-{uuid.uuid4().hex[:8]}"
+    user = new_user()
     stack.broker.stop()
     try:
         pid = pay(stack, user)

@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from schemas.ids import subscription_id_for
+from tests.e2e.client import ask_refund, get, headers, paid_user, refund_status, wait_status
 from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_pay import get, headers, wait_status
-from tests.e2e.test_refunds import ask_refund, paid_user, refund_status
 
 pytestmark = [pytest.mark.e2e]
 

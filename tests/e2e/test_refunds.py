@@ -4,58 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import httpx
 import pytest
 
+# Re-exported (``X as X``) only for test_history, test_key_window, test_reconciliation and
+# test_reconciliation_batch, which are being changed elsewhere and still import them from here;
+# anything new imports them from tests.e2e.client. tests/unit/test_test_layout.py lists them.
+from tests.e2e.client import ask_refund as ask_refund
+from tests.e2e.client import get, headers, provider_payments
+from tests.e2e.client import paid_user as paid_user
+from tests.e2e.client import provider_refunds as provider_refunds
+from tests.e2e.client import refund_status as refund_status
 from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_pay import get, headers, pay, provider_payments, wait_status
 
 pytestmark = [pytest.mark.e2e]
-
-
-def paid_user(stack: Stack) -> tuple[str, str]:
-    user = f"u-{uuid.uuid4().hex[:8]}"
-    pid = pay(stack, user)
-    pending = wait_status(stack, user, pid, "pending")
-    stack.control.confirm(pending["provider_payment_id"], "succeed")
-    wait_status(stack, user, pid, "succeeded")
-    wait_until(lambda: get(stack, user, "/api/v1/subscriptions/me").json()["active"] is True)
-    return user, pid
-
-
-def ask_refund(stack: Stack, user: str, pid: str, value: str | None = None) -> httpx.Response:
-    body: dict[str, Any] = {"reason": "e2e"}
-    if value is not None:
-        body["amount"] = {"value": value, "currency": "RUB"}
-    return httpx.post(
-        f"{stack.api_url}/api/v1/payments/{pid}/refunds",
-        headers=headers(stack, user, str(uuid.uuid4())),
-        json=body,
-        timeout=10,
-    )
-
-
-def refund_status(stack: Stack, user: str, refund_id: str, *final: str) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    def done() -> bool:
-        r = get(stack, user, f"/api/v1/refunds/{refund_id}")
-        assert r.status_code == 200, r.text
-        seen.update(r.json())
-        return seen["status"] in final
-
-    wait_until(done, timeout=60, message=f"refund {refund_id} in {final}")
-    return seen
-
-
-def provider_refunds(stack: Stack, provider_payment_id: str) -> list[dict[str, Any]]:
-    objects = stack.control.objects()
-    refunds: list[dict[str, Any]] = [
-        r for r in objects.get("refunds", []) if r.get("payment_id") == provider_payment_id
-    ]
-    return refunds
 
 
 def test_partial_then_concurrent_then_full_refund(stack: Stack) -> None:

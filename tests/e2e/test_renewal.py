@@ -9,8 +9,8 @@ import time
 import pytest
 
 from schemas.ids import subscription_id_for
+from tests.e2e.client import get, pay, provider_payments, ts, wait_status
 from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_pay import get, pay, provider_payments, ts, wait_status
 
 pytestmark = [pytest.mark.e2e]
 

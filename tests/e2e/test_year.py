@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from schemas.ids import subscription_id_for
+from tests.e2e.client import headers, pay, wait_status
 from tests.e2e.harness import Stack
 from tests.e2e.invariants import DAY_MS, check_invariants, next_moment, settle
-from tests.e2e.test_pay import headers, pay, wait_status
 
 pytestmark = [pytest.mark.e2e]
 
