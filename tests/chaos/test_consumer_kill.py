@@ -17,6 +17,7 @@ Replay a run with ``BILLING_CHAOS_SEED=<seed>``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -25,15 +26,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from analytics.totals import differences, from_event_log, from_history
 from billing.clock import now_ms
@@ -57,6 +59,7 @@ from schemas.messages import (
 )
 from schemas.money import Money
 from schemas.topics import ENTITLEMENTS, EVENTS, NOTIFICATIONS
+from streams.consumer import Start, run_consumer
 from streams.ledger.machine import LedgerInput, Policy, decide
 from streams.notify.agent import derive
 from tests.chaos.invariants import read_topic
@@ -273,7 +276,7 @@ async def committed(bootstrap: str, group: str) -> AsyncIterator[Progress]:
     await admin.start()
 
     async def measure() -> int:
-        offsets = await admin.list_consumer_group_offsets(group)
+        offsets = await _committed_offsets(admin, group)
         return sum(o.offset for o in offsets.values() if o.offset > 0)
 
     try:
@@ -475,3 +478,79 @@ def test_notifier_and_history_lose_nothing_when_killed_and_stopped(
     finally:
         for p in (notifier, history):
             p.kill()
+
+
+async def _committed_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[Any, Any]:
+    try:
+        return dict(await admin.list_consumer_group_offsets(group))
+    except KafkaError:  # the coordinator of a new broker is not there yet
+        return {}
+
+
+async def _stable(admin: AIOKafkaAdminClient, group: str) -> bool:
+    """The group has a member and its partitions are assigned."""
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+    except KafkaError:  # the coordinator of a new broker is not there yet
+        return False
+    return any(g[2] == "Stable" and g[5] for g in response.groups)
+
+
+def test_a_new_groups_start_is_pinned_before_its_first_batch(broker: KafkaBroker) -> None:
+    """A ``latest`` consumer stopped before its first batch starts again where it first
+    started, not at the later end (it would skip what came meanwhile); ``lookback_s`` reaches
+    back to records already there when a group is new."""
+    topic, group = NOTIFICATIONS, f"pin-{uuid.uuid4().hex[:6]}"
+
+    async def consume(group: str, start: Start, until: int) -> list[bytes]:
+        seen: list[bytes] = []
+
+        async def handle(records: Sequence[Any]) -> None:
+            seen.extend(r.value for r in records)
+
+        task = asyncio.ensure_future(
+            run_consumer(
+                "pin",
+                bootstrap=broker.bootstrap,
+                topic=topic,
+                group=group,
+                start=start,
+                handle=handle,
+                session_timeout_s=6.0,
+            )
+        )
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            async with asyncio.timeout(30):
+                while not await _stable(admin, group):  # noqa: ASYNC110 - no event for it
+                    await asyncio.sleep(0.1)
+                while len(seen) < until:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return seen
+
+    async def send(values: list[bytes]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await asyncio.gather(*[await producer.send(topic, v) for v in values])
+        finally:
+            await producer.stop()
+
+    async def main() -> None:
+        await send([b"before-0", b"before-1"])
+        assert await consume(group, Start("latest"), until=0) == []  # pinned at the end
+        await send([b"meanwhile-0", b"meanwhile-1"])
+        assert sorted(await consume(group, Start("latest"), until=2)) == [
+            b"meanwhile-0",
+            b"meanwhile-1",
+        ]
+        back = await consume(f"{group}-back", Start("latest", lookback_s=3600), until=4)
+        assert len(back) == 4
+
+    asyncio.run(main())
