@@ -1,7 +1,7 @@
 """Pure builders shared by the tests: the ledger's commands and the provider's observations for
-one fixed subscription, states reached through the pure machine, and ledger records. No I/O,
-no clock, no randomness: ids are derived from the arguments, so a builder called twice gives
-the same message (what the replay tests rely on).
+one fixed subscription, states reached through the pure machine, ledger records and provider
+report lines. No I/O, no clock, no randomness: ids are derived from the arguments, so a
+builder called twice gives the same message (what the replay tests rely on).
 
 Fixtures (services, apps, stacks) live in the ``conftest.py`` of each tier and in
 ``tests/fixtures/``; the HTTP helpers of the whole-stack tests in ``tests/e2e/client.py``.
@@ -30,6 +30,7 @@ from schemas.messages import (
 )
 from schemas.money import Money
 from schemas.periods import dt_to_ms
+from schemas.recon import PaymentLine, RefundLine
 from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
 from streams.ledger.machine import LedgerInput, Policy, decide
 
@@ -316,4 +317,48 @@ def subscription_state(
         user_id=user_id,
         payments={r.payment_id: r for r in records},
         refunds={r.refund_id: r for r in refunds},
+    )
+
+
+# ------------------------------------------------------------------- provider report lines
+def report_payment_line(
+    subscription_id: str | None,
+    payment_id: str | None,
+    provider_id: str,
+    status: str,
+    created: int | None,
+    amount: Money = PRICE,
+) -> PaymentLine:
+    """A payment line of the provider's report; ``paid`` follows ``status``."""
+    return PaymentLine(
+        provider_payment_id=provider_id,
+        status=status,  # type: ignore[arg-type]
+        amount=amount,
+        paid=status == "succeeded",
+        created_at=created,
+        subscription_id=subscription_id,
+        payment_id=payment_id,
+    )
+
+
+def report_refund_line(
+    subscription_id: str | None,
+    payment_id: str | None,
+    provider_payment_id: str,
+    refund_id: str | None,
+    provider_id: str,
+    status: str,
+    created: int | None,
+    amount: Money = PRICE,
+) -> RefundLine:
+    """A refund line of the provider's report."""
+    return RefundLine(
+        provider_refund_id=provider_id,
+        provider_payment_id=provider_payment_id,
+        status=status,  # type: ignore[arg-type]
+        amount=amount,
+        created_at=created,
+        subscription_id=subscription_id,
+        payment_id=payment_id,
+        refund_id=refund_id,
     )

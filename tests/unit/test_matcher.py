@@ -30,10 +30,8 @@ from reconciler.report import (
 from schemas.ids import observation_id_for
 from schemas.messages import (
     PaymentObserved,
-    PaymentRequest,
     PaymentStatus,
     RefundObserved,
-    RefundRequest,
 )
 from schemas.money import Money
 from schemas.periods import dt_to_ms
@@ -47,6 +45,13 @@ from schemas.recon import (
 )
 from schemas.recon_match import DISCREPANCY_CLASSES, MATCH_CLASSES, MatchConfig, MatchItem
 from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
+from tests.factories import (
+    payment_record,
+    refund_record,
+    report_payment_line,
+    report_refund_line,
+    subscription_state,
+)
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -73,28 +78,9 @@ def rec(
     has answered (any status but requested/unknown)."""
     if provider_id is None and status not in ("requested", "unknown"):
         provider_id = f"prov-{payment_id}"
-    request = PaymentRequest(
-        payment_id=payment_id,
-        command_id=f"cmd-{payment_id}",
-        user_id="user-1",
-        plan_id="monthly",
-        amount=amount,
-        period_months=1,
-        return_url="https://cinema.example/return",
-        description="Cinema monthly",
-    )
-    return PaymentRecord(
-        payment_id=payment_id,
-        command_id=f"cmd-{payment_id}",
-        plan_id="monthly",
-        amount=amount,
-        period_months=1,
-        status=status,
-        request=request,
-        requested_at=at,
-        deadline_at=None,
-        provider_payment_id=provider_id,
-        succeeded_at=at + 1000 if status == "succeeded" else None,
+    succeeded_at = at + 1000 if status == "succeeded" else None
+    return payment_record(
+        payment_id, status, at, provider_id, amount=amount, succeeded_at=succeeded_at
     )
 
 
@@ -118,15 +104,8 @@ def pay(
     sub: str | None = SUB,
 ) -> PaymentLine:
     """A provider payment line; ``provider_id`` defaults to ``prov-<payment_id>``."""
-    return PaymentLine(
-        provider_payment_id=provider_id or f"prov-{payment_id}",
-        status=status,  # type: ignore[arg-type]
-        amount=amount,
-        paid=status == "succeeded",
-        created_at=created,
-        subscription_id=sub,
-        payment_id=payment_id,
-    )
+    provider_id = provider_id or f"prov-{payment_id}"
+    return report_payment_line(sub, payment_id, provider_id, status, created, amount)
 
 
 def lref(
@@ -138,24 +117,8 @@ def lref(
     amount: Money = PRICE,
 ) -> RefundRecord:
     """A ledger refund of payment p1; ``provider_id`` defaults to ``prov-<refund_id>``."""
-    request = RefundRequest(
-        refund_id=refund_id,
-        command_id=f"cmd-{refund_id}",
-        payment_id="p1",
-        provider_payment_id="prov-p1",
-        amount=amount,
-    )
-    return RefundRecord(
-        refund_id=refund_id,
-        command_id=f"cmd-{refund_id}",
-        payment_id="p1",
-        amount=amount,
-        status=status,
-        request=request,
-        requested_at=at,
-        deadline_at=None,
-        provider_refund_id=f"prov-{refund_id}" if provider_id == "auto" else provider_id,
-    )
+    provider_id = f"prov-{refund_id}" if provider_id == "auto" else provider_id
+    return refund_record(refund_id, "p1", "prov-p1", status, at, provider_id, amount=amount)
 
 
 def refund(
@@ -165,27 +128,16 @@ def refund(
     *,
     amount: Money = PRICE,
 ) -> RefundLine:
-    return RefundLine(
-        provider_refund_id=provider_id or f"prov-{refund_id}",
-        provider_payment_id="prov-p1",
-        status=status,  # type: ignore[arg-type]
-        amount=amount,
-        created_at=OLD + 700,
-        subscription_id=SUB,
-        payment_id="p1",
-        refund_id=refund_id,
+    provider_id = provider_id or f"prov-{refund_id}"
+    return report_refund_line(
+        SUB, "p1", "prov-p1", refund_id, provider_id, status, OLD + 700, amount
     )
 
 
 def state(
     *records: PaymentRecord, refunds: Sequence[RefundRecord] = (), sub: str = SUB
 ) -> SubscriptionState:
-    return SubscriptionState(
-        subscription_id=sub,
-        user_id="user-1",
-        payments={r.payment_id: r for r in records},
-        refunds={r.refund_id: r for r in refunds},
-    )
+    return subscription_state(sub, *records, refunds=refunds)
 
 
 def run_one(

@@ -24,11 +24,17 @@ from reconciler.matcher import (
     match_line,
     reconcile,
 )
-from schemas.messages import PaymentRequest, PaymentStatus, RefundRequest
+from schemas.messages import PaymentStatus
 from schemas.money import CURRENCY_EXPONENT, Money
-from schemas.recon import PaymentLine, RefundLine, ReportLine, provider_id_of
+from schemas.recon import PaymentLine, ReportLine, provider_id_of
 from schemas.recon_match import MatchConfig, MatchItem
-from schemas.state import PaymentRecord, RefundRecord, RefundStatus, SubscriptionState
+from schemas.state import PaymentRecord, RefundStatus, SubscriptionState
+from tests.factories import (
+    payment_record,
+    refund_record,
+    report_payment_line,
+    report_refund_line,
+)
 
 HOUR = 3_600_000
 W0 = 1_772_323_200_000  # 2026-03-01T00:00Z
@@ -84,29 +90,13 @@ class Case:
         provider_id: str | None = "new",
         amount: Money | None = None,
     ) -> PaymentRecord:
+        # drawn in this order, so that a seed replays the same case
         pid = self.uid("pay-")
         amount = amount or self.money()
-        request = PaymentRequest(
-            payment_id=pid,
-            command_id=f"cmd-{pid}",
-            user_id=sub,
-            plan_id="monthly",
-            amount=amount,
-            period_months=1,
-            return_url="https://cinema.example/return",
-            description="",
-        )
-        rec = PaymentRecord(
-            payment_id=pid,
-            command_id=f"cmd-{pid}",
-            plan_id="monthly",
-            amount=amount,
-            period_months=1,
-            status=status,
-            request=request,
-            requested_at=self.old() if at is None else at,
-            deadline_at=None,
-            provider_payment_id=self.uid("prov-") if provider_id == "new" else provider_id,
+        at = self.old() if at is None else at
+        provider_id = self.uid("prov-") if provider_id == "new" else provider_id
+        rec = payment_record(
+            pid, status, at, provider_id, amount=amount, user_id=sub, description=""
         )
         st = self.states[sub]
         self.states[sub] = msgspec.structs.replace(st, payments={**st.payments, pid: rec})
@@ -132,17 +122,16 @@ class Case:
         amount: Money | None = None,
         created: int | None = None,
     ) -> PaymentLine:
-        line = PaymentLine(
-            provider_payment_id=provider_id
+        # drawn in this order, so that a seed replays the same case
+        provider_id = (
+            provider_id
             or (rec.provider_payment_id if rec is not None else None)
-            or self.uid("prov-"),
-            status=status,  # type: ignore[arg-type]
-            amount=amount or (rec.amount if rec is not None else self.money()),
-            paid=status == "succeeded",
-            created_at=created or self.after(rec.requested_at if rec is not None else W0),
-            subscription_id=sub,
-            payment_id=rec.payment_id if rec is not None else self.uid("pay-"),
+            or self.uid("prov-")
         )
+        amount = amount or (rec.amount if rec is not None else self.money())
+        created = created or self.after(rec.requested_at if rec is not None else W0)
+        payment_id = rec.payment_id if rec is not None else self.uid("pay-")
+        line = report_payment_line(sub, payment_id, provider_id, status, created, amount)
         self.lines.append(line)
         return line
 
@@ -332,37 +321,21 @@ def refund_scenario(c: Case, sub: str) -> None:
     provider_id = c.uid("prov-ref-") if answered else None
     pay_id = c.uid("pay-")
     if ours is not None:
-        request = RefundRequest(
-            refund_id=rid,
-            command_id=f"cmd-{rid}",
-            payment_id=pay_id,
-            provider_payment_id="prov-x",
-            amount=amount,
-        )
-        record = RefundRecord(
-            refund_id=rid,
-            command_id=f"cmd-{rid}",
-            payment_id=pay_id,
-            amount=amount,
-            status=ours,  # type: ignore[arg-type]
-            request=request,
-            requested_at=at,
-            deadline_at=None,
-            provider_refund_id=provider_id,
-        )
+        status: RefundStatus = ours  # type: ignore[assignment]
+        record = refund_record(rid, pay_id, "prov-x", status, at, provider_id, amount=amount)
         st = c.states[sub]
         c.states[sub] = msgspec.structs.replace(st, refunds={**st.refunds, rid: record})
     if theirs is not None:
         c.lines.append(
-            RefundLine(
-                provider_refund_id=provider_id or "",
-                provider_payment_id="prov-x",
-                status=theirs,  # type: ignore[arg-type]
-                amount=Money(amount.amount_minor + 1, amount.currency) if variant == 2 else amount,
-                created_at=c.after(at),
-                subscription_id=sub,
-                payment_id=pay_id,
-                refund_id=rid if ours is not None else None,
+            report_refund_line(
+                sub,
+                pay_id,
+                "prov-x",
+                rid if ours is not None else None,
+                provider_id or "",
+                theirs,
+                c.after(at),
+                Money(amount.amount_minor + 1, amount.currency) if variant == 2 else amount,
             )
         )
     c.expect(expected[0], provider_id or f"ours:{rid}", expected[1])
