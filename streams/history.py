@@ -130,7 +130,8 @@ def create_history_app(settings: Settings) -> Any:
         producer_acks=-1,
         stream_wait_empty=False,
     )
-    # Faust's consumer would join a group of its own here with nothing to read.
+    # Faust's own consumer stays off: it has nothing to read, and it would join the group of
+    # the app id, which is the history consumer's group (with another assignor).
     app.boot_strategy = app.BootStrategy(app, enable_kafka_consumer=False)
     group = history_group(settings)
     holder: list[ClickHouseClient] = []
