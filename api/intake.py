@@ -382,6 +382,17 @@ class Caller:
     def command_id(self) -> str:
         return command_id_for(self.user_id, self.idem_key)
 
+    @property
+    def payment_id(self) -> str:
+        """The payment a charging command of this request makes (derived: a retry names it
+        again)."""
+        return payment_id_for(self.command_id)
+
+    @property
+    def own_subscription_id(self) -> str:
+        """The caller's own subscription (one per user)."""
+        return subscription_id_for(self.user_id)
+
 
 async def _accept(
     pool: AsyncConnectionPool[Any],
@@ -415,9 +426,8 @@ async def accept_payment(
 ) -> IntakeOutcome:
     """Buy a plan at its price in force now. An archived plan is not for sale (subscriptions
     already on it keep renewing: that is the ledger's timer, not intake)."""
-    command_id = caller.command_id
-    payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(caller.user_id)
+    command_id, payment_id = caller.command_id, caller.payment_id
+    subscription_id = caller.own_subscription_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         plan = await _quote_for_sale(conn, request.plan_id)
@@ -454,9 +464,8 @@ async def accept_retry(
     """Pay again for what one of the caller's canceled payments was for, at the price in force
     now for its plan. Whether it may be retried (canceled, nothing in flight, the period not
     paid meanwhile) is the ledger's call, made serially per subscription."""
-    command_id = caller.command_id
-    payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(caller.user_id)
+    command_id, payment_id = caller.command_id, caller.payment_id
+    subscription_id = caller.own_subscription_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         cur = await conn.execute(
@@ -504,9 +513,8 @@ async def accept_plan_change(
     """Switch the caller's subscription to another plan on sale, priced now. The ledger
     decides upgrade (charged now, prorated) or downgrade (at the period end) and refuses a
     subscription that is not active, the same plan, or a payment in flight."""
-    command_id = caller.command_id
-    payment_id = payment_id_for(command_id)
-    subscription_id = subscription_id_for(caller.user_id)
+    command_id, payment_id = caller.command_id, caller.payment_id
+    subscription_id = caller.own_subscription_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         await _subscription_owner(conn, subscription_id)
@@ -620,7 +628,7 @@ async def accept_auto_renew(
     caller's own, or (``subscription_id`` given: an admin) anyone's, with actor and reason."""
     command_id = caller.command_id
     admin = subscription_id is not None
-    sub_id = subscription_id or subscription_id_for(caller.user_id)
+    sub_id = subscription_id or caller.own_subscription_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         owner, _ = await _subscription_owner(conn, sub_id)
