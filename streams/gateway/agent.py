@@ -48,6 +48,7 @@ from streams.gateway.window import (
     next_step,
     search_range,
 )
+from streams.ledger.resend import gateway_skips
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ def register_gateway(
     async def gateway(stream: Any) -> None:
         async for event in stream.events():
             value: bytes = event.value
-            if not value.startswith(_WANTED):
+            if not value.startswith(_WANTED) or gateway_skips(event.headers):
                 continue
             decoded = decode_event(value)
             outcome: PaymentObserved | PaymentCallFailed | RefundObserved | RefundCallFailed

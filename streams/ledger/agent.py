@@ -2,9 +2,9 @@
 
 Consumes billing.commands and billing.provider-events (co-partitioned by subscription id),
 keeps one state per subscription in a table, and emits the decided events to billing.events.
-A replayed input re-emits the same events (same ids and versions), less the requests whose
-record has moved on (``streams.ledger.resend``); Faust flushes the table changelog and the
-events before committing the input offset.
+A replayed input re-emits the same events (same ids and versions), the requests whose record
+has moved on flagged for the gateway to skip (``streams.ledger.resend``); Faust flushes the
+table changelog and the events before committing the input offset.
 
 The sweeper (a timer) asks the pure machine what is due for each subscription whose wake-up
 time has come (``due_commands``): re-drives of overdue payments and refunds, renewal charges,
@@ -29,18 +29,21 @@ from schemas.state import SubscriptionState, decode_state, encode_state
 from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
 from streams.ledger.price_store import load_price_book
 from streams.ledger.prices import PriceBook
-from streams.ledger.resend import to_resend
+from streams.ledger.resend import OUTCOME_KNOWN, resend_plan
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "ledger-state"
 FULL_SCAN_EVERY = 15  # sweeper ticks between full table scans (recovered state, rebalances)
+_KNOWN = {OUTCOME_KNOWN: b"1"}  # the header of a re-emitted request the gateway skips
 
 
-async def _send_all(topic: Any, key: bytes, values: list[bytes]) -> None:
-    for value in values:
-        await topic.send(key=key, value=value)
+async def _send_all(
+    topic: Any, key: bytes, values: list[tuple[bytes, dict[str, bytes] | None]]
+) -> None:
+    for value, headers in values:
+        await topic.send(key=key, value=value, headers=headers)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -114,18 +117,19 @@ def register_ledger(
             raw = table.get(key)
             state = decode_state(raw) if raw is not None else None
             decision = decide(state, msg, policy)
-            events = decision.events
             if not decision.duplicate and decision.state is not None:
                 table[key] = encode_state(decision.state)
                 track(key, decision.state)
-            elif events and decision.state is not None:
-                # A re-emission: requests whose outcome is known (or re-driven since) are not
-                # sent again, so the gateway does not call the provider again for them.
-                events = to_resend(decision.state, events)
-            if events:
+            plan = [(out, True) for out in decision.events]
+            if decision.duplicate and decision.state is not None:
+                # A re-emission: all of it goes to the log again (it may heal a crash), but a
+                # request whose record moved on is flagged for the gateway to skip.
+                plan = resend_plan(decision.state, decision.events)
+            if plan:
                 # Shielded: a stop that cancels the agent here must not leave a state change
                 # without its events (Faust would still acknowledge this input).
-                await asyncio.shield(_send_all(topics.events, key, [encode(out) for out in events]))
+                sends = [(encode(out), None if act else _KNOWN) for out, act in plan]
+                await asyncio.shield(_send_all(topics.events, key, sends))
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:

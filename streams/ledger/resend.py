@@ -1,18 +1,21 @@
 """What the ledger re-emits for a duplicate input, pure.
 
 A command or provider event seen again re-emits the events it produced (same ids, same
-versions), so whatever a crash lost downstream is produced again. For the request events
-(the gateway's work) that is only right while the request still waits for its first
-answer: once the record has moved on (an outcome, a provider id, a later re-drive, or an
-``unknown`` the sweeper now re-drives), a re-emitted request would make the gateway call the
-provider again for an outcome already known, and, past the provider's key window, is exactly
-the path to a second charge (ARCHITECTURE.md invariant 7; the gateway's guard is the other
-half). The other events are facts the projection deduplicates by version: always re-emitted.
+versions): that is how a crash that lost them downstream is healed, so every one of them goes
+to the log again, unchanged. But a request event (the gateway's work) whose record has
+moved on since (an outcome, a provider id, a later re-drive, an ``unknown`` the sweeper now
+re-drives) must not make the gateway call the provider again for an outcome already known:
+past the provider's key window that is exactly the path to a second charge (ARCHITECTURE.md
+invariant 7; the gateway's own guard is the other half). Such an event is re-emitted with
+the ``OUTCOME_KNOWN`` header, which the gateway skips. Not dropped: the state alone cannot
+tell whether the first emission reached the log (a crash may have kept the changelog and
+lost the events), and the log must fold to the state. A skipped request is not lost either:
+the sweeper re-drives every record still open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from schemas.messages import (
     AnyEvent,
@@ -57,7 +60,23 @@ def still_awaited(state: SubscriptionState, event: AnyEvent) -> bool:
     return True
 
 
+# Kafka header on a re-emitted request the gateway must not act on (value b"1").
+OUTCOME_KNOWN = "billing-outcome-known"
+
+
+def resend_plan(
+    state: SubscriptionState, stored: Sequence[AnyEvent]
+) -> list[tuple[AnyEvent, bool]]:
+    """Every stored event of a duplicate input, in order, each with whether the gateway may
+    act on it (False: send it with the ``OUTCOME_KNOWN`` header)."""
+    return [(e, still_awaited(state, e)) for e in stored]
+
+
 def to_resend(state: SubscriptionState, stored: Sequence[AnyEvent]) -> list[AnyEvent]:
-    """The stored events of a duplicate input worth sending again, in their order. A
-    request dropped here is not lost: the sweeper re-drives every record still open."""
-    return [e for e in stored if still_awaited(state, e)]
+    """The stored events the gateway may act on (the others go to the log only)."""
+    return [e for e, act in resend_plan(state, stored) if act]
+
+
+def gateway_skips(headers: Mapping[str, bytes] | None) -> bool:
+    """The gateway's side of the header: a re-emitted request whose outcome is known."""
+    return headers is not None and headers.get(OUTCOME_KNOWN) == b"1"

@@ -1,6 +1,7 @@
-"""What the ledger re-emits for a duplicate input (streams.ledger.resend): request events only
-while their record still waits for its first answer; every other event always. The states
-come from the pure machine itself, so the test follows what ``decide`` really stores."""
+"""What the ledger re-emits for a duplicate input (streams.ledger.resend): every stored event
+goes to the log again, but the gateway acts on a request event only while its record still
+waits for its first answer. The states come from the pure machine itself, so the test
+follows what ``decide`` really stores."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ from schemas.messages import (
 from schemas.money import Money
 from schemas.state import SubscriptionState
 from streams.ledger.machine import LedgerInput, Policy, decide
-from streams.ledger.resend import still_awaited, to_resend
+from streams.ledger.resend import (
+    OUTCOME_KNOWN,
+    gateway_skips,
+    resend_plan,
+    still_awaited,
+    to_resend,
+)
 
 POLICY = Policy(payment_deadline_ms=10_000, redrive_max_backoff_ms=80_000, capture_delay_ms=None)
 T0 = 1_800_000_000_000
@@ -151,10 +158,13 @@ def apply(inputs: Sequence[LedgerInput]) -> SubscriptionState:
 
 
 def resent(inputs: Sequence[LedgerInput], again: LedgerInput) -> list[str]:
-    """Apply ``inputs``, then ``again`` as a duplicate: the types the ledger sends again."""
+    """Apply ``inputs``, then ``again`` as a duplicate: the types the gateway may act on.
+    Every stored event is re-emitted, in order, whatever the gateway may do with it."""
     state = apply(inputs)
     d = decide(state, again, POLICY)
     assert d.duplicate and d.state is not None, "the input must be a duplicate"
+    plan = resend_plan(d.state, d.events)
+    assert [e for e, _ in plan] == d.events  # the log is healed whatever happens
     return [type(e).__name__ for e in to_resend(d.state, d.events)]
 
 
@@ -211,6 +221,12 @@ def test_what_a_duplicate_sends_again(
     inputs: list[LedgerInput], again: LedgerInput, expected: list[str]
 ) -> None:
     assert resent(inputs, again) == expected
+
+
+def test_the_gateway_skips_only_the_flag() -> None:
+    assert gateway_skips({OUTCOME_KNOWN: b"1"})
+    for headers in (None, {}, {OUTCOME_KNOWN: b"0"}, {"other": b"1"}):
+        assert not gateway_skips(headers)
 
 
 def test_order_and_non_request_events_are_kept() -> None:
