@@ -113,7 +113,7 @@ def test_the_read_model_agrees_with_the_folded_state(fresh_database: Any) -> Non
             problems = differences(self, dsn)
             assert not problems, "\n".join(problems)
 
-    run_state_machine_as_test(
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
         Projected,
         settings=settings(
             max_examples=300,

@@ -21,16 +21,22 @@ from schemas.money import Money
 from schemas.periods import period_end_ms
 from schemas.state import SubscriptionState
 from streams.ledger.machine import LedgerInput, Policy, decide
-from tests.unit.test_lifecycle import (
+from tests.factories import (
     POLICY,
+    PRICE,
+    SUB,
+    T0,
+    USER,
     active,
     admin,
     apply,
     change,
+    observed,
+    pay,
+    pid,
     refund,
     refund_seen,
 )
-from tests.unit.test_machine import PRICE, SUB, T0, USER, observed, pay, pid
 
 YEARLY = 299000
 

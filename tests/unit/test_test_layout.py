@@ -31,7 +31,6 @@ STILL_IMPORTING: dict[str, set[str]] = {
         "tests.e2e.test_refunds",
     },
     "tests.integration.test_recon_history": {"tests.integration.test_reconcile_store"},
-    "tests.unit.test_money_edges": {"tests.unit.test_lifecycle", "tests.unit.test_machine"},
     "tests.unit.test_notify": {"tests.unit.test_lifecycle", "tests.unit.test_machine"},
 }
 
