@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.errors import BillingError
 from schemas.ids import derived_id, event_id_for
 from schemas.messages import (
     TERMINAL_PAYMENT_STATUSES,
@@ -1137,7 +1138,7 @@ def next_wakeup(state: SubscriptionState, policy: Policy) -> int | None:
 
 
 # -------------------------------------------------------------------------------- evolve
-class VersionGap(ValueError):
+class VersionGap(BillingError, ValueError):
     """An event that does not follow the state's version: folding it would silently skip
     (or repeat) what happened between, so a rebuild stops instead."""
 
