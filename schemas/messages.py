@@ -190,6 +190,11 @@ class PaymentObserved(ProviderEvent, tag="PaymentObserved", frozen=True):
     payment_method_saved: bool = False
 
 
+# PaymentCallFailed/RefundCallFailed.error_code when the gateway left a request unknown because
+# it is past the provider's key window and no provider object carries its id (invariant 7).
+KEY_WINDOW_EXPIRED = "idempotence_window_expired"
+
+
 class PaymentCallFailed(ProviderEvent, tag="PaymentCallFailed", frozen=True):
     """A provider call gave no usable answer. ``unknown``: timeout/5xx/connection (the charge
     may exist; retry with the same key). ``rejected``: a definite 4xx (nothing was created)."""
@@ -318,6 +323,9 @@ class PaymentOutcomeUnknown(Event, tag="PaymentOutcomeUnknown", frozen=True):
     # currency): the payment is escalated, not granted, and waits for reconciliation.
     escalated: bool = False
     provider_payment_id: str | None = None
+    # Past the provider's key window with nothing found: no more re-drives (each would only
+    # search again); the request is reconciliation's to settle. A late outcome still applies.
+    final: bool = False
 
 
 class PaymentSucceeded(Event, tag="PaymentSucceeded", frozen=True):
@@ -407,6 +415,7 @@ class RefundOutcomeUnknown(Event, tag="RefundOutcomeUnknown", frozen=True):
     refund_id: str
     attempt: int
     error: str
+    final: bool = False  # see PaymentOutcomeUnknown.final
 
 
 class AutoRenewChanged(Event, tag="AutoRenewChanged", frozen=True):

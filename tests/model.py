@@ -33,6 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from schemas.ids import derived_id, observation_id_for
 from schemas.messages import (
+    KEY_WINDOW_EXPIRED,
     TERMINAL_PAYMENT_STATUSES,
     AccessShortened,
     AdminAdjust,
@@ -61,6 +62,7 @@ from streams.ledger.machine import LedgerInput, Policy, decide, due_commands, ev
 
 DAY = 86_400_000
 HOUR = 3_600_000
+KEY_WINDOW_MS = 20 * HOUR  # the gateway's safe window (BILLING_PROVIDER_KEY_SAFE_WINDOW_S)
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SUB = "00000000-0000-5000-8000-00000000000a"
 USER = "model-user"
@@ -331,6 +333,32 @@ class LedgerModel(RuleBasedStateMachine):
                 attempt=rec.attempts,
             )
         )
+
+    @rule()
+    def gateway_gives_up_past_the_key_window(self) -> None:
+        """What the gateway answers for a request past the key window that no provider
+        object carries (streams/gateway/window.py): unknown, never a create."""
+        if self.state is None:
+            return
+        for rec in self._payments("requested", "unknown"):
+            old = self.now - rec.requested_at >= KEY_WINDOW_MS
+            if old and rec.payment_id not in self.world.provider and rec.deadline_at is not None:
+                self.feed(
+                    PaymentCallFailed(
+                        observation_id=derived_id(rec.payment_id, f"expired-{self.seq}"),
+                        subscription_id=SUB,
+                        observed_at=self.now,
+                        source="gateway",
+                        payment_id=rec.payment_id,
+                        outcome="unknown",
+                        error_code=KEY_WINDOW_EXPIRED,
+                        error="nothing found",
+                        attempt=rec.attempts,
+                    )
+                )
+                handed = self.state.payments[rec.payment_id]
+                assert handed.deadline_at is None, "handed to reconciliation, yet re-driven"
+                assert handed.status_reason and KEY_WINDOW_EXPIRED in handed.status_reason
 
     @rule(data=st.data(), part=st.sampled_from(["full", "half", "one", "all_of_it"]))
     def refund(self, data: st.DataObject, part: str) -> None:

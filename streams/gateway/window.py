@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+from schemas.messages import KEY_WINDOW_EXPIRED
+
 Step = Literal["create", "reread", "search", "give_up"]
 
 # How far our clock and the provider's may disagree when searching by created_at.
 SEARCH_SLACK_MS = 15 * 60 * 1000
-KEY_EXPIRED = "idempotence_window_expired"
+KEY_EXPIRED = KEY_WINDOW_EXPIRED
 
 
 def within_window(requested_at: int, now: int, window_ms: int) -> bool:

@@ -19,6 +19,7 @@ import msgspec
 from schemas.errors import BillingError
 from schemas.ids import derived_id, event_id_for
 from schemas.messages import (
+    KEY_WINDOW_EXPIRED,
     TERMINAL_PAYMENT_STATUSES,
     AccessShortened,
     AdminActionRejected,
@@ -507,7 +508,21 @@ def _call_failed(em: _Emitter, failed: PaymentCallFailed, policy: Policy) -> Non
     if rec is None or rec.status in TERMINAL_PAYMENT_STATUSES:
         return
     if failed.outcome == "unknown":
-        if rec.status == "requested":
+        if (
+            failed.error_code == KEY_WINDOW_EXPIRED
+            and rec.deadline_at is not None
+            and rec.provider_payment_id is None
+        ):
+            # Past the key window with nothing found: stop re-driving (each re-drive would
+            # only search again) and leave it to reconciliation, with the reason.
+            em.emit(
+                PaymentOutcomeUnknown,
+                payment_id=rec.payment_id,
+                attempt=failed.attempt,
+                error=f"{failed.error_code}: {failed.error}"[:500],
+                final=True,
+            )
+        elif rec.status == "requested":
             em.emit(
                 PaymentOutcomeUnknown,
                 payment_id=rec.payment_id,
@@ -655,12 +670,14 @@ def _refund_call_failed(em: _Emitter, failed: RefundCallFailed) -> None:
     if ref is None or ref.status in TERMINAL_PAYMENT_STATUSES:
         return
     if failed.outcome == "unknown":
-        if ref.status == "requested":
+        final = failed.error_code == KEY_WINDOW_EXPIRED and ref.deadline_at is not None
+        if final or ref.status == "requested":
             em.emit(
                 RefundOutcomeUnknown,
                 refund_id=ref.refund_id,
                 attempt=failed.attempt,
                 error=f"{failed.error_code}: {failed.error}"[:500],
+                final=final,
             )
         return
     if ref.provider_refund_id is None:
@@ -1226,7 +1243,14 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 )
             )
         else:
-            put(replace(rec, status="unknown", status_reason=event.error))
+            put(
+                replace(
+                    rec,
+                    status="unknown",
+                    status_reason=event.error,
+                    deadline_at=None if event.final else rec.deadline_at,
+                )
+            )
     elif isinstance(event, PaymentSucceeded):
         rec = payments[event.payment_id]
         if rec.status == "canceled":  # reconciliation revived it: its credit is taken again
@@ -1353,7 +1377,12 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
     elif isinstance(event, RefundOutcomeUnknown):
         refunds = dict(state.refunds)
         ref = refunds[event.refund_id]
-        refunds[ref.refund_id] = replace(ref, status="unknown", status_reason=event.error)
+        refunds[ref.refund_id] = replace(
+            ref,
+            status="unknown",
+            status_reason=event.error,
+            deadline_at=None if event.final else ref.deadline_at,
+        )
         new["refunds"] = refunds
     elif isinstance(event, RefundSucceeded | RefundFailed):
         refunds = dict(state.refunds)

@@ -260,3 +260,30 @@ def test_evolve_refuses_a_version_gap_or_a_repeat() -> None:
     with pytest.raises(VersionGap):
         evolve(state, msgspec.structs.replace(event, version=state.version))
     assert evolve(state, event).version == state.version + 1
+
+
+def test_past_the_key_window_with_nothing_found_the_payment_is_handed_to_reconciliation() -> None:
+    from schemas.messages import KEY_WINDOW_EXPIRED, PaymentCallFailed
+    from streams.ledger.machine import due_commands
+
+    state, _ = apply(None, [pay()])
+    expired = PaymentCallFailed(
+        observation_id=derived_id(pid(), "expired"),
+        subscription_id=SUB,
+        observed_at=T0 + 21 * 3_600_000,
+        source="gateway",
+        payment_id=pid(),
+        outcome="unknown",
+        error_code=KEY_WINDOW_EXPIRED,
+        error="request is 21.0 h old, past the 20 h key window",
+        attempt=0,
+    )
+    state, types = apply(state, [expired])
+    assert types == ["PaymentOutcomeUnknown"]
+    rec = state.payments[pid()]
+    assert rec.status == "unknown" and rec.deadline_at is None and not rec.escalated
+    assert KEY_WINDOW_EXPIRED in (rec.status_reason or "")
+    assert due_commands(state, T0 + 30 * 86_400_000, POLICY) == []  # never re-driven
+    # a late outcome from the provider still applies
+    state, types = apply(state, [observed("succeeded", at=T0 + 22 * 3_600_000)])
+    assert types == ["PaymentSucceeded", "SubscriptionActivated"]
