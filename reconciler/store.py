@@ -876,19 +876,22 @@ def _follow_up(item: ItemRow, resolution: str, at: int) -> PaymentObserved | Ref
         return None
     if item.theirs_status not in (None, "pending", "waiting_for_capture"):
         return None
-    reason = "not at the provider (admin accepted the provider's report)"
+    # The fields both observations share: a cancellation seen by reconciliation.
+    canceled: dict[str, Any] = {
+        "observation_id": observation_id_for(item.provider_id, "canceled"),
+        "subscription_id": item.subscription_id,
+        "observed_at": at,
+        "source": "reconciliation",
+        "status": "canceled",
+        "amount": item.ours_amount,
+        "cancellation_reason": "not at the provider (admin accepted the provider's report)",
+    }
     if item.object == "payment" and item.kind == "missing_at_provider" and item.payment_id:
         return PaymentObserved(
-            observation_id=observation_id_for(item.provider_id, "canceled"),
-            subscription_id=item.subscription_id,
-            observed_at=at,
-            source="reconciliation",
+            **canceled,
             payment_id=item.payment_id,
             provider_payment_id=item.provider_id,
-            status="canceled",
-            amount=item.ours_amount,
             cancellation_party="merchant",
-            cancellation_reason=reason,
         )
     if (
         item.object == "refund"
@@ -897,15 +900,9 @@ def _follow_up(item: ItemRow, resolution: str, at: int) -> PaymentObserved | Ref
         and item.payment_id
     ):
         return RefundObserved(
-            observation_id=observation_id_for(item.provider_id, "canceled"),
-            subscription_id=item.subscription_id,
-            observed_at=at,
-            source="reconciliation",
+            **canceled,
             refund_id=item.refund_id,
             payment_id=item.payment_id,
             provider_refund_id=item.provider_id,
-            status="canceled",
-            amount=item.ours_amount,
-            cancellation_reason=reason,
         )
     return None
