@@ -37,7 +37,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from providers.port import ProviderPayment
 from schemas.errors import BillingError
@@ -195,6 +195,15 @@ def _registry_row(row: Mapping[str, str | None], num: int) -> ReportLine:
         created_at = iso_to_ms(created_raw) if created_raw else None
     except ReportError as exc:
         raise ReportError(str(exc), row=num) from exc
+    # Columns both kinds of line read the same way (status is checked per kind below).
+    shared: dict[str, Any] = {
+        "status": status,
+        "amount": amount,
+        "created_at": created_at,
+        "subscription_id": _cell(row, "subscription_id"),
+        "payment_id": _cell(row, "payment_id"),
+        "cancellation_reason": _cell(row, "cancellation_reason"),
+    }
     if obj == "payment":
         if status not in PAYMENT_STATUSES:
             raise ReportError(f"unexpected payment status {status!r}", row=num)
@@ -206,29 +215,19 @@ def _registry_row(row: Mapping[str, str | None], num: int) -> ReportLine:
         else:
             raise ReportError(f"paid must be true or false, not {paid_raw!r}", row=num)
         return PaymentLine(
+            **shared,
             provider_payment_id=provider_id,
-            status=status,  # type: ignore[arg-type]
-            amount=amount,
             paid=paid,
-            created_at=created_at,
-            subscription_id=_cell(row, "subscription_id"),
-            payment_id=_cell(row, "payment_id"),
             user_id=_cell(row, "user_id"),
             cancellation_party=_cell(row, "cancellation_party"),
-            cancellation_reason=_cell(row, "cancellation_reason"),
         )
     if obj == "refund":
         if status not in REFUND_STATUSES:
             raise ReportError(f"unexpected refund status {status!r}", row=num)
         return RefundLine(
+            **shared,
             provider_refund_id=provider_id,
             provider_payment_id=need("provider_payment_id"),
-            status=status,  # type: ignore[arg-type]
-            amount=amount,
-            created_at=created_at,
-            subscription_id=_cell(row, "subscription_id"),
-            payment_id=_cell(row, "payment_id"),
             refund_id=_cell(row, "refund_id"),
-            cancellation_reason=_cell(row, "cancellation_reason"),
         )
     raise ReportError(f"object must be payment or refund, not {obj!r}", row=num)
