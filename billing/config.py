@@ -1,4 +1,7 @@
-"""The one settings class of every process (api, worker, emulator, stack, CLI).
+"""Settings of the processes (api, worker, history worker, emulator, console, stack, CLI).
+
+``CommonSettings`` is what every process reads, ``ProviderSettings`` adds the YooKassa client;
+``Settings`` still holds every field while the split by process proceeds (issue 12).
 
 Read from the environment (prefix ``BILLING_``), built once at start-up and passed down, never
 read at import time. docker-compose.yml configures the same names (a test checks it).
@@ -27,7 +30,9 @@ YOOKASSA_WEBHOOK_IPS = [
 _PLACEHOLDER_SECRETS = {"changethis", "dev-only-jwt-secret", "emulator-secret"}
 
 
-class Settings(BaseSettings):
+class CommonSettings(BaseSettings):
+    """What every process reads: environment, state dir, logging, Kafka, PostgreSQL."""
+
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
     env: Literal["dev", "test", "prod"] = "dev"
@@ -41,6 +46,45 @@ class Settings(BaseSettings):
 
     # PostgreSQL: empty means the embedded server under state_dir/pg (local stack, tests).
     postgres_dsn: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _refuse_embedded_postgres_in_prod(self) -> CommonSettings:
+        if self.env == "prod" and self.postgres_dsn is None:
+            raise ValueError("BILLING_POSTGRES_DSN must be set in prod")
+        return self
+
+
+class ProviderSettings(CommonSettings):
+    """The YooKassa client (API and worker); the emulator's address when no api_url is set."""
+
+    # Provider (YooKassa). Empty api_url = the local emulator.
+    yookassa_shop_id: str = "100500"
+    yookassa_secret_key: SecretStr = SecretStr("emulator-secret")
+    yookassa_api_url: str = ""
+    provider_timeout_s: float = 10.0
+    provider_max_attempts: int = 3
+
+    # Emulator (local stack and tests only)
+    emulator_host: str = "127.0.0.1"
+    emulator_port: int = 8081
+    emulator_webhook_url: str = ""
+
+    @model_validator(mode="after")
+    def _refuse_emulator_provider_in_prod(self) -> ProviderSettings:
+        if self.env == "prod":
+            if self.yookassa_secret_key.get_secret_value() in _PLACEHOLDER_SECRETS:
+                raise ValueError("BILLING_YOOKASSA_SECRET_KEY must be set in prod")
+            if not self.yookassa_api_url:
+                raise ValueError("BILLING_YOOKASSA_API_URL must be set in prod (no emulator)")
+        return self
+
+    @cached_property
+    def provider_api_url(self) -> str:
+        return self.yookassa_api_url or f"http://{self.emulator_host}:{self.emulator_port}/v3"
+
+
+class Settings(ProviderSettings):
+    """Every setting of every process (the per-process split is under way, issue 12)."""
 
     # API
     api_host: str = "127.0.0.1"
@@ -57,18 +101,6 @@ class Settings(BaseSettings):
         default_factory=lambda: [*YOOKASSA_WEBHOOK_IPS, "127.0.0.1/32", "::1/128"]
     )
     webhook_trust_forwarded_for: bool = False
-
-    # Provider (YooKassa). Empty api_url = the local emulator.
-    yookassa_shop_id: str = "100500"
-    yookassa_secret_key: SecretStr = SecretStr("emulator-secret")
-    yookassa_api_url: str = ""
-    provider_timeout_s: float = 10.0
-    provider_max_attempts: int = 3
-
-    # Emulator (local stack and tests only)
-    emulator_host: str = "127.0.0.1"
-    emulator_port: int = 8081
-    emulator_webhook_url: str = ""
 
     # Worker (Faust)
     worker_id: str = "billing"
@@ -138,20 +170,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_prod(self) -> Settings:
-        if self.env == "prod":
-            for name in ("jwt_secret", "yookassa_secret_key"):
-                secret: SecretStr = getattr(self, name)
-                if secret.get_secret_value() in _PLACEHOLDER_SECRETS:
-                    raise ValueError(f"BILLING_{name.upper()} must be set in prod")
-            if not self.yookassa_api_url:
-                raise ValueError("BILLING_YOOKASSA_API_URL must be set in prod (no emulator)")
-            if self.postgres_dsn is None:
-                raise ValueError("BILLING_POSTGRES_DSN must be set in prod")
+        if self.env == "prod" and self.jwt_secret.get_secret_value() in _PLACEHOLDER_SECRETS:
+            raise ValueError("BILLING_JWT_SECRET must be set in prod")
         return self
-
-    @cached_property
-    def provider_api_url(self) -> str:
-        return self.yookassa_api_url or f"http://{self.emulator_host}:{self.emulator_port}/v3"
 
     @property
     def webhook_url(self) -> str:
