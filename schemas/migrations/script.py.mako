@@ -1,15 +1,11 @@
 """${message}
-
-Revision ID: ${up_revision}
-Revises: ${down_revision | comma,n}
 """
 
 from alembic import op
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
-branch_labels = None
-depends_on = None
+## branch_labels and depends_on: Alembic reads them as None when a script leaves them out.
 
 
 def upgrade() -> None:

@@ -1,15 +1,9 @@
-"""Foundation: plan catalogue, intake (idempotency keys + command outbox), read models.
-
-Revision ID: 0001
-Revises:
-"""
+"""Foundation: plan catalogue, intake (idempotency keys + command outbox), read models."""
 
 from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

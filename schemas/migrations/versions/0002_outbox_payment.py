@@ -1,15 +1,9 @@
-"""Outbox: the payment a command creates, so a client polling right after the 202 finds it.
-
-Revision ID: 0002_outbox_payment
-Revises: 0001
-"""
+"""Outbox: the payment a command creates, so a client polling right after the 202 finds it."""
 
 from alembic import op
 
 revision = "0002_outbox_payment"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

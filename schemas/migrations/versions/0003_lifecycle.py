@@ -1,15 +1,9 @@
-"""Lifecycle read models: refunds, auto-renewal and dunning on subscriptions.
-
-Revision ID: 0003_lifecycle
-Revises: 0002_outbox_payment
-"""
+"""Lifecycle read models: refunds, auto-renewal and dunning on subscriptions."""
 
 from alembic import op
 
 revision = "0003_lifecycle"
 down_revision = "0002_outbox_payment"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -4,17 +4,12 @@ A plan's price is the version in force at a moment (``effective_from <= t``, lat
 The seeded catalogue becomes version 1 of each plan, in force since the beginning of time;
 ``plans.amount_minor``/``currency`` stay as the plan's first price for reference only: every
 reader asks ``plan_prices``.
-
-Revision ID: 0004_price_versions
-Revises: 0003_lifecycle
 """
 
 from alembic import op
 
 revision = "0004_price_versions"
 down_revision = "0003_lifecycle"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

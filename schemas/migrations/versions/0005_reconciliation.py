@@ -14,17 +14,12 @@
   ``accept_provider`` / ``accept_ours`` / ``write_off`` with who, when and why).
 - ``recon_run_items``: which items a run found, each as that run saw it (the matcher's item,
   JSON), from which the run's summary is computed.
-
-Revision ID: 0005_reconciliation
-Revises: 0004_price_versions
 """
 
 from alembic import op
 
 revision = "0005_reconciliation"
 down_revision = "0004_price_versions"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,16 +1,11 @@
 """Which engine matched a reconciliation run: the streaming agents (``streaming``) or the
 ClickHouse batch path (``batch``, reconciler/batch_run.py). Existing runs were streaming.
-
-Revision ID: 0007_recon_engine
-Revises: 0006_saved_method
 """
 
 from alembic import op
 
 revision = "0007_recon_engine"
 down_revision = "0006_saved_method"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

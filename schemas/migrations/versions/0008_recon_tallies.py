@@ -10,17 +10,12 @@ succeeded totals per side and currency of those items are kept per (run, partiti
 last offset of the partition of ``billing.provider-report`` whose items are recorded (links or
 tally, in one transaction). A message at or before it was recorded already, by this worker or
 by the one that had the partition before, so a replayed line or marker adds nothing.
-
-Revision ID: 0008_recon_tallies
-Revises: 0007_recon_engine
 """
 
 from alembic import op
 
 revision = "0008_recon_tallies"
 down_revision = "0007_recon_engine"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -8,17 +8,12 @@ ledger has applied it. Existing rows are commands (the default).
 The partial index finds a subscription's open rows: the projection closes an admin's
 capture/release and a correction by the payment or refund they are about, when its outcome is
 projected (streams/sinks/postgres.py).
-
-Revision ID: 0009_outbox_topic
-Revises: 0008_recon_tallies
 """
 
 from alembic import op
 
 revision = "0009_outbox_topic"
 down_revision = "0008_recon_tallies"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
