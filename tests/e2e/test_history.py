@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from analytics.totals import differences, from_event_log, from_history, from_postgres
+from tests.e2e.client import headers, pay, refund_status, wait_status
 from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_pay import headers, pay, wait_status
-from tests.e2e.test_refunds import refund_status
 
 pytestmark = [pytest.mark.e2e]
 

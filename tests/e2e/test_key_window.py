@@ -25,9 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.ids import subscription_id_for
 from schemas.topics import COMMANDS, EVENTS
+from tests.e2e.client import ask_refund, pay, refund_status, wait_status
 from tests.e2e.harness import Stack, log_contains, wait_until
-from tests.e2e.test_pay import pay, wait_status
-from tests.e2e.test_refunds import ask_refund, refund_status
 
 pytestmark = [pytest.mark.e2e]
 

@@ -12,16 +12,17 @@ import pytest
 
 from schemas.ids import subscription_id_for
 from schemas.periods import add_months
-from tests.e2e.client import BODY, new_user, provider_payments, ts
-
-# Re-exported (``X as X``) only for test_history, test_key_window, test_reconciliation and
-# test_reconciliation_batch, which are being changed elsewhere and still import them from here;
-# anything new imports them from tests.e2e.client. tests/unit/test_test_layout.py lists them.
-from tests.e2e.client import get as get
-from tests.e2e.client import headers as headers
-from tests.e2e.client import pay as pay
-from tests.e2e.client import payment as payment
-from tests.e2e.client import wait_status as wait_status
+from tests.e2e.client import (
+    BODY,
+    get,
+    headers,
+    new_user,
+    pay,
+    payment,
+    provider_payments,
+    ts,
+    wait_status,
+)
 from tests.e2e.harness import Stack, wait_until
 
 pytestmark = [pytest.mark.e2e]

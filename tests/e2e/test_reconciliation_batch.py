@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from billing.clock import now_ms
+from tests.e2e.client import paid_user, pay, payment, provider_refunds, wait_status
 from tests.e2e.harness import Stack, wait_until
-from tests.e2e.test_pay import pay, payment, wait_status
-from tests.e2e.test_reconciliation import (
+from tests.e2e.recon_client import (
     active,
     create_at_provider,
     emulator_payment,
@@ -34,7 +34,6 @@ from tests.e2e.test_reconciliation import (
     reconcile_cli,
     run_row,
 )
-from tests.e2e.test_refunds import paid_user, provider_refunds
 
 pytestmark = [pytest.mark.e2e]
 

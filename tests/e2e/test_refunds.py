@@ -8,14 +8,15 @@ import uuid
 import httpx
 import pytest
 
-# Re-exported (``X as X``) only for test_history, test_key_window, test_reconciliation and
-# test_reconciliation_batch, which are being changed elsewhere and still import them from here;
-# anything new imports them from tests.e2e.client. tests/unit/test_test_layout.py lists them.
-from tests.e2e.client import ask_refund as ask_refund
-from tests.e2e.client import get, headers, provider_payments
-from tests.e2e.client import paid_user as paid_user
-from tests.e2e.client import provider_refunds as provider_refunds
-from tests.e2e.client import refund_status as refund_status
+from tests.e2e.client import (
+    ask_refund,
+    get,
+    headers,
+    paid_user,
+    provider_payments,
+    provider_refunds,
+    refund_status,
+)
 from tests.e2e.harness import Stack, wait_until
 
 pytestmark = [pytest.mark.e2e]

@@ -19,7 +19,7 @@ from reconciler import store
 from schemas.money import Money
 from schemas.recon_match import DISCREPANCY_CLASSES
 from streams.recon_history import sync_recon
-from tests.integration.test_reconcile_store import NOW, W0, day_items, record_run
+from tests.integration.recon_support import NOW, W0, day_items, record_run
 
 pytestmark = pytest.mark.integration
 

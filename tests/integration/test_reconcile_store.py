@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -17,64 +16,16 @@ from psycopg import AsyncConnection
 from reconciler import store
 from reconciler.matcher import reconcile, summarize
 from schemas.messages import PaymentObserved, RefundObserved
-from schemas.periods import dt_to_ms
-from schemas.recon_match import MatchItem
 from schemas.recon_runs import RunSpec
-from tests.integration.recon_support import HOUR, Day, make_day
+from tests.integration.recon_support import HOUR, NOW, W0, day_items, new_run, record_run
 
 pytestmark = pytest.mark.integration
-
-W0 = dt_to_ms(datetime(2026, 11, 24, tzinfo=UTC))
-NOW = W0 + 30 * HOUR
 
 
 @pytest.fixture
 async def conn(module_pg_dsn: str) -> AsyncIterator[AsyncConnection[Any]]:
     async with await AsyncConnection.connect(module_pg_dsn, autocommit=True) as c:
         yield c
-
-
-async def new_run(
-    conn: AsyncConnection[Any],
-    *,
-    window_start: int = W0,
-    window_end: int = W0 + 24 * HOUR,
-    **kw: Any,
-) -> RunSpec:
-    spec = await store.create_run(
-        conn,
-        run_id=str(uuid.uuid4()),
-        window_start=window_start,
-        window_end=window_end,
-        source="provider_api",
-        taken_at=kw.pop("taken_at", NOW),
-        pending_sla_ms=2 * HOUR,
-        **kw,
-    )
-    assert spec is not None
-    return spec
-
-
-async def record_run(
-    conn: AsyncConnection[Any], items: list[MatchItem], partitions: int = 2, taken_at: int = NOW
-) -> RunSpec:
-    """A run that found ``items``, spread over ``partitions``, every partition done."""
-    run = await new_run(conn, taken_at=taken_at)
-    await store.start_feeding(conn, run.run_id, lines=len(items), partitions=partitions)
-    found = [(i % partitions, it) for i, it in enumerate(items)]
-    await store.record_items(conn, run.run_id, found, NOW)
-    for p in range(partitions):
-        assert not await store.finish_if_complete(conn, run.run_id, NOW)
-        await store.mark_partition_done(
-            conn, run.run_id, p, lines_sent=1, lines_matched=1, complete=True, items=0, at=NOW
-        )
-    assert await store.finish_if_complete(conn, run.run_id, NOW + 1000)  # finished now
-    return run
-
-
-def day_items() -> tuple[Day, list[MatchItem]]:
-    day = make_day(W0)
-    return day, reconcile(day.states, day.lines, day.cfg).items
 
 
 async def count(conn: AsyncConnection[Any], sql: str, *params: Any) -> int:

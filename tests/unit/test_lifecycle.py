@@ -33,30 +33,30 @@ from streams.ledger.machine import (
     renewal_payment_id,
 )
 from streams.ledger.prices import PriceBook
-from tests.factories import (
-    DAY,
-    METHOD,
-    PRICE,
-    SUB,
-    T0,
-    USER,
-    observed,
-    pay,
-    pid,
-    quote,
-    refund_unknown,
-)
 
 # Re-exported (``X as X``) only for test_money_edges and test_notify, which are being changed
 # elsewhere and still import them from here; anything new imports tests.factories.
 # tests/unit/test_test_layout.py lists them.
-from tests.factories import POLICY as POLICY
-from tests.factories import active as active
-from tests.factories import admin as admin
-from tests.factories import apply as apply
-from tests.factories import change as change
-from tests.factories import refund as refund
-from tests.factories import refund_seen as refund_seen
+from tests.factories import (
+    DAY,
+    METHOD,
+    POLICY,
+    PRICE,
+    SUB,
+    T0,
+    USER,
+    active,
+    admin,
+    apply,
+    change,
+    observed,
+    pay,
+    pid,
+    quote,
+    refund,
+    refund_seen,
+    refund_unknown,
+)
 
 PERIOD_END = period_end_ms(T0 + 1_000, 1)
 

@@ -19,14 +19,7 @@ from streams.ledger.machine import Decision, LedgerInput, Policy, decide, evolve
 # Re-exported (``X as X``) only for test_money_edges and test_notify, which are being changed
 # elsewhere and still import them from here; anything new imports tests.factories.
 # tests/unit/test_test_layout.py lists them.
-from tests.factories import PRICE as PRICE
-from tests.factories import SUB as SUB
-from tests.factories import T0 as T0
-from tests.factories import USER as USER
-from tests.factories import call_failed, sweep
-from tests.factories import observed as observed
-from tests.factories import pay as pay
-from tests.factories import pid as pid
+from tests.factories import SUB, T0, USER, call_failed, observed, pay, pid, sweep
 
 POLICY = Policy(payment_deadline_ms=10_000, redrive_max_backoff_ms=80_000, recent_sources=16)
 

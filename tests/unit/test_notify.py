@@ -15,8 +15,7 @@ from schemas.topics import ENTITLEMENTS, EVENTS, NOTIFICATIONS
 from streams.consumer import next_offsets
 from streams.ledger.machine import LedgerInput, decide
 from streams.notify.agent import derive, outgoing
-from tests.unit.test_lifecycle import POLICY, refund, refund_seen
-from tests.unit.test_machine import observed, pay
+from tests.factories import POLICY, observed, pay, refund, refund_seen
 
 
 def test_a_payment_and_a_full_refund_map_to_notifications_and_entitlements() -> None:

@@ -21,18 +21,7 @@ ROOT = TESTS.parent
 
 # module -> the test modules it may still import. These modules were being changed by other
 # work when the helpers moved; each should import from tests.factories / tests.e2e.client.
-STILL_IMPORTING: dict[str, set[str]] = {
-    "tests.e2e.test_history": {"tests.e2e.test_pay", "tests.e2e.test_refunds"},
-    "tests.e2e.test_key_window": {"tests.e2e.test_pay", "tests.e2e.test_refunds"},
-    "tests.e2e.test_reconciliation": {"tests.e2e.test_pay", "tests.e2e.test_refunds"},
-    "tests.e2e.test_reconciliation_batch": {
-        "tests.e2e.test_pay",
-        "tests.e2e.test_reconciliation",
-        "tests.e2e.test_refunds",
-    },
-    "tests.integration.test_recon_history": {"tests.integration.test_reconcile_store"},
-    "tests.unit.test_notify": {"tests.unit.test_lifecycle", "tests.unit.test_machine"},
-}
+STILL_IMPORTING: dict[str, set[str]] = {}
 
 
 def module_name(path: Path) -> str:
