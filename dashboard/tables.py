@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -101,6 +101,30 @@ def _frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> pd.DataFra
     return pd.DataFrame(list(rows), columns=list(columns))
 
 
+def _attr_frame(
+    items: Iterable[Any],
+    columns: Sequence[str],
+    *,
+    text: Sequence[str] = (),
+    amounts: Sequence[str] = (),
+    derived: dict[str, Callable[[Any], Any]] | None = None,
+) -> pd.DataFrame:
+    """One row per item, each column the item's attribute of that name: a ``text`` column
+    with ``""`` for none, an ``amounts`` column through :func:`money_out`, and a ``derived``
+    column computed from the item."""
+    derived = derived or {}
+
+    def cell(item: Any, name: str) -> Any:
+        if name in derived:
+            return derived[name](item)
+        value = getattr(item, name)
+        if name in text:
+            return value or ""
+        return money_out(value) if name in amounts else value
+
+    return _frame(({name: cell(item, name) for name in columns} for item in items), columns)
+
+
 # ------------------------------------------------------------------------------ frames
 SUBSCRIPTION_COLUMNS = (
     "subscription_id",
@@ -117,23 +141,13 @@ SUBSCRIPTION_COLUMNS = (
 
 
 def subscriptions_frame(items: Iterable[AdminSubscriptionOut]) -> pd.DataFrame:
-    return _frame(
-        (
-            {
-                "subscription_id": s.subscription_id,
-                "user_id": s.user_id,
-                "status": s.status,
-                "plan": s.plan.plan_id if s.plan else "",
-                "price": money_out(s.plan_price),
-                "period_start": s.period_start,
-                "period_end": s.period_end,
-                "auto_renew": s.auto_renew,
-                "next_charge_at": s.next_charge_at,
-                "updated_at": s.updated_at,
-            }
-            for s in items
-        ),
+    return _attr_frame(
+        items,
         SUBSCRIPTION_COLUMNS,
+        derived={
+            "plan": lambda s: s.plan.plan_id if s.plan else "",
+            "price": lambda s: money_out(s.plan_price),
+        },
     )
 
 
@@ -153,24 +167,11 @@ PAYMENT_COLUMNS = (
 
 
 def payments_frame(items: Iterable[AdminPaymentOut]) -> pd.DataFrame:
-    return _frame(
-        (
-            {
-                "payment_id": p.payment_id,
-                "kind": p.kind,
-                "status": p.status,
-                "amount": money_out(p.amount),
-                "refunded": money_out(p.refunded),
-                "plan_id": p.plan_id or "",
-                "period_start": p.period_start,
-                "period_end": p.period_end,
-                "status_reason": p.status_reason or "",
-                "provider_payment_id": p.provider_payment_id or "",
-                "created_at": p.created_at,
-            }
-            for p in items
-        ),
+    return _attr_frame(
+        items,
         PAYMENT_COLUMNS,
+        text=("plan_id", "status_reason", "provider_payment_id"),
+        amounts=("amount", "refunded"),
     )
 
 
@@ -188,23 +189,7 @@ REFUND_COLUMNS = (
 
 
 def refunds_frame(items: Iterable[AdminRefundOut]) -> pd.DataFrame:
-    return _frame(
-        (
-            {
-                "refund_id": r.refund_id,
-                "payment_id": r.payment_id,
-                "status": r.status,
-                "amount": money_out(r.amount),
-                "reason": r.reason,
-                "actor": r.actor,
-                "status_reason": r.status_reason or "",
-                "created_at": r.created_at,
-                "updated_at": r.updated_at,
-            }
-            for r in items
-        ),
-        REFUND_COLUMNS,
-    )
+    return _attr_frame(items, REFUND_COLUMNS, text=("status_reason",), amounts=("amount",))
 
 
 EVENT_COLUMNS = ("version", "occurred_at", "event_type", "actor", "reason", "event_id")
@@ -255,24 +240,7 @@ COMMAND_COLUMNS = (
 
 
 def commands_frame(items: Iterable[CommandOut]) -> pd.DataFrame:
-    return _frame(
-        (
-            {
-                "command_id": c.command_id,
-                "command_type": c.command_type,
-                "status": c.status,
-                "status_reason": c.status_reason or "",
-                "subscription_id": c.subscription_id,
-                "user_id": c.user_id,
-                "publish_attempts": c.publish_attempts,
-                "last_error": c.last_error or "",
-                "created_at": c.created_at,
-                "updated_at": c.updated_at,
-            }
-            for c in items
-        ),
-        COMMAND_COLUMNS,
-    )
+    return _attr_frame(items, COMMAND_COLUMNS, text=("status_reason", "last_error"))
 
 
 PLAN_COLUMNS = (
@@ -367,26 +335,7 @@ RUN_COLUMNS = (
 
 
 def runs_frame(items: Iterable[RunOut]) -> pd.DataFrame:
-    return _frame(
-        (
-            {
-                "run_id": r.run_id,
-                "status": r.status,
-                "source": r.source,
-                "window_start": r.window_start,
-                "window_end": r.window_end,
-                "lines": r.lines,
-                "discrepancies": r.discrepancies,
-                "new_discrepancies": r.new_discrepancies,
-                "unresolved": r.unresolved,
-                "started_at": r.started_at,
-                "duration_ms": r.duration_ms,
-                "error": r.error or "",
-            }
-            for r in items
-        ),
-        RUN_COLUMNS,
-    )
+    return _attr_frame(items, RUN_COLUMNS, text=("error",))
 
 
 def run_counts_frame(items: Iterable[RunOut]) -> pd.DataFrame:
@@ -425,31 +374,20 @@ DISCREPANCY_COLUMNS = (
 
 
 def discrepancies_frame(items: Iterable[DiscrepancyOut]) -> pd.DataFrame:
-    return _frame(
-        (
-            {
-                "item_key": d.item_key,
-                "kind": d.kind,
-                "object": d.object,
-                "resolution": d.resolution or "open",
-                "repair": d.repair,
-                "ours_status": d.ours_status or "",
-                "theirs_status": d.theirs_status or "",
-                "ours_amount": money_out(d.ours_amount),
-                "theirs_amount": money_out(d.theirs_amount),
-                "subscription_id": d.subscription_id or "",
-                "payment_id": d.payment_id or "",
-                "refund_id": d.refund_id or "",
-                "provider_id": d.provider_id or "",
-                "detail": d.detail,
-                "resolved_by": d.resolved_by or "",
-                "note": d.note,
-                "first_seen_at": d.first_seen_at,
-                "last_seen_at": d.last_seen_at,
-            }
-            for d in items
-        ),
+    return _attr_frame(
+        items,
         DISCREPANCY_COLUMNS,
+        text=(
+            "ours_status",
+            "theirs_status",
+            "subscription_id",
+            "payment_id",
+            "refund_id",
+            "provider_id",
+            "resolved_by",
+        ),
+        amounts=("ours_amount", "theirs_amount"),
+        derived={"resolution": lambda d: d.resolution or "open"},
     )
 
 
