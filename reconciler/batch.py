@@ -183,6 +183,70 @@ _ITEM_COLUMNS = (
 )
 _ITEMS = ", ".join(_ITEM_COLUMNS)
 
+# ``{lines_of:<object>}``: the report's lines of an object, each with the id of the ledger
+# record it is about (``ledger_<object>_id``, see the comment above each use).
+_LINES_OF = """
+{obj}_lines AS (
+    SELECT
+        l.*,
+        if(by_id.{obj}_id != '', by_id.{obj}_id, by_provider.{obj}_id) AS ledger_{obj}_id
+    FROM (SELECT * FROM lines WHERE object = '{obj}') AS l
+    LEFT JOIN (SELECT subscription_id, {obj}_id FROM ledger_{obj}s) AS by_id
+        ON by_id.subscription_id = l.line_subscription_id AND by_id.{obj}_id = l.line_{obj}_id
+    LEFT JOIN (
+        SELECT subscription_id, ours_provider_id, argMin({obj}_id, first_version) AS {obj}_id
+        FROM ledger_{obj}s
+        WHERE ours_provider_id != ''
+        GROUP BY subscription_id, ours_provider_id
+    ) AS by_provider
+        ON by_provider.subscription_id = l.line_subscription_id
+        AND by_provider.ours_provider_id = l.provider_id
+)
+"""
+
+# ``{ledger_rows:<object>}``: the history rows of the records this run can look at (a superset
+# is harmless): of a subscription in the report, or judged at the end of the report (requested
+# in the window: read by primary key); one group per record.
+_LEDGER_ROWS = """
+    FROM {obj}s
+    WHERE subscription_id IN (
+            SELECT subscription_id FROM recon_report_lines WHERE run_id = {run:String}
+        )
+        OR {obj}_id IN (
+            SELECT {obj}_id FROM {obj}s
+            WHERE status = 'requested'
+                AND occurred_at >= fromUnixTimestamp64Milli({window_start:Int64}, 'UTC')
+                AND occurred_at < fromUnixTimestamp64Milli({window_end:Int64}, 'UTC')
+        )
+    GROUP BY subscription_id, {obj}_id
+    HAVING countIf(status = 'requested') > 0
+"""
+
+
+# ``{ours_side_only}``: the item columns after the ids of a judged ledger record no line was
+# "ours" for (end_of_report): its provider id, status and amount; no "theirs" side.
+_OURS_SIDE_ONLY = """
+        ours_provider_id,
+        ours_status,
+        '',
+        ours_minor,
+        ours_currency,
+        NULL,
+        '',
+        verdict.2,
+        verdict.3,
+        0, '', '', '', 0
+"""
+
+
+def _per_object(query: str, name: str, template: str) -> str:
+    """``query`` with ``{name:payment}`` and ``{name:refund}`` replaced by ``template`` for that
+    object (``{obj}``)."""
+    for obj in ("payment", "refund"):
+        query = query.replace(f"{{{name}:{obj}}}", template.strip("\n").replace("{obj}", obj))
+    return query
+
+
 # {M} marks the MATERIALIZED keyword of a CTE read more than once (computed once), left out
 # on an engine without materialized CTEs (they are then inlined, which is correct but slower).
 _QUERY = """
@@ -260,18 +324,7 @@ ledger_payments AS {M} (
             AS last_pending,
         if(last_pending.1 = 'waiting_for_capture', toUnixTimestamp64Milli(last_pending.2), NULL)
             AS held_at
-    FROM payments
-    WHERE subscription_id IN (
-            SELECT subscription_id FROM recon_report_lines WHERE run_id = {run:String}
-        )
-        OR payment_id IN (
-            SELECT payment_id FROM payments
-            WHERE status = 'requested'
-                AND occurred_at >= fromUnixTimestamp64Milli({window_start:Int64}, 'UTC')
-                AND occurred_at < fromUnixTimestamp64Milli({window_end:Int64}, 'UTC')
-        )
-    GROUP BY subscription_id, payment_id
-    HAVING countIf(status = 'requested') > 0
+{ledger_rows:payment}
 ),
 -- RefundRecord likewise: RefundRequested gives amount, payment and requested_at; the status is
 -- the latest of requested | unknown | succeeded | canceled (RefundFailed); RefundSucceeded and
@@ -292,39 +345,13 @@ ledger_refunds AS {M} (
             provider_refund_id, version,
             status IN ('succeeded', 'canceled') AND provider_refund_id != ''
         ) AS ours_provider_id
-    FROM refunds
-    WHERE subscription_id IN (
-            SELECT subscription_id FROM recon_report_lines WHERE run_id = {run:String}
-        )
-        OR refund_id IN (
-            SELECT refund_id FROM refunds
-            WHERE status = 'requested'
-                AND occurred_at >= fromUnixTimestamp64Milli({window_start:Int64}, 'UTC')
-                AND occurred_at < fromUnixTimestamp64Milli({window_end:Int64}, 'UTC')
-        )
-    GROUP BY subscription_id, refund_id
-    HAVING countIf(status = 'requested') > 0
+{ledger_rows:refund}
 ),
 
 -- ====================================================================== payment lines
 -- _find_record: the line's metadata.payment_id in its subscription's state, else the first
 -- record (in the state's order) holding the line's provider id; '' when neither.
-payment_lines AS (
-    SELECT
-        l.*,
-        if(by_id.payment_id != '', by_id.payment_id, by_provider.payment_id) AS ledger_payment_id
-    FROM (SELECT * FROM lines WHERE object = 'payment') AS l
-    LEFT JOIN (SELECT subscription_id, payment_id FROM ledger_payments) AS by_id
-        ON by_id.subscription_id = l.line_subscription_id AND by_id.payment_id = l.line_payment_id
-    LEFT JOIN (
-        SELECT subscription_id, ours_provider_id, argMin(payment_id, first_version) AS payment_id
-        FROM ledger_payments
-        WHERE ours_provider_id != ''
-        GROUP BY subscription_id, ours_provider_id
-    ) AS by_provider
-        ON by_provider.subscription_id = l.line_subscription_id
-        AND by_provider.ours_provider_id = l.provider_id
-),
+{lines_of:payment},
 -- Each payment line with its record (when it has one) and the run's state for the payment,
 -- over all its lines in report order (the state match_line reaches; only first lines set it):
 --   bound: the record's provider id, else the first line's provider object;
@@ -408,22 +435,7 @@ payment_line_items AS {M} (
 -- ====================================================================== refund lines
 -- _find_refund: metadata.refund_id in the subscription's state, else the first refund (in
 -- the state's order) holding the provider refund id; '' when neither.
-refund_lines AS (
-    SELECT
-        l.*,
-        if(by_id.refund_id != '', by_id.refund_id, by_provider.refund_id) AS ledger_refund_id
-    FROM (SELECT * FROM lines WHERE object = 'refund') AS l
-    LEFT JOIN (SELECT subscription_id, refund_id FROM ledger_refunds) AS by_id
-        ON by_id.subscription_id = l.line_subscription_id AND by_id.refund_id = l.line_refund_id
-    LEFT JOIN (
-        SELECT subscription_id, ours_provider_id, argMin(refund_id, first_version) AS refund_id
-        FROM ledger_refunds
-        WHERE ours_provider_id != ''
-        GROUP BY subscription_id, ours_provider_id
-    ) AS by_provider
-        ON by_provider.subscription_id = l.line_subscription_id
-        AND by_provider.ours_provider_id = l.provider_id
-),
+{lines_of:refund},
 -- _match_refund. The first line (report order) of a ledger refund accounts for it
 -- (accounted_refunds); a later one is a second provider refund for the same ledger refund.
 refund_line_items AS {M} (
@@ -528,16 +540,7 @@ items AS {M} (
         subscription_id,
         payment_id,
         '',
-        ours_provider_id,
-        ours_status,
-        '',
-        ours_minor,
-        ours_currency,
-        NULL,
-        '',
-        verdict.2,
-        verdict.3,
-        0, '', '', '', 0
+{ours_side_only}
     FROM (
         SELECT
             *,
@@ -571,16 +574,7 @@ items AS {M} (
         subscription_id,
         ours_payment_id,
         refund_id,
-        ours_provider_id,
-        ours_status,
-        '',
-        ours_minor,
-        ours_currency,
-        NULL,
-        '',
-        verdict.2,
-        verdict.3,
-        0, '', '', '', 0
+{ours_side_only}
     FROM (
         SELECT
             *,
@@ -631,9 +625,11 @@ SETTINGS {settings}
 
 
 def _sql(materialized: bool) -> str:
+    query = _per_object(_per_object(_QUERY, "lines_of", _LINES_OF), "ledger_rows", _LEDGER_ROWS)
     return (
-        _QUERY.replace("{M}", "MATERIALIZED" if materialized else "")
+        query.replace("{M}", "MATERIALIZED" if materialized else "")
         .replace("{ours_money}", _OURS_MONEY)
+        .replace("{ours_side_only}", _OURS_SIDE_ONLY.strip("\n"))
         .replace("{items}", _ITEMS)
         .replace(
             "{settings}",
