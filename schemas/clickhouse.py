@@ -51,6 +51,18 @@ CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 ORDER BY version
 """
 
+# Every table of ledger events keeps a month's events a partition.
+_MONTHLY_PARTS = """ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)"""
+
+# The columns a payment's and a refund's lifecycle rows share after their ids.
+_LIFECYCLE_COLUMNS = """subscription_id String,
+    user_id String,
+    status LowCardinality(String),
+    occurred_at DateTime64(3, 'UTC'),
+    version UInt64,
+    command_id String,"""
+
 EVENTS = f"""
 CREATE TABLE IF NOT EXISTS events (
     event_id String,
@@ -64,8 +76,7 @@ CREATE TABLE IF NOT EXISTS events (
     refund_id String,
     body String CODEC(ZSTD(1)),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMM(occurred_at)
+) {_MONTHLY_PARTS}
 ORDER BY (event_type, occurred_at, event_id)
 SETTINGS {_DEDUP}
 """
@@ -80,12 +91,7 @@ PAYMENTS = f"""
 CREATE TABLE IF NOT EXISTS payments (
     event_id String,
     payment_id String,
-    subscription_id String,
-    user_id String,
-    status LowCardinality(String),
-    occurred_at DateTime64(3, 'UTC'),
-    version UInt64,
-    command_id String,
+    {_LIFECYCLE_COLUMNS}
     kind LowCardinality(String),
     plan_id LowCardinality(String),
     amount_minor Int64,
@@ -96,8 +102,7 @@ CREATE TABLE IF NOT EXISTS payments (
     attempt UInt32,
     reason String,
     party LowCardinality(String)
-) ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMM(occurred_at)
+) {_MONTHLY_PARTS}
 ORDER BY (status, occurred_at, event_id)
 SETTINGS {_DEDUP}
 """
@@ -110,12 +115,7 @@ CREATE TABLE IF NOT EXISTS refunds (
     event_id String,
     refund_id String,
     payment_id String,
-    subscription_id String,
-    user_id String,
-    status LowCardinality(String),
-    occurred_at DateTime64(3, 'UTC'),
-    version UInt64,
-    command_id String,
+    {_LIFECYCLE_COLUMNS}
     amount_minor Int64,
     currency LowCardinality(String),
     provider_refund_id String,
@@ -123,8 +123,7 @@ CREATE TABLE IF NOT EXISTS refunds (
     reason String,
     actor LowCardinality(String),
     fully_refunded UInt8
-) ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMM(occurred_at)
+) {_MONTHLY_PARTS}
 ORDER BY (status, occurred_at, event_id)
 SETTINGS {_DEDUP}
 """
@@ -366,179 +365,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-# Insert column order of each table (every column but the ``DEFAULT`` ones). The sink builds
-# its row tuples in exactly this order; an integration test checks it against system.columns.
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "events": (
-        "event_id",
-        "event_type",
-        "subscription_id",
-        "user_id",
-        "version",
-        "occurred_at",
-        "causation_id",
-        "payment_id",
-        "refund_id",
-        "body",
-    ),
-    "payments": (
-        "event_id",
-        "payment_id",
-        "subscription_id",
-        "user_id",
-        "status",
-        "occurred_at",
-        "version",
-        "command_id",
-        "kind",
-        "plan_id",
-        "amount_minor",
-        "currency",
-        "period_months",
-        "list_amount_minor",
-        "provider_payment_id",
-        "attempt",
-        "reason",
-        "party",
-    ),
-    "refunds": (
-        "event_id",
-        "refund_id",
-        "payment_id",
-        "subscription_id",
-        "user_id",
-        "status",
-        "occurred_at",
-        "version",
-        "command_id",
-        "amount_minor",
-        "currency",
-        "provider_refund_id",
-        "attempt",
-        "reason",
-        "actor",
-        "fully_refunded",
-    ),
-    "subscription_periods": (
-        "event_id",
-        "subscription_id",
-        "user_id",
-        "version",
-        "occurred_at",
-        "change",
-        "payment_id",
-        "plan_id",
-        "period_start",
-        "period_end",
-        "access_from",
-        "access_until",
-        "actor",
-        "reason",
-    ),
-    "subscription_changes": (
-        "event_id",
-        "subscription_id",
-        "user_id",
-        "change",
-        "occurred_at",
-        "version",
-        "payment_id",
-        "plan_id",
-        "reason",
-        "hard",
-        "attempt",
-        "until",
-        "actor",
-    ),
-    "discrepancies": (
-        "discrepancy_id",
-        "run_id",
-        "class",
-        "object",
-        "status",
-        "repair",
-        "subscription_id",
-        "payment_id",
-        "refund_id",
-        "provider_object_id",
-        "ours_status",
-        "theirs_status",
-        "ours_amount_minor",
-        "theirs_amount_minor",
-        "currency",
-        "detail",
-        "detected_at",
-        "updated_at",
-        "version",
-    ),
-    "recon_report_lines": (
-        "run_id",
-        "seq",
-        "object",
-        "provider_id",
-        "provider_payment_id",
-        "status",
-        "amount_minor",
-        "currency",
-        "created_at",
-        "subscription_id",
-        "payment_id",
-        "refund_id",
-        "user_id",
-        "paid",
-        "cancellation_party",
-        "cancellation_reason",
-        "payment_method_id",
-        "payment_method_saved",
-    ),
-    "recon_runs": (
-        "run_id",
-        "engine",
-        "source",
-        "source_ref",
-        "status",
-        "window_start",
-        "window_end",
-        "taken_at",
-        "started_at",
-        "finished_at",
-        "duration_ms",
-        "lines",
-        "counts",
-        "discrepancies",
-        "new_discrepancies",
-        "unresolved",
-        "error",
-        "version",
-    ),
-    "recon_run_totals": ("run_id", "object", "side", "currency", "amount_minor", "version"),
-    "mrr_months": (
-        "month",
-        "fingerprint",
-        "built_at",
-        "currency",
-        "mrr_minor",
-        "new_minor",
-        "expansion_minor",
-        "contraction_minor",
-        "churn_minor",
-        "subscribers_at_start",
-        "subscribers",
-        "new_subscribers",
-        "churned_subscribers",
-    ),
-    "mrr_states": ("close", "build_id", "fingerprint", "subscriptions", "built_at"),
-    "mrr_state": (
-        "build_id",
-        "subscription_id",
-        "version",
-        "occurred_at",
-        "access_from",
-        "access_until",
-        "monthly",
-        "currency",
-    ),
-}
+
+def _insert_columns(ddl: str) -> tuple[str, tuple[str, ...]]:
+    """(table, its columns but the ``DEFAULT`` ones, in order) of a ``CREATE TABLE`` statement
+    with one column a line."""
+    head, _, rest = ddl.partition(" (\n")
+    body = rest[: rest.index("\n) ENGINE")]
+    columns = tuple(line.split()[0] for line in body.splitlines() if " DEFAULT " not in line)
+    return head.split()[-1], columns
+
+
+# Insert column order of each table (every column but the ``DEFAULT`` ones), read from its
+# ``CREATE TABLE`` statement. The sink builds its row tuples in exactly this order; an
+# integration test checks it against system.columns.
+COLUMNS: dict[str, tuple[str, ...]] = dict(
+    _insert_columns(ddl) for migration in MIGRATIONS for ddl in migration.statements
+)
 
 # Tables the events sink writes (stored concurrently, in no fixed order; see the sink).
 EVENT_TABLES: tuple[str, ...] = (
