@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from billing.clickhouse import ClickHouse
-from reconciler.matcher import duplicate_refund_key
+from reconciler.matcher import duplicate_refund_key, no_totals
 from schemas.clickhouse import COLUMNS
 from schemas.ids import observation_id_for
 from schemas.messages import PaymentObserved, RefundObserved
@@ -675,12 +675,7 @@ def classify(
     rows = client.query(_sql(_materialized_ctes(client)), params)
     items: list[MatchItem] = []
     counts: dict[str, int] = dict.fromkeys(MATCH_CLASSES, 0)
-    totals: dict[str, dict[str, Money]] = {
-        "payments_ours": {},
-        "payments_theirs": {},
-        "refunds_ours": {},
-        "refunds_theirs": {},
-    }
+    totals = no_totals()
     for row in rows:
         if row[0] == "item":
             items.append(_item(row[1:], cfg.now))

@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Literal
 
 import msgspec
 
@@ -218,14 +219,18 @@ def reconcile(
     return MatchResult(items=items, summary=summarize(items))
 
 
+# The succeeded totals of a ``Summary``: per object and side.
+TOTAL_SIDES = ("payments_ours", "payments_theirs", "refunds_ours", "refunds_theirs")
+
+
+def no_totals() -> dict[str, dict[str, Money]]:
+    """Empty succeeded totals for each side of a ``Summary`` (``TOTAL_SIDES``), to be filled."""
+    return {side: {} for side in TOTAL_SIDES}
+
+
 def summarize(items: Iterable[MatchItem]) -> Summary:
     counts: dict[str, int] = dict.fromkeys(MATCH_CLASSES, 0)
-    totals: dict[str, dict[str, Money]] = {
-        "payments_ours": {},
-        "payments_theirs": {},
-        "refunds_ours": {},
-        "refunds_theirs": {},
-    }
+    totals = no_totals()
     for item in items:
         counts[item.kind] += 1
         prefix = "payments" if item.object == "payment" else "refunds"
@@ -367,26 +372,8 @@ def _match_payment(
 
 
 def _unreported_payment(sub_id: str, rec: PaymentRecord, cfg: MatchConfig) -> MatchItem:
-    kind: MatchClass
-    if rec.status == "canceled" and rec.provider_payment_id is None:
-        kind, detail = "matched", "never created at the provider: no money on either side"
-    elif rec.status in TERMINAL_PAYMENT_STATUSES or _payment_overdue(cfg, rec, None):
-        kind, detail = "missing_at_provider", "not in the provider's report"
-    else:
-        kind, detail = "in_flight", "not in the provider's report yet"
-    return MatchItem(
-        kind=kind,
-        object="payment",
-        subscription_id=sub_id,
-        payment_id=rec.payment_id,
-        provider_id=rec.provider_payment_id,
-        ours_status=rec.status,
-        theirs_status=None,
-        ours_amount=rec.amount,
-        theirs_amount=None,
-        repair="escalate" if kind == "missing_at_provider" else "none",
-        detail=detail,
-    )
+    overdue = _payment_overdue(cfg, rec, None)
+    return _unreported("payment", sub_id, rec, rec.provider_payment_id, overdue, None)
 
 
 # ------------------------------------------------------------------------------- refunds
@@ -481,24 +468,40 @@ def _find_refund(state: SubscriptionState | None, line: RefundLine) -> RefundRec
 
 
 def _unreported_refund(sub_id: str, ref: RefundRecord, cfg: MatchConfig) -> MatchItem:
+    overdue = cfg.overdue(ref.requested_at)
+    return _unreported("refund", sub_id, ref, ref.provider_refund_id, overdue, ref.refund_id)
+
+
+def _unreported(
+    obj: Literal["payment", "refund"],
+    sub_id: str,
+    rec: PaymentRecord | RefundRecord,
+    provider_id: str | None,
+    overdue: bool,
+    refund_id: str | None,
+) -> MatchItem:
+    """end_of_report's item for a ledger payment or refund no line was "ours" for: matched
+    when the provider never created it, missing (escalate) when terminal or overdue, else in
+    flight. A payment is ``missing_at_provider``, a refund ``refund_mismatch``."""
+    missing: MatchClass = "missing_at_provider" if obj == "payment" else "refund_mismatch"
     kind: MatchClass
-    if ref.status == "canceled" and ref.provider_refund_id is None:
+    if rec.status == "canceled" and provider_id is None:
         kind, detail = "matched", "never created at the provider: no money on either side"
-    elif ref.status in TERMINAL_PAYMENT_STATUSES or cfg.overdue(ref.requested_at):
-        kind, detail = "refund_mismatch", "not in the provider's report"
+    elif rec.status in TERMINAL_PAYMENT_STATUSES or overdue:
+        kind, detail = missing, "not in the provider's report"
     else:
         kind, detail = "in_flight", "not in the provider's report yet"
     return MatchItem(
         kind=kind,
-        object="refund",
+        object=obj,
         subscription_id=sub_id,
-        payment_id=ref.payment_id,
-        refund_id=ref.refund_id,
-        provider_id=ref.provider_refund_id,
-        ours_status=ref.status,
+        payment_id=rec.payment_id,
+        refund_id=refund_id,
+        provider_id=provider_id,
+        ours_status=rec.status,
         theirs_status=None,
-        ours_amount=ref.amount,
+        ours_amount=rec.amount,
         theirs_amount=None,
-        repair="escalate" if kind == "refund_mismatch" else "none",
+        repair="escalate" if kind == missing else "none",
         detail=detail,
     )
