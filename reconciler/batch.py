@@ -48,11 +48,9 @@ from schemas.recon import PaymentLine, ReportLine
 from schemas.recon_match import (
     AGREEING_CLASSES,
     MATCH_CLASSES,
-    MatchClass,
     MatchConfig,
     MatchItem,
     MatchResult,
-    RepairKind,
     Summary,
 )
 
@@ -748,10 +746,8 @@ def _item(row: Sequence[Any], now: int) -> MatchItem:
                 amount=theirs_amount,
                 cancellation_reason=_opt(cancellation_reason),
             )
-    kind_: MatchClass = kind
-    repair_: RepairKind = repair
     return MatchItem(
-        kind=kind_,
+        kind=kind,
         object=obj,
         subscription_id=_opt(sub),
         payment_id=_opt(payment_id),
@@ -761,7 +757,7 @@ def _item(row: Sequence[Any], now: int) -> MatchItem:
         theirs_status=_opt(theirs_status),
         ours_amount=ours_amount,
         theirs_amount=theirs_amount,
-        repair=repair_,
+        repair=repair,
         observation=observation,
         refund_key=duplicate_refund_key(provider_id)
         if repair == "refund_later_duplicate"

@@ -23,7 +23,6 @@ over a lagging history would see payments we did record as missing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -203,22 +202,11 @@ async def _finish(
     conn: AsyncConnection[Any], run_id: str, lines: int, summary: Summary, at: int
 ) -> None:
     async with conn.transaction():
-        new, unresolved = await store.discrepancy_counts(conn, run_id)
+        values = await store.summary_values(conn, run_id, summary)
         await conn.execute(
-            "UPDATE recon_runs SET status = 'finished', lines = %s, counts = %s::jsonb,"
-            " totals = %s::jsonb, discrepancies = %s, new_discrepancies = %s, unresolved = %s,"
+            f"UPDATE recon_runs SET status = 'finished', lines = %s, {store.SUMMARY_SET},"
             " finished_at = %s,"
             " duration_ms = (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::bigint,"
             " error = NULL WHERE run_id = %s",
-            (
-                lines,
-                json.dumps(summary.counts),
-                json.dumps(store.totals_json(summary)),
-                summary.discrepancies,
-                new,
-                unresolved,
-                ms_to_dt(at),
-                ms_to_dt(at),
-                run_id,
-            ),
+            (lines, *values, ms_to_dt(at), ms_to_dt(at), run_id),
         )

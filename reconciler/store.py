@@ -39,7 +39,7 @@ import msgspec
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from reconciler.matcher import summarize
+from reconciler.matcher import TOTAL_SIDES, summarize
 from schemas.errors import BillingError
 from schemas.ids import observation_id_for
 from schemas.messages import PaymentObserved, RefundObserved
@@ -392,7 +392,6 @@ async def record_items(
 # Items of these classes are counted per (run, partition) by ``record_progress`` instead of
 # recorded one by one: they agree with the provider, so nothing is ever decided about them.
 TALLIED_CLASSES: frozenset[str] = frozenset({"matched"})
-_TOTAL_SIDES = ("payments_ours", "payments_theirs", "refunds_ours", "refunds_theirs")
 
 
 @dataclass
@@ -440,7 +439,7 @@ def add_tally(summary: Summary, tally: Tally) -> Summary:
     for kind, n in tally.counts.items():
         counts[kind] = counts.get(kind, 0) + n
     sides: dict[str, dict[str, Money]] = {}
-    for side in _TOTAL_SIDES:
+    for side in TOTAL_SIDES:
         merged = dict(getattr(summary, side))
         for currency, minor in tally.totals.get(side, {}).items():
             prior = merged.get(currency)
@@ -598,35 +597,41 @@ async def finish_if_complete(conn: AsyncConnection[Any], run_id: str, at: int) -
             if parts["done"] < run["partitions"]:
                 return False
         summary = await _run_summary(conn, run_id)
-        new, unresolved = await discrepancy_counts(conn, run_id)
+        values = await summary_values(conn, run_id, summary)
         status = "finished" if parts["partial"] == 0 else "incomplete"
         await conn.execute(
-            "UPDATE recon_runs SET status = %s, counts = %s::jsonb, totals = %s::jsonb,"
-            " discrepancies = %s, new_discrepancies = %s, unresolved = %s,"
+            f"UPDATE recon_runs SET status = %s, {SUMMARY_SET},"
             " finished_at = COALESCE(finished_at, %s),"
             " duration_ms = COALESCE(duration_ms,"
             "   (EXTRACT(EPOCH FROM (%s - started_at)) * 1000)::bigint),"
             " error = NULL WHERE run_id = %s",
-            (
-                status,
-                json.dumps(summary.counts),
-                json.dumps(totals_json(summary)),
-                summary.discrepancies,
-                new,
-                unresolved,
-                ms_to_dt(at),
-                ms_to_dt(at),
-                run_id,
-            ),
+            (status, *values, ms_to_dt(at), ms_to_dt(at), run_id),
         )
         return run["status"] not in ("finished", "incomplete")
+
+
+# What a finished run records of its summary: the SET items ``summary_values`` gives values for.
+SUMMARY_SET = (
+    "counts = %s::jsonb, totals = %s::jsonb, discrepancies = %s, new_discrepancies = %s,"
+    " unresolved = %s"
+)
+
+
+async def summary_values(
+    conn: AsyncConnection[Any], run_id: str, summary: Summary
+) -> tuple[str, str, int, int, int]:
+    """``SUMMARY_SET``'s values for run ``run_id`` finishing with ``summary``: its counts and
+    totals (JSON), its discrepancies, and how many of them are new and unresolved."""
+    new, unresolved = await discrepancy_counts(conn, run_id)
+    counts, totals = json.dumps(summary.counts), json.dumps(totals_json(summary))
+    return counts, totals, summary.discrepancies, new, unresolved
 
 
 def totals_json(summary: Summary) -> dict[str, dict[str, str]]:
     """Succeeded totals per side and currency, as exact decimal strings."""
     return {
         name: {cur: str(m.to_decimal()) for cur, m in sorted(getattr(summary, name).items())}
-        for name in ("payments_ours", "payments_theirs", "refunds_ours", "refunds_theirs")
+        for name in TOTAL_SIDES
     }
 
 
