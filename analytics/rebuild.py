@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from analytics.eventlog import event_log
+from analytics.ingest import write_batch
 from billing.clickhouse import connect
 from billing.config import Settings
-from streams.sinks.clickhouse import write_batch
 
 BATCH = 10_000
 

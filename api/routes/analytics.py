@@ -10,6 +10,10 @@ Where the answers come from:
 When neither answers, 503 ``analytics_unavailable``: the console says so and the rest of it
 keeps working.
 
+Which query answers which route, and how its parameters are checked and defaulted, is the
+table of ``analytics/dispatch.py``, the one the history worker answers from too: the routes
+only turn their typed parameters into its wire form (epoch ms, ISO months).
+
 Conventions are the queries': days and months UTC, amounts in integer minor units per
 currency (never summed across currencies), windows ``[from, to)``; ``from``/``to``/``at`` are
 ISO 8601 instants with a zone, defaulting to the last 30 days up to now (the engine's clock).
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -28,9 +32,9 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from analytics import queries, recon
+from analytics import dispatch
 from api.deps import SettingsDep, get_admin_user
-from api.errors import ApiError, InvalidRange, Unprocessable
+from api.errors import ApiError, InvalidRange, Unprocessable, ValidationFailed
 from billing.clock import now_ms
 from billing.config import Settings
 from schemas.http import (
@@ -56,8 +60,7 @@ router = APIRouter(
 )
 
 QUERY_TIMEOUT_S = 30.0  # an analytical query over years of history takes seconds
-DEFAULT_DAYS = 30
-MAX_WINDOW_DAYS = 3 * 366
+MAX_WINDOW_DAYS = dispatch.MAX_WINDOW_DAYS
 ERRORS = error_responses(401, 403, 422, 503)
 
 
@@ -76,19 +79,15 @@ class WindowTooLong(Unprocessable):
 
 
 # -------------------------------------------------------------------------------- backends
-Direct = Callable[[Any], Any]  # a call of analytics.queries on an open ClickHouse client
-
-
 def _server_url(settings: Settings) -> str | None:
     secret = settings.clickhouse_url
     url = secret.get_secret_value() if secret is not None else ""
     return url if url.startswith(("http://", "https://")) else None
 
 
-async def _ask_worker(
-    request: Request, settings: Settings, name: str, params: Mapping[str, str]
-) -> Any:
+async def _ask_worker(request: Request, settings: Settings, call: dispatch.Call) -> Any:
     base = settings.history_url.rstrip("/")
+    name = call.name
     if not base:
         raise AnalyticsUnavailable("no history worker is configured (BILLING_HISTORY_URL)")
     # Tests put a fake worker here; otherwise the network.
@@ -97,7 +96,7 @@ async def _ask_worker(
     )
     try:
         async with httpx.AsyncClient(timeout=QUERY_TIMEOUT_S, transport=transport) as client:
-            resp = await client.get(f"{base}/analytics/{name}/", params=dict(params))
+            resp = await client.get(f"{base}/analytics/{name}/", params=call.params)
     except httpx.HTTPError as exc:
         log.warning("analytics: the history worker at %s did not answer: %r", base, exc)
         raise AnalyticsUnavailable(
@@ -133,36 +132,44 @@ async def _server_client(request: Request, url: str) -> Any:
     return client
 
 
-async def _ask_server(request: Request, url: str, name: str, direct: Direct) -> Any:
+async def _ask_server(request: Request, url: str, call: dispatch.Call) -> Any:
     try:
         client = await _server_client(request, url)
-        result = await asyncio.to_thread(direct, client)
+        result = await asyncio.to_thread(call.run, client)
     except Exception as exc:
-        log.warning("analytics: ClickHouse query %s failed: %r", name, exc)
+        log.warning("analytics: ClickHouse query %s failed: %r", call.name, exc)
         raise AnalyticsUnavailable(
-            "ClickHouse did not answer", details={"query": name, "reason": type(exc).__name__}
+            "ClickHouse did not answer", details={"query": call.name, "reason": type(exc).__name__}
         ) from exc
     return msgspec.to_builtins(result)
 
 
+def prepare(name: str, params: Mapping[str, str]) -> dispatch.Call:
+    """The dispatcher's checks, answered as the API's errors."""
+    try:
+        return dispatch.prepare(name, params, now=now_ms())
+    except dispatch.BadQuery as exc:
+        if exc.code == "invalid_range":
+            raise InvalidRange() from exc
+        if exc.code == "window_too_long":
+            raise WindowTooLong() from exc
+        raise ValidationFailed(str(exc)) from exc
+
+
 async def ask(
-    request: Request,
-    settings: Settings,
-    name: str,
-    params: Mapping[str, str],
-    direct: Direct,
-    shape: Any,
+    request: Request, settings: Settings, name: str, params: Mapping[str, str], shape: Any
 ) -> Any:
     """One named query, from the server or the history worker, validated into ``shape``
     (the same JSON either way: the worker answers ``msgspec.to_builtins`` of the same
     dataclasses)."""
+    call = prepare(name, params)
     url = _server_url(settings)
     try:
         async with asyncio.timeout(QUERY_TIMEOUT_S + 5):
             if url is not None:
-                raw = await _ask_server(request, url, name, direct)
+                raw = await _ask_server(request, url, call)
             else:
-                raw = await _ask_worker(request, settings, name, params)
+                raw = await _ask_worker(request, settings, call)
     except TimeoutError as exc:
         raise AnalyticsUnavailable(
             "the analytics query timed out", details={"query": name}
@@ -176,129 +183,86 @@ async def ask(
         ) from exc
 
 
+Ask = Callable[[str, Mapping[str, str], Any], Awaitable[Any]]
+
+
+def _asker(request: Request, settings: SettingsDep) -> Ask:
+    async def bound(name: str, params: Mapping[str, str], shape: Any) -> Any:
+        return await ask(request, settings, name, params, shape)
+
+    return bound
+
+
+AskDep = Annotated[Ask, Depends(_asker)]
+
+
 # ---------------------------------------------------------------------------- parameters
-FromQuery = Annotated[
-    AwareDatetime | None, Query(alias="from", description="window start (default: to - 30 d)")
-]
-ToQuery = Annotated[AwareDatetime | None, Query(description="window end, excluded (default: now)")]
-AtQuery = Annotated[AwareDatetime | None, Query(description="the instant (default: now)")]
+def _ms(name: str, value: datetime | None) -> dict[str, str]:
+    return {name: str(dt_to_ms(value))} if value is not None else {}
 
 
-def window(from_: datetime | None, to: datetime | None) -> tuple[int, int]:
-    to_ms = dt_to_ms(to) if to is not None else now_ms()
-    from_ms = dt_to_ms(from_) if from_ is not None else to_ms - DEFAULT_DAYS * 86_400_000
-    if from_ms >= to_ms:
-        raise InvalidRange()
-    if to_ms - from_ms > MAX_WINDOW_DAYS * 86_400_000:
-        raise WindowTooLong()
-    return from_ms, to_ms
+def _window(
+    from_: Annotated[
+        AwareDatetime | None, Query(alias="from", description="window start (default: to - 30 d)")
+    ] = None,
+    to: Annotated[
+        AwareDatetime | None, Query(description="window end, excluded (default: now)")
+    ] = None,
+) -> dict[str, str]:
+    return _ms("from", from_) | _ms("to", to)
 
 
-def _window_params(from_ms: int, to_ms: int) -> dict[str, str]:
-    return {"from": str(from_ms), "to": str(to_ms)}
+def _instant(
+    at: Annotated[AwareDatetime | None, Query(description="the instant (default: now)")] = None,
+) -> dict[str, str]:
+    return _ms("at", at)
+
+
+Window = Annotated[dict[str, str], Depends(_window)]
+Instant = Annotated[dict[str, str], Depends(_instant)]
 
 
 # -------------------------------------------------------------------------------- routes
 @router.get("/overview", response_model=OverviewOut, responses=ERRORS)
-async def overview(request: Request, settings: SettingsDep, at: AtQuery = None) -> Any:
+async def overview(ask: AskDep, at: Instant) -> Any:
     """The overview page: revenue, payment success, declines, refund rate and dunning of the
     30 days before ``at``, active subscribers at ``at``, MRR movements of 12 months."""
-    at_ms = dt_to_ms(at) if at is not None else now_ms()
-    result = await ask(
-        request,
-        settings,
-        "overview",
-        {"at": str(at_ms)},
-        lambda ch: queries.overview(ch, at_ms),
-        OverviewOut,
-    )
-    return result
+    return await ask("overview", at, OverviewOut)
 
 
 @router.get("/revenue", response_model=list[RevenueDay], responses=ERRORS)
-async def revenue(
-    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
-) -> Any:
+async def revenue(ask: AskDep, window: Window) -> Any:
     """Gross, refunds and net per day, currency and plan (revenue per plan)."""
-    f, t = window(from_, to)
-    return await ask(
-        request,
-        settings,
-        "revenue_by_day",
-        _window_params(f, t),
-        lambda ch: queries.revenue_by_day(ch, f, t),
-        list[RevenueDay],
-    )
+    return await ask("revenue_by_day", window, list[RevenueDay])
 
 
 @router.get("/payment-success", response_model=list[SuccessDay], responses=ERRORS)
-async def payment_success(
-    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
-) -> Any:
+async def payment_success(ask: AskDep, window: Window) -> Any:
     """Payments that reached a terminal state per day: succeeded, canceled, the rate."""
-    f, t = window(from_, to)
-    return await ask(
-        request,
-        settings,
-        "payment_success",
-        _window_params(f, t),
-        lambda ch: queries.payment_success(ch, f, t),
-        list[SuccessDay],
-    )
+    return await ask("payment_success", window, list[SuccessDay])
 
 
 @router.get("/decline-reasons", response_model=list[DeclineReasonOut], responses=ERRORS)
-async def decline_reasons(
-    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
-) -> Any:
+async def decline_reasons(ask: AskDep, window: Window) -> Any:
     """Canceled payments by the provider's reason and party, with their share."""
-    f, t = window(from_, to)
-    return await ask(
-        request,
-        settings,
-        "decline_reasons",
-        _window_params(f, t),
-        lambda ch: queries.decline_reasons(ch, f, t),
-        list[DeclineReasonOut],
-    )
+    return await ask("decline_reasons", window, list[DeclineReasonOut])
 
 
 @router.get("/refund-rate", response_model=list[RefundRateOut], responses=ERRORS)
-async def refund_rate(
-    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
-) -> Any:
+async def refund_rate(ask: AskDep, window: Window) -> Any:
     """Refunds against gross per currency over the window."""
-    f, t = window(from_, to)
-    return await ask(
-        request,
-        settings,
-        "refund_rate",
-        _window_params(f, t),
-        lambda ch: queries.refund_rate(ch, f, t),
-        list[RefundRateOut],
-    )
+    return await ask("refund_rate", window, list[RefundRateOut])
 
 
 @router.get("/dunning", response_model=list[DunningMonth], responses=ERRORS)
-async def dunning(
-    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
-) -> Any:
+async def dunning(ask: AskDep, window: Window) -> Any:
     """Dunning episodes started in the window per month: recovered, lost, still open."""
-    f, t = window(from_, to)
-    return await ask(
-        request,
-        settings,
-        "dunning_recovery",
-        _window_params(f, t),
-        lambda ch: queries.dunning_recovery(ch, f, t),
-        list[DunningMonth],
-    )
+    return await ask("dunning_recovery", window, list[DunningMonth])
 
 
 @router.get("/mrr", response_model=list[MrrMonth], responses=ERRORS)
 async def mrr(
-    request: Request,
-    settings: SettingsDep,
+    ask: AskDep,
     months: Annotated[int, Query(ge=1, le=60)] = 12,
     from_month: Annotated[
         date | None, Query(description="the first month (default: months back from now)")
@@ -306,46 +270,20 @@ async def mrr(
 ) -> Any:
     """MRR at each month's close and its movements: new, expansion, contraction, churn, with
     subscriber counts and the churn rate."""
-    first = (from_month or queries.month_start(now_ms(), months - 1)).replace(day=1)
-    params = {"months": str(months), "from_month": first.isoformat()}
-    return await ask(
-        request,
-        settings,
-        "mrr_movements",
-        params,
-        lambda ch: queries.mrr_movements(ch, first, months),
-        list[MrrMonth],
-    )
+    first = {"from_month": from_month.isoformat()} if from_month is not None else {}
+    return await ask("mrr_movements", {"months": str(months)} | first, list[MrrMonth])
 
 
 @router.get("/active-subscribers", response_model=ActiveSubscribersOut, responses=ERRORS)
-async def active_subscribers(request: Request, settings: SettingsDep, at: AtQuery = None) -> Any:
+async def active_subscribers(ask: AskDep, at: Instant) -> Any:
     """Subscriptions with access at ``at``, in total and per plan."""
-    at_ms = dt_to_ms(at) if at is not None else now_ms()
-    return await ask(
-        request,
-        settings,
-        "active_subscribers",
-        {"at": str(at_ms)},
-        lambda ch: queries.active_subscribers(ch, at_ms),
-        ActiveSubscribersOut,
-    )
-
-
-__all__ = ["AnalyticsUnavailable", "router"]
+    return await ask("active_subscribers", at, ActiveSubscribersOut)
 
 
 @router.get("/discrepancies", response_model=list[DiscrepancyDayOut], responses=ERRORS)
-async def discrepancies(
-    request: Request, settings: SettingsDep, from_: FromQuery = None, to: ToQuery = None
-) -> Any:
+async def discrepancies(ask: AskDep, window: Window) -> Any:
     """Reconciliation discrepancies per day first found, class and current status."""
-    f, t = window(from_, to)
-    return await ask(
-        request,
-        settings,
-        "discrepancies_by_day",
-        _window_params(f, t),
-        lambda ch: recon.discrepancies_by_day(ch, f, t),
-        list[DiscrepancyDayOut],
-    )
+    return await ask("discrepancies_by_day", window, list[DiscrepancyDayOut])
+
+
+__all__ = ["AnalyticsUnavailable", "router"]

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from analytics import queries as q
+from analytics.ingest import ARROW_SCHEMAS, arrow_batch, write_batch
 from analytics.synthetic import DAY_MS, History, synthetic_history
 from billing.clickhouse import (
     ClickHouseClient,
@@ -47,7 +48,6 @@ from schemas.messages import (
 )
 from schemas.money import Money
 from schemas.periods import period_end_ms
-from streams.sinks.clickhouse import ARROW_SCHEMAS, arrow_batch, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +230,7 @@ def test_concurrent_inserts_use_their_own_connections_and_close_them(tmp_path: P
         import asyncio
         from analytics.synthetic import synthetic_history
         from billing.clickhouse import INSERT_CONNECTIONS, connect
-        from streams.sinks.clickhouse import write_batch
+        from analytics.ingest import write_batch
 
         h = synthetic_history(200, start_ms={T0}, days=60, seed=3)
         ch = connect("{tmp_path / "a"}", database="a")

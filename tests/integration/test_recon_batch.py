@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from analytics.ingest import rows_from_events, write_rows
 from billing.clickhouse import ClickHouseClient, connect, embedded_dir
 from reconciler import batch
 from reconciler.matcher import reconcile
@@ -66,7 +67,6 @@ from schemas.recon_match import (
 )
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 from streams.ledger.machine import evolve
-from streams.sinks.clickhouse import rows_from_events, write_rows
 
 pytestmark = pytest.mark.integration
 

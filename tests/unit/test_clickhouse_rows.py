@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from analytics import queries as q
+from analytics.ingest import EVENTS_ONLY, MAPPERS, dedup_token, rows_from_events
 from analytics.synthetic import synthetic_history
 from billing.clickhouse import _resolve, embedded_dir
 from schemas.clickhouse import (
@@ -60,7 +61,6 @@ from schemas.messages import (
     encode,
 )
 from schemas.money import Money
-from streams.sinks.clickhouse import EVENTS_ONLY, MAPPERS, dedup_token, rows_from_events
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 RUB = Money(29_900, "RUB")

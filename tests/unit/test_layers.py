@@ -27,7 +27,7 @@ COMPOSITION_ROOTS = ("billing.cli", "billing.stack", "billing.demo", "reconciler
 # Two packages of one layer must not import each other either.
 SIBLINGS_APART = True
 # Known upward imports still to move (a ratchet: an entry no longer found fails the test).
-STILL_UPWARD = {"analytics.rebuild:22 imports streams.sinks.clickhouse"}
+STILL_UPWARD: set[str] = set()
 
 
 def layer_of(module: str) -> int | None:
