@@ -8,11 +8,11 @@ import sys
 import uvicorn
 
 from api.main import create_app
-from billing.config import Settings
+from billing.config import ApiSettings
 
 
 def main() -> None:
-    settings = Settings()
+    settings = ApiSettings()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

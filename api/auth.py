@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 
 from api.errors import TokenExpired, TokenInvalid
-from billing.config import Settings
+from billing.config import JwtFields
 
 ADMIN_ROLE = "admin"
 MAX_SUBJECT_LEN = 128
@@ -31,12 +31,12 @@ class Principal:
         return ADMIN_ROLE in self.roles
 
 
-def _key(settings: Settings) -> str:
+def _key(settings: JwtFields) -> str:
     return settings.jwt_secret.get_secret_value()
 
 
 def mint_token(
-    settings: Settings, user_id: str, *, roles: Iterable[str] = (), ttl_s: int = 3600
+    settings: JwtFields, user_id: str, *, roles: Iterable[str] = (), ttl_s: int = 3600
 ) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -63,7 +63,7 @@ def _valid_subject(sub: object) -> bool:
     )
 
 
-def decode_token(settings: Settings, token: str) -> Principal:
+def decode_token(settings: JwtFields, token: str) -> Principal:
     """Verify signature, expiry and audience; raise TokenExpired/TokenInvalid otherwise."""
     try:
         with warnings.catch_warnings():

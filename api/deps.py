@@ -25,7 +25,7 @@ from api.errors import (
 from api.intake import Caller, IntakeOutcome
 from api.publisher import Publisher
 from api.relay import Background, publish_soon
-from billing.config import Settings
+from billing.config import ApiSettings
 from providers.port import PaymentProvider
 from schemas.messages import PaymentObserved
 
@@ -38,8 +38,8 @@ class Normaliser(Protocol):
     def __call__(self, payment: Any, *, source: str, observed_at: int) -> PaymentObserved: ...
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+async def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
     return settings
 
 
@@ -101,7 +101,7 @@ class Intake:
     pool: AsyncConnectionPool[Any]
     publisher: Publisher
     background: Background
-    settings: Settings
+    settings: ApiSettings
     method: str
     path: str
 
@@ -134,7 +134,7 @@ _bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with sub, roles,
 
 
 async def get_current_user(
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[ApiSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or not credentials.credentials:
@@ -180,7 +180,7 @@ async def get_idempotency_key(
     return key
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 DbDep = Annotated[psycopg.AsyncConnection[Any], Depends(get_db)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 BackgroundDep = Annotated[Background, Depends(get_background)]

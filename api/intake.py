@@ -35,7 +35,7 @@ from api.errors import (
     SubscriptionNotFound,
 )
 from billing.clock import now_ms
-from billing.config import Settings
+from billing.config import ApiSettings
 from schemas.http import (
     AdminAutoRenew,
     AdminExtend,
@@ -182,7 +182,7 @@ async def _idempotent(
 
 async def accept_command(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     *,
     user_id: str,
     idem_key: str,
@@ -242,7 +242,7 @@ async def accept_write_and_send(
 
 async def enqueue(
     conn: Conn,
-    settings: Settings,
+    settings: ApiSettings,
     *,
     message_id: str,
     subscription_id: str,
@@ -396,7 +396,7 @@ class Caller:
 
 async def _accept(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: BaseModel,
     build: Build,
@@ -420,7 +420,7 @@ async def _accept(
 
 async def accept_payment(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: PaymentCreate,
 ) -> IntakeOutcome:
@@ -455,7 +455,7 @@ async def accept_payment(
 
 async def accept_retry(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: RetryCreate,
     *,
@@ -506,7 +506,7 @@ async def accept_retry(
 
 async def accept_plan_change(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: PlanChangeCreate,
 ) -> IntakeOutcome:
@@ -557,7 +557,7 @@ def _refund_amount(request: RefundCreate | AdminRefundCreate, currency: str) -> 
 
 async def accept_refund(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: RefundCreate | AdminRefundCreate,
     *,
@@ -618,7 +618,7 @@ async def _subscription_owner(conn: Conn, subscription_id: str) -> tuple[str, st
 
 async def accept_auto_renew(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: AutoRenewUpdate | AdminAutoRenew,
     *,
@@ -651,7 +651,7 @@ async def accept_auto_renew(
 
 async def accept_admin_adjust(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: AdminReason | AdminExtend | AdminGrant,
     *,
@@ -688,7 +688,7 @@ async def accept_admin_adjust(
 
 async def accept_admin_settle(
     pool: AsyncConnectionPool[Any],
-    settings: Settings,
+    settings: ApiSettings,
     caller: Caller,
     request: AdminReason,
     *,

@@ -34,7 +34,7 @@ from api.routes import (
     subscriptions,
     webhooks,
 )
-from billing.config import Settings
+from billing.config import ApiSettings
 from providers.port import PaymentProvider
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,13 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
-def _dsn(settings: Settings) -> str:
+def _dsn(settings: ApiSettings) -> str:
     if settings.postgres_dsn is None:
         raise RuntimeError("BILLING_POSTGRES_DSN is not set (the local stack sets it)")
     return settings.postgres_dsn.get_secret_value()
 
 
-def _default_provider(settings: Settings) -> PaymentProvider | None:
+def _default_provider(settings: ApiSettings) -> PaymentProvider | None:
     try:
         from providers.yookassa_adapter import YooKassaProvider
     except ImportError:
@@ -66,7 +66,7 @@ def _default_provider(settings: Settings) -> PaymentProvider | None:
 
 
 def create_app(
-    settings: Settings,
+    settings: ApiSettings,
     *,
     publisher: Publisher | None = None,
     provider: PaymentProvider | None = None,

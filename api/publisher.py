@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from billing.config import Settings
+from billing.config import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class KafkaPublisher:
     """aiokafka producer, idempotent with acks=all, started lazily so the API starts (and
     accepts commands into the outbox) while the broker is down."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ApiSettings) -> None:
         self._settings = settings
         self._producer: Any = None
         self._lock = asyncio.Lock()

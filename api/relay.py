@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.intake import OutboxMessage
 from api.publisher import Publisher
-from billing.config import Settings
+from billing.config import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ RETURNING o.command_id::text, o.subscription_id::text, o.payload, o.topic
 """
 
 
-async def _publish(publisher: Publisher, settings: Settings, msg: OutboxMessage) -> None:
+async def _publish(publisher: Publisher, settings: ApiSettings, msg: OutboxMessage) -> None:
     await asyncio.wait_for(
         publisher.publish(msg.topic, msg.key, msg.payload), settings.publish_timeout_s
     )
@@ -68,7 +68,7 @@ def _error_text(exc: BaseException) -> str:
 async def relay_once(
     pool: AsyncConnectionPool[Any],
     publisher: Publisher,
-    settings: Settings,
+    settings: ApiSettings,
     *,
     batch: int = BATCH_SIZE,
 ) -> int:
@@ -123,7 +123,7 @@ async def relay_once(
 
 
 async def publish_now(
-    pool: AsyncConnectionPool[Any], publisher: Publisher, settings: Settings, msg: OutboxMessage
+    pool: AsyncConnectionPool[Any], publisher: Publisher, settings: ApiSettings, msg: OutboxMessage
 ) -> bool:
     """Publish a just-accepted command once and record it; on failure the relay takes over."""
     error: str | None = None
@@ -177,14 +177,14 @@ def publish_soon(
     background: Background,
     pool: AsyncConnectionPool[Any],
     publisher: Publisher,
-    settings: Settings,
+    settings: ApiSettings,
     msg: OutboxMessage,
 ) -> asyncio.Task[Any]:
     return background.spawn(publish_now(pool, publisher, settings, msg))
 
 
 async def run_relay(
-    pool: AsyncConnectionPool[Any], publisher: Publisher, settings: Settings, stop: asyncio.Event
+    pool: AsyncConnectionPool[Any], publisher: Publisher, settings: ApiSettings, stop: asyncio.Event
 ) -> None:
     """The relay loop of one API process; a full batch means more is due, so loop at once."""
     while not stop.is_set():

@@ -2,7 +2,7 @@
 ``billing reconcile --from … --to …`` (see ``billing reconcile --help``),
 ``billing rebuild-history``.
 
-Settings come from BILLING_* environment variables, as for every process.
+Settings (``CliSettings``) come from BILLING_* environment variables, as for every process.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import argparse
 import asyncio
 import sys
 
-from billing.config import Settings
+from billing.config import CliSettings
 
 
-def _dsn(settings: Settings) -> str:
+def _dsn(settings: CliSettings) -> str:
     if settings.postgres_dsn is None:
         sys.exit("BILLING_POSTGRES_DSN is not set (the local stack sets it for its children)")
     return settings.postgres_dsn.get_secret_value()
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         " history worker first when the store is embedded)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = CliSettings()
 
     if args.cmd == "token":
         from api.auth import mint_token

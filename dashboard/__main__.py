@@ -13,13 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-from billing.config import Settings
+from billing.config import ConsoleSettings
 
 APP = Path(__file__).resolve().parent / "app.py"
 ROOT = APP.parents[1]
 
 
-def streamlit_argv(settings: Settings) -> list[str]:
+def streamlit_argv(settings: ConsoleSettings) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -36,7 +36,7 @@ def streamlit_argv(settings: Settings) -> list[str]:
 
 
 def _run() -> int:
-    settings = Settings()
+    settings = ConsoleSettings()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     argv = streamlit_argv(settings)

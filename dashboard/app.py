@@ -4,7 +4,7 @@ Nothing renders without a login: until an admin logs in (POST /api/v1/admin/sess
 only page is the login form, whatever URL was asked for. The token lives in the server-side
 Streamlit session (never in the browser) and is dropped when it expires or the API refuses it.
 
-Settings (BILLING_*): ``dashboard_api_url`` (default: the local API), ``dashboard_host``,
+ConsoleSettings (BILLING_*): ``dashboard_api_url`` (default: the local API), ``dashboard_host``,
 ``dashboard_port``, ``dashboard_api_timeout_s``.
 """
 
@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script by `streamlit run dashboard/app
 import httpx
 import streamlit as st
 
-from billing.config import Settings
+from billing.config import ConsoleSettings
 from dashboard import tables, ui
 from dashboard.client import SessionExpired
 from dashboard.state import Session
@@ -35,8 +35,8 @@ from dashboard.views import (
 
 
 @st.cache_resource
-def _settings() -> Settings:
-    return Settings()
+def _settings() -> ConsoleSettings:
+    return ConsoleSettings()
 
 
 def _sidebar(session: Session) -> None:
@@ -48,7 +48,9 @@ def _sidebar(session: Session) -> None:
             st.rerun()
 
 
-def main(*, settings: Settings | None = None, transport: httpx.BaseTransport | None = None) -> None:
+def main(
+    *, settings: ConsoleSettings | None = None, transport: httpx.BaseTransport | None = None
+) -> None:
     st.set_page_config(page_title="Cinema billing · admin", page_icon="🎬", layout="wide")
     ui.configure(ui.ConsoleConfig.from_settings(settings or _settings()), transport)
     session = ui.current_session()

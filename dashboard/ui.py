@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from billing.config import Settings
+from billing.config import ConsoleSettings
 from dashboard import tables
 from dashboard.client import AdminClient, ApiError, ApiUnreachable, SessionExpired
 from dashboard.state import ActionKeys, Session
@@ -32,7 +32,7 @@ class ConsoleConfig:
     timeout_s: float = 15.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ConsoleConfig:
+    def from_settings(cls, settings: ConsoleSettings) -> ConsoleConfig:
         url = settings.dashboard_api_url.strip()
         if not url:
             host = settings.api_host

@@ -31,7 +31,7 @@ from yookassa import Configuration, Payment, Refund
 from yookassa.client import ApiClient
 from yookassa.domain.exceptions import ApiError
 
-from billing.config import Settings
+from billing.config import ProviderSettings
 from providers.port import (
     PROVIDER_STATUSES,
     ProviderError,
@@ -53,6 +53,8 @@ T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 5.0
+# SDK calls in flight at once, unless the caller says (the worker: its gateway concurrency).
+POOL_WORKERS = 20
 # HTTP statuses whose outcome is unknown: the operation may have happened.
 _UNKNOWN_HTTP = {202, 429}
 
@@ -235,11 +237,11 @@ def _bound(sdk_class: type[Any], factory: Callable[[], ApiClient]) -> type[Any]:
 
 # ------------------------------------------------------------------------------ provider
 class YooKassaProvider:
-    """``PaymentProvider`` over the official SDK. Build once per process from Settings."""
+    """``PaymentProvider`` over the official SDK. Build once per process from ProviderSettings."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ProviderSettings,
         *,
         timeout_s: float | None = None,
         max_attempts: int | None = None,
@@ -265,7 +267,7 @@ class YooKassaProvider:
         self._payment = _bound(Payment, client)
         self._refund = _bound(Refund, client)
         self._pool = ThreadPoolExecutor(
-            max_workers=max_workers or max(4, settings.gateway_concurrency + 4),
+            max_workers=max_workers or POOL_WORKERS,
             thread_name_prefix="yookassa",
         )
 

@@ -18,7 +18,8 @@ classes, same records in PostgreSQL; for large windows and backfills): the run i
 here and executed by the history worker (``BILLING_HISTORY_URL``), which reads the report
 itself (a registry path must be readable by it).
 
-Settings come from BILLING_* like every process (Kafka, PostgreSQL, provider credentials).
+Settings (``ReconcileSettings``) come from BILLING_* like every process (Kafka, PostgreSQL,
+provider credentials, BILLING_RECON_*, BILLING_HISTORY_URL).
 
 Exit status: 0 the run finished with no unresolved discrepancy (or, without --wait, it was
 fed); 1 unresolved discrepancies remain (escalations waiting for an admin); 2 bad input;
@@ -135,10 +136,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m reconciler") -
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     console = Console(highlight=False)
-    from billing.config import Settings
+    from billing.config import ReconcileSettings
 
     try:
-        settings = Settings()
+        settings = ReconcileSettings()
     except ValueError as exc:  # pydantic's ValidationError
         parser.error(f"bad BILLING_* settings: {exc}")
     try:

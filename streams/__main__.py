@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from billing.config import Settings
+from billing.config import WorkerSettings
 from streams.app import create_app
 
 
 def main() -> None:
-    settings = Settings()
+    settings = WorkerSettings()
     logging.basicConfig(level=settings.log_level)
     app = create_app(settings)
     app.main()

@@ -1,4 +1,4 @@
-"""Builds the Faust app from Settings. The restart-loss fix is applied before the App exists.
+"""Builds the Faust app from WorkerSettings; the restart-loss fix is applied before the App exists.
 
 ``processing_guarantee="at_least_once"``: Faust flushes what an agent produced (table
 changelog, events) before it commits the input offset, so a crash can only replay; every agent
@@ -31,7 +31,7 @@ from typing import Any
 
 import faust
 
-from billing.config import Settings
+from billing.config import WorkerSettings
 from providers.port import SearchingProvider
 from streams import faust_fix
 from streams.gateway.agent import register_gateway
@@ -43,7 +43,7 @@ from streams.sinks.postgres import register_projection
 from streams.topics import declare
 
 
-def policy_from(settings: Settings) -> Policy:
+def policy_from(settings: WorkerSettings) -> Policy:
     return Policy(
         payment_deadline_ms=int(settings.payment_deadline_s * 1000),
         redrive_max_backoff_ms=int(settings.payment_redrive_max_backoff_s * 1000),
@@ -58,7 +58,7 @@ def policy_from(settings: Settings) -> Policy:
 
 
 def create_app(
-    settings: Settings,
+    settings: WorkerSettings,
     *,
     provider: SearchingProvider | None = None,
     postgres_dsn: str | None = None,
@@ -103,7 +103,9 @@ def create_app(
         if provider is None:
             from providers.yookassa_adapter import YooKassaProvider
 
-            provider = YooKassaProvider(settings)
+            provider = YooKassaProvider(
+                settings, max_workers=max(4, settings.gateway_concurrency + 4)
+            )
         register_gateway(app, topics, provider, settings)
     if "reconcile" in agents and "ledger" in agents:
         if dsn is None:

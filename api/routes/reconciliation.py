@@ -35,7 +35,7 @@ from api.deps import (
 )
 from api.errors import ApiError, Conflict, NotFound, Unprocessable
 from billing.clock import now_ms
-from billing.config import Settings
+from billing.config import ApiSettings
 from reconciler import store
 from schemas.http import MoneyOut, Reason, error_responses
 from schemas.messages import PaymentObserved, RefundObserved, encode
@@ -270,7 +270,7 @@ def _uuid(value: str) -> bool:
 
 
 async def _enqueue_correction(
-    conn: Any, settings: Settings, follow_up: PaymentObserved | RefundObserved, actor: str
+    conn: Any, settings: ApiSettings, follow_up: PaymentObserved | RefundObserved, actor: str
 ) -> intake.OutboxMessage | None:
     """Write the correction into the outbox in the decision's transaction.
 

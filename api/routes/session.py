@@ -32,7 +32,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from api.auth import ADMIN_ROLE, mint_token
 from api.deps import JsonBody, SettingsDep
 from api.errors import ApiError, ServiceUnavailable
-from billing.config import Settings
+from billing.config import ApiSettings
 from billing.passwords import PasswordHashInvalid, valid_password, verify_password
 from schemas.http import SessionOut, error_responses
 
@@ -158,7 +158,7 @@ def _client_key(request: Request, username: str) -> str:
     return f"{host}\x00{username.casefold()}"
 
 
-async def check_credentials(settings: Settings, username: str, password: str) -> bool:
+async def check_credentials(settings: ApiSettings, username: str, password: str) -> bool:
     """True when both match the configured account. Always hashes, so an unknown username
     takes as long as a wrong password."""
     configured = settings.dashboard_admin_password_hash

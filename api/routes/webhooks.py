@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from api.deps import NormaliserDep, ProviderDep, PublisherDep, SettingsDep
 from api.errors import ServiceUnavailable, WebhookMalformed, WebhookSourceForbidden
 from billing.clock import now_ms
-from billing.config import Settings
+from billing.config import ApiSettings
 from providers.port import ProviderError, ProviderNotFound
 from schemas.http import WebhookAck, error_responses
 from schemas.messages import encode
@@ -48,14 +48,14 @@ class _Notification(BaseModel):
     object: _Object
 
 
-def allowed_networks(settings: Settings) -> list[IpNetwork]:
+def allowed_networks(settings: ApiSettings) -> list[IpNetwork]:
     """Parsed once at start-up: a bad CIDR in the settings fails the start, not a request."""
     return [
         ipaddress.ip_network(cidr.strip(), strict=False) for cidr in settings.webhook_allowed_ips
     ]
 
 
-def source_ip(request: Request, settings: Settings) -> IpAddress | None:
+def source_ip(request: Request, settings: ApiSettings) -> IpAddress | None:
     """The peer address, or with a trusted proxy in front the last X-Forwarded-For hop (the
     one our proxy appended; earlier entries are whatever the client claimed)."""
     raw: str | None = request.client.host if request.client else None

@@ -7,13 +7,13 @@ import logging
 
 import uvicorn
 
-from billing.config import Settings
+from billing.config import EmulatorSettings
 from providers.emulator.app import Emulator, create_app
 from providers.emulator.server import config_from_settings
 
 
 def main() -> None:
-    settings = Settings()
+    settings = EmulatorSettings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

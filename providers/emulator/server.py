@@ -10,14 +10,14 @@ import time
 
 import uvicorn
 
-from billing.config import Settings
+from billing.config import EmulatorSettings
 from providers.emulator.app import Emulator, create_app
 from providers.emulator.store import EmulatorConfig
 
 log = logging.getLogger(__name__)
 
 
-def config_from_settings(settings: Settings) -> EmulatorConfig:
+def config_from_settings(settings: EmulatorSettings) -> EmulatorConfig:
     return EmulatorConfig(
         shop_id=settings.yookassa_shop_id,
         secret_key=settings.yookassa_secret_key.get_secret_value(),
@@ -54,7 +54,7 @@ class EmulatorServer:
 
     @property
     def api_url(self) -> str:
-        """What ``Configuration.configure(api_url=...)`` and Settings.yookassa_api_url take."""
+        """What ``Configuration.configure(api_url=...)`` and BILLING_YOOKASSA_API_URL take."""
         return f"{self.url}/v3"
 
     def start(self, timeout_s: float = 10.0) -> None:

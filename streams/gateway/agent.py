@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from billing.clock import now_ms
-from billing.config import Settings
+from billing.config import WorkerSettings
 from providers.port import (
     PaymentProvider,
     ProviderError,
@@ -62,7 +62,7 @@ _WANTED = (
 )
 
 
-def window_ms_of(settings: Settings) -> int:
+def window_ms_of(settings: WorkerSettings) -> int:
     return int(settings.provider_key_safe_window_s * 1000)
 
 
@@ -301,7 +301,7 @@ def _refund_observed(
 
 
 def register_gateway(
-    app: Any, topics: Topics, provider: SearchingProvider, settings: Settings
+    app: Any, topics: Topics, provider: SearchingProvider, settings: WorkerSettings
 ) -> Any:
     window_ms = window_ms_of(settings)
 

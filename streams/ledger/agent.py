@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from billing.clock import now_ms
-from billing.config import Settings
+from billing.config import WorkerSettings
 from schemas import topics as topic_names
 from schemas.messages import DecodeError, ValidationError, decode_ledger_input, encode
 from schemas.state import SubscriptionState, decode_state, encode_state
@@ -59,7 +59,7 @@ def register_ledger(
     app: Any,
     topics: Topics,
     policy: Policy,
-    settings: Settings,
+    settings: WorkerSettings,
     postgres_dsn: str | None = None,
 ) -> Any:
     table = app.Table(

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from billing.config import Settings
+from billing.config import WorkerSettings
 from schemas import notifications as contract
 from schemas import topics as topic_names
 from schemas.ids import derived_id
@@ -174,7 +174,7 @@ async def publish(producer: AIOKafkaProducer, records: Sequence[Record]) -> None
         await asyncio.gather(*sent)
 
 
-def register_notifier(app: Any, settings: Settings) -> Any:
+def register_notifier(app: Any, settings: WorkerSettings) -> Any:
     """The notifier as a task of the worker ``app``: its own consumer group and producer."""
     group = f"{settings.worker_id}-notifier"
     start = Start(settings.notifier_offset_reset, settings.notifier_reset_lookback_s)

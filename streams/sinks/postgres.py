@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from billing.config import Settings
+from billing.config import WorkerSettings
 from schemas import topics as topic_names
 from schemas.messages import (
     AccessShortened,
@@ -590,7 +590,7 @@ async def project(
     return len(todo)
 
 
-def register_projection(app: Any, topics: Topics, dsn: str, settings: Settings) -> Any:
+def register_projection(app: Any, topics: Topics, dsn: str, settings: WorkerSettings) -> Any:
     """The projection as a plain consumer (group ``<worker id>-projection``) that commits a
     batch's offsets only after its PostgreSQL transaction committed.
 

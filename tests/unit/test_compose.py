@@ -1,16 +1,37 @@
 """docker-compose.yml cannot run here (no Docker engine), so its consistency with the local
-stack is checked by reading it: services present, and every BILLING_* name is a setting."""
+stack is checked by reading it: services present, every BILLING_* name is a setting, and each
+service's environment is valid in prod for the settings class of the process it runs."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
-from billing.config import Settings
+from billing.config import (
+    ApiSettings,
+    CliSettings,
+    CommonSettings,
+    ConsoleSettings,
+    HistorySettings,
+    Settings,
+    WorkerSettings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+# A service's command -> the settings class of the process it runs.
+COMMANDS: dict[str, type[BaseSettings]] = {
+    r"-m api$": ApiSettings,
+    r"-m streams worker": WorkerSettings,
+    r"-m streams\.history ": HistorySettings,
+    r"-m dashboard$": ConsoleSettings,
+    r"billing migrate": CliSettings,
+}
 
 
 def load() -> dict[str, Any]:
@@ -39,23 +60,54 @@ def test_every_billing_variable_is_a_settings_field() -> None:
     assert used <= fields, f"unknown settings: {sorted(used - fields)}"
 
 
-def test_compose_settings_validate_as_prod() -> None:
+def service_settings() -> dict[str, type[BaseSettings]]:
+    """Each service with BILLING_* variables and the settings class its command reads."""
+    found: dict[str, type[BaseSettings]] = {}
+    for name, service in load()["services"].items():
+        if not billing_env(service):
+            continue
+        command = " ".join(service.get("command") or [])
+        match = [cls for pattern, cls in COMMANDS.items() if re.search(pattern, command)]
+        assert len(match) == 1, f"{name}: which settings does {command!r} read?"
+        found[name] = match[0]
+    return found
+
+
+def test_each_service_sets_only_what_its_process_reads() -> None:
+    shared = set(load()["x-billing-env"])
     services = load()["services"]
-    env = billing_env(services["api"])
-    resolved = {
-        k: v.replace("${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}", "pw")
-        for k, v in env.items()
-        if "${" not in v or "POSTGRES_PASSWORD" in v
+    for name, cls in service_settings().items():
+        own = set(billing_env(services[name])) - shared
+        fields = {f"BILLING_{n.upper()}" for n in cls.model_fields}
+        assert own <= fields, f"{name} ({cls.__name__}) does not read {sorted(own - fields)}"
+
+
+def resolve(value: str) -> str:
+    """A compose value with ``${VAR:-default}`` defaulted and ``${VAR:?…}`` set to a made-up
+    value that is no placeholder (what an operator must set)."""
+
+    def sub(m: re.Match[str]) -> str:
+        return m.group(3) if m.group(2) == "-" else f"set-{m.group(1).lower()}"
+
+    return re.sub(r"\$\{(\w+)(?::([-?])([^}]*))?\}", sub, value)
+
+
+@pytest.mark.parametrize("service", ["init", "worker-1", "worker-2", "history", "api", "console"])
+def test_compose_settings_validate_as_prod(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("BILLING_"):
+            monkeypatch.delenv(name)
+    env = billing_env(load()["services"][service])
+    assert env["BILLING_ENV"] == "prod"
+    fields: dict[str, Any] = {
+        k.removeprefix("BILLING_").lower(): resolve(v) for k, v in env.items()
     }
-    resolved.update(
-        BILLING_JWT_SECRET="a-real-secret",
-        BILLING_YOOKASSA_SHOP_ID="1",
-        BILLING_YOOKASSA_SECRET_KEY="live_x",
-    )
-    fields: dict[str, Any] = {k.removeprefix("BILLING_").lower(): v for k, v in resolved.items()}
-    settings = Settings(**fields)
-    assert settings.env == "prod"
-    assert settings.kafka_bootstrap == "kafka:9092"
+    cls = service_settings()[service]
+    settings = cls(**fields)  # extra="ignore": the other processes' variables are dropped
+    assert set(settings.model_dump()) == set(cls.model_fields)
+    if isinstance(settings, CommonSettings):
+        assert settings.env == "prod"
+        assert settings.kafka_bootstrap == "kafka:9092"
 
 
 def test_compose_kafka_never_auto_creates_topics() -> None:

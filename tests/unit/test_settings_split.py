@@ -1,17 +1,34 @@
-"""The settings split (issue 12): one env prefix, no setting renamed, the README's names read.
-
-The split is partial: ``CommonSettings`` and ``ProviderSettings`` are carved out of
-``Settings``, which still holds every field; the per-process classes come next.
-"""
+"""The settings split (issue 12): each process reads only its own settings, under one env
+prefix, with no setting renamed; each field is declared once; every name the README and
+docker-compose.yml use is read by some process; prod checks refuse what they refused."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-from billing.config import CommonSettings, ProviderSettings, Settings
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+from billing import config
+from billing.config import (
+    PROCESS_SETTINGS,
+    ApiSettings,
+    CliSettings,
+    CommonSettings,
+    ConsoleSettings,
+    EmulatorSettings,
+    HistorySettings,
+    ProviderSettings,
+    ReconcileSettings,
+    Settings,
+    WorkerSettings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 # Named in the README but read outside the settings classes (test seeds, the test clock file).
 NOT_SETTINGS = {"BILLING_E2E_SEED", "BILLING_CHAOS_SEED", "BILLING_CLOCK_FILE"}
 COMMON = {
@@ -23,10 +40,61 @@ COMMON = {
     "kafka_version",
     "postgres_dsn",
 }
+# The code each process runs with its settings (besides billing/config.py's own properties and
+# prod checks). A field of a process class must be read there.
+PROCESS_CODE: dict[type[BaseSettings], tuple[str, ...]] = {
+    ApiSettings: ("api", "providers/yookassa_adapter.py"),
+    WorkerSettings: (
+        "streams/app.py",
+        "streams/gateway",
+        "streams/ledger",
+        "streams/notify",
+        "streams/sinks",
+        "streams/reconcile",
+        "reconciler/feed.py",
+        "providers/yookassa_adapter.py",
+    ),
+    HistorySettings: (
+        "streams/history",  # the package, or (before it) the two modules
+        "streams/history.py",
+        "streams/recon_history.py",
+        "reconciler/feed.py",
+        "providers/yookassa_adapter.py",
+        "billing/clickhouse.py",
+    ),
+    EmulatorSettings: ("providers/emulator",),
+    ConsoleSettings: ("dashboard",),
+    ReconcileSettings: ("reconciler/cli.py", "reconciler/feed.py", "providers/yookassa_adapter.py"),
+    CliSettings: ("billing/cli.py", "api/auth.py"),
+}
+_READ = re.compile(r"settings\.(\w+)|getattr\(\s*\w+,\s*\"(\w+)\"")
 
 
-def test_common_holds_only_what_every_process_reads() -> None:
+def _classes() -> list[type[BaseSettings]]:
+    return [
+        c
+        for c in vars(config).values()
+        if isinstance(c, type) and issubclass(c, BaseSettings) and c.__module__ == config.__name__
+    ]
+
+
+def _reads(paths: tuple[str, ...]) -> set[str]:
+    names: set[str] = set()
+    for p in paths:
+        target = ROOT / p
+        if not target.exists():
+            continue
+        for f in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            for m in _READ.finditer(f.read_text()):
+                names.add(m.group(1) or m.group(2))
+    names |= set(re.findall(r"self\.(\w+)", (ROOT / "billing/config.py").read_text()))
+    return names
+
+
+def test_common_holds_what_every_process_on_kafka_and_postgres_reads() -> None:
     assert set(CommonSettings.model_fields) == COMMON
+    for cls in (ApiSettings, WorkerSettings, HistorySettings, ReconcileSettings, CliSettings):
+        assert issubclass(cls, CommonSettings)
 
 
 def test_provider_adds_only_the_yookassa_client_and_emulator_address() -> None:
@@ -35,11 +103,100 @@ def test_provider_adds_only_the_yookassa_client_and_emulator_address() -> None:
 
 
 def test_every_class_keeps_the_one_prefix() -> None:
-    for cls in (CommonSettings, ProviderSettings, Settings):
-        assert cls.model_config.get("env_prefix") == "BILLING_"
+    for cls in _classes():
+        assert cls.model_config.get("env_prefix") == "BILLING_", cls
+        assert cls.model_config.get("extra") == "ignore", cls
 
 
-def test_every_readme_setting_is_read_by_a_class() -> None:
-    named = set(re.findall(r"BILLING_[A-Z0-9_]*[A-Z0-9]", README.read_text())) - NOT_SETTINGS
-    read = {"BILLING_" + n.upper() for n in Settings.model_fields}
-    assert named <= read
+def test_no_field_is_declared_in_two_classes() -> None:
+    declared: dict[str, str] = {}
+    for cls in _classes():
+        for name in vars(cls).get("__annotations__", {}):
+            assert name not in declared, f"{name}: {declared.get(name)} and {cls.__name__}"
+            declared[name] = cls.__name__
+    assert set(declared) == set(Settings.model_fields)
+
+
+def test_settings_is_the_union_and_can_stand_for_every_process() -> None:
+    union = set().union(*(cls.model_fields for cls in PROCESS_SETTINGS))
+    assert set(Settings.model_fields) == union
+    assert all(issubclass(Settings, cls) for cls in PROCESS_SETTINGS)
+
+
+@pytest.mark.parametrize("cls", PROCESS_SETTINGS, ids=lambda c: c.__name__)
+def test_each_process_class_has_only_fields_its_code_reads(cls: type[BaseSettings]) -> None:
+    unread = set(cls.model_fields) - COMMON - _reads(PROCESS_CODE[cls])
+    assert not unread, f"{cls.__name__} declares settings its process never reads: {unread}"
+
+
+def test_processes_do_not_read_each_others_settings() -> None:
+    api, worker, history = (
+        set(c.model_fields) for c in (ApiSettings, WorkerSettings, HistorySettings)
+    )
+    console, emulator = set(ConsoleSettings.model_fields), set(EmulatorSettings.model_fields)
+    assert not {"gateway_concurrency", "worker_id", "sweep_interval_s", "history_port"} & api
+    assert not {"jwt_secret", "relay_delay_s", "history_port", "dashboard_admin_user"} & worker
+    assert not {"jwt_secret", "gateway_concurrency", "recon_cron", "api_port"} & history
+    assert not {"postgres_dsn", "kafka_bootstrap", "jwt_secret", "yookassa_secret_key"} & console
+    assert not {"postgres_dsn", "kafka_bootstrap", "jwt_secret", "yookassa_api_url"} & emulator
+    assert not {"gateway_concurrency", "history_port"} & set(ReconcileSettings.model_fields)
+    assert set(CliSettings.model_fields) == COMMON | {"jwt_secret", "jwt_algorithm", "jwt_audience"}
+
+
+def test_every_readme_and_compose_setting_is_read_by_a_process() -> None:
+    text = README.read_text() + (ROOT / "docker-compose.yml").read_text()
+    named = set(re.findall(r"BILLING_[A-Z0-9_]*[A-Z0-9]", text)) - NOT_SETTINGS
+    read = {"BILLING_" + n.upper() for cls in PROCESS_SETTINGS for n in cls.model_fields}
+    assert named <= read, sorted(named - read)
+
+
+PROD: dict[str, Any] = {
+    "env": "prod",
+    "postgres_dsn": "postgresql://billing:pw@postgres:5432/billing",
+    "jwt_secret": "a-real-secret-of-at-least-32-bytes!",
+    "yookassa_secret_key": "live_x",
+    "yookassa_api_url": "https://api.yookassa.ru/v3",
+}
+# What each prod check refuses: a missing DSN (no embedded PostgreSQL), placeholder secrets,
+# no provider URL (no emulator).
+BAD: dict[str, Any] = {
+    "postgres_dsn": None,
+    "jwt_secret": "dev-only-jwt-secret",
+    "yookassa_secret_key": "emulator-secret",
+    "yookassa_api_url": "",
+}
+REFUSES = {
+    ApiSettings: set(BAD),
+    WorkerSettings: {"postgres_dsn", "yookassa_secret_key", "yookassa_api_url"},
+    HistorySettings: {"postgres_dsn", "yookassa_secret_key", "yookassa_api_url"},
+    ReconcileSettings: {"postgres_dsn", "yookassa_secret_key", "yookassa_api_url"},
+    CliSettings: {"postgres_dsn", "jwt_secret"},
+    EmulatorSettings: {"yookassa_secret_key"},
+    ConsoleSettings: set(),
+    Settings: set(BAD),
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BILLING_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("cls", list(REFUSES), ids=lambda c: c.__name__)
+def test_prod_refuses_what_the_process_reads_unset(cls: type[BaseSettings]) -> None:
+    own = {k: v for k, v in PROD.items() if k in cls.model_fields}
+    cls(**own)
+    # Every check a process had on a field it reads stays on it.
+    assert REFUSES[cls] == set(BAD) & set(cls.model_fields)
+    for name in REFUSES[cls]:
+        bad = {k: v for k, v in own.items() if k != name}
+        if BAD[name] is not None:
+            bad[name] = BAD[name]
+        with pytest.raises(ValidationError, match=f"BILLING_{name.upper()}"):
+            cls(**bad)
+        assert cls(**{**bad, "env": "dev"})  # only in prod
