@@ -751,32 +751,17 @@ def _money(minor: int | None, currency: str | None) -> Money | None:
     return Money(int(minor), currency.strip()) if minor is not None and currency else None
 
 
+_AMOUNT_COLUMNS = ("ours_amount_minor", "ours_currency", "theirs_amount_minor", "theirs_currency")
+
+
 def _item_row(row: dict[str, Any]) -> ItemRow:
+    """A row of ``_ITEM_COLUMNS``: each column as the field of its name, but the amounts
+    (minor units and currency columns) as ``Money``."""
+    fields = {name: value for name, value in row.items() if name not in _AMOUNT_COLUMNS}
     return ItemRow(
-        item_key=row["item_key"],
-        object=row["object"],
-        kind=row["kind"],
-        discrepancy=row["discrepancy"],
-        subscription_id=row["subscription_id"],
-        payment_id=row["payment_id"],
-        refund_id=row["refund_id"],
-        provider_id=row["provider_id"],
-        ours_status=row["ours_status"],
-        theirs_status=row["theirs_status"],
+        **fields,
         ours_amount=_money(row["ours_amount_minor"], row["ours_currency"]),
         theirs_amount=_money(row["theirs_amount_minor"], row["theirs_currency"]),
-        repair=row["repair"],
-        refund_key=row["refund_key"],
-        detail=row["detail"],
-        first_run_id=row["first_run_id"],
-        last_run_id=row["last_run_id"],
-        first_seen_at=row["first_seen_at"],
-        last_seen_at=row["last_seen_at"],
-        repaired_at=row["repaired_at"],
-        resolution=row["resolution"],
-        resolved_by=row["resolved_by"],
-        resolved_at=row["resolved_at"],
-        note=row["note"],
     )
 
 
