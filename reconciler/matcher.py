@@ -103,8 +103,8 @@ harmless) | ``refund_later_duplicate`` (``provider_id`` is the charge to refund 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -122,6 +122,8 @@ from schemas.recon_match import (
     Summary,
 )
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
+
+RecordT = TypeVar("RecordT", PaymentRecord, RefundRecord)
 
 
 def _payment_overdue(cfg: MatchConfig, rec: PaymentRecord, theirs: str | None) -> bool:
@@ -249,14 +251,20 @@ def _add(totals: dict[str, Money], amount: Money) -> None:
 
 # ------------------------------------------------------------------------------ payments
 def _find_record(state: SubscriptionState | None, line: PaymentLine) -> PaymentRecord | None:
-    if state is None:
-        return None
-    if line.payment_id is not None and line.payment_id in state.payments:
-        return state.payments[line.payment_id]
-    for rec in state.payments.values():
-        if rec.provider_payment_id == line.provider_payment_id:
-            return rec
-    return None
+    payments = state.payments if state is not None else {}
+    pid = line.provider_payment_id
+    holding = (rec for rec in payments.values() if rec.provider_payment_id == pid)
+    return _own_or_first(payments, line.payment_id, holding)
+
+
+def _own_or_first(
+    records: Mapping[str, RecordT], own_id: str | None, holding: Iterable[RecordT]
+) -> RecordT | None:
+    """The record a line is about: the one under the line's own id (its metadata), else the
+    first (in the state's order) ``holding`` the line's provider id; None when neither."""
+    if own_id is not None and own_id in records:
+        return records[own_id]
+    return next(iter(holding), None)
 
 
 def _observation(sub_id: str, rec: PaymentRecord, line: PaymentLine, now: int) -> PaymentObserved:
@@ -382,27 +390,13 @@ def _match_refund(
 ) -> tuple[MatchItem, SubscriptionRun]:
     ref = _find_refund(state, line)
     if state is None or ref is None or ref.refund_id in run.accounted_refunds:
-        return (
-            MatchItem(
-                kind="refund_mismatch",
-                object="refund",
-                subscription_id=line.subscription_id,
-                payment_id=line.payment_id if ref is None else ref.payment_id,
-                refund_id=line.refund_id if ref is None else ref.refund_id,
-                provider_id=line.provider_refund_id,
-                ours_status=None,
-                theirs_status=line.status,
-                ours_amount=None,
-                theirs_amount=line.amount,
-                repair="escalate",
-                detail=(
-                    "the ledger has no such refund"
-                    if ref is None
-                    else "second provider refund for one ledger refund"
-                ),
-            ),
-            run,
+        detail = (
+            "the ledger has no such refund"
+            if ref is None
+            else "second provider refund for one ledger refund"
         )
+        item = _refund_item(line, line.subscription_id, ref, "refund_mismatch", "escalate", detail)
+        return item, run
     run = msgspec.structs.replace(run, accounted_refunds=run.accounted_refunds | {ref.refund_id})
     ours, theirs = ref.status, line.status
     kind: MatchClass = "refund_mismatch"
@@ -424,47 +418,63 @@ def _match_refund(
         detail = "no provider outcome past the SLA"
     observation = None
     if repair == "apply_provider_status":
-        observation = RefundObserved(
-            observation_id=observation_id_for(line.provider_refund_id, theirs),
-            subscription_id=state.subscription_id,
-            observed_at=cfg.now,
-            source="reconciliation",
-            refund_id=ref.refund_id,
-            payment_id=ref.payment_id,
-            provider_refund_id=line.provider_refund_id,
-            status=theirs,
-            amount=line.amount,
-            cancellation_reason=line.cancellation_reason,
-        )
-    return (
-        MatchItem(
-            kind=kind,
-            object="refund",
-            subscription_id=state.subscription_id,
-            payment_id=ref.payment_id,
-            refund_id=ref.refund_id,
-            provider_id=line.provider_refund_id,
-            ours_status=ours,
-            theirs_status=theirs,
-            ours_amount=ref.amount,
-            theirs_amount=line.amount,
-            repair=repair,
-            observation=observation,
-            detail=detail,
-        ),
-        run,
+        observation = _refund_observation(state.subscription_id, ref, line, cfg.now)
+    sub_id = state.subscription_id
+    return _refund_item(line, sub_id, ref, kind, repair, detail, ours=ref, obs=observation), run
+
+
+def _refund_item(
+    line: RefundLine,
+    sub_id: str | None,
+    ref: RefundRecord | None,
+    kind: MatchClass,
+    repair: RepairKind,
+    detail: str,
+    *,
+    ours: RefundRecord | None = None,
+    obs: RefundObserved | None = None,
+) -> MatchItem:
+    """A refund line's item, about the ledger refund ``ref`` (the line's ids when there is
+    none); it has an "ours" side when the line accounts for the refund (``ours``)."""
+    return MatchItem(
+        kind=kind,
+        object="refund",
+        subscription_id=sub_id,
+        payment_id=line.payment_id if ref is None else ref.payment_id,
+        refund_id=line.refund_id if ref is None else ref.refund_id,
+        provider_id=line.provider_refund_id,
+        ours_status=None if ours is None else ours.status,
+        theirs_status=line.status,
+        ours_amount=None if ours is None else ours.amount,
+        theirs_amount=line.amount,
+        repair=repair,
+        observation=obs,
+        detail=detail,
+    )
+
+
+def _refund_observation(
+    sub_id: str, ref: RefundRecord, line: RefundLine, now: int
+) -> RefundObserved:
+    return RefundObserved(
+        observation_id=observation_id_for(line.provider_refund_id, line.status),
+        subscription_id=sub_id,
+        observed_at=now,
+        source="reconciliation",
+        refund_id=ref.refund_id,
+        payment_id=ref.payment_id,
+        provider_refund_id=line.provider_refund_id,
+        status=line.status,
+        amount=line.amount,
+        cancellation_reason=line.cancellation_reason,
     )
 
 
 def _find_refund(state: SubscriptionState | None, line: RefundLine) -> RefundRecord | None:
-    if state is None:
-        return None
-    if line.refund_id is not None and line.refund_id in state.refunds:
-        return state.refunds[line.refund_id]
-    for ref in state.refunds.values():
-        if ref.provider_refund_id == line.provider_refund_id:
-            return ref
-    return None
+    refunds = state.refunds if state is not None else {}
+    rid = line.provider_refund_id
+    holding = (ref for ref in refunds.values() if ref.provider_refund_id == rid)
+    return _own_or_first(refunds, line.refund_id, holding)
 
 
 def _unreported_refund(sub_id: str, ref: RefundRecord, cfg: MatchConfig) -> MatchItem:
