@@ -2,8 +2,9 @@
 
 ``connect(target)`` opens either, through clickhouse-connect (its chdb backend for
 ``chdb://DIR``, HTTP otherwise), so the same DDL and SQL run on both:
-- a ``Settings`` (or anything with ``state_dir`` and an optional ``clickhouse_url``): the URL
-  when it is set, else the embedded engine with its data in ``state_dir/clickhouse``;
+- a process's settings (``HistorySettings``, or anything with ``state_dir`` and an optional
+  ``clickhouse_url``): the URL when it is set, else the embedded engine with its data in
+  ``state_dir/clickhouse``;
 - a URL string: ``http(s)://user:password@host:8123[/database]`` or ``chdb://DIR``;
 - a path: the embedded engine with its data there.
 
@@ -63,7 +64,8 @@ INSERT_CONNECTIONS = 2
 
 
 class StoreSettings(Protocol):
-    """What ``connect`` reads from the process settings (billing.config.Settings)."""
+    """What ``connect`` reads from the process settings (``billing.config.HistorySettings``;
+    ``clickhouse_url`` too where it exists)."""
 
     @property
     def state_dir(self) -> Path: ...

@@ -406,8 +406,9 @@ async def publish_run(
 # ------------------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class ReconSettings:
-    """Reconciliation settings, read from ``billing.config.Settings`` (``BILLING_RECON_*``)
-    with these defaults until the fields exist there."""
+    """Reconciliation settings (``BILLING_RECON_*``), read from the process's settings:
+    ``WorkerSettings`` (nightly runs), ``ReconcileSettings`` (the CLI), ``HistorySettings``
+    (the report lag only); a field its class lacks keeps the default here."""
 
     timezone: str = "Europe/Moscow"  # the day a nightly run reconciles, and CLI dates
     cron: str = "30 3 * * *"  # nightly: yesterday's run, on the leader worker
