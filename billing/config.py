@@ -185,6 +185,8 @@ class ReconWindowFields(ReconLagFields):
 
 
 # ------------------------------------------------------------------------------ processes
+# Each lists its groups in the order they are defined above, so that Settings, which inherits
+# them all, has a consistent method resolution order.
 class ApiSettings(
     ProviderSettings,
     JwtFields,
