@@ -16,6 +16,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.codec import JsonCodec
 from schemas.money import Money
 
 NotificationKind = Literal[
@@ -60,13 +61,6 @@ class Entitlement(msgspec.Struct, tag="Entitlement", tag_field="type", frozen=Tr
     reason: str | None = None
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Notification | Entitlement)
-
-
-def encode(msg: Notification | Entitlement) -> bytes:
-    return _encoder.encode(msg)
-
-
-def decode(data: bytes) -> Notification | Entitlement:
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+_codec: JsonCodec[Notification | Entitlement] = JsonCodec(Notification | Entitlement)
+encode = _codec.encode
+decode = _codec.decode

@@ -31,6 +31,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.codec import JsonCodec
 from schemas.messages import ProviderStatus
 from schemas.money import Money
 
@@ -133,17 +134,10 @@ class EndOfReport(msgspec.Struct, tag_field="type", tag=END_OF_REPORT, frozen=Tr
 
 ReportMessage = ReportEnvelope | ReportBatch | EndOfReport
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ReportMessage)
-
-
-def encode_report_message(msg: ReportMessage) -> bytes:
-    return _encoder.encode(msg)
-
-
-def decode_report_message(data: bytes) -> ReportMessage:
-    """A message of billing.provider-report: one line, lines of a partition, or a marker."""
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+# A message of billing.provider-report: one line, lines of a partition, or a marker.
+_codec: JsonCodec[ReportMessage] = JsonCodec(ReportMessage)
+encode_report_message = _codec.encode
+decode_report_message = _codec.decode
 
 
 def line_key(line: ReportLine) -> str:

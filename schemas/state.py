@@ -7,6 +7,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.codec import JsonCodec
 from schemas.messages import AnyEvent, PaymentRequest, PaymentStatus, RefundRequest
 from schemas.money import Money
 
@@ -110,13 +111,6 @@ class SubscriptionState(msgspec.Struct, frozen=True, kw_only=True):
     answered: list[str] = []
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(SubscriptionState)
-
-
-def encode_state(state: SubscriptionState) -> bytes:
-    return _encoder.encode(state)
-
-
-def decode_state(data: bytes) -> SubscriptionState:
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+_codec: JsonCodec[SubscriptionState] = JsonCodec(SubscriptionState)
+encode_state = _codec.encode
+decode_state = _codec.decode
