@@ -395,8 +395,8 @@ def _match_refund(
             if ref is None
             else "second provider refund for one ledger refund"
         )
-        item = _refund_item(line, line.subscription_id, ref, "refund_mismatch", "escalate", detail)
-        return item, run
+        verdict: tuple[MatchClass, RepairKind, str] = ("refund_mismatch", "escalate", detail)
+        return _refund_item(line, line.subscription_id, ref, verdict), run
     run = msgspec.structs.replace(run, accounted_refunds=run.accounted_refunds | {ref.refund_id})
     ours, theirs = ref.status, line.status
     kind: MatchClass = "refund_mismatch"
@@ -419,23 +419,22 @@ def _match_refund(
     observation = None
     if repair == "apply_provider_status":
         observation = _refund_observation(state.subscription_id, ref, line, cfg.now)
-    sub_id = state.subscription_id
-    return _refund_item(line, sub_id, ref, kind, repair, detail, ours=ref, obs=observation), run
+    verdict = (kind, repair, detail)
+    return _refund_item(line, state.subscription_id, ref, verdict, ours=ref, obs=observation), run
 
 
 def _refund_item(
     line: RefundLine,
     sub_id: str | None,
     ref: RefundRecord | None,
-    kind: MatchClass,
-    repair: RepairKind,
-    detail: str,
-    *,
+    verdict: tuple[MatchClass, RepairKind, str],
     ours: RefundRecord | None = None,
     obs: RefundObserved | None = None,
 ) -> MatchItem:
-    """A refund line's item, about the ledger refund ``ref`` (the line's ids when there is
-    none); it has an "ours" side when the line accounts for the refund (``ours``)."""
+    """A refund line's item (its class, repair and detail: ``verdict``), about the ledger
+    refund ``ref`` (the line's ids when there is none); it has an "ours" side when the line
+    accounts for the refund (``ours``)."""
+    kind, repair, detail = verdict
     return MatchItem(
         kind=kind,
         object="refund",
