@@ -220,7 +220,6 @@ _LEDGER_ROWS = """
     HAVING countIf(status = 'requested') > 0
 """
 
-
 # ``{ours_side_only}``: the item columns after the ids of a judged ledger record no line was
 # "ours" for (end_of_report): its provider id, status and amount; no "theirs" side.
 _OURS_SIDE_ONLY = """
