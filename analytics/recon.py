@@ -1,6 +1,6 @@
 """Reconciliation history in ClickHouse: runs, their totals, and discrepancies over time.
 
-The rows are copied from PostgreSQL by the history worker (streams/recon_history.py), one row
+The rows are copied from PostgreSQL by the history worker (streams/history/recon_copy.py), one row
 per state of a run or a discrepancy with a version; a query takes each one's latest state
 (``argMax(…, version)``), so a row copied twice, or not yet merged, never counts twice.
 """

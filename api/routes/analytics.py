@@ -36,7 +36,7 @@ from analytics import dispatch
 from api.deps import SettingsDep, get_admin_user
 from api.errors import ApiError, InvalidRange, Unprocessable, ValidationFailed
 from billing.clock import now_ms
-from billing.config import Settings
+from billing.config import ApiSettings
 from schemas.http import (
     ActiveSubscribersOut,
     DeclineReasonOut,
@@ -79,13 +79,13 @@ class WindowTooLong(Unprocessable):
 
 
 # -------------------------------------------------------------------------------- backends
-def _server_url(settings: Settings) -> str | None:
+def _server_url(settings: ApiSettings) -> str | None:
     secret = settings.clickhouse_url
     url = secret.get_secret_value() if secret is not None else ""
     return url if url.startswith(("http://", "https://")) else None
 
 
-async def _ask_worker(request: Request, settings: Settings, call: dispatch.Call) -> Any:
+async def _ask_worker(request: Request, settings: ApiSettings, call: dispatch.Call) -> Any:
     base = settings.history_url.rstrip("/")
     name = call.name
     if not base:
@@ -157,7 +157,7 @@ def prepare(name: str, params: Mapping[str, str]) -> dispatch.Call:
 
 
 async def ask(
-    request: Request, settings: Settings, name: str, params: Mapping[str, str], shape: Any
+    request: Request, settings: ApiSettings, name: str, params: Mapping[str, str], shape: Any
 ) -> Any:
     """One named query, from the server or the history worker, validated into ``shape``
     (the same JSON either way: the worker answers ``msgspec.to_builtins`` of the same

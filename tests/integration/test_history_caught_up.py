@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from billing.kafka_local import KafkaBroker
 from schemas.topics import DEFAULT_PARTITIONS, EVENTS
-from streams.recon_history import wait_caught_up
+from streams.history.batch import wait_caught_up
 
 pytestmark = pytest.mark.integration
 

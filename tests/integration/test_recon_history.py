@@ -1,5 +1,5 @@
 """Reconciliation results in ClickHouse: the history worker's copy from PostgreSQL
-(streams/recon_history.py) and the queries over it (analytics/recon.py), against a real
+(streams/history/recon_copy.py) and the queries over it (analytics/recon.py), against a real
 PostgreSQL and the embedded engine."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from billing.clickhouse import ClickHouseClient, connect, embedded_dir
 from reconciler import store
 from schemas.money import Money
 from schemas.recon_match import DISCREPANCY_CLASSES
-from streams.recon_history import sync_recon
+from streams.history.recon_copy import sync_recon
 from tests.integration.recon_support import NOW, W0, day_items, record_run
 
 pytestmark = pytest.mark.integration
