@@ -48,6 +48,7 @@ from schemas.messages import (
     PaymentPending,
     PaymentRedriven,
     PaymentRejected,
+    PaymentRequest,
     PaymentRequested,
     PaymentSettleRejected,
     PaymentSettleRequested,
@@ -59,6 +60,7 @@ from schemas.messages import (
     RefundOutcomeUnknown,
     RefundRedriven,
     RefundRejected,
+    RefundRequest,
     RefundRequested,
     RefundSucceeded,
     RenewalFailed,
@@ -239,48 +241,38 @@ def change_row(
 
 
 # ---------------------------------------------------------------------------------- mappers
+def _payment_request_row(
+    e: Event,
+    r: PaymentRequest,
+    status: str,
+    provider_payment_id: str | None = None,
+    attempt: int = 0,
+) -> Row:
+    """The ``payments`` row of a payment's request: asked for, or driven again."""
+    return payment_row(
+        e,
+        status=status,
+        payment_id=r.payment_id,
+        command_id=r.command_id,
+        kind=r.kind,
+        plan_id=r.plan_id,
+        amount=r.amount,
+        period_months=r.period_months,
+        list_amount=r.plan_amount or r.amount,
+        provider_payment_id=provider_payment_id,
+        attempt=attempt,
+    )
+
+
 @maps(PaymentRequested)
 def _payment_requested(e: PaymentRequested) -> Iterable[tuple[str, Row]]:
-    r = e.request
-    return (
-        (
-            "payments",
-            payment_row(
-                e,
-                status="requested",
-                payment_id=r.payment_id,
-                command_id=r.command_id,
-                kind=r.kind,
-                plan_id=r.plan_id,
-                amount=r.amount,
-                period_months=r.period_months,
-                list_amount=r.plan_amount or r.amount,
-            ),
-        ),
-    )
+    return (("payments", _payment_request_row(e, e.request, "requested")),)
 
 
 @maps(PaymentRedriven)
 def _payment_redriven(e: PaymentRedriven) -> Iterable[tuple[str, Row]]:
-    r = e.request
-    return (
-        (
-            "payments",
-            payment_row(
-                e,
-                status="redriven",
-                payment_id=r.payment_id,
-                command_id=r.command_id,
-                kind=r.kind,
-                plan_id=r.plan_id,
-                amount=r.amount,
-                period_months=r.period_months,
-                list_amount=r.plan_amount or r.amount,
-                provider_payment_id=e.provider_payment_id,
-                attempt=e.attempt,
-            ),
-        ),
-    )
+    row = _payment_request_row(e, e.request, "redriven", e.provider_payment_id, e.attempt)
+    return (("payments", row),)
 
 
 @maps(PaymentRejected)
@@ -458,46 +450,33 @@ def _period_adjusted(e: PeriodAdjusted) -> Iterable[tuple[str, Row]]:
     )
 
 
+def _refund_request_row(
+    e: Event, r: RefundRequest, status: str, provider_refund_id: str | None = None, attempt: int = 0
+) -> Row:
+    """The ``refunds`` row of a refund's request: asked for, or driven again."""
+    return refund_row(
+        e,
+        status=status,
+        refund_id=r.refund_id,
+        payment_id=r.payment_id,
+        command_id=r.command_id,
+        amount=r.amount,
+        provider_refund_id=provider_refund_id,
+        attempt=attempt,
+        reason=r.reason,
+        actor=r.actor,
+    )
+
+
 @maps(RefundRequested)
 def _refund_requested(e: RefundRequested) -> Iterable[tuple[str, Row]]:
-    r = e.request
-    return (
-        (
-            "refunds",
-            refund_row(
-                e,
-                status="requested",
-                refund_id=r.refund_id,
-                payment_id=r.payment_id,
-                command_id=r.command_id,
-                amount=r.amount,
-                reason=r.reason,
-                actor=r.actor,
-            ),
-        ),
-    )
+    return (("refunds", _refund_request_row(e, e.request, "requested")),)
 
 
 @maps(RefundRedriven)
 def _refund_redriven(e: RefundRedriven) -> Iterable[tuple[str, Row]]:
-    r = e.request
-    return (
-        (
-            "refunds",
-            refund_row(
-                e,
-                status="redriven",
-                refund_id=r.refund_id,
-                payment_id=r.payment_id,
-                command_id=r.command_id,
-                amount=r.amount,
-                provider_refund_id=e.provider_refund_id,
-                attempt=e.attempt,
-                reason=r.reason,
-                actor=r.actor,
-            ),
-        ),
-    )
+    row = _refund_request_row(e, e.request, "redriven", e.provider_refund_id, e.attempt)
+    return (("refunds", row),)
 
 
 @maps(RefundRejected)
