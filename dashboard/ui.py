@@ -141,6 +141,21 @@ def fetch(call: Callable[[], T], what: str) -> T | None:
         return None
 
 
+def fetch_analytics(call: Callable[[], T]) -> T | None:
+    """A read of the analytics (ClickHouse): while they are unavailable the page says so as a
+    warning, any other failure as :func:`show_error` does."""
+    try:
+        return call()
+    except SessionExpired:
+        raise
+    except ApiError as err:
+        if err.code == "analytics_unavailable":
+            st.warning(f"Analytics are not available right now: {tables.md(err.message)}")
+        else:
+            show_error(err, "Could not read the analytics")
+        return None
+
+
 def perform(action: str, body: Mapping[str, Any], call: Callable[[str], T]) -> T | None:
     """A write under the action's Idempotency-Key (kept while its outcome is unknown)."""
     keys = action_keys()

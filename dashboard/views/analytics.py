@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import streamlit as st
 
 from dashboard import charts, tables, ui
-from dashboard.client import AdminClient, ApiError, SessionExpired
+from dashboard.client import AdminClient
 
 
 def _window() -> tuple[datetime, datetime, int]:
@@ -36,21 +36,19 @@ def render() -> None:
     st.title("Analytics")
     api: AdminClient = ui.client()
     start, end, months = _window()
-    try:
-        mrr = api.mrr(months=months)
-        revenue = api.revenue(start, end)
-        success = api.payment_success(start, end)
-        declines = api.decline_reasons(start, end)
-        refund_rate = api.refund_rate(start, end)
-        dunning = api.dunning(start, end)
-    except SessionExpired:
-        raise
-    except ApiError as err:
-        if err.code == "analytics_unavailable":
-            st.warning(f"Analytics are not available right now: {tables.md(err.message)}")
-        else:
-            ui.show_error(err, "Could not read the analytics")
+    series = ui.fetch_analytics(
+        lambda: (
+            api.mrr(months=months),
+            api.revenue(start, end),
+            api.payment_success(start, end),
+            api.decline_reasons(start, end),
+            api.refund_rate(start, end),
+            api.dunning(start, end),
+        )
+    )
+    if series is None:
         return
+    mrr, revenue, success, declines, refund_rate, dunning = series
     currencies = charts.currencies([*mrr, *revenue]) or ["RUB"]
     currency = currencies[0]
     if len(currencies) > 1:

@@ -13,16 +13,7 @@ from schemas.http import OverviewOut
 
 
 def _overview() -> OverviewOut | None:
-    try:
-        return ui.client().overview()
-    except SessionExpired:
-        raise
-    except ApiError as err:
-        if err.code == "analytics_unavailable":
-            st.warning(f"Analytics are not available right now: {tables.md(err.message)}")
-        else:
-            ui.show_error(err, "Could not read the analytics")
-        return None
+    return ui.fetch_analytics(ui.client().overview)
 
 
 def _net_on(ov: OverviewOut, day: object) -> dict[str, int]:

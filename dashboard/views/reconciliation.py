@@ -13,18 +13,11 @@ from pydantic import ValidationError
 from api.routes.reconciliation import ResolutionCreate, RunOut
 from dashboard import charts, tables, ui
 from dashboard.client import AdminClient, ApiError, SessionExpired
+from schemas.recon_match import AGREEING_CLASSES, MATCH_CLASSES
 
 RUNS_PAGE = 20
 ITEMS_PAGE = 100
-KINDS = [
-    "missing_internal",
-    "status_mismatch",
-    "missing_at_provider",
-    "amount_mismatch",
-    "currency_mismatch",
-    "duplicate_charge",
-    "refund_mismatch",
-]
+KINDS = [c for c in MATCH_CLASSES if c not in AGREEING_CLASSES]  # the discrepancy classes
 RESOLUTIONS = {
     "accept_provider": "Accept the provider's books",
     "accept_ours": "Accept ours",
