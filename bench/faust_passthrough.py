@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from streams import faust_fix
+from streams.topics import raw_topic
 
 faust_fix.apply()
 
@@ -49,15 +50,7 @@ app = faust.App(
 
 
 def _topic(name: str) -> Any:
-    return app.topic(
-        name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-        internal=False,
-    )
+    return raw_topic(app, name, partitions=partitions)
 
 
 source = _topic(env["BENCH_FAUST_IN"])

@@ -20,17 +20,22 @@ class Topics:
     entitlements: Any
 
 
+def raw_topic(app: Any, *names: str, partitions: int) -> Any:
+    """A Faust topic over ``names`` whose keys and values stay raw bytes."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=False,
+    )
+
+
 def declare(app: Any, partitions: int) -> Topics:
     def topic(*names: str) -> Any:
-        return app.topic(
-            *names,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=partitions,
-            internal=False,
-        )
+        return raw_topic(app, *names, partitions=partitions)
 
     return Topics(
         commands=topic(topics.COMMANDS),

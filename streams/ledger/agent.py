@@ -19,13 +19,12 @@ import logging
 import time
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from billing.clock import now_ms
 from billing.config import WorkerSettings
 from schemas import topics as topic_names
 from schemas.messages import DecodeError, ValidationError, decode_ledger_input, encode
 from schemas.state import SubscriptionState, decode_state, encode_state
+from schemas.topics import partition_for
 from streams.ledger.machine import Policy, decide, due_commands, next_wakeup
 from streams.ledger.price_store import load_price_book
 from streams.ledger.prices import PriceBook
@@ -44,12 +43,6 @@ async def _send_all(
 ) -> None:
     for value, headers in values:
         await topic.send(key=key, value=value, headers=headers)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The default (murmur2) partitioner that every producer of billing topics uses."""
-    h: int = murmur2(key)
-    return (h & 0x7FFFFFFF) % partitions
 
 
 PRICE_REFRESH_S = 30.0

@@ -75,7 +75,7 @@ from schemas.recon_match import MatchConfig, MatchItem
 from schemas.recon_runs import RunSpec
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 from schemas.topics import partition_for
-from streams.topics import Topics
+from streams.topics import Topics, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -491,15 +491,7 @@ def register_reconciler(
     ``ledger_table`` (the ledger agent's state table, co-partitioned), writing to PostgreSQL
     at ``dsn``; and, unless disabled (``BILLING_RECON_NIGHTLY``), the nightly crontab."""
     partitions = int(settings.kafka_partitions)
-    report = report_topic or app.topic(
-        topic_names.PROVIDER_REPORT,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-        internal=False,
-    )
+    report = report_topic or raw_topic(app, topic_names.PROVIDER_REPORT, partitions=partitions)
     targets = {
         topic_names.PROVIDER_EVENTS: topics.provider_events,
         topic_names.COMMANDS: topics.commands,
