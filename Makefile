@@ -27,21 +27,12 @@ test: bootstrap
 test-unit: bootstrap
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: bootstrap
-	$(BIN)/python -m billing.stack fetch-kafka
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+# The tiers that run against the local stack need the Kafka distribution first.
+STACK_TIERS := integration e2e chaos browser
 
-test-e2e: bootstrap
+$(addprefix test-,$(STACK_TIERS)): test-%: bootstrap
 	$(BIN)/python -m billing.stack fetch-kafka
-	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
-
-test-chaos: bootstrap
-	$(BIN)/python -m billing.stack fetch-kafka
-	$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
-
-test-browser: bootstrap
-	$(BIN)/python -m billing.stack fetch-kafka
-	$(BIN)/python -m pytest tests/browser $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/$* $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .
