@@ -25,30 +25,30 @@ from schemas.messages import (
     RefundRedriven,
     RefundRequested,
 )
-from schemas.state import SubscriptionState
+from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
+
+
+def _unanswered(record: PaymentRecord | RefundRecord | None, attempt: int) -> bool:
+    """The payment or refund is still requested, with no provider id, at ``attempt``."""
+    if record is None:
+        return False
+    provider_id = (
+        record.provider_payment_id
+        if isinstance(record, PaymentRecord)
+        else record.provider_refund_id
+    )
+    return record.status == "requested" and provider_id is None and record.attempts == attempt
 
 
 def still_awaited(state: SubscriptionState, event: AnyEvent) -> bool:
     """True when ``event`` is a request the gateway may still owe an answer to (or is no
     request at all); False when its record in ``state`` has moved on."""
     if isinstance(event, PaymentRequested | PaymentRedriven):
-        rec = state.payments.get(event.request.payment_id)
         attempt = event.attempt if isinstance(event, PaymentRedriven) else 0
-        return (
-            rec is not None
-            and rec.status == "requested"
-            and rec.provider_payment_id is None
-            and rec.attempts == attempt
-        )
+        return _unanswered(state.payments.get(event.request.payment_id), attempt)
     if isinstance(event, RefundRequested | RefundRedriven):
-        ref = state.refunds.get(event.request.refund_id)
         attempt = event.attempt if isinstance(event, RefundRedriven) else 0
-        return (
-            ref is not None
-            and ref.status == "requested"
-            and ref.provider_refund_id is None
-            and ref.attempts == attempt
-        )
+        return _unanswered(state.refunds.get(event.request.refund_id), attempt)
     if isinstance(event, PaymentSettleRequested):
         rec = state.payments.get(event.payment_id)
         return (
