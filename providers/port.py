@@ -12,6 +12,7 @@ from typing import Protocol
 
 import msgspec
 
+from schemas.errors import BillingError
 from schemas.ids import observation_id_for
 from schemas.messages import PaymentObserved, PaymentRequest
 from schemas.money import Money
@@ -56,9 +57,9 @@ class ProviderRefund(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class ProviderError(Exception):
-    """Root of provider failures. ``unknown`` means the operation may or may not have
-    happened: never create a new operation, retry with the same key or re-read."""
+class ProviderError(BillingError):
+    """Root of provider failures (a ``BillingError``). ``unknown`` means the operation may or
+    may not have happened: never create a new operation, retry with the same key or re-read."""
 
     code: str = "provider_error"
     unknown: bool = False

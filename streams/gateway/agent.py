@@ -13,8 +13,10 @@ reconciliation (``streams.gateway.window`` decides; this module does the I/O). A
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 from billing.clock import now_ms
 from billing.config import WorkerSettings
@@ -52,6 +54,7 @@ from streams.ledger.resend import gateway_skips
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _WANTED = (
     b'{"type":"PaymentRequested"',
@@ -78,6 +81,40 @@ async def execute(
         attempt, requested_at, known = event.attempt, event.requested_at, event.provider_payment_id
     else:
         attempt, requested_at, known = 0, event.occurred_at, None
+    payment = await _in_key_window(
+        f"payment {request.payment_id}",
+        requested_at=requested_at,
+        known=known,
+        window_ms=window_ms,
+        reread=provider.get_payment,
+        create=lambda: provider.create_payment(request, event.subscription_id),
+        search=lambda gte, lt: provider.find_payment(request.payment_id, gte, lt),
+    )
+    if isinstance(payment, _Failure):
+        return _failed(event, attempt, payment.outcome, payment.code, payment.error)
+    return _observed(event, attempt, payment)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    outcome: str
+    code: str
+    error: str
+
+
+async def _in_key_window(
+    what: str,
+    *,
+    requested_at: int,
+    known: str | None,
+    window_ms: int,
+    reread: Callable[[str], Awaitable[T]],
+    create: Callable[[], Awaitable[T]],
+    search: Callable[[datetime, datetime], Awaitable[T | None]],
+) -> T | _Failure:
+    """The provider's answer for one request (``what``: "payment <id>", "refund <id>") under
+    the key-window policy: reread by provider id, create, or search the provider's list, as
+    ``next_step`` says; past the window, or on a provider error, the failure to report."""
     now = now_ms()
     searched = False
     step: Step = "create"
@@ -92,26 +129,23 @@ async def execute(
             )
             if step == "reread":
                 assert known is not None
-                payment = await provider.get_payment(known)
-            elif step == "create":
-                payment = await provider.create_payment(request, event.subscription_id)
-            elif step == "search":
+                return await reread(known)
+            if step == "create":
+                return await create()
+            if step == "search":
                 gte, lt = search_range(requested_at, window_ms)
-                found = await provider.find_payment(request.payment_id, ms_to_dt(gte), ms_to_dt(lt))
+                found = await search(ms_to_dt(gte), ms_to_dt(lt))
                 searched = True
-                if found is None:
-                    continue
-                payment = found
-            else:
-                reason = give_up_reason(requested_at, now, window_ms)
-                log.warning("payment %s left unknown: %s", request.payment_id, reason)
-                return _failed(event, attempt, "unknown", KEY_EXPIRED, reason)
-            break
+                if found is not None:
+                    return found
+                continue
+            reason = give_up_reason(requested_at, now, window_ms)
+            log.warning("%s left unknown: %s", what, reason)
+            return _Failure("unknown", KEY_EXPIRED, reason)
     except ProviderError as exc:
         outcome = _outcome(exc, step)
-        log.warning("provider call for payment %s: %s (%s)", request.payment_id, exc.code, outcome)
-        return _failed(event, attempt, outcome, exc.code, str(exc))
-    return _observed(event, attempt, payment)
+        log.warning("provider call for %s: %s (%s)", what, exc.code, outcome)
+        return _Failure(outcome, exc.code, str(exc))
 
 
 def _outcome(exc: ProviderError, step: Step) -> str:
@@ -230,51 +264,29 @@ async def execute_refund(
             attempt=attempt,
         )
 
-    now = now_ms()
-    searched = False
-    step: Step = "create"
-    try:
-        while True:
-            step = next_step(
-                requested_at=requested_at,
-                now=now,
-                window_ms=window_ms,
-                provider_id=known,
-                searched=searched,
-            )
-            if step == "reread":
-                assert known is not None
-                refund = await provider.get_refund(known)
-            elif step == "create":
-                refund = await provider.create_refund(
-                    req.provider_payment_id,
-                    req.amount,
-                    refund_id=req.refund_id,
-                    description=req.reason,
-                    metadata={
-                        "subscription_id": event.subscription_id,
-                        "payment_id": req.payment_id,
-                        "refund_id": req.refund_id,
-                    },
-                )
-            elif step == "search":
-                gte, lt = search_range(requested_at, window_ms)
-                found = await provider.find_refund(
-                    req.refund_id, req.provider_payment_id, ms_to_dt(gte), ms_to_dt(lt)
-                )
-                searched = True
-                if found is None:
-                    continue
-                refund = found
-            else:
-                reason = give_up_reason(requested_at, now, window_ms)
-                log.warning("refund %s left unknown: %s", req.refund_id, reason)
-                return failed("unknown", KEY_EXPIRED, reason)
-            break
-    except ProviderError as exc:
-        outcome = _outcome(exc, step)
-        log.warning("provider refund %s: %s (%s)", req.refund_id, exc.code, outcome)
-        return failed(outcome, exc.code, str(exc))
+    refund = await _in_key_window(
+        f"refund {req.refund_id}",
+        requested_at=requested_at,
+        known=known,
+        window_ms=window_ms,
+        reread=provider.get_refund,
+        create=lambda: provider.create_refund(
+            req.provider_payment_id,
+            req.amount,
+            refund_id=req.refund_id,
+            description=req.reason,
+            metadata={
+                "subscription_id": event.subscription_id,
+                "payment_id": req.payment_id,
+                "refund_id": req.refund_id,
+            },
+        ),
+        search=lambda gte, lt: provider.find_refund(
+            req.refund_id, req.provider_payment_id, gte, lt
+        ),
+    )
+    if isinstance(refund, _Failure):
+        return failed(refund.outcome, refund.code, refund.error)
     return _refund_observed(event, refund, failed)
 
 
