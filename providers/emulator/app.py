@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
+from typing import Literal
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
@@ -210,25 +211,19 @@ def create_app(emu: Emulator) -> FastAPI:
             request, "payments.get", lambda _: emu.store.get_payment(payment_id), post=False
         )
 
-    @app.post("/v3/payments/{payment_id}/capture")
-    async def capture_payment(request: Request, payment_id: str) -> Response:
-        key = key_of(request)
-        return await api_call(
-            request,
-            "payments.capture",
-            lambda body: emu.store.capture(payment_id, body, key),
-            post=True,
-        )
+    def settle_route(action: Literal["capture", "cancel"]) -> None:
+        @app.post(f"/v3/payments/{{payment_id}}/{action}", name=f"{action}_payment")
+        async def settle_payment(request: Request, payment_id: str) -> Response:
+            key = key_of(request)
+            return await api_call(
+                request,
+                f"payments.{action}",
+                lambda body: emu.store.settle(payment_id, action, body, key),
+                post=True,
+            )
 
-    @app.post("/v3/payments/{payment_id}/cancel")
-    async def cancel_payment(request: Request, payment_id: str) -> Response:
-        key = key_of(request)
-        return await api_call(
-            request,
-            "payments.cancel",
-            lambda body: emu.store.cancel(payment_id, body, key),
-            post=True,
-        )
+    settle_route("capture")
+    settle_route("cancel")
 
     @app.post("/v3/refunds")
     async def create_refund(request: Request) -> Response:

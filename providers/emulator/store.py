@@ -425,19 +425,28 @@ class Store:
             return self.payment_json(p)
 
     def capture(self, payment_id: str, body: JSON, key: str | None) -> JSON:
+        return self.settle(payment_id, "capture", body, key)
+
+    def cancel(self, payment_id: str, body: JSON, key: str | None) -> JSON:
+        return self.settle(payment_id, "cancel", body, key)
+
+    def settle(
+        self, payment_id: str, action: Literal["capture", "cancel"], body: JSON, key: str | None
+    ) -> JSON:
+        """Capture (all or ``body["amount"]``) or cancel a payment waiting for capture; a
+        repeat under the same key answers the payment as it is."""
         with self.lock:
             self.tick()
             p = self.get_payment_record(payment_id)
-            scope = f"payments/{payment_id}/capture"
+            scope = f"payments/{payment_id}/{action}"
             if self.check_key(scope, key, body) is not None:
                 self.stats.idempotent_replays += 1
                 return self.payment_json(p)
             if p.status != "waiting_for_capture":
-                raise bad_request(
-                    f"payment is {p.status}; only waiting_for_capture can be captured"
-                )
+                done = "captured" if action == "capture" else "canceled"
+                raise bad_request(f"payment is {p.status}; only waiting_for_capture can be {done}")
             amount = p.amount
-            if body.get("amount") is not None:
+            if action == "capture" and body.get("amount") is not None:
                 amount = parse_amount(body["amount"])
                 if (
                     amount.currency != p.amount.currency
@@ -446,24 +455,10 @@ class Store:
                     raise bad_request("capture amount exceeds the payment", "amount.value")
             assert key is not None
             self._remember(scope, key, body, "payment", p.id)
-            self._succeed(p, amount)
-            return self.payment_json(p)
-
-    def cancel(self, payment_id: str, body: JSON, key: str | None) -> JSON:
-        with self.lock:
-            self.tick()
-            p = self.get_payment_record(payment_id)
-            scope = f"payments/{payment_id}/cancel"
-            if self.check_key(scope, key, body) is not None:
-                self.stats.idempotent_replays += 1
-                return self.payment_json(p)
-            if p.status != "waiting_for_capture":
-                raise bad_request(
-                    f"payment is {p.status}; only waiting_for_capture can be canceled"
-                )
-            assert key is not None
-            self._remember(scope, key, body, "payment", p.id)
-            self._cancel(p, "merchant", "canceled_by_merchant")
+            if action == "capture":
+                self._succeed(p, amount)
+            else:
+                self._cancel(p, "merchant", "canceled_by_merchant")
             return self.payment_json(p)
 
     def revoke_method(self, method_id: str) -> None:
