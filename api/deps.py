@@ -3,15 +3,17 @@ lifespan in api/main.py), so tests inject fakes through create_app or dependency
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Concatenate, ParamSpec, Protocol
 
 import psycopg
-from fastapi import Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.types import DecoratedCallable
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
 
 from api.auth import Principal, decode_token
 from api.errors import (
@@ -22,14 +24,22 @@ from api.errors import (
     TokenMissing,
     UnsupportedMediaType,
 )
-from api.intake import Caller, IntakeOutcome
+from api.intake import Caller, IntakeOutcome, Write, accept_write
 from api.publisher import Publisher
 from api.relay import Background, publish_soon
 from billing.config import ApiSettings
 from providers.port import PaymentProvider
+from schemas.http import error_responses
 from schemas.messages import PaymentObserved
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
+COMMAND_ERRORS = error_responses(400, 401, 404, 409, 413, 415, 422, 503)
+
+P = ParamSpec("P")
+# An ``api.intake.accept_*`` function: the pool, the settings, the caller, then its own.
+Accept = Callable[
+    Concatenate[AsyncConnectionPool[Any], ApiSettings, Caller, P], Awaitable[IntakeOutcome]
+]
 
 
 class Normaliser(Protocol):
@@ -192,9 +202,78 @@ IdempotencyKey = Annotated[str, Depends(get_idempotency_key)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 JsonBody = Depends(require_json)
 
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """A request that changes something under an Idempotency-Key: who asks (``caller``) and
+    the intake that accepts it."""
+
+    caller: Caller
+    intake: Intake
+
+    async def accept(self, fn: Accept[P], *args: P.args, **kwargs: P.kwargs) -> IntakeOutcome:
+        """Hand the request to an ``api.intake.accept_*`` function."""
+        return await fn(self.intake.pool, self.intake.settings, self.caller, *args, **kwargs)
+
+    async def submit(self, fn: Accept[P], *args: P.args, **kwargs: P.kwargs) -> JSONResponse:
+        """:meth:`accept`, then publish and answer (:meth:`Intake.publish_and_answer`)."""
+        return self.intake.publish_and_answer(await self.accept(fn, *args, **kwargs))
+
+    async def write(self, body: BaseModel, write: Write) -> JSONResponse:
+        """A synchronous write (``api.intake.accept_write``) of this validated body."""
+        outcome = await accept_write(
+            self.intake.pool,
+            user_id=self.caller.user_id,
+            idem_key=self.caller.idem_key,
+            fp=self.caller.fingerprint(body),
+            write=write,
+        )
+        return self.intake.publish_and_answer(outcome)
+
+
+async def get_command_request(
+    user: CurrentUser, key: IdempotencyKey, intake: IntakeDep
+) -> CommandRequest:
+    return CommandRequest(intake.caller(user.user_id, key), intake)
+
+
+async def get_admin_command_request(
+    admin: AdminUser, key: IdempotencyKey, intake: IntakeDep
+) -> CommandRequest:
+    return CommandRequest(intake.caller(admin.user_id, key), intake)
+
+
+CommandDep = Annotated[CommandRequest, Depends(get_command_request)]
+AdminCommandDep = Annotated[CommandRequest, Depends(get_admin_command_request)]
+
+
+def command_route(
+    router: APIRouter,
+    path: str,
+    response_model: Any = None,
+    *,
+    method: str = "POST",
+    status_code: int | None = 202,
+    responses: dict[int | str, dict[str, Any]] = COMMAND_ERRORS,
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of a request with a JSON body (415 otherwise) that changes something: 202 (a
+    command accepted) unless ``status_code`` says otherwise."""
+    return router.api_route(
+        path,
+        methods=[method],
+        status_code=status_code,
+        response_model=response_model,
+        dependencies=[JsonBody],
+        responses=responses,
+    )
+
+
 __all__ = [
+    "AdminCommandDep",
     "AdminUser",
     "BackgroundDep",
+    "CommandDep",
+    "CommandRequest",
     "CurrentUser",
     "DbDep",
     "IdempotencyKey",

@@ -166,8 +166,7 @@ class PriceConflict(Conflict):
     message = "a price of this plan already takes effect at that moment"
 
 
-class IdempotencyKeyInFlight(ApiError):
-    status_code = 409
+class IdempotencyKeyInFlight(Conflict):
     code = "idempotency_key_in_flight"
     message = "a request with this Idempotency-Key is still being processed; retry later"
 
@@ -217,8 +216,7 @@ class InvalidRange(Unprocessable):
     message = "the range is empty: its start is after its end"
 
 
-class RefundInvalid(ApiError):
-    status_code = 422
+class RefundInvalid(Unprocessable):
     code = "refund_invalid"
     message = "the refund request is not valid"
 

@@ -393,6 +393,11 @@ class Caller:
         """The caller's own subscription (one per user)."""
         return subscription_id_for(self.user_id)
 
+    def fingerprint(self, request: BaseModel) -> str:
+        """This request's idempotency fingerprint: the method, the path and the validated body
+        as JSON."""
+        return fingerprint(self.method, self.path, request.model_dump(mode="json"))
+
 
 async def _accept(
     pool: AsyncConnectionPool[Any],
@@ -411,7 +416,7 @@ async def _accept(
         settings,
         user_id=caller.user_id,
         idem_key=caller.idem_key,
-        fp=fingerprint(caller.method, caller.path, request.model_dump(mode="json")),
+        fp=caller.fingerprint(request),
         build=build,
         payment_id=payment_id,
         refund_id=refund_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,40 +68,42 @@ def _money(amount_minor: int | None, currency: str | None) -> MoneyOut | None:
         return None
 
 
+async def _rows(conn: Conn, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
 def _payment(row: dict[str, Any]) -> PaymentOut:
-    return PaymentOut(
-        payment_id=row["payment_id"],
-        subscription_id=row["subscription_id"],
-        plan_id=row["plan_id"],
-        status=row["status"],
-        status_reason=row["status_reason"],
-        amount=_money(row["amount_minor"], row["currency"]),
-        amount_minor=row["amount_minor"],
-        confirmation_url=row["confirmation_url"],
-        provider_payment_id=row["provider_payment_id"],
-        period_start=row["period_start"],
-        period_end=row["period_end"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    """A row of ``_PAYMENT_COLUMNS`` (its other columns are not PaymentOut's)."""
+    return PaymentOut(**row, amount=_money(row["amount_minor"], row["currency"]))
 
 
-async def get_payment(conn: Conn, user_id: str, payment_id: uuid.UUID) -> PaymentOut | None:
+async def _own(
+    conn: Conn, table: str, columns: str, key: str, item_id: uuid.UUID, user_id: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The caller's row of ``table`` whose ``key`` column is ``item_id``, or else the outbox
+    row of the command that asked for it (the projection has not reached it yet): (row, None),
+    (None, outbox row) or (None, None)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payment_id = %s AND user_id = %s",
-            (payment_id, user_id),
+            f"SELECT {columns} FROM {table} WHERE {key} = %s AND user_id = %s", (item_id, user_id)
         )
         row = await cur.fetchone()
         if row is not None:
-            return _payment(row)
+            return row, None
         await cur.execute(
             "SELECT command_id::text, subscription_id::text, status, status_reason, payload,"
-            " created_at, updated_at FROM command_outbox"
-            " WHERE payment_id = %s AND user_id = %s",
-            (payment_id, user_id),
+            f" created_at, updated_at FROM command_outbox WHERE {key} = %s AND user_id = %s",
+            (item_id, user_id),
         )
-        outbox = await cur.fetchone()
+        return None, await cur.fetchone()
+
+
+async def get_payment(conn: Conn, user_id: str, payment_id: uuid.UUID) -> PaymentOut | None:
+    row, outbox = await _own(conn, "payments", _PAYMENT_COLUMNS, "payment_id", payment_id, user_id)
+    if row is not None:
+        return _payment(row)
     if outbox is None:
         return None
     plan_id: str | None = None
@@ -167,6 +170,43 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor() from exc
 
 
+async def _newest_first(
+    conn: Conn,
+    table: str,
+    columns: str,
+    key: str,
+    user_id: str,
+    filters: dict[str, Any],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the caller's rows of ``table``, newest first, and the cursor of the next page
+    (None: the last page): keyset pagination on (created_at, ``key``). ``filters`` maps a
+    condition with one placeholder to its value; a None value filters nothing."""
+    where = ["user_id = %s"]
+    params: list[Any] = [user_id]
+    for condition, value in filters.items():
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if cursor is not None:
+        at, item_id = decode_cursor(cursor)
+        where.append(f"(created_at, {key}) < (%s, %s)")
+        params.extend([at, item_id])
+    params.append(limit + 1)
+    rows = await _rows(
+        conn,
+        f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, {key} DESC LIMIT %s",
+        params,
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last["created_at"], last[key])
+    return rows[:limit], next_cursor
+
+
 async def list_payments(
     conn: Conn,
     user_id: str,
@@ -179,35 +219,15 @@ async def list_payments(
 ) -> PaymentPage:
     """Newest first; keyset pagination on (created_at, payment_id); ``created_from``
     inclusive, ``created_to`` exclusive."""
-    where = ["user_id = %s"]
-    params: list[Any] = [user_id]
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    if created_from is not None:
-        where.append("created_at >= %s")
-        params.append(created_from)
-    if created_to is not None:
-        where.append("created_at < %s")
-        params.append(created_to)
-    if cursor is not None:
-        at, pid = decode_cursor(cursor)
-        where.append("(created_at, payment_id) < (%s, %s)")
-        params.extend([at, pid])
-    params.append(limit + 1)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, payment_id DESC LIMIT %s",
-            params,
-        )
-        rows = await cur.fetchall()
-    items = [_payment(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor(last["created_at"], last["payment_id"])
-    return PaymentPage(items=items, next_cursor=next_cursor)
+    filters = {
+        "status = %s": status,
+        "created_at >= %s": created_from,
+        "created_at < %s": created_to,
+    }
+    rows, next_cursor = await _newest_first(
+        conn, "payments", _PAYMENT_COLUMNS, "payment_id", user_id, filters, cursor, limit
+    )
+    return PaymentPage(items=[_payment(r) for r in rows], next_cursor=next_cursor)
 
 
 def engine_now() -> datetime:
@@ -331,9 +351,7 @@ async def list_subscriptions(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY s.subscription_id LIMIT %s"
     params.append(limit + 1)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        rows = await cur.fetchall()
+    rows = await _rows(conn, sql, params)
     items = [_admin_subscription(r, renew_lead) for r in rows[:limit]]
     next_cursor = encode_id_cursor(items[-1].subscription_id) if len(rows) > limit else None
     return AdminSubscriptionPage(items=items, next_cursor=next_cursor)
@@ -421,35 +439,15 @@ _REFUND_COLUMNS = (
 
 
 def _refund(row: dict[str, Any]) -> RefundOut:
-    return RefundOut(
-        refund_id=row["refund_id"],
-        payment_id=row["payment_id"],
-        status=row["status"],
-        status_reason=row["status_reason"],
-        amount=_money(row["amount_minor"], row["currency"]),
-        provider_refund_id=row["provider_refund_id"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    """A row of ``_REFUND_COLUMNS`` (its other columns are not RefundOut's)."""
+    return RefundOut(**row, amount=_money(row["amount_minor"], row["currency"]))
 
 
 async def get_refund(conn: Conn, user_id: str, refund_id: uuid.UUID) -> RefundOut | None:
     """A refund of yours; before the ledger has it, its outbox row (accepted/rejected)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE refund_id = %s AND user_id = %s",
-            (refund_id, user_id),
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            return _refund(row)
-        await cur.execute(
-            "SELECT status, status_reason, payload, created_at, updated_at FROM command_outbox"
-            " WHERE refund_id = %s AND user_id = %s",
-            (refund_id, user_id),
-        )
-        outbox = await cur.fetchone()
+    row, outbox = await _own(conn, "refunds", _REFUND_COLUMNS, "refund_id", refund_id, user_id)
+    if row is not None:
+        return _refund(row)
     if outbox is None:
         return None
     try:
@@ -496,29 +494,17 @@ async def list_user_refunds(
     conn: Conn, user_id: str, *, limit: int, status: str | None, cursor: str | None
 ) -> RefundPage:
     """The caller's refunds, newest first; keyset pagination on (created_at, refund_id)."""
-    where = ["user_id = %s"]
-    params: list[Any] = [user_id]
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    if cursor is not None:
-        at, rid = decode_cursor(cursor)
-        where.append("(created_at, refund_id) < (%s, %s)")
-        params.extend([at, rid])
-    params.append(limit + 1)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, refund_id DESC LIMIT %s",
-            params,
-        )
-        rows = await cur.fetchall()
-    items = [_refund(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor(last["created_at"], last["refund_id"])
-    return RefundPage(items=items, next_cursor=next_cursor)
+    rows, next_cursor = await _newest_first(
+        conn,
+        "refunds",
+        _REFUND_COLUMNS,
+        "refund_id",
+        user_id,
+        {"status = %s": status},
+        cursor,
+        limit,
+    )
+    return RefundPage(items=[_refund(r) for r in rows], next_cursor=next_cursor)
 
 
 # effective_from '-infinity' (the seeded first versions) cannot be loaded into a datetime:
@@ -638,13 +624,11 @@ async def list_open_commands(conn: Conn, *, status: str | None, limit: int) -> l
     where = "status = %s" if status is not None else "status <> 'done'"
     params: list[Any] = [status] if status is not None else []
     params.append(limit)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {_COMMAND_COLUMNS}"
-            f" FROM command_outbox WHERE {where} ORDER BY created_at LIMIT %s",
-            params,
-        )
-        rows = await cur.fetchall()
+    rows = await _rows(
+        conn,
+        f"SELECT {_COMMAND_COLUMNS} FROM command_outbox WHERE {where} ORDER BY created_at LIMIT %s",
+        params,
+    )
     return [CommandOut(**r) for r in rows]
 
 

@@ -11,23 +11,17 @@ Every POST and PATCH needs an ``Idempotency-Key``.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
+from fastapi.types import DecoratedCallable
 from pydantic import BaseModel
 
 from api import catalogue, intake, queries
-from api.deps import (
-    AdminUser,
-    DbDep,
-    IdempotencyKey,
-    IntakeDep,
-    JsonBody,
-    SettingsDep,
-    get_admin_user,
-)
+from api.deps import AdminCommandDep, AdminUser, DbDep, SettingsDep, command_route, get_admin_user
 from api.errors import CommandNotFound, SubscriptionNotFound
 from schemas.http import (
     AdminActionAccepted,
@@ -58,6 +52,25 @@ READ_ERRORS = error_responses(401, 403, 404, 422)
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 
 
+def _write_route(
+    path: str,
+    response_model: type[BaseModel] = AdminActionAccepted,
+    *,
+    method: str = "POST",
+    status_code: int | None = 202,
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """An admin write: a JSON body under an Idempotency-Key; an action answers 202 and a
+    command to poll."""
+    return command_route(
+        router,
+        path,
+        response_model,
+        method=method,
+        status_code=status_code,
+        responses=WRITE_ERRORS,
+    )
+
+
 # ------------------------------------------------------------------------------ commands
 @router.get("/commands", response_model=list[CommandOut], responses=error_responses(401, 403))
 async def open_commands(
@@ -82,24 +95,6 @@ async def get_command(command_id: uuid.UUID, _admin: AdminUser, db: DbDep) -> Co
 
 
 # ----------------------------------------------------------------------------- catalogue
-async def _write(
-    request: Request,
-    admin: AdminUser,
-    key: str,
-    body: BaseModel,
-    ctx: IntakeDep,
-    write: intake.Write,
-) -> JSONResponse:
-    outcome = await intake.accept_write(
-        ctx.pool,
-        user_id=admin.user_id,
-        idem_key=key,
-        fp=intake.fingerprint(request.method, request.url.path, body.model_dump(mode="json")),
-        write=write,
-    )
-    return ctx.publish_and_answer(outcome)
-
-
 @router.get("/plans", response_model=list[AdminPlanOut], responses=error_responses(401, 403))
 async def list_plans(_admin: AdminUser, db: DbDep) -> list[AdminPlanOut]:
     """Every plan, archived too, with the price in force now and every price version (past,
@@ -107,102 +102,43 @@ async def list_plans(_admin: AdminUser, db: DbDep) -> list[AdminPlanOut]:
     return await queries.list_admin_plans(db)
 
 
-@router.post(
-    "/plans",
-    status_code=201,
-    response_model=AdminPlanOut,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
-async def create_plan(
-    request: Request, admin: AdminUser, key: IdempotencyKey, body: PlanCreate, ctx: IntakeDep
-) -> JSONResponse:
+@_write_route("/plans", AdminPlanOut, status_code=201)
+async def create_plan(body: PlanCreate, cmd: AdminCommandDep) -> JSONResponse:
     """Create a plan; its price is version 1, in force from now. 409 ``plan_exists`` if the
     id is taken."""
-    actor = intake.actor_of(admin.user_id)
-    return await _write(
-        request, admin, key, body, ctx, lambda conn: catalogue.create_plan(conn, actor, body)
-    )
+    actor = intake.actor_of(cmd.caller.user_id)
+    return await cmd.write(body, lambda conn: catalogue.create_plan(conn, actor, body))
 
 
-@router.patch(
-    "/plans/{plan_id}",
-    response_model=AdminPlanOut,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
-async def update_plan(
-    plan_id: PlanIdPath,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: PlanUpdate,
-    ctx: IntakeDep,
-) -> JSONResponse:
+@_write_route("/plans/{plan_id}", AdminPlanOut, method="PATCH", status_code=None)
+async def update_plan(plan_id: PlanIdPath, body: PlanUpdate, cmd: AdminCommandDep) -> JSONResponse:
     """Rename a plan or change its trial days. Prices change only through a new version."""
-    actor = intake.actor_of(admin.user_id)
-    return await _write(
-        request,
-        admin,
-        key,
-        body,
-        ctx,
-        lambda conn: catalogue.update_plan(conn, actor, plan_id, body),
-    )
+    actor = intake.actor_of(cmd.caller.user_id)
+    return await cmd.write(body, lambda conn: catalogue.update_plan(conn, actor, plan_id, body))
 
 
-@router.post(
-    "/plans/{plan_id}/archive",
-    response_model=AdminPlanOut,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/plans/{plan_id}/archive", AdminPlanOut, status_code=None)
 async def archive_plan(
-    plan_id: PlanIdPath,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminReason,
-    ctx: IntakeDep,
+    plan_id: PlanIdPath, body: AdminReason, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Take a plan off sale: it can no longer be bought or switched to; subscriptions
     already on it keep it and keep renewing at its price in force. Archiving twice is
     harmless."""
-    actor = intake.actor_of(admin.user_id)
-    return await _write(
-        request,
-        admin,
-        key,
-        body,
-        ctx,
-        lambda conn: catalogue.archive_plan(conn, actor, plan_id, body.reason),
+    actor = intake.actor_of(cmd.caller.user_id)
+    return await cmd.write(
+        body, lambda conn: catalogue.archive_plan(conn, actor, plan_id, body.reason)
     )
 
 
-@router.post(
-    "/plans/{plan_id}/prices",
-    status_code=201,
-    response_model=AdminPlanOut,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
-async def add_price(
-    plan_id: PlanIdPath,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: PriceCreate,
-    ctx: IntakeDep,
-) -> JSONResponse:
+@_write_route("/plans/{plan_id}/prices", AdminPlanOut, status_code=201)
+async def add_price(plan_id: PlanIdPath, body: PriceCreate, cmd: AdminCommandDep) -> JSONResponse:
     """Schedule a price change: a new price version in force from ``effective_from`` (now if
     omitted; never in the past: 422 ``price_effective_in_past``), in the plan's currency.
     Purchases take the price in force when they are made, renewals the price in force when
     the new period starts. 409 ``price_conflict`` if a version already starts at that
     instant."""
-    actor = intake.actor_of(admin.user_id)
-    return await _write(
-        request, admin, key, body, ctx, lambda conn: catalogue.add_price(conn, actor, plan_id, body)
-    )
+    actor = intake.actor_of(cmd.caller.user_id)
+    return await cmd.write(body, lambda conn: catalogue.add_price(conn, actor, plan_id, body))
 
 
 # ------------------------------------------------------------------------- subscriptions
@@ -264,190 +200,72 @@ async def get_subscription(
 
 
 # ------------------------------------------------------------------------------- actions
-@router.post(
-    "/payments/{payment_id}/refunds",
-    status_code=202,
-    response_model=AdminRefundAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/payments/{payment_id}/refunds", AdminRefundAccepted)
 async def refund_payment(
-    payment_id: uuid.UUID,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminRefundCreate,
-    ctx: IntakeDep,
+    payment_id: uuid.UUID, body: AdminRefundCreate, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Refund any user's payment, fully (no ``amount``) or partly. The ledger enforces the
     refundable amount; a full refund of the current period's payment ends access."""
-    outcome = await intake.accept_refund(
-        ctx.pool,
-        ctx.settings,
-        ctx.caller(admin.user_id, key),
-        body,
-        payment_id=str(payment_id),
-        admin=True,
-    )
-    return ctx.publish_and_answer(outcome)
+    return await cmd.submit(intake.accept_refund, body, payment_id=str(payment_id), admin=True)
 
 
-@router.post(
-    "/payments/{payment_id}/capture",
-    status_code=202,
-    response_model=AdminActionAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/payments/{payment_id}/capture")
 async def capture_payment(
-    payment_id: uuid.UUID,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminReason,
-    ctx: IntakeDep,
+    payment_id: uuid.UUID, body: AdminReason, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Capture a two-stage payment held for capture (BILLING_TWO_STAGE_PAYMENTS)."""
-    return await _settle("capture", payment_id, admin, key, body, ctx)
+    return await cmd.submit(
+        intake.accept_admin_settle, body, payment_id=str(payment_id), action="capture"
+    )
 
 
-@router.post(
-    "/payments/{payment_id}/release",
-    status_code=202,
-    response_model=AdminActionAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/payments/{payment_id}/release")
 async def release_payment(
-    payment_id: uuid.UUID,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminReason,
-    ctx: IntakeDep,
+    payment_id: uuid.UUID, body: AdminReason, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Release (cancel) a two-stage payment held for capture: the hold is lifted, nothing
     is charged."""
-    return await _settle("cancel", payment_id, admin, key, body, ctx)
-
-
-async def _settle(
-    action: Literal["capture", "cancel"],
-    payment_id: uuid.UUID,
-    admin: AdminUser,
-    key: str,
-    body: AdminReason,
-    ctx: IntakeDep,
-) -> JSONResponse:
-    outcome = await intake.accept_admin_settle(
-        ctx.pool,
-        ctx.settings,
-        ctx.caller(admin.user_id, key),
-        body,
-        payment_id=str(payment_id),
-        action=action,
+    return await cmd.submit(
+        intake.accept_admin_settle, body, payment_id=str(payment_id), action="cancel"
     )
-    return ctx.publish_and_answer(outcome)
 
 
-async def _adjust(
-    action: Literal["extend", "grant", "cancel"],
-    subscription_id: uuid.UUID,
-    admin: AdminUser,
-    key: str,
-    body: AdminReason | AdminExtend | AdminGrant,
-    ctx: IntakeDep,
-) -> JSONResponse:
-    outcome = await intake.accept_admin_adjust(
-        ctx.pool,
-        ctx.settings,
-        ctx.caller(admin.user_id, key),
-        body,
-        subscription_id=str(subscription_id),
-        action=action,
-    )
-    return ctx.publish_and_answer(outcome)
-
-
-@router.post(
-    "/subscriptions/{subscription_id}/cancel",
-    status_code=202,
-    response_model=AdminActionAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/subscriptions/{subscription_id}/cancel")
 async def cancel_subscription(
-    subscription_id: uuid.UUID,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminReason,
-    ctx: IntakeDep,
+    subscription_id: uuid.UUID, body: AdminReason, cmd: AdminCommandDep
 ) -> JSONResponse:
     """End access now and stop renewals (no refund: refund a payment separately). Refused by
     the ledger unless the subscription is active or past due."""
-    return await _adjust("cancel", subscription_id, admin, key, body, ctx)
+    return await cmd.submit(
+        intake.accept_admin_adjust, body, subscription_id=str(subscription_id), action="cancel"
+    )
 
 
-@router.post(
-    "/subscriptions/{subscription_id}/extend",
-    status_code=202,
-    response_model=AdminActionAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/subscriptions/{subscription_id}/extend")
 async def extend_subscription(
-    subscription_id: uuid.UUID,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminExtend,
-    ctx: IntakeDep,
+    subscription_id: uuid.UUID, body: AdminExtend, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Add ``days`` to the current paid period, free. Refused by the ledger unless a period
     covers now."""
-    return await _adjust("extend", subscription_id, admin, key, body, ctx)
+    return await cmd.submit(
+        intake.accept_admin_adjust, body, subscription_id=str(subscription_id), action="extend"
+    )
 
 
-@router.post(
-    "/subscriptions/{subscription_id}/grant",
-    status_code=202,
-    response_model=AdminActionAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/subscriptions/{subscription_id}/grant")
 async def grant_subscription(
-    subscription_id: uuid.UUID,
-    request: Request,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminGrant,
-    ctx: IntakeDep,
+    subscription_id: uuid.UUID, body: AdminGrant, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Give one free period of a plan (its own length): from now, or from the end of the
     period covering now. A plan off sale only to a subscription already on it."""
-    return await _adjust("grant", subscription_id, admin, key, body, ctx)
+    return await cmd.submit(
+        intake.accept_admin_adjust, body, subscription_id=str(subscription_id), action="grant"
+    )
 
 
-@router.post(
-    "/subscriptions/{subscription_id}/auto-renew",
-    status_code=202,
-    response_model=AdminActionAccepted,
-    dependencies=[JsonBody],
-    responses=WRITE_ERRORS,
-)
+@_write_route("/subscriptions/{subscription_id}/auto-renew")
 async def set_auto_renew(
-    subscription_id: uuid.UUID,
-    admin: AdminUser,
-    key: IdempotencyKey,
-    body: AdminAutoRenew,
-    ctx: IntakeDep,
+    subscription_id: uuid.UUID, body: AdminAutoRenew, cmd: AdminCommandDep
 ) -> JSONResponse:
     """Turn a subscription's auto-renewal off (it expires at the period end) or on."""
-    outcome = await intake.accept_auto_renew(
-        ctx.pool,
-        ctx.settings,
-        ctx.caller(admin.user_id, key),
-        body,
-        subscription_id=str(subscription_id),
-    )
-    return ctx.publish_and_answer(outcome)
+    return await cmd.submit(intake.accept_auto_renew, body, subscription_id=str(subscription_id))

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
 from api import intake, queries
-from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
+from api.deps import CommandDep, CurrentUser, DbDep, command_route
 from api.errors import InvalidRange, PaymentNotFound
 from schemas.http import (
     PaymentAccepted,
@@ -32,51 +32,26 @@ StatusFilter = Literal[
 ]
 
 
-@router.post(
-    "",
-    status_code=202,
-    response_model=PaymentAccepted,
-    dependencies=[JsonBody],
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
-)
-async def create_payment(
-    user: CurrentUser, key: IdempotencyKey, body: PaymentCreate, ctx: IntakeDep
-) -> JSONResponse:
+@command_route(router, "", PaymentAccepted)
+async def create_payment(body: PaymentCreate, cmd: CommandDep) -> JSONResponse:
     """Pay for a plan. Needs an ``Idempotency-Key``: retrying with the same key and body
     returns the first answer (``Idempotent-Replayed: true``) and never charges twice. The
     price is the plan's price in force now; archived plans are not for sale. 202 means the
     command is durably accepted; poll ``status_url``."""
-    outcome = await intake.accept_payment(
-        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body
-    )
+    outcome = await cmd.accept(intake.accept_payment, body)
     if outcome.message is not None:
         log.info("accepted command %s", outcome.message.command_id)
-    return ctx.publish_and_answer(outcome)
+    return cmd.intake.publish_and_answer(outcome)
 
 
-@router.post(
-    "/{payment_id}/retry",
-    status_code=202,
-    response_model=RetryAccepted,
-    dependencies=[JsonBody],
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
-)
-async def retry_payment(
-    payment_id: uuid.UUID,
-    user: CurrentUser,
-    key: IdempotencyKey,
-    body: RetryCreate,
-    ctx: IntakeDep,
-) -> JSONResponse:
+@command_route(router, "/{payment_id}/retry", RetryAccepted)
+async def retry_payment(payment_id: uuid.UUID, body: RetryCreate, cmd: CommandDep) -> JSONResponse:
     """Pay again for what one of your canceled payments was for, at the plan's price in force
     now: a new payment (``payment_id``), never the old one again. Needs an
     ``Idempotency-Key``. The ledger refuses (``status: rejected`` with the reason on the status
     URL) a payment that is not canceled, a payment in flight, or a period paid meanwhile.
     Someone else's payment is a 404."""
-    outcome = await intake.accept_retry(
-        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body, retry_of=str(payment_id)
-    )
-    return ctx.publish_and_answer(outcome)
+    return await cmd.submit(intake.accept_retry, body, retry_of=str(payment_id))
 
 
 @router.get("", response_model=PaymentPage, responses=error_responses(400, 401, 422))

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
-from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody
+from api.deps import CommandDep, CurrentUser, DbDep, command_route
 from api.errors import PaymentNotFound, RefundNotFound
 from schemas.http import RefundAccepted, RefundCreate, RefundOut, RefundPage, error_responses
 
@@ -22,30 +22,16 @@ router = APIRouter(prefix="/api/v1", tags=["refunds"])
 RefundStatusFilter = Literal["requested", "unknown", "pending", "succeeded", "canceled"]
 
 
-@router.post(
-    "/payments/{payment_id}/refunds",
-    status_code=202,
-    response_model=RefundAccepted,
-    dependencies=[JsonBody],
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
-)
-async def create_refund(
-    payment_id: uuid.UUID,
-    user: CurrentUser,
-    key: IdempotencyKey,
-    body: RefundCreate,
-    ctx: IntakeDep,
-) -> JSONResponse:
+@command_route(router, "/payments/{payment_id}/refunds", RefundAccepted)
+async def create_refund(payment_id: uuid.UUID, body: RefundCreate, cmd: CommandDep) -> JSONResponse:
     """Refund one of your payments, fully (no ``amount``) or partly. Needs an
     ``Idempotency-Key``. 202 means accepted; the ledger refuses more than is still
     refundable (``status: rejected`` with the reason on the status URL). A full refund of the
     current period's payment ends access at once; a partial one keeps it."""
-    outcome = await intake.accept_refund(
-        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body, payment_id=str(payment_id)
-    )
+    outcome = await cmd.accept(intake.accept_refund, body, payment_id=str(payment_id))
     if outcome.message is not None:
         log.info("accepted refund command %s", outcome.message.command_id)
-    return ctx.publish_and_answer(outcome)
+    return cmd.intake.publish_and_answer(outcome)
 
 
 @router.get(

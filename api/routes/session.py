@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from api.auth import ADMIN_ROLE, mint_token
 from api.deps import JsonBody, SettingsDep
-from api.errors import ApiError, ServiceUnavailable
+from api.errors import ApiError, BadRequest, ServiceUnavailable
 from billing.config import ApiSettings
 from billing.passwords import PasswordHashInvalid, valid_password, verify_password
 from schemas.http import SessionOut, error_responses
@@ -107,8 +107,7 @@ ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
 
 
 # --------------------------------------------------------------------------------- errors
-class InvalidCredentials(ApiError):
-    status_code = 400
+class InvalidCredentials(BadRequest):
     code = "invalid_credentials"
     message = "the username or the password is wrong"
 

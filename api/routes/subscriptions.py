@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
-from api.deps import CurrentUser, DbDep, IdempotencyKey, IntakeDep, JsonBody, SettingsDep
+from api.deps import CommandDep, CurrentUser, DbDep, SettingsDep, command_route
 from api.errors import SubscriptionNotFound
 from schemas.http import (
     AutoRenewUpdate,
@@ -37,46 +37,19 @@ async def my_subscription(user: CurrentUser, db: DbDep, settings: SettingsDep) -
     return sub
 
 
-@router.put(
-    "/me/auto-renew",
-    status_code=202,
-    dependencies=[JsonBody],
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
-)
-async def set_auto_renew(
-    user: CurrentUser,
-    key: IdempotencyKey,
-    body: AutoRenewUpdate,
-    ctx: IntakeDep,
-) -> JSONResponse:
+@command_route(router, "/me/auto-renew", method="PUT")
+async def set_auto_renew(body: AutoRenewUpdate, cmd: CommandDep) -> JSONResponse:
     """Turn auto-renewal off (``cancel_at_period_end``: access lasts to the period end, then
     the subscription expires) or back on. Needs an ``Idempotency-Key``."""
-    outcome = await intake.accept_auto_renew(
-        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body
-    )
-    return ctx.publish_and_answer(outcome)
+    return await cmd.submit(intake.accept_auto_renew, body)
 
 
-@router.post(
-    "/me/plan",
-    status_code=202,
-    response_model=PlanChangeAccepted,
-    dependencies=[JsonBody],
-    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
-)
-async def change_plan(
-    user: CurrentUser,
-    key: IdempotencyKey,
-    body: PlanChangeCreate,
-    ctx: IntakeDep,
-) -> JSONResponse:
+@command_route(router, "/me/plan", PlanChangeAccepted)
+async def change_plan(body: PlanChangeCreate, cmd: CommandDep) -> JSONResponse:
     """Switch to another plan on sale, at its price in force now. A dearer plan starts at
     once and is charged now, less the unused part of the current period (``payment_id`` is
     that charge); a cheaper one starts at the period end (no charge: the status URL reads
     ``done``, and ``next_plan_id`` shows it). Needs an ``Idempotency-Key``. Refused by the
     ledger (``rejected`` with the reason) without an active subscription, for the same plan,
     or with a payment in flight."""
-    outcome = await intake.accept_plan_change(
-        ctx.pool, ctx.settings, ctx.caller(user.user_id, key), body
-    )
-    return ctx.publish_and_answer(outcome)
+    return await cmd.submit(intake.accept_plan_change, body)
