@@ -25,10 +25,11 @@ from typing import Any
 from bench.common import (
     Result,
     cpu_seconds,
+    finish,
     loadavg,
     log,
-    print_result,
     ratio,
+    report,
     tree_cpu_seconds,
 )
 from bench.load import open_loop, summary
@@ -189,8 +190,7 @@ def run(rate: float = 500.0, seconds: float = 15.0, low_rate: float = 100.0) -> 
         "intake only (no Faust worker; relay delay 1 h, so only the API's immediate publish "
         "runs); latency from the scheduled start (open loop)"
     )
-    result.notes.append(f"load average {load0} → {loadavg()}")
-    result.seconds = time.monotonic() - started
+    finish(result, load0, started)
     return result
 
 
@@ -202,9 +202,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run(args.rate, args.seconds, args.low_rate)
-    print_result(res)
-    if args.json:
-        print(res.to_json())
+    report(res, args.json)
 
 
 if __name__ == "__main__":

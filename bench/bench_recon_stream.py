@@ -63,13 +63,14 @@ from bench.common import (
     REPO,
     Result,
     cpu_seconds,
+    finish,
     kafka_broker,
     loadavg,
     log,
     peak_rss_mb,
     postgres,
-    print_result,
     ratio,
+    report,
     tree_cpu_seconds,
     workdir,
 )
@@ -859,8 +860,7 @@ def run(
         )
     )
     result.notes.append(f"classes: {', '.join(k for k in MATCH_CLASSES if k in counts)}")
-    result.notes.append(f"load average {load0} → {loadavg()}")
-    result.seconds = time.monotonic() - started
+    finish(result, load0, started)
     return result
 
 
@@ -895,9 +895,7 @@ def main() -> None:
         sample=args.sample,
         profile=args.profile,
     )
-    print_result(res)
-    if args.json:
-        print(res.to_json())
+    report(res, args.json)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,21 @@ def print_result(result: Result) -> None:
     sys.stdout.flush()
 
 
+def finish(result: Result, load0: str, started: float, *, note: str = "") -> Result:
+    """Close a run: the load average before and after (after ``note``), and the run's wall
+    time since ``started`` (``time.monotonic()``)."""
+    result.notes.append(f"{note}load average {load0} → {loadavg()}")
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def report(result: Result, as_json: bool) -> None:
+    """The result as a table, and as JSON too when asked (``--json``)."""
+    print_result(result)
+    if as_json:
+        print(result.to_json())
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -23,7 +23,16 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import Result, loadavg, log, percentile, print_result, ratio, tree_cpu_seconds
+from bench.common import (
+    Result,
+    finish,
+    loadavg,
+    log,
+    percentile,
+    ratio,
+    report,
+    tree_cpu_seconds,
+)
 from bench.load import open_loop
 from bench.stack_env import mint_tokens, process_pids, process_rss, running_stack
 
@@ -288,8 +297,7 @@ def run(rate: float = 20.0, count: int = 400, idle_n: int = 20) -> Result:
         f"GET /api/v1/payments/{{id}} says succeeded for {out['checked']} of "
         f"{out['check_of']} sampled payments"
     )
-    result.notes.append(f"load average {load0} → {loadavg()}")
-    result.seconds = time.monotonic() - started
+    finish(result, load0, started)
     log(f"e2e done in {result.seconds:.0f} s")
     return result
 
@@ -302,9 +310,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run(args.rate, args.count, args.idle)
-    print_result(res)
-    if args.json:
-        print(res.to_json())
+    report(res, args.json)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from bench.common import Result, loadavg, print_result, ratio
+from bench.common import Result, finish, loadavg, ratio, report
 from bench.workload import observed, pay_command, pay_commands
 from schemas.messages import PaySubscription, decode_ledger_input, encode
 from schemas.state import SubscriptionState, decode_state, encode_state
@@ -160,8 +160,7 @@ def run(n: int = 20_000) -> Result:
         )
     result.add("state size, fresh subscription after pay", len(encode_state(after_pay[0])), "bytes")
     result.add("state size, 60 past payments", len(old_raw), "bytes")
-    result.notes.append(f"one core, in-process; load average {load0} → {loadavg()}")
-    result.seconds = time.monotonic() - started
+    finish(result, load0, started, note="one core, in-process; ")
     return result
 
 
@@ -171,9 +170,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run(args.n)
-    print_result(res)
-    if args.json:
-        print(res.to_json())
+    report(res, args.json)
 
 
 if __name__ == "__main__":

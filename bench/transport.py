@@ -36,12 +36,13 @@ from bench.common import (
     REPO,
     Result,
     cpu_seconds,
+    finish,
     kafka_broker,
     loadavg,
     log,
     peak_rss_mb,
-    print_result,
     ratio,
+    report,
     self_peak_rss_mb,
     workdir,
 )
@@ -471,8 +472,7 @@ def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VAR
         "ledger: one PaySubscription per fresh subscription → one PaymentRequested; "
         "payment deadline 3600 s so the sweeper adds nothing"
     )
-    result.notes.append(f"load average {load0} → {loadavg()}")
-    result.seconds = time.monotonic() - started
+    finish(result, load0, started)
     return result
 
 
@@ -488,9 +488,7 @@ def main() -> None:
     if bad:
         ap.error(f"unknown variants {sorted(bad)}")
     res = run(args.n_raw, args.n_faust, only)
-    print_result(res)
-    if args.json:
-        print(res.to_json())
+    report(res, args.json)
 
 
 if __name__ == "__main__":
