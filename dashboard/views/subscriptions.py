@@ -168,37 +168,21 @@ def render_detail(api: AdminClient, sid: str, *, actions_link: bool = True) -> N
     event_frame = tables.events_frame(events)
     st.markdown("**Timeline**")
     ui.chart(charts.timeline_chart(event_frame), empty="No event yet.")
-    t1, t2, t3, t4 = st.tabs(
-        [
-            f"Payments ({len(detail.payments)})",
-            f"Refunds ({len(detail.refunds)})",
-            f"Events ({len(events)})",
-            f"Commands ({len(detail.commands)})",
-        ]
-    )
-    with t1:
-        ui.table(
-            tables.payments_frame(detail.payments),
-            key=f"pay-{sid}",
-            file_name=f"payments-{sid}.csv",
-            empty="No payment.",
-        )
-    with t2:
-        ui.table(
-            tables.refunds_frame(detail.refunds),
-            key=f"ref-{sid}",
-            file_name=f"refunds-{sid}.csv",
-            empty="No refund.",
-        )
-    with t3:
-        ui.table(event_frame, key=f"ev-{sid}", file_name=f"events-{sid}.csv", empty="No event.")
-    with t4:
-        ui.table(
-            tables.commands_frame(detail.commands),
-            key=f"cmd-{sid}",
-            file_name=f"commands-{sid}.csv",
-            empty="No command.",
-        )
+    sections = [  # tab title, its table (one row each), the table's key, what a row is
+        ("Payments", tables.payments_frame(detail.payments), "pay", "payment"),
+        ("Refunds", tables.refunds_frame(detail.refunds), "ref", "refund"),
+        ("Events", event_frame, "ev", "event"),
+        ("Commands", tables.commands_frame(detail.commands), "cmd", "command"),
+    ]
+    tabs = st.tabs([f"{title} ({len(frame)})" for title, frame, _, _ in sections])
+    for tab, (title, frame, key, row) in zip(tabs, sections, strict=True):
+        with tab:
+            ui.table(
+                frame,
+                key=f"{key}-{sid}",
+                file_name=f"{title.lower()}-{sid}.csv",
+                empty=f"No {row}.",
+            )
 
 
 def render() -> None:
