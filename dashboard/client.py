@@ -26,13 +26,6 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from api.routes.reconciliation import (
-    DiscrepancyPage,
-    ReconciliationSummary,
-    ResolutionCreate,
-    ResolutionOut,
-    RunPage,
-)
 from schemas.http import (
     ActiveSubscribersOut,
     AdminActionAccepted,
@@ -48,19 +41,25 @@ from schemas.http import (
     CommandOut,
     DeclineReasonOut,
     DiscrepancyDayOut,
+    DiscrepancyPage,
     DunningMonth,
     MrrMonth,
     OverviewOut,
     PlanCreate,
     PlanUpdate,
     PriceCreate,
+    ReconciliationSummary,
     RefundRateOut,
+    ResolutionCreate,
+    ResolutionOut,
     RevenueDay,
+    RunPage,
     SessionOut,
     SuccessDay,
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 ANALYTICS_TIMEOUT_S = 45.0  # the API gives an analytical query 30 s
 COMMAND_DONE = frozenset({"done", "rejected"})
@@ -385,39 +384,30 @@ class AdminClient:
             f"/api/v1/admin/analytics/{name}", shape, params, timeout_s=ANALYTICS_TIMEOUT_S
         )
 
+    def _window_series(self, name: str, row: type[R], start: datetime, end: datetime) -> list[R]:
+        """A per-day (per-month) series of ``row`` for the window [``start``, ``end``)."""
+        shape = list[row]  # type: ignore[valid-type]  # built at run time from ``row``
+        rows: list[R] = self._analytics(name, shape, {"from": start, "to": end})
+        return rows
+
     def overview(self, *, at: datetime | None = None) -> OverviewOut:
         out: OverviewOut = self._analytics("overview", OverviewOut, {"at": at})
         return out
 
     def revenue(self, start: datetime, end: datetime) -> list[RevenueDay]:
-        rows: list[RevenueDay] = self._analytics(
-            "revenue", list[RevenueDay], {"from": start, "to": end}
-        )
-        return rows
+        return self._window_series("revenue", RevenueDay, start, end)
 
     def payment_success(self, start: datetime, end: datetime) -> list[SuccessDay]:
-        rows: list[SuccessDay] = self._analytics(
-            "payment-success", list[SuccessDay], {"from": start, "to": end}
-        )
-        return rows
+        return self._window_series("payment-success", SuccessDay, start, end)
 
     def decline_reasons(self, start: datetime, end: datetime) -> list[DeclineReasonOut]:
-        rows: list[DeclineReasonOut] = self._analytics(
-            "decline-reasons", list[DeclineReasonOut], {"from": start, "to": end}
-        )
-        return rows
+        return self._window_series("decline-reasons", DeclineReasonOut, start, end)
 
     def refund_rate(self, start: datetime, end: datetime) -> list[RefundRateOut]:
-        rows: list[RefundRateOut] = self._analytics(
-            "refund-rate", list[RefundRateOut], {"from": start, "to": end}
-        )
-        return rows
+        return self._window_series("refund-rate", RefundRateOut, start, end)
 
     def dunning(self, start: datetime, end: datetime) -> list[DunningMonth]:
-        rows: list[DunningMonth] = self._analytics(
-            "dunning", list[DunningMonth], {"from": start, "to": end}
-        )
-        return rows
+        return self._window_series("dunning", DunningMonth, start, end)
 
     def mrr(self, *, months: int = 12, from_month: date | None = None) -> list[MrrMonth]:
         rows: list[MrrMonth] = self._analytics(
