@@ -12,15 +12,16 @@ from typing import Any
 
 import pandas as pd
 
-from api.routes.reconciliation import DiscrepancyOut, RunOut
 from schemas.http import (
     AdminPaymentOut,
     AdminPlanOut,
     AdminRefundOut,
     AdminSubscriptionOut,
     CommandOut,
+    DiscrepancyOut,
     EventOut,
     MoneyOut,
+    RunOut,
 )
 from schemas.money import CURRENCY_EXPONENT
 

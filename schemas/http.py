@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 from schemas.money import Money
+from schemas.periods import ms_to_dt
+from schemas.recon_runs import ItemRow, ItemView, RunReport
 
 MAX_URL_LEN = 2048
 
@@ -588,3 +590,124 @@ class OverviewOut(BaseModel):
     mrr: list[MrrMonth]
     refund_rate: list[RefundRateOut]
     dunning: list[DunningMonth]
+
+
+# ------------------------------------------------------------- reconciliation (console)
+# What /api/v1/admin/reconciliation answers and takes; the admin console reads the same.
+class RunOut(BaseModel):
+    run_id: str
+    status: str = Field(description="feeding | matching | finished | incomplete | failed")
+    source: str
+    source_ref: str
+    trigger: str
+    window_start: datetime
+    window_end: datetime
+    taken_at: datetime
+    lines: int
+    partitions: int | None
+    partitions_done: int
+    incomplete_partitions: int
+    counts: dict[str, int] = Field(description="items per class (as recorded when finished)")
+    totals: dict[str, dict[str, str]] = Field(
+        description="succeeded totals per side and currency (decimal strings)"
+    )
+    discrepancies: int
+    new_discrepancies: int
+    unresolved: int = Field(description="of this run's discrepancies, still open now")
+    started_at: datetime
+    fed_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    error: str | None
+
+    @classmethod
+    def of(cls, r: RunReport) -> RunOut:
+        s = r.spec
+        return cls(
+            run_id=s.run_id,
+            status=s.status,
+            source=s.source,
+            source_ref=s.source_ref,
+            trigger=s.trigger,
+            window_start=ms_to_dt(s.window_start),
+            window_end=ms_to_dt(s.window_end),
+            taken_at=ms_to_dt(s.taken_at),
+            lines=r.lines,
+            partitions=s.partitions,
+            partitions_done=r.partitions_done,
+            incomplete_partitions=r.incomplete_partitions,
+            counts=r.counts,
+            totals=r.totals,
+            discrepancies=r.discrepancies,
+            new_discrepancies=r.new_discrepancies,
+            unresolved=r.unresolved,
+            started_at=r.started_at,
+            fed_at=r.fed_at,
+            finished_at=r.finished_at,
+            duration_ms=r.duration_ms,
+            error=r.error,
+        )
+
+
+class RunPage(BaseModel):
+    items: list[RunOut] = Field(description="newest first")
+    next_offset: int | None
+
+
+def _recon_money(m: Money | None) -> MoneyOut | None:
+    return MoneyOut.of(m.amount_minor, m.currency) if m is not None else None
+
+
+# An item (schemas.recon_runs.ItemView) with its amounts as the API shows money. No
+# docstring: it would become the schema's description in the OpenAPI document.
+class DiscrepancyOut(ItemView[MoneyOut]):
+    @classmethod
+    def of(cls, i: ItemRow) -> DiscrepancyOut:
+        fields = i.model_dump(exclude={"refund_key", "ours_amount", "theirs_amount"})
+        return cls(
+            **fields,
+            ours_amount=_recon_money(i.ours_amount),
+            theirs_amount=_recon_money(i.theirs_amount),
+        )
+
+
+class DiscrepancyPage(BaseModel):
+    items: list[DiscrepancyOut] = Field(description="most recently seen first")
+    next_offset: int | None
+
+
+class ReconciliationSummary(BaseModel):
+    open_discrepancies: int = Field(description="discrepancies waiting for a decision")
+    open_by_kind: dict[str, int]
+    last_run: RunOut | None
+
+
+ItemKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=300, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+]
+
+
+class ResolutionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_key: ItemKey
+    resolution: Literal["accept_provider", "accept_ours", "write_off"] = Field(
+        description="accept_provider: the provider's books are right; accept_ours: ours are;"
+        " write_off: the difference is absorbed"
+    )
+    reason: Reason
+
+
+class ResolutionOut(BaseModel):
+    item: DiscrepancyOut
+    changed: bool = Field(description="false: the same decision was already recorded")
+    ledger_correction: bool = Field(
+        description="true: the provider's view goes to the ledger (our payment or refund the"
+        " provider never made is canceled), through the outbox: recorded with the decision,"
+        " delivered even if the broker is down now"
+    )
+    correction_id: str | None = Field(
+        default=None,
+        description="the correction's outbox id when ledger_correction: its status at"
+        " /api/v1/admin/commands/{id} (accepted, then done once the ledger applied it)",
+    )

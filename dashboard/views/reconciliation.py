@@ -10,9 +10,9 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from api.routes.reconciliation import ResolutionCreate, RunOut
 from dashboard import charts, tables, ui
 from dashboard.client import AdminClient, ApiError, SessionExpired
+from schemas.http import ResolutionCreate, RunOut
 from schemas.recon_match import AGREEING_CLASSES, MATCH_CLASSES
 
 RUNS_PAGE = 20

@@ -16,7 +16,6 @@ import pytest
 from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
-from api.routes.reconciliation import DiscrepancyOut, RunOut
 from billing.config import Settings
 from schemas.http import (
     AdminPaymentOut,
@@ -25,10 +24,12 @@ from schemas.http import (
     AdminSubscriptionDetail,
     AdminSubscriptionOut,
     CommandOut,
+    DiscrepancyOut,
     EventOut,
     MoneyOut,
     PlanPriceOut,
     PlanRef,
+    RunOut,
 )
 
 NOW = datetime.now(UTC).replace(microsecond=0)
