@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import httpx
 import pandas as pd
 import streamlit as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from billing.config import ConsoleSettings
 from dashboard import tables
@@ -156,10 +156,13 @@ def fetch_analytics(call: Callable[[], T]) -> T | None:
         return None
 
 
-def perform(action: str, body: Mapping[str, Any], call: Callable[[str], T]) -> T | None:
-    """A write under the action's Idempotency-Key (kept while its outcome is unknown)."""
+def perform(action: str, body: Mapping[str, Any] | BaseModel, call: Callable[[str], T]) -> T | None:
+    """A write under the action's Idempotency-Key (kept while its outcome is unknown); a
+    request model counts as its JSON form."""
     keys = action_keys()
-    key = keys.key_for(action, body)
+    key = keys.key_for(
+        action, body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+    )
     try:
         result = call(key)
     except SessionExpired:

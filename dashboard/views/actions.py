@@ -151,9 +151,7 @@ def _refund_tab(api: AdminClient, sid: str, detail: AdminSubscriptionDetail) -> 
         st.error(f"Not sent: {_why(exc)}")
         return
     accepted = ui.perform(
-        f"refund:{payment_id}",
-        body.model_dump(mode="json"),
-        lambda key: api.refund(payment_id, body, key),
+        f"refund:{payment_id}", body, lambda key: api.refund(payment_id, body, key)
     )
     if accepted is not None:
         what = f"{body.amount.value} {body.amount.currency}" if body.amount else "full"

@@ -54,11 +54,7 @@ def _create(api: AdminClient) -> None:
     except ValidationError as exc:
         st.error(f"Not sent: {_errors(exc)}")
         return
-    plan = ui.perform(
-        f"plan-create:{body.plan_id}",
-        body.model_dump(mode="json"),
-        lambda key: api.create_plan(body, key),
-    )
+    plan = ui.perform(f"plan-create:{body.plan_id}", body, lambda key: api.create_plan(body, key))
     _done(api, f"Plan {body.plan_id} created.", plan)
 
 
@@ -85,9 +81,7 @@ def _edit(api: AdminClient, plans: list[AdminPlanOut]) -> None:
         st.error(f"Not sent: {_errors(exc)}")
         return
     updated = ui.perform(
-        f"plan-edit:{plan_id}",
-        body.model_dump(mode="json"),
-        lambda key: api.update_plan(plan_id, body, key),
+        f"plan-edit:{plan_id}", body, lambda key: api.update_plan(plan_id, body, key)
     )
     _done(api, f"Plan {plan_id} saved.", updated)
 
@@ -124,9 +118,7 @@ def _price(api: AdminClient, plans: list[AdminPlanOut]) -> None:
         st.error(f"Not sent: {_errors(exc)}")
         return
     updated = ui.perform(
-        f"plan-price:{plan_id}",
-        body.model_dump(mode="json"),
-        lambda key: api.add_price(plan_id, body, key),
+        f"plan-price:{plan_id}", body, lambda key: api.add_price(plan_id, body, key)
     )
     when = f"from {effective:%Y-%m-%d %H:%M} UTC" if effective else "now"
     _done(api, f"Price {body.price.value} {currency} of {plan_id} in force {when}.", updated)

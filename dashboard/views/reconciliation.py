@@ -137,7 +137,7 @@ def _resolve(api: AdminClient, items: list[Any]) -> None:
     except ValidationError as exc:
         st.error("Not sent: " + "; ".join(str(e["msg"]) for e in exc.errors()))
         return
-    out = ui.perform(f"resolve:{key}", body.model_dump(mode="json"), lambda k: api.resolve(body, k))
+    out = ui.perform(f"resolve:{key}", body, lambda k: api.resolve(body, k))
     if out is not None:
         note = " The ledger was sent the provider's view." if out.ledger_correction else ""
         same = "" if out.changed else " (already decided so)"
