@@ -3,14 +3,18 @@ catalogue changes: create, rename or change the trial, schedule a price, archive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
+from typing import TypeVar
 
 import streamlit as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dashboard import charts, tables, ui
 from dashboard.client import AdminClient
 from schemas.http import AdminPlanOut, MoneyIn, PlanCreate, PlanUpdate, PriceCreate
+
+M = TypeVar("M", bound=BaseModel)
 
 CURRENCIES = ["RUB", "USD", "EUR", "KZT", "BYN"]
 
@@ -28,6 +32,15 @@ def _errors(exc: ValidationError) -> str:
     )
 
 
+def _request(build: Callable[[], M]) -> M | None:
+    """The request built from the form, or None once the page has said why it is not sent."""
+    try:
+        return build()
+    except ValidationError as exc:
+        st.error(f"Not sent: {_errors(exc)}")
+        return None
+
+
 def _create(api: AdminClient) -> None:
     with st.form("plan-create"):
         c1, c2 = st.columns(2)
@@ -42,8 +55,8 @@ def _create(api: AdminClient) -> None:
         submitted = st.form_submit_button("Create plan", type="primary")
     if not submitted:
         return
-    try:
-        body = PlanCreate(
+    body = _request(
+        lambda: PlanCreate(
             plan_id=plan_id.strip(),
             name=name,
             price=MoneyIn(value=price.strip(), currency=currency or "RUB"),
@@ -51,8 +64,8 @@ def _create(api: AdminClient) -> None:
             trial_days=trial,
             reason=reason,
         )
-    except ValidationError as exc:
-        st.error(f"Not sent: {_errors(exc)}")
+    )
+    if body is None:
         return
     plan = ui.perform(f"plan-create:{body.plan_id}", body, lambda key: api.create_plan(body, key))
     _done(api, f"Plan {body.plan_id} created.", plan)
@@ -71,14 +84,14 @@ def _edit(api: AdminClient, plans: list[AdminPlanOut]) -> None:
         submitted = st.form_submit_button("Save", type="primary")
     if not submitted:
         return
-    try:
-        body = PlanUpdate(
+    body = _request(
+        lambda: PlanUpdate(
             name=name if name != plan.name else None,
             trial_days=trial if trial != plan.trial_days else None,
             reason=reason,
         )
-    except ValidationError as exc:
-        st.error(f"Not sent: {_errors(exc)}")
+    )
+    if body is None:
         return
     updated = ui.perform(
         f"plan-edit:{plan_id}", body, lambda key: api.update_plan(plan_id, body, key)
@@ -108,14 +121,14 @@ def _price(api: AdminClient, plans: list[AdminPlanOut]) -> None:
     if isinstance(day, date):
         moment = datetime.combine(day, at or time(0, 0), tzinfo=UTC)
         effective = moment if moment > datetime.now(UTC) else None
-    try:
-        body = PriceCreate(
+    body = _request(
+        lambda: PriceCreate(
             price=MoneyIn(value=price.strip(), currency=currency),
             effective_from=effective,
             reason=reason,
         )
-    except ValidationError as exc:
-        st.error(f"Not sent: {_errors(exc)}")
+    )
+    if body is None:
         return
     updated = ui.perform(
         f"plan-price:{plan_id}", body, lambda key: api.add_price(plan_id, body, key)
