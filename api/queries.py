@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -51,6 +51,7 @@ from schemas.money import MoneyError
 from schemas.periods import ms_to_dt
 
 Conn = psycopg.AsyncConnection[Any]
+T = TypeVar("T")
 
 _PAYMENT_COLUMNS = (
     "payment_id::text, subscription_id::text, plan_id, status, status_reason, amount_minor,"
@@ -80,18 +81,24 @@ def _payment(row: dict[str, Any]) -> PaymentOut:
 
 
 async def _own(
-    conn: Conn, table: str, columns: str, key: str, item_id: uuid.UUID, user_id: str
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The caller's row of ``table`` whose ``key`` column is ``item_id``, or else the outbox
-    row of the command that asked for it (the projection has not reached it yet): (row, None),
-    (None, outbox row) or (None, None)."""
+    conn: Conn,
+    table: str,
+    columns: str,
+    key: str,
+    item_id: uuid.UUID,
+    user_id: str,
+    read: Callable[[dict[str, Any]], T],
+) -> tuple[T | None, dict[str, Any] | None]:
+    """The caller's row of ``table`` whose ``key`` column is ``item_id`` (as ``read`` makes
+    it), or else the outbox row of the command that asked for it (the projection has not
+    reached it yet): (item, None), (None, outbox row) or (None, None)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {columns} FROM {table} WHERE {key} = %s AND user_id = %s", (item_id, user_id)
         )
         row = await cur.fetchone()
         if row is not None:
-            return row, None
+            return read(row), None
         await cur.execute(
             "SELECT command_id::text, subscription_id::text, status, status_reason, payload,"
             f" created_at, updated_at FROM command_outbox WHERE {key} = %s AND user_id = %s",
@@ -101,11 +108,11 @@ async def _own(
 
 
 async def get_payment(conn: Conn, user_id: str, payment_id: uuid.UUID) -> PaymentOut | None:
-    row, outbox = await _own(conn, "payments", _PAYMENT_COLUMNS, "payment_id", payment_id, user_id)
-    if row is not None:
-        return _payment(row)
-    if outbox is None:
-        return None
+    payment, outbox = await _own(
+        conn, "payments", _PAYMENT_COLUMNS, "payment_id", payment_id, user_id, _payment
+    )
+    if outbox is None:  # in the read model, or nowhere
+        return payment
     plan_id: str | None = None
     amount_minor: int | None = None
     currency: str | None = None
@@ -445,11 +452,11 @@ def _refund(row: dict[str, Any]) -> RefundOut:
 
 async def get_refund(conn: Conn, user_id: str, refund_id: uuid.UUID) -> RefundOut | None:
     """A refund of yours; before the ledger has it, its outbox row (accepted/rejected)."""
-    row, outbox = await _own(conn, "refunds", _REFUND_COLUMNS, "refund_id", refund_id, user_id)
-    if row is not None:
-        return _refund(row)
-    if outbox is None:
-        return None
+    refund, outbox = await _own(
+        conn, "refunds", _REFUND_COLUMNS, "refund_id", refund_id, user_id, _refund
+    )
+    if outbox is None:  # in the read model, or nowhere
+        return refund
     try:
         cmd = decode_command(bytes(outbox["payload"]))
     except DecodeError:
@@ -587,28 +594,13 @@ async def list_admin_plans(conn: Conn, plan_id: str | None = None) -> list[Admin
         in_force = [r for r in rows if r["started"]]
         now_row = in_force[-1] if in_force else None
         out.append(
-            AdminPlanOut(
-                plan_id=p["plan_id"],
-                name=p["name"],
-                period_months=p["period_months"],
-                trial_days=p["trial_days"],
-                archived=p["archived"],
+            AdminPlanOut(  # p and r: their other columns are not the models'
+                **p,
                 price=_money(now_row["amount_minor"], now_row["currency"]) if now_row else None,
                 price_version=now_row["version"] if now_row else None,
                 prices=[
-                    PlanPriceOut(
-                        version=r["version"],
-                        price=_money(r["amount_minor"], r["currency"]),
-                        amount_minor=r["amount_minor"],
-                        effective_from=r["effective_from"],
-                        created_by=r["created_by"],
-                        reason=r["reason"],
-                        created_at=r["created_at"],
-                    )
-                    for r in rows
+                    PlanPriceOut(**r, price=_money(r["amount_minor"], r["currency"])) for r in rows
                 ],
-                created_at=p["created_at"],
-                updated_at=p["updated_at"],
             )
         )
     return out
