@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from analytics import queries as q
+from analytics.ingest import dedup_token, rows_from_events, write_batch
 from analytics.synthetic import DAY_MS, synthetic_history
 from billing.clickhouse import ClickHouseClient, connect
 from schemas.clickhouse import COLUMNS, EVENT_TABLES, MIGRATIONS
-from streams.sinks.clickhouse import dedup_token, rows_from_events, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state" / "bench"
@@ -444,7 +444,7 @@ def history_dir(history: int) -> Path:
     """Where the replicated history is kept between runs: keyed by its size, the template and
     the code that shapes it (the DDL, the generator, the sink's mapping)."""
     digest = hashlib.sha256(repr(MIGRATIONS).encode())
-    for module in ("analytics/synthetic.py", "streams/sinks/clickhouse.py"):
+    for module in ("analytics/synthetic.py", "analytics/ingest.py"):
         digest.update((REPO / module).read_bytes())
     digest.update(f"{history}:{TEMPLATE_USERS}:{HISTORY_DAYS}".encode())
     return STATE / f"clickhouse-history-{digest.hexdigest()[:12]}"

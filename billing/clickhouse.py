@@ -14,7 +14,7 @@ directory open at a time. In embedded mode the Faust worker owns the store; othe
 read through it, never by opening the directory themselves.
 
 Calls are synchronous (chdb has no async client; it releases the GIL while it works): from
-async code run them in a thread (``asyncio.to_thread``), as ``streams.sinks.clickhouse`` does.
+async code run them in a thread (``asyncio.to_thread``), as ``analytics.ingest`` does.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ line by line. This module computes the same items in one SQL query over
 - the report, loaded into ``recon_report_lines`` (``load_report``: one row per line, ``seq``
   its position in the report), and
 - the analytical history (``payments``, ``refunds``: one row per ledger event, written by
-  ``streams.sinks.clickhouse``), from which the query rebuilds each ``PaymentRecord`` and
+  ``analytics.ingest``), from which the query rebuilds each ``PaymentRecord`` and
   ``RefundRecord`` the way ``streams.ledger.machine.evolve`` folds them.
 
 ``classify`` only turns the result rows into ``MatchItem`` s (with the repair's observation or

@@ -38,8 +38,8 @@ from streams.gateway.agent import register_gateway
 from streams.ledger.agent import register_ledger
 from streams.ledger.machine import Policy
 from streams.notify.agent import register_notifier
+from streams.projection.agent import register_projection
 from streams.reconcile import register_reconciler
-from streams.sinks.postgres import register_projection
 from streams.topics import declare
 
 

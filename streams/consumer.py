@@ -6,7 +6,7 @@ agent is cancelled (a stop, a revocation), so a stop could commit input whose ef
 happened (ARCHITECTURE.md, invariant 8). Here a stop, a crash or a rebalance can only replay
 what was not committed, so every handler must be idempotent (stable ids, deduplicated
 inserts). The notifier and the history use it; the PostgreSQL projection has a loop of its own
-of the same shape (streams/sinks/postgres.py).
+of the same shape (streams/projection/agent.py).
 
 Where a group without a committed offset starts is explicit (:class:`Start`), and it is pinned:
 the start position is committed as soon as the partition is first assigned. Without that, a

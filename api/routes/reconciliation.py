@@ -163,7 +163,7 @@ async def _enqueue_correction(
     The object's read-model row is locked (FOR SHARE) first: if it is canceled already the
     ledger has nothing to apply and no event would ever close the row, so it is written closed;
     otherwise a projection canceling it meanwhile waits for this commit and then closes the
-    new row (streams/sinks/postgres.py). A correction recorded before (the same decision again)
+    new row (streams/projection/agent.py). A correction recorded before (the same decision again)
     is left to its relay: nothing new to publish."""
     if isinstance(follow_up, PaymentObserved):
         object_id, table, column = follow_up.payment_id, "payments", "payment_id"

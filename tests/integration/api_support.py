@@ -34,7 +34,7 @@ from schemas.messages import (
 from schemas.state import SubscriptionState
 from schemas.topics import COMMANDS, PROVIDER_EVENTS
 from streams.ledger.machine import LedgerInput, Policy, decide
-from streams.sinks.postgres import project
+from streams.projection.agent import project
 
 JWT_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 RETURN_URL = "https://cinema.example/paid"
@@ -206,7 +206,7 @@ class Api:
 class Ledger:
     """The worker's part, in-process, for API tests: the commands the API published go
     through the pure ledger (``streams.ledger.machine.decide``) and its events through the
-    real PostgreSQL projection (``streams.sinks.postgres.project``), so status URLs and read
+    real PostgreSQL projection (``streams.projection.agent.project``), so status URLs and read
     models say what a client would see with the whole stack running."""
 
     def __init__(self, api: Api, policy: Policy | None = None) -> None:

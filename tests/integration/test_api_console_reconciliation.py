@@ -31,7 +31,7 @@ from schemas.recon_match import MatchItem
 from schemas.state import SubscriptionState
 from schemas.topics import PROVIDER_EVENTS
 from streams.ledger.machine import LedgerInput, Policy, decide
-from streams.sinks.postgres import project
+from streams.projection.agent import project
 from tests.integration.api_support import (
     Api,
     FakeProvider,

@@ -24,7 +24,7 @@ from schemas.money import Money
 from schemas.pg import migrate
 from schemas.state import SubscriptionState
 from streams.ledger.machine import LedgerInput, Policy, decide
-from streams.sinks.postgres import project
+from streams.projection.agent import project
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The PostgreSQL read model says what the ledger's state says.
 
-The projection (streams/sinks/postgres.py) repeats the meaning of a few events in SQL: it
+The projection (streams/projection/agent.py) repeats the meaning of a few events in SQL: it
 sees events, never the state, and must answer reads without a worker. So instead of trusting
 that the two stay in step, this test drives the pure machine with the model-based test's
 random world (tests/model.py: payments, declines, refunds, upgrades, admin actions, clock
@@ -21,7 +21,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from schemas.messages import encode
 from schemas.periods import ms_to_dt
-from streams.sinks.postgres import project
+from streams.projection.agent import project
 from tests.model import SUB, LedgerModel
 
 pytestmark = pytest.mark.integration

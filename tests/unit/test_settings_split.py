@@ -50,15 +50,13 @@ PROCESS_CODE: dict[type[BaseSettings], tuple[str, ...]] = {
         "streams/gateway",
         "streams/ledger",
         "streams/notify",
-        "streams/sinks",
+        "streams/projection",
         "streams/reconcile",
         "reconciler/feed.py",
         "providers/yookassa_adapter.py",
     ),
     HistorySettings: (
-        "streams/history",  # the package, or (before it) the two modules
-        "streams/history.py",
-        "streams/recon_history.py",
+        "streams/history",
         "reconciler/feed.py",
         "providers/yookassa_adapter.py",
         "billing/clickhouse.py",

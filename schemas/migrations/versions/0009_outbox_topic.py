@@ -7,7 +7,7 @@ ledger has applied it. Existing rows are commands (the default).
 
 The partial index finds a subscription's open rows: the projection closes an admin's
 capture/release and a correction by the payment or refund they are about, when its outcome is
-projected (streams/sinks/postgres.py).
+projected (streams/projection/agent.py).
 """
 
 from alembic import op

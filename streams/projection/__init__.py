@@ -1,0 +1,1 @@
+"""The projection: billing.events -> the PostgreSQL read models (``agent.py``)."""
