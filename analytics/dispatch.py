@@ -76,6 +76,9 @@ def window(params: Params, now: int) -> Args:
     return {"from": from_ms, "to": to_ms}
 
 
+FIRST_MONTH, LAST_MONTH = date(1970, 1, 1), date(2100, 12, 1)
+
+
 def month_range(params: Params, now: int) -> Args:
     months = _bounded(params, "months", 12, 1, 60)
     start = params.get("from_month")
@@ -83,6 +86,10 @@ def month_range(params: Params, now: int) -> Args:
         first = date.fromisoformat(start) if start else queries.month_start(now, months - 1)
     except ValueError:
         raise BadQuery("from_month must be an ISO date") from None
+    if not FIRST_MONTH <= first <= LAST_MONTH:
+        # The history's dates (ClickHouse DateTime64 and epoch ms) start in 1970; a month
+        # outside them would be an engine error (a 503), or a wrong answer before 1970.
+        raise BadQuery(f"from_month must be from {FIRST_MONTH} to {LAST_MONTH}")
     return {"from_month": first.replace(day=1), "months": months}
 
 

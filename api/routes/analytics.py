@@ -265,7 +265,8 @@ async def mrr(
     ask: AskDep,
     months: Annotated[int, Query(ge=1, le=60)] = 12,
     from_month: Annotated[
-        date | None, Query(description="the first month (default: months back from now)")
+        date | None,
+        Query(description="the first month, 1970-01 to 2100-12 (default: months back from now)"),
     ] = None,
 ) -> Any:
     """MRR at each month's close and its movements: new, expansion, contraction, churn, with

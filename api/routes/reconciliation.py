@@ -51,6 +51,9 @@ from schemas.topics import PROVIDER_EVENTS
 
 log = logging.getLogger(__name__)
 
+# A UUID, with or without its hyphens (anything else is a 422, not a database error).
+UUID_PATTERN = r"^[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}$"
+
 router = APIRouter(
     prefix="/api/v1/admin/reconciliation",
     tags=["reconciliation"],
@@ -124,7 +127,7 @@ async def list_runs(
 async def list_discrepancies(
     _admin: AdminUser,
     db: DbDep,
-    run_id: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{32,36}$")] = None,
+    run_id: Annotated[str | None, Query(pattern=UUID_PATTERN)] = None,
     open_only: Annotated[bool, Query(description="false: resolved ones too")] = True,
     kind: Annotated[list[MatchClass] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -144,6 +144,22 @@ async def test_summary_runs_and_open_discrepancies(api: Api, run: dict[str, Any]
     assert [i["kind"] for i in only["items"]] == ["missing_at_provider"]
 
 
+async def test_a_run_id_that_is_no_uuid_is_a_422(api: Api) -> None:
+    """36 hex digits without hyphens passed the old pattern and reached PostgreSQL's uuid
+    cast: a 500 (found by fuzzing, issue 14)."""
+    for bad in ("cDEDab51afa3C83bA57A94AceB0DDbBAdAcc", "0" * 31, "g" * 32):
+        resp = await api.client.get(
+            f"{BASE}/discrepancies", params={"run_id": bad}, headers=admin(api)
+        )
+        assert resp.status_code == 422, (bad, resp.text)
+    no_hyphens = uuid.uuid4().hex
+    resp = await api.client.get(
+        f"{BASE}/discrepancies", params={"run_id": no_hyphens}, headers=admin(api)
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["items"] == []
+
+
 async def test_a_decision_follows_the_idempotency_rules(api: Api, run: dict[str, Any]) -> None:
     key = store.item_key(run["amount"])
     body = {"item_key": key, "resolution": "write_off", "reason": "below threshold"}

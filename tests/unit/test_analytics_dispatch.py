@@ -47,6 +47,17 @@ def test_months_are_bounded_and_start_on_the_first() -> None:
             dispatch.prepare("mrr_movements", {"months": months})
 
 
+def test_from_month_is_inside_the_history_dates() -> None:
+    """0001-01-01 was an engine error (503) and 1969-06-01 a traceback in the worker's log."""
+    for first in ("0001-01-01", "1969-06-01", "2101-01-01"):
+        with pytest.raises(dispatch.BadQuery, match="from_month must be from"):
+            dispatch.prepare("mrr_movements", {"from_month": first})
+    assert dispatch.prepare("mrr_movements", {"from_month": "1970-01-20"}).params == {
+        "from_month": "1970-01-01",
+        "months": "12",
+    }
+
+
 def test_reconciliation_queries_and_unknown_names() -> None:
     assert dispatch.prepare("recon_runs", {}).args == {"limit": 50}
     with pytest.raises(dispatch.BadQuery, match="limit"):

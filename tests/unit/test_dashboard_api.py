@@ -261,6 +261,15 @@ async def test_windows_are_sent_as_epoch_ms_and_checked() -> None:
             params={"months": 3, "from_month": "2026-09-15"},
             headers=admin_headers(s),
         )
+        asked_before = len(asked)
+        ancient = [
+            await c.get(
+                "/api/v1/admin/analytics/mrr",
+                params={"from_month": first},
+                headers=admin_headers(s),
+            )
+            for first in ("0001-01-01", "1969-06-01")
+        ]
     assert ok.status_code == 200 and ok.json() == []
     assert asked[0].url.params["from"] == "1793491200000"
     assert asked[0].url.params["to"] == "1793577600000"
@@ -270,6 +279,9 @@ async def test_windows_are_sent_as_epoch_ms_and_checked() -> None:
     assert months.status_code == 200
     assert asked[-1].url.path == "/analytics/mrr_movements/"
     assert asked[-1].url.params["from_month"] == "2026-09-01"
+    for resp in ancient:  # was a 503 (engine error) and a 200 from a traceback
+        assert resp.status_code == 422, resp.text
+    assert len(asked) == asked_before  # refused before the history worker is asked
 
 
 @pytest.mark.parametrize(
