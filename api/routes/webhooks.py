@@ -93,7 +93,7 @@ async def _read_notification(request: Request) -> _Notification:
     raw = await request.body()
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested too deep too
         raise WebhookMalformed("the body is not JSON") from exc
     try:
         return _Notification.model_validate(data)

@@ -41,6 +41,9 @@ def body_case(body: Any) -> bytes:
 BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("malformed-json", b'{"plan_id": "monthly",', 400, "malformed_json"),
     ("not-json-at-all", b"plan_id=monthly", 400, "malformed_json"),
+    # FastAPI's body parser turns its RecursionError into a plain 400.
+    ("nested-1000-deep", b'{"a":' * 1000 + b"1" + b"}" * 1000, 400, "bad_request"),
+    ("nested-100k-deep", b"[" * 100_000 + b"]" * 100_000, 400, "bad_request"),
     ("empty-body", b"", 422, "validation_error"),
     ("array", body_case([OK_BODY]), 422, "validation_error"),
     ("string", body_case("monthly"), 422, "validation_error"),

@@ -137,6 +137,8 @@ async def test_payment_without_our_metadata_is_acknowledged(api: Api) -> None:
         json.dumps({"type": "other", "event": "payment.succeeded", "object": {"id": "x"}}).encode(),
         json.dumps({"type": "notification", "event": 5, "object": {"id": "x"}}).encode(),
         b"\xff\xfe\x00garbage",
+        b'{"a":' * 1000 + b"1" + b"}" * 1000,  # 6 KB nested 1,000 deep: was a RecursionError
+        b"[" * 100_000 + b"]" * 100_000,
     ],
 )
 async def test_malformed_notifications_are_400(api: Api, raw: bytes) -> None:
