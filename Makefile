@@ -3,8 +3,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bootstrap bench clean console reconcile \
-	test-unit test-integration test-e2e test-chaos test-browser
+.PHONY: run test test-serial lint bootstrap bench clean console reconcile fuzz \
+	test-unit test-integration test-e2e test-chaos test-browser test-cluster
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,8 +19,15 @@ run: bootstrap
 
 test: bootstrap
 	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m billing.stack fetch-keycloak
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m tests.parallel $(PYTEST_ARGS)
+
+# The same tests in one pytest process (slower: the tiers mostly wait, tests/parallel.py).
+test-serial: bootstrap
+	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m billing.stack fetch-keycloak
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # One tier at a time for daily work (`make test` runs them all, as CI does).
@@ -28,11 +35,16 @@ test-unit: bootstrap
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The tiers that run against the local stack need the Kafka distribution first.
-STACK_TIERS := integration e2e chaos browser
+STACK_TIERS := integration e2e chaos browser cluster
 
 $(addprefix test-,$(STACK_TIERS)): test-%: bootstrap
 	$(BIN)/python -m billing.stack fetch-kafka
+	$(BIN)/python -m billing.stack fetch-keycloak
 	$(BIN)/python -m pytest tests/$* $(PYTEST_ARGS)
+
+# schemathesis against the live API, as user and admin (BILLING_FUZZ_SECONDS per token, 60).
+fuzz: bootstrap
+	$(BIN)/python -m pytest tests/integration/test_api_fuzz.py $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .

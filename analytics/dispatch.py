@@ -86,11 +86,12 @@ def month_range(params: Params, now: int) -> Args:
         first = date.fromisoformat(start) if start else queries.month_start(now, months - 1)
     except ValueError:
         raise BadQuery("from_month must be an ISO date") from None
+    first = first.replace(day=1)  # the month the date is in
     if not FIRST_MONTH <= first <= LAST_MONTH:
         # The history's dates (ClickHouse DateTime64 and epoch ms) start in 1970; a month
         # outside them would be an engine error (a 503), or a wrong answer before 1970.
         raise BadQuery(f"from_month must be from {FIRST_MONTH} to {LAST_MONTH}")
-    return {"from_month": first.replace(day=1), "months": months}
+    return {"from_month": first, "months": months}
 
 
 def limit(params: Params, now: int) -> Args:
@@ -118,6 +119,8 @@ QUERIES: dict[str, Query] = {
     "totals_by_day": Query(window, queries.totals_by_day),
     "refund_rate": Query(window, queries.refund_rate),
     "payment_success": Query(window, queries.payment_success),
+    "trials": Query(window, queries.trials),
+    "discounts": Query(window, queries.discounts),
     "decline_reasons": Query(window, queries.decline_reasons),
     "dunning_recovery": Query(window, queries.dunning_recovery),
     "mrr_movements": Query(month_range, queries.mrr_movements),

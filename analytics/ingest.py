@@ -44,6 +44,9 @@ from schemas.messages import (
     AutoRenewChanged,
     Event,
     PaymentCanceled,
+    PaymentMethodChanged,
+    PaymentMethodRejected,
+    PaymentMethodSaved,
     PaymentOutcomeUnknown,
     PaymentPending,
     PaymentRedriven,
@@ -69,6 +72,7 @@ from schemas.messages import (
     SubscriptionCanceled,
     SubscriptionExpired,
     SubscriptionPastDue,
+    TrialStarted,
     decode_event,
 )
 from schemas.money import Money
@@ -85,7 +89,15 @@ MAPPERS: dict[type[Event], Mapper] = {}
 
 # Events kept in ``events`` only, on purpose (nothing the analytics count).
 EVENTS_ONLY: frozenset[type[Event]] = frozenset(
-    {RenewalUpcoming, PlanChangeRejected, AdminActionRejected}
+    {
+        RenewalUpcoming,
+        PlanChangeRejected,
+        AdminActionRejected,
+        # The wallet's changes: the payments rows already say which payment saved a method.
+        PaymentMethodSaved,
+        PaymentMethodChanged,
+        PaymentMethodRejected,
+    }
 )
 
 
@@ -425,6 +437,27 @@ def _access_shortened(e: AccessShortened) -> Iterable[tuple[str, Row]]:
                 period_start=e.period_start,
                 period_end=e.period_end,
                 reason=e.reason,
+            ),
+        ),
+    )
+
+
+@maps(TrialStarted)
+def _trial_started(e: TrialStarted) -> Iterable[tuple[str, Row]]:
+    # A free trial's access window (change "trial"): trials and their conversion are counted
+    # from these rows and the first renewal payment after them.
+    return (
+        (
+            "subscription_periods",
+            access_row(
+                e,
+                change="trial",
+                access_from=e.period_start,
+                access_until=e.period_end,
+                payment_id=e.payment_id,
+                plan_id=e.plan_id,
+                period_start=e.period_start,
+                period_end=e.period_end,
             ),
         ),
     )

@@ -144,6 +144,66 @@ GROUP BY GROUPING SETS ((plan_id), ())
 ORDER BY is_total, plan_id
 """
 
+# Card checks (a trial's or the wallet's hold, released at once: issue 16) are not charges:
+# neither a success nor a failure of one.
+_CARD_CHECKS = "SELECT payment_id FROM payments WHERE kind IN ('trial', 'verify')"
+
+# Free trials started per day, and how many converted: a renewal of the subscription (its
+# first charge) succeeded after the trial started (issue 16).
+TRIALS_BY_DAY = """
+SELECT toDate(t.started) AS day, count() AS trials,
+       countIf(c.first_paid IS NOT NULL AND c.first_paid >= t.started) AS converted
+FROM (
+    SELECT subscription_id, min(access_from) AS started
+    FROM subscription_periods
+    WHERE change = 'trial'
+    GROUP BY subscription_id
+    HAVING started >= fromUnixTimestamp64Milli({from_ms:Int64}, 'UTC')
+        AND started < fromUnixTimestamp64Milli({to_ms:Int64}, 'UTC')
+) AS t
+LEFT JOIN (
+    SELECT r.subscription_id AS subscription_id, toNullable(min(s.occurred_at)) AS first_paid
+    FROM payments AS s
+    INNER JOIN (
+        SELECT DISTINCT payment_id, subscription_id FROM payments
+        WHERE kind = 'renewal' AND status = 'requested'
+    ) AS r ON r.payment_id = s.payment_id
+    WHERE s.status = 'succeeded'
+    GROUP BY r.subscription_id
+) AS c ON c.subscription_id = t.subscription_id
+GROUP BY day
+ORDER BY day
+"""
+
+# Promo discounts (issue 16) given on charges that succeeded in the window, per code and
+# currency: the plan's price less the charge, read from each discounted request in the event
+# log (its ``promo`` and ``plan_amount``), joined to the succeeded payments. Revenue itself
+# needs nothing: it is what was charged.
+DISCOUNTS = """
+SELECT r.code AS code, r.currency AS currency, count() AS charges,
+       sum(r.discount) AS discount_minor, sum(r.charged) AS charged_minor
+FROM (
+    SELECT payment_id,
+           any(JSONExtractString(body, 'request', 'promo', 'code')) AS code,
+           any(JSONExtractString(body, 'request', 'amount', 'currency')) AS currency,
+           any(JSONExtractInt(body, 'request', 'plan_amount', 'amount_minor')
+               - JSONExtractInt(body, 'request', 'amount', 'amount_minor')) AS discount,
+           any(JSONExtractInt(body, 'request', 'amount', 'amount_minor')) AS charged
+    FROM events
+    WHERE event_type = 'PaymentRequested'
+        AND JSONExtractString(body, 'request', 'promo', 'code') != ''
+    GROUP BY payment_id
+) AS r
+INNER JOIN (
+    SELECT DISTINCT payment_id FROM payments
+    WHERE status = 'succeeded'
+        AND occurred_at >= fromUnixTimestamp64Milli({from_ms:Int64}, 'UTC')
+        AND occurred_at < fromUnixTimestamp64Milli({to_ms:Int64}, 'UTC')
+) AS s ON s.payment_id = r.payment_id
+GROUP BY code, currency
+ORDER BY code, currency
+"""
+
 PAYMENT_SUCCESS_BY_DAY = f"""
 SELECT day, countIf(outcome = 'succeeded') AS succeeded,
        countIf(outcome = 'canceled') AS canceled
@@ -152,6 +212,7 @@ FROM (
            toDate(min(occurred_at)) AS day
     FROM payments
     WHERE status IN ('succeeded', 'canceled') AND {_WINDOW}
+        AND payment_id NOT IN ({_CARD_CHECKS})
     GROUP BY payment_id
 )
 GROUP BY day
@@ -161,7 +222,7 @@ ORDER BY day
 DECLINE_REASONS = f"""
 SELECT reason, party, uniqExact(payment_id) AS payments
 FROM payments
-WHERE status = 'canceled' AND {_WINDOW}
+WHERE status = 'canceled' AND {_WINDOW} AND reason != 'card_check_released'
 GROUP BY reason, party
 ORDER BY payments DESC, reason, party
 """
@@ -191,15 +252,18 @@ def _priced(rows: str, requests: str) -> str:
                s.change IN ('activated', 'stacked') AND pr.payment_id != ''
                    AND pr.occurred_at <= s.occurred_at,
                toNullable(toInt64(round(
-                   pr.list_amount_minor / greatest(pr.period_months, 1)))),
-               s.change IN ('granted', 'canceled'), toNullable(toInt64(0)),
+                   pr.monthly_base / greatest(pr.period_months, 1)))),
+               s.change IN ('granted', 'canceled', 'trial'), toNullable(toInt64(0)),
                NULL
            ) AS price,
            if(pr.payment_id != '' AND pr.occurred_at <= s.occurred_at,
               toNullable(toString(pr.currency)), NULL) AS price_currency
     FROM subscription_periods AS s
     ANY LEFT JOIN (
-        SELECT payment_id, list_amount_minor, currency, period_months, occurred_at
+        -- An upgrade's prorated charge is not its worth: its plan's full price is. A promo
+        -- code's discounted charge is (issue 16): MRR after discount.
+        SELECT payment_id, if(kind = 'upgrade', list_amount_minor, amount_minor) AS monthly_base,
+               currency, period_months, occurred_at
         FROM payments
         WHERE status = 'requested' AND {requests}
     ) AS pr ON pr.payment_id = s.payment_id
@@ -617,6 +681,42 @@ def payment_success(ch: ClickHouse, from_ms: int, to_ms: int) -> list[SuccessRat
     return [
         SuccessRateRow(r[0], int(r[1]), int(r[2]))
         for r in ch.query(PAYMENT_SUCCESS_BY_DAY, _window(from_ms, to_ms))
+    ]
+
+
+@dataclass(frozen=True)
+class TrialsRow:
+    day: date  # when the trials started
+    trials: int
+    converted: int  # their first charge succeeded
+
+    @property
+    def conversion(self) -> float | None:
+        return self.converted / self.trials if self.trials else None
+
+
+def trials(ch: ClickHouse, from_ms: int, to_ms: int) -> list[TrialsRow]:
+    """Free trials started in the window, by day, with how many converted so far."""
+    return [
+        TrialsRow(r[0], int(r[1]), int(r[2]))
+        for r in ch.query(TRIALS_BY_DAY, _window(from_ms, to_ms))
+    ]
+
+
+@dataclass(frozen=True)
+class DiscountRow:
+    code: str
+    currency: str
+    charges: int  # succeeded charges the code discounted
+    discount_minor: int  # taken off them
+    charged_minor: int  # what they charged
+
+
+def discounts(ch: ClickHouse, from_ms: int, to_ms: int) -> list[DiscountRow]:
+    """Promo discounts on the charges that succeeded in the window, per code (issue 16)."""
+    return [
+        DiscountRow(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]))
+        for r in ch.query(DISCOUNTS, _window(from_ms, to_ms))
     ]
 
 

@@ -106,18 +106,20 @@ async def update_plan(
 
 
 async def archive_plan(
-    conn: Conn, actor: str, plan_id: str, reason: str
+    conn: Conn, actor: str, plan_id: str, reason: str, *, archived: bool = True
 ) -> tuple[int, dict[str, Any]]:
-    """Take a plan off sale. Subscriptions already on it keep it and keep renewing."""
+    """Take a plan off sale (``archived=False``: put it back on sale, at its price in force
+    then). Subscriptions already on it keep it and keep renewing either way."""
     cur = await conn.execute(
-        "UPDATE plans SET archived = true,"
-        " updated_at = CASE WHEN archived THEN updated_at ELSE now() END"
+        "UPDATE plans SET archived = %s,"
+        " updated_at = CASE WHEN archived = %s THEN updated_at ELSE now() END"
         " WHERE plan_id = %s RETURNING plan_id",
-        (plan_id,),
+        (archived, archived, plan_id),
     )
     if await cur.fetchone() is None:
         raise PlanNotFound(details={"plan_id": plan_id})
-    log.info("plan %s archived by %s: %s", plan_id, actor, reason)
+    what = "archived" if archived else "back on sale"
+    log.info("plan %s %s by %s: %s", plan_id, what, actor, reason)
     return 200, await _plan_body(conn, plan_id)
 
 

@@ -8,32 +8,31 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Concatenate, ParamSpec, Protocol
 
 import psycopg
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.types import DecoratedCallable
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
-from api.auth import Principal, decode_token
+from api.auth import Principal, verifier_for
 from api.errors import (
     Forbidden,
-    IdempotencyKeyInvalid,
-    IdempotencyKeyMissing,
     ServiceUnavailable,
     TokenMissing,
     UnsupportedMediaType,
 )
 from api.intake import Caller, IntakeOutcome, Write, accept_write
-from api.publisher import Publisher
-from api.relay import Background, publish_soon
+from api.limits import LimitsDep, check
+from api.publisher import OutboxSender, Publisher
+from api.relay import Background
 from billing.config import ApiSettings
 from providers.port import PaymentProvider
 from schemas.http import error_responses
 from schemas.messages import PaymentObserved
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
-COMMAND_ERRORS = error_responses(400, 401, 404, 409, 413, 415, 422, 503)
+COMMAND_ERRORS = error_responses(400, 401, 404, 409, 413, 415, 422, 429, 503)
 
 P = ParamSpec("P")
 # An ``api.intake.accept_*`` function: the pool, the settings, the caller, then its own.
@@ -104,27 +103,26 @@ async def get_normaliser(request: Request) -> Normaliser:
 
 @dataclass(frozen=True)
 class Intake:
-    """What a command-accepting route needs: the pool for the intake transaction, the
-    publisher and background set for the publish right after the 202, and the request's
+    """What a command-accepting route needs: the pool for the intake transaction (the one
+    connection a request takes), the sender that publishes after the 202, and the request's
     method and path (the idempotency fingerprint covers them)."""
 
     pool: AsyncConnectionPool[Any]
-    publisher: Publisher
-    background: Background
+    sender: OutboxSender
     settings: ApiSettings
     method: str
     path: str
 
-    def caller(self, user_id: str, idem_key: str) -> Caller:
-        """This request as ``user_id`` asks it under ``idem_key``."""
-        return Caller(user_id, idem_key, self.method, self.path)
+    def caller(self, user_id: str, idem_key: str, email: str | None = None) -> Caller:
+        """This request as ``user_id`` (token email ``email``) asks it under ``idem_key``."""
+        return Caller(user_id, idem_key, self.method, self.path, email)
 
     def publish_and_answer(self, outcome: IntakeOutcome) -> JSONResponse:
-        """Publish the message a request has just created (in the background, right after the
-        answer; the relay covers a failure), then answer with the stored status and body,
+        """Publish the message a request has just created (batched, right after the answer;
+        the relay covers a failure), then answer with the stored status and body,
         ``Location`` and ``Idempotent-Replayed``. A replay publishes nothing."""
         if outcome.message is not None:
-            publish_soon(self.background, self.pool, self.publisher, self.settings, outcome.message)
+            self.sender.send(outcome.message)
         headers: dict[str, str] = {}
         if outcome.location:
             headers["Location"] = outcome.location
@@ -135,21 +133,23 @@ class Intake:
 
 async def get_intake(request: Request, pool: PoolDep) -> Intake:
     state = request.app.state
-    return Intake(
-        pool, state.publisher, state.background, state.settings, request.method, request.url.path
-    )
+    return Intake(pool, state.sender, state.settings, request.method, request.url.path)
 
 
-_bearer = HTTPBearer(auto_error=False, description="JWT (HS256) with sub, roles, exp, aud")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="JWT: the SSO provider's access token (RS256/ES256, JWKS), or HS256 in dev",
+)
 
 
 async def get_current_user(
+    request: Request,
     settings: Annotated[ApiSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         raise TokenMissing()
-    return decode_token(settings, credentials.credentials)
+    return await verifier_for(request.app.state, settings).verify(credentials.credentials)
 
 
 async def get_admin_user(user: Annotated[Principal, Depends(get_current_user)]) -> Principal:
@@ -169,24 +169,31 @@ async def require_json(request: Request) -> None:
         raise UnsupportedMediaType()
 
 
+# What the OpenAPI document promises and the server checks: 1..255 visible ASCII characters,
+# spaces only inside (HTTP trims them around a header value anyway). The IETF draft's
+# sf-string form ("key" in quotes) is accepted too: the quotes are not part of the key.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
+
 async def get_idempotency_key(
     idempotency_key: Annotated[
-        str | None,
+        str,
         Header(
-            alias="Idempotency-Key",
-            description="unique per operation, 1..255 characters (IETF Idempotency-Key draft)",
+            alias=IDEMPOTENCY_KEY_HEADER,
+            description="required on every write: unique per operation, 1..255 visible ASCII"
+            " characters (IETF Idempotency-Key draft); missing: 400 idempotency_key_missing,"
+            " malformed: 400 idempotency_key_invalid",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            max_length=MAX_IDEMPOTENCY_KEY_LEN,
         ),
-    ] = None,
+    ],
 ) -> str:
-    if idempotency_key is None:
-        raise IdempotencyKeyMissing()
-    key = idempotency_key.strip()
-    if len(key) >= 2 and key[0] == key[-1] == '"':  # the draft's sf-string form
+    """The key, validated by FastAPI against the pattern above (a missing or malformed header
+    is turned into 400 ``idempotency_key_missing``/``_invalid`` by api/errors.py)."""
+    key = idempotency_key
+    if len(key) > 2 and key[0] == key[-1] == '"':  # the draft's sf-string form
         key = key[1:-1]
-    if not key:
-        raise IdempotencyKeyMissing()
-    if len(key) > MAX_IDEMPOTENCY_KEY_LEN or not key.isprintable():
-        raise IdempotencyKeyInvalid()
     return key
 
 
@@ -200,6 +207,16 @@ CurrentUser = Annotated[Principal, Depends(get_current_user)]
 AdminUser = Annotated[Principal, Depends(get_admin_user)]
 IdempotencyKey = Annotated[str, Depends(get_idempotency_key)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
+# A page cursor as this API issues them (base64url); one it did not issue is a 400
+# invalid_cursor, which no pattern can tell beforehand.
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="next_cursor of the previous page, as given (with the same filters)",
+    ),
+]
 JsonBody = Depends(require_json)
 
 
@@ -232,14 +249,16 @@ class CommandRequest:
 
 
 async def get_command_request(
-    user: CurrentUser, key: IdempotencyKey, intake: IntakeDep
+    user: CurrentUser, key: IdempotencyKey, intake: IntakeDep, limits: LimitsDep
 ) -> CommandRequest:
-    return CommandRequest(intake.caller(user.user_id, key), intake)
+    check(limits.writes, user.user_id, "writes")  # before any database work
+    return CommandRequest(intake.caller(user.user_id, key, user.email), intake)
 
 
 async def get_admin_command_request(
-    admin: AdminUser, key: IdempotencyKey, intake: IntakeDep
+    admin: AdminUser, key: IdempotencyKey, intake: IntakeDep, limits: LimitsDep
 ) -> CommandRequest:
+    check(limits.writes, admin.user_id, "writes")
     return CommandRequest(intake.caller(admin.user_id, key), intake)
 
 
@@ -275,6 +294,7 @@ __all__ = [
     "CommandDep",
     "CommandRequest",
     "CurrentUser",
+    "CursorQuery",
     "DbDep",
     "IdempotencyKey",
     "Intake",

@@ -8,6 +8,7 @@ database outages onto that shape. Clients branch on ``code``, never on ``message
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,8 +16,10 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from schemas.errors import BillingError
 
@@ -64,7 +67,7 @@ class IdempotencyKeyMissing(BadRequest):
 
 class IdempotencyKeyInvalid(BadRequest):
     code = "idempotency_key_invalid"
-    message = "the Idempotency-Key header must be 1 to 255 printable characters"
+    message = "the Idempotency-Key header must be 1 to 255 visible ASCII characters"
 
 
 class InvalidCursor(BadRequest):
@@ -166,6 +169,14 @@ class PriceConflict(Conflict):
     message = "a price of this plan already takes effect at that moment"
 
 
+class PaymentNotProcessed(Conflict):
+    code = "payment_not_processed"
+    message = "the payment is accepted but not yet processed; retry once its status has moved on"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
+
+
 class IdempotencyKeyInFlight(Conflict):
     code = "idempotency_key_in_flight"
     message = "a request with this Idempotency-Key is still being processed; retry later"
@@ -221,6 +232,14 @@ class RefundInvalid(Unprocessable):
     message = "the refund request is not valid"
 
 
+class ReceiptContactRequired(Unprocessable):
+    code = "receipt_contact_required"
+    message = (
+        "this shop sends 54-FZ receipts: give receipt_email or receipt_phone, or set them in"
+        " your profile (PUT /api/v1/profile)"
+    )
+
+
 # -------------------------------------------------------------------------- 413 / 415 / 503
 class PayloadTooLarge(ApiError):
     status_code = 413
@@ -241,6 +260,14 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         super().__init__(message, code=code, headers={"Retry-After": "5"})
+
+
+class AuthUnavailable(ServiceUnavailable):
+    """The SSO provider's signing keys (OIDC JWKS) cannot be fetched and none is known for
+    the token: the token may be good, so not a 401; any authenticated route can answer it."""
+
+    code = "auth_unavailable"
+    message = "the sign-on provider's keys are unavailable"
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -283,6 +310,20 @@ def _validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _idempotency_key_error(errors: Sequence[Any]) -> ApiError | None:
+    """The Idempotency-Key header is declared required with a pattern (api/deps.py), so
+    FastAPI validates it; its refusals keep their own 400 codes rather than a 422."""
+    for err in errors:
+        loc = tuple(str(part).lower() for part in err.get("loc", ()))
+        if loc != ("header", "idempotency-key"):
+            continue
+        value = err.get("input")
+        if err.get("type") == "missing" or not (isinstance(value, str) and value.strip()):
+            return IdempotencyKeyMissing()
+        return IdempotencyKeyInvalid()
+    return None
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return error_response(exc)
@@ -293,15 +334,34 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(MalformedJson())
+    key = _idempotency_key_error(errors)
+    if key is not None:
+        return error_response(key)
     return error_response(ValidationFailed(details=_validation_details(errors)))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (RFC 9110 §15.5.6). Starlette's own
+    ``Allow`` names only the first route that matched the path, so GET /admin/plans made
+    a POST there look unsupported."""
+    index: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(
+        request.app.state, "allow_index", None
+    )
+    if index is None:
+        index = []
+        for ctx in iter_route_contexts(request.app.routes):
+            if ctx.path is not None and ctx.methods:
+                index.append((compile_path(ctx.path)[0], frozenset(ctx.methods)))
+        request.app.state.allow_index = index
+    path = request.url.path
+    return sorted({m for regex, methods in index if regex.match(path) for m in methods})
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 405:
-        err: ApiError = ApiError(
-            "method not allowed", code="method_not_allowed", headers=exc.headers
-        )
+        allow = {"Allow": ", ".join(allowed_methods(request))}
+        err: ApiError = ApiError("method not allowed", code="method_not_allowed", headers=allow)
         err.status_code = 405
         return error_response(err)
     cls = _STARLETTE_CODES.get(exc.status_code)

@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from api import promo
 from api.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -31,9 +32,11 @@ from api.errors import (
     PaymentNotRetryable,
     PlanNotFound,
     PlanUnavailable,
+    ReceiptContactRequired,
     RefundInvalid,
     SubscriptionNotFound,
 )
+from billing import metrics
 from billing.clock import now_ms
 from billing.config import ApiSettings
 from schemas.http import (
@@ -55,6 +58,7 @@ from schemas.messages import (
     Command,
     PaySubscription,
     PriceQuote,
+    ReceiptCustomer,
     RefundPayment,
     RetryPayment,
     SetAutoRenew,
@@ -63,6 +67,7 @@ from schemas.messages import (
 )
 from schemas.money import Money, MoneyError
 from schemas.periods import ms_to_dt
+from schemas.receipts import valid_customer
 from schemas.topics import COMMANDS
 
 MAX_DESCRIPTION_LEN = 128  # YooKassa's limit
@@ -139,45 +144,95 @@ def owner_of(command: Command) -> str | None:
 
 
 async def _idempotent(
-    pool: AsyncConnectionPool[Any], *, user_id: str, idem_key: str, fp: str, run: _Run
+    pool: AsyncConnectionPool[Any], *, user_id: str, idem_key: str, fp: str, run: _RunPending
 ) -> IntakeOutcome:
     """The IETF Idempotency-Key semantics around ``run``, in one transaction: a stored answer
     is replayed (same request) or refused (different request); otherwise ``run`` does the
     work and its answer is stored with the key. An ApiError raised by ``run`` rolls
     everything back: nothing is stored, the key stays free."""
     try:
-        async with pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT pg_try_advisory_xact_lock(%s)", (advisory_lock_key(user_id, idem_key),)
-            )
-            locked = await cur.fetchone()
-            if locked is None or not locked[0]:
-                raise IdempotencyKeyInFlight()
-
-            cur = await conn.execute(
-                "SELECT fingerprint, response_status, response_body FROM idempotency_keys"
-                " WHERE user_id = %s AND idem_key = %s",
-                (user_id, idem_key),
-            )
-            stored = await cur.fetchone()
-            if stored is not None:
-                if stored[0] != fp:
-                    raise IdempotencyKeyReused()
-                return IntakeOutcome(int(stored[1]), dict(stored[2]), True, None)
-
-            status, body, message = await run(conn)
-            await conn.execute(
-                "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, command_id,"
-                " response_status, response_body) VALUES (%s, %s, %s, %s, %s, %s)",
-                (user_id, idem_key, fp, command_id_for(user_id, idem_key), status, Jsonb(body)),
-            )
+        # Pipeline mode (issue 14): statements are sent without waiting for each answer, and
+        # the server still runs them in order, each with its own snapshot. BEGIN, the lock
+        # and the look-up of the key go in one round trip (the look-up runs after the lock
+        # is held, so it sees what the previous holder committed); the last INSERT and the
+        # COMMIT in another; a command's outbox INSERT goes with them too (its answer is read
+        # after the commit, see ``_Pending``). Seven round trips became three: fewer socket
+        # sends and wake-ups of the API and its PostgreSQL backend, a connection held less.
+        async with pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                status, body, message = await _in_transaction(conn, user_id, idem_key, fp, run)
+            if isinstance(message, _Pending):  # the answer came with the COMMIT's
+                message = await message.result()
+    except _Replay as replay:
+        metrics.IDEMPOTENCY.labels("replayed").inc()
+        return replay.outcome
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.table_name != "idempotency_keys":
             raise
         # Two transactions got past the advisory lock (hash collision or a lock-less
         # writer): the other one wins, this one is "in flight" from the client's view.
+        metrics.IDEMPOTENCY.labels("in_flight").inc()
         raise IdempotencyKeyInFlight() from exc
+    metrics.IDEMPOTENCY.labels("accepted").inc()
     return IntakeOutcome(status, body, False, message)
+
+
+class _Replay(Exception):
+    """The key's stored answer: the transaction ends (nothing written) and it is replayed."""
+
+    def __init__(self, outcome: IntakeOutcome) -> None:
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A command's outbox INSERT sent but its answer not read yet: it is read after the
+    COMMIT (which comes back in the same round trip), not in a round trip of its own."""
+
+    cursor: psycopg.AsyncCursor[Any]
+    message: OutboxMessage
+
+    async def result(self) -> OutboxMessage | None:
+        """The message to publish, or None: the row existed already (its relay owns it)."""
+        return self.message if await self.cursor.fetchone() is not None else None
+
+
+# ``_Run``, or a command's run whose outbox answer is read after the COMMIT.
+_RunPending = Callable[
+    [Conn], Awaitable[tuple[int, dict[str, Any], "OutboxMessage | _Pending | None"]]
+]
+
+
+async def _in_transaction(
+    conn: Conn, user_id: str, idem_key: str, fp: str, run: _RunPending
+) -> tuple[int, dict[str, Any], OutboxMessage | _Pending | None]:
+    """The statements of ``_idempotent``'s transaction (pipeline mode)."""
+    lock_cur = await conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%s)", (advisory_lock_key(user_id, idem_key),)
+    )
+    cur = await conn.execute(
+        "SELECT fingerprint, response_status, response_body FROM idempotency_keys"
+        " WHERE user_id = %s AND idem_key = %s",
+        (user_id, idem_key),
+    )
+    locked = await lock_cur.fetchone()
+    if locked is None or not locked[0]:
+        metrics.IDEMPOTENCY.labels("in_flight").inc()
+        raise IdempotencyKeyInFlight()
+    stored = await cur.fetchone()
+    if stored is not None:
+        if stored[0] != fp:
+            metrics.IDEMPOTENCY.labels("mismatch").inc()
+            raise IdempotencyKeyReused()
+        raise _Replay(IntakeOutcome(int(stored[1]), dict(stored[2]), True, None))
+
+    status, body, message = await run(conn)
+    await conn.execute(
+        "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, command_id,"
+        " response_status, response_body) VALUES (%s, %s, %s, %s, %s, %s)",
+        (user_id, idem_key, fp, command_id_for(user_id, idem_key), status, Jsonb(body)),
+    )
+    return status, body, message
 
 
 async def accept_command(
@@ -199,12 +254,12 @@ async def accept_command(
     (the command's ``user_id``: an admin acts on someone else's subscription)."""
     command_id = command_id_for(user_id, idem_key)
 
-    async def run(conn: Conn) -> tuple[int, dict[str, Any], OutboxMessage | None]:
+    async def run(conn: Conn) -> tuple[int, dict[str, Any], _Pending]:
         command, body = await build(conn)
         assert command.command_id == command_id
-        # No message: the command exists from before an idempotency record expired; the relay
-        # owns it, and the answer names the same ids anyway.
-        message = await enqueue(
+        # No message in the end (``_Pending.result``): the command exists from before an
+        # idempotency record expired; the relay owns it, and the answer names the same ids.
+        message = await _insert_outbox(
             conn,
             settings,
             message_id=command_id,
@@ -240,6 +295,14 @@ async def accept_write_and_send(
     return await _idempotent(pool, user_id=user_id, idem_key=idem_key, fp=fp, run=write)
 
 
+_OUTBOX_INSERT = (
+    "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
+    " payload, payment_id, refund_id, topic, status, status_reason, next_publish_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+    " ON CONFLICT (command_id) DO NOTHING RETURNING command_id"
+)
+
+
 async def enqueue(
     conn: Conn,
     settings: ApiSettings,
@@ -258,10 +321,7 @@ async def enqueue(
     projection closes it. Returns the message to publish now, or None when the row existed
     already (its relay owns it) or is written closed (``closed_reason``: nothing to send)."""
     cur = await conn.execute(
-        "INSERT INTO command_outbox (command_id, subscription_id, user_id, command_type,"
-        " payload, payment_id, refund_id, topic, status, status_reason, next_publish_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
-        " ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
+        _OUTBOX_INSERT,
         (
             message_id,
             subscription_id,
@@ -279,6 +339,38 @@ async def enqueue(
     if await cur.fetchone() is None or closed_reason is not None:
         return None
     return OutboxMessage(message_id, subscription_id, payload, topic)
+
+
+async def _insert_outbox(
+    conn: Conn,
+    settings: ApiSettings,
+    *,
+    message_id: str,
+    subscription_id: str,
+    user_id: str,
+    message_type: str,
+    payload: bytes,
+    payment_id: str | None = None,
+    refund_id: str | None = None,
+) -> _Pending:
+    """``enqueue``'s INSERT of a command, its answer left to read after the COMMIT."""
+    cur = await conn.execute(
+        _OUTBOX_INSERT,
+        (
+            message_id,
+            subscription_id,
+            user_id,
+            message_type,
+            payload,
+            payment_id,
+            refund_id,
+            COMMANDS,
+            "accepted",
+            None,
+            settings.relay_delay_s,
+        ),
+    )
+    return _Pending(cur, OutboxMessage(message_id, subscription_id, payload, COMMANDS))
 
 
 # --------------------------------------------------------------------------- the catalogue
@@ -377,6 +469,7 @@ class Caller:
     idem_key: str
     method: str
     path: str
+    email: str | None = None  # the token's email claim (a receipt's fallback contact)
 
     @property
     def command_id(self) -> str:
@@ -437,6 +530,32 @@ async def accept_payment(
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
         plan = await _quote_for_sale(conn, request.plan_id)
         assert plan.quote is not None
+        trial_days = await _trial_days(conn, plan.plan_id) if request.trial else 0
+        customer = None
+        if settings.receipts_enabled or request.receipt_email or request.receipt_phone:
+            customer = await receipt_customer(
+                conn, caller.user_id, caller.email, request.receipt_email, request.receipt_phone
+            )
+        if customer is None and settings.receipts_enabled:
+            # Refused here, never by the provider later: a trial's first charge needs one too.
+            raise ReceiptContactRequired()
+        discount = None
+        if request.promo_code is not None:
+            if request.trial:
+                raise promo.PromoRefused(
+                    "a promo code is for a paid period, not a trial", code="promo_not_with_trial"
+                )
+            # Redeemed in this transaction, with the outbox row (api/promo.py): a refusal
+            # later in it, or a replay of the key, counts nothing.
+            discount = await promo.redeem(
+                conn,
+                request.promo_code,
+                user_id=caller.user_id,
+                price=plan.quote,
+                subscription_id=subscription_id,
+                payment_id=payment_id,
+                command_id=command_id,
+            )
         # The price version goes with the command, so the payment row records the version
         # the user was charged at.
         command = PaySubscription(
@@ -449,6 +568,9 @@ async def accept_payment(
             return_url=request.return_url,
             description=plan.name[:MAX_DESCRIPTION_LEN],
             capture=not settings.two_stage_payments,
+            trial_days=trial_days,
+            customer=customer,
+            promo=discount,
         )
         body = _accepted(
             status_url(payment_id), payment_id=payment_id, subscription_id=subscription_id
@@ -456,6 +578,41 @@ async def accept_payment(
         return command, body
 
     return await _accept(pool, settings, caller, request, build, payment_id=payment_id)
+
+
+async def receipt_customer(
+    conn: Conn,
+    user_id: str,
+    token_email: str | None,
+    email: str | None = None,
+    phone: str | None = None,
+) -> ReceiptCustomer | None:
+    """The 54-FZ receipt contact: the request's, else the user's profile, else the sign-on
+    token's email; None when nothing valid is known (the ledger then uses the one it kept)."""
+    if email is None and phone is None:
+        cur = await conn.execute(
+            "SELECT email, phone FROM user_profiles WHERE user_id = %s", (user_id,)
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            email, phone = row[0], row[1]
+    if email is None and phone is None:
+        email = token_email
+    customer = ReceiptCustomer(email=email, phone=phone)
+    return customer if valid_customer(customer) else None
+
+
+async def _trial_days(conn: Conn, plan_id: str) -> int:
+    """The plan's free trial (issue 16); a plan without one is refused (422 no_trial). Who may
+    still have a trial is the ledger's to decide (one per user, ever: its state)."""
+    cur = await conn.execute("SELECT trial_days FROM plans WHERE plan_id = %s", (plan_id,))
+    row = await cur.fetchone()
+    days = int(row[0] or 0) if row is not None else 0
+    if days <= 0:
+        raise PlanUnavailable(
+            "this plan has no free trial", code="no_trial", details={"plan_id": plan_id}
+        )
+    return days
 
 
 async def accept_retry(
@@ -585,6 +742,12 @@ async def accept_refund(
         if row is None:
             raise PaymentNotFound()
         subscription_id, currency, owner = row[0], str(row[1]).strip(), str(row[2])
+        # The refund receipt's contact: the owner's profile (their token's email when they ask
+        # themselves); None: the ledger sends the one it kept from their payments.
+        token_email = caller.email if owner == caller.user_id else None
+        customer = None
+        if settings.receipts_enabled:  # off: no lookup on the hot path
+            customer = await receipt_customer(conn, owner, token_email)
         command = RefundPayment(
             **_head(command_id, subscription_id, owner),
             refund_id=refund_id,
@@ -592,6 +755,7 @@ async def accept_refund(
             amount=_refund_amount(request, currency),
             reason=request.reason,
             actor=actor_of(caller.user_id) if admin else "user",
+            customer=customer,
         )
         if admin:
             body = _admin_accepted(
@@ -662,6 +826,7 @@ async def accept_admin_adjust(
     *,
     subscription_id: str,
     action: Literal["extend", "grant", "cancel"],
+    user_id: str | None = None,
 ) -> IntakeOutcome:
     """An admin's extend / grant / cancel of a subscription the read model knows. A grant
     gives one period of a plan (its own period length); an archived plan only to a
@@ -670,7 +835,16 @@ async def accept_admin_adjust(
     command_id = caller.command_id
 
     async def build(conn: Conn) -> tuple[Command, dict[str, Any]]:
-        owner, current_plan = await _subscription_owner(conn, subscription_id)
+        if user_id is not None:
+            # A grant to a user by id (issue 16): their subscription may not exist yet (the
+            # ledger starts it from the grant); its id is derived from theirs.
+            cur = await conn.execute(
+                "SELECT plan_id FROM subscriptions WHERE subscription_id = %s", (subscription_id,)
+            )
+            row = await cur.fetchone()
+            owner, current_plan = user_id, (row[0] if row is not None else None)
+        else:
+            owner, current_plan = await _subscription_owner(conn, subscription_id)
         days, plan_id, months = 0, None, 0
         if isinstance(request, AdminExtend):
             days = request.days

@@ -17,17 +17,24 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
-from api import errors
+from api import errors, openapi
 from api.deps import Normaliser
-from api.middleware import BodyLimit
-from api.publisher import KafkaPublisher, Publisher
+from api.gauges import run_gauges
+from api.limits import Admission, Limits
+from api.middleware import AdmissionControl, BodyLimit
+from api.observability import RequestMetrics
+from api.publisher import KafkaPublisher, OutboxSender, Publisher
 from api.relay import Background, run_relay
 from api.routes import (
     admin,
     analytics,
     health,
+    metrics,
+    payment_methods,
     payments,
     plans,
+    profile,
+    promo,
     reconciliation,
     refunds,
     session,
@@ -40,8 +47,8 @@ from providers.port import PaymentProvider
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024  # YooKassa notifications are a few KiB; our own bodies far less
-POOL_TIMEOUT_S = 5.0
 SHUTDOWN_DRAIN_S = 5.0
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # never refused by admission control
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -72,8 +79,7 @@ def create_app(
     provider: PaymentProvider | None = None,
     normalise: Normaliser | None = None,
     relay: bool = True,
-    pool_max_size: int = 10,
-    pool_timeout_s: float = POOL_TIMEOUT_S,
+    pool_timeout_s: float | None = None,
 ) -> FastAPI:
     dsn = _dsn(settings)
     networks = webhooks.allowed_networks(settings)
@@ -85,9 +91,9 @@ def create_app(
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn,
             min_size=1,
-            max_size=pool_max_size,
+            max_size=settings.api_pool_size,
             open=False,
-            timeout=pool_timeout_s,
+            timeout=pool_timeout_s or settings.api_pool_timeout_s,
             kwargs={"autocommit": True},
             name="api",
         )
@@ -108,9 +114,18 @@ def create_app(
         app.state.publisher = pub
         app.state.provider = prov
         app.state.background = background
+        app.state.sender = OutboxSender(pool, pub, settings, background.spawn)
         stop = asyncio.Event()
         relay_task = (
             asyncio.create_task(run_relay(pool, pub, settings, stop), name="outbox-relay")
+            if relay
+            else None
+        )
+        app.state.broker_ok = None  # unknown until the gauges' first Kafka refresh
+        gauges_task = (
+            asyncio.create_task(
+                run_gauges(pool, settings, stop, app_state=app.state), name="gauges"
+            )
             if relay
             else None
         )
@@ -118,6 +133,9 @@ def create_app(
             yield
         finally:
             stop.set()
+            if gauges_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(gauges_task, SHUTDOWN_DRAIN_S)
             if relay_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(relay_task, SHUTDOWN_DRAIN_S)
@@ -138,14 +156,30 @@ def create_app(
         ),
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # served by api.openapi, with Swagger UI's assets from this process
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.webhook_networks = networks
     app.state.normalise = normalise
+    app.state.limits = Limits(settings)
     errors.install(app)
+    openapi.install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    for module in (health, plans, payments, refunds, subscriptions, webhooks, admin):
+    admission = Admission(
+        settings.api_max_in_flight, settings.api_max_waiting, settings.api_max_wait_s
+    )
+    app.state.admission = admission
+    app.add_middleware(AdmissionControl, admission=admission, exempt=PROBES)  # outermost
+    for module in (health, metrics, plans, payments, refunds, subscriptions, webhooks, admin):
         app.include_router(module.router)
+    app.include_router(payment_methods.router)  # the wallet (issue 16)
+    app.include_router(payment_methods.admin_router)
+    app.include_router(profile.router)  # receipts' contact (issue 16)
+    app.include_router(promo.router)  # promo codes (issue 16): the quote
+    app.include_router(promo.admin_router)
+    app.include_router(promo.analytics_router)
     for module in (session, analytics, reconciliation):  # the admin console's
         app.include_router(module.router)
+    app.add_middleware(RequestMetrics)  # the outermost: counts every answer, refusals too
     return app

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import msgspec
 import psycopg
 from psycopg.rows import dict_row
 
@@ -47,8 +48,9 @@ from schemas.messages import (
     RetryPayment,
     decode_command,
 )
-from schemas.money import MoneyError
+from schemas.money import Money, MoneyError
 from schemas.periods import ms_to_dt
+from schemas.promo import Discount, applies_to, charge_for
 
 Conn = psycopg.AsyncConnection[Any]
 T = TypeVar("T")
@@ -56,7 +58,7 @@ T = TypeVar("T")
 _PAYMENT_COLUMNS = (
     "payment_id::text, subscription_id::text, plan_id, status, status_reason, amount_minor,"
     " currency, confirmation_url, provider_payment_id, period_start, period_end, created_at,"
-    " updated_at"
+    " updated_at, receipt_registration"
 )
 
 
@@ -249,7 +251,7 @@ def engine_now() -> datetime:
 _SUBSCRIPTION_SELECT = """
 SELECT s.subscription_id::text, s.user_id, s.status, s.plan_id, p.name AS plan_name,
        s.period_start, s.period_end, s.updated_at, s.auto_renew, s.status_reason,
-       s.next_retry_at, s.next_plan_id, s.version, s.payment_method_saved,
+       s.next_retry_at, s.next_plan_id, s.version, s.payment_method_saved, s.promo,
        (s.status = 'active' AND s.period_end > %s) AS active,
        cur.amount_minor AS plan_amount_minor, cur.currency AS plan_currency,
        nxt.amount_minor AS next_amount_minor, nxt.currency AS next_currency
@@ -288,6 +290,7 @@ def next_charge_at(row: dict[str, Any], renew_lead: timedelta) -> datetime | Non
 def _subscription_fields(row: dict[str, Any], renew_lead: timedelta) -> dict[str, Any]:
     plan = PlanRef(plan_id=row["plan_id"], name=row["plan_name"]) if row["plan_id"] else None
     charge_at = next_charge_at(row, renew_lead)
+    promo = _promo(row)
     return {
         "subscription_id": row["subscription_id"],
         "status": row["status"],
@@ -302,10 +305,31 @@ def _subscription_fields(row: dict[str, Any], renew_lead: timedelta) -> dict[str
         "next_retry_at": row["next_retry_at"],
         "next_plan_id": row["next_plan_id"],
         "next_charge_at": charge_at,
-        "next_charge_amount": (
-            _money(row["next_amount_minor"], row["next_currency"]) if charge_at else None
-        ),
+        "next_charge_amount": _next_charge(row) if charge_at else None,
+        "promo_code": promo.code if promo is not None else None,
+        "promo_periods_left": promo.periods if promo is not None else None,
     }
+
+
+def _promo(row: dict[str, Any]) -> Discount | None:
+    """The promo discount left for the renewals (issue 16), as the ledger's state has it."""
+    raw = row.get("promo")
+    return msgspec.convert(raw, Discount) if raw else None
+
+
+def _next_charge(row: dict[str, Any]) -> MoneyOut | None:
+    """The next renewal's charge: the price in force at the period end, less the promo
+    discount when it applies to the plan renewed (``schemas.promo.charge_for``, the ledger's)."""
+    if row["next_amount_minor"] is None or row["next_currency"] is None:
+        return None
+    try:
+        price = Money(int(row["next_amount_minor"]), row["next_currency"].strip())
+    except MoneyError:
+        return None
+    promo = _promo(row)
+    plan = row["next_plan_id"] or row["plan_id"]
+    charge = charge_for(price, promo) if applies_to(promo, plan) else price
+    return MoneyOut.of(charge.amount_minor, charge.currency)
 
 
 async def get_subscription(
@@ -441,7 +465,7 @@ async def get_subscription_detail(
 
 _REFUND_COLUMNS = (
     "refund_id::text, payment_id::text, status, status_reason, amount_minor, currency,"
-    " provider_refund_id, reason, created_at, updated_at"
+    " provider_refund_id, reason, created_at, updated_at, receipt_registration"
 )
 
 
@@ -632,6 +656,17 @@ async def get_command(conn: Conn, command_id: uuid.UUID) -> CommandOut | None:
         )
         row = await cur.fetchone()
     return CommandOut(**row) if row is not None else None
+
+
+async def payment_accepted(conn: Conn, payment_id: str, user_id: str | None) -> bool:
+    """The payment is accepted (in the outbox) but not yet in the read model: the ledger has
+    not taken it yet. ``user_id`` None: anyone's (an admin asks)."""
+    sql = "SELECT 1 FROM command_outbox WHERE payment_id = %s"
+    params: tuple[str, ...] = (payment_id,)
+    if user_id is not None:
+        sql, params = sql + " AND user_id = %s", (payment_id, user_id)
+    cur = await conn.execute(sql + " LIMIT 1", params)
+    return await cur.fetchone() is not None
 
 
 async def ping(conn: Conn) -> None:

@@ -10,6 +10,14 @@ republished by :func:`relay_once`, which runs every ``relay_interval_s``: a row 
 ``next_publish_at``, with exponential backoff up to ``relay_max_backoff_s``. Republishing is
 harmless: the ledger applies a command id once.
 
+A republish is only useful for a command the ledger will not reach by itself; one still
+queued behind a backlog only adds to it (at a midnight renewal peak the commands topic can be
+minutes behind). So the wait before a republish is ``relay_delay_s`` (then the backoff) plus
+the ledger's consumer lag on billing.commands, in seconds (:class:`ConsumerLag`: its backlog
+over the rate it drains, from the group's committed offsets every ``relay_lag_probe_s``);
+caught up, that is the plain delay. Without a reading (group unknown, no rights to describe
+it, broker down) the lag counts as zero, as before.
+
 Rows are claimed (attempt counted, ``next_publish_at`` pushed forward) in a short
 ``FOR UPDATE SKIP LOCKED`` transaction and published outside it, so several API replicas share
 the work without holding row locks across broker calls (the projection updates these rows).
@@ -20,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -27,7 +37,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.intake import OutboxMessage
 from api.publisher import Publisher
+from billing import metrics
 from billing.config import ApiSettings
+from billing.kafka_client import client_kwargs
+from schemas import topics as topic_names
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +51,7 @@ _MAX_EXPONENT = 30  # 2**30 * delay is far past any sane cap; power() must not o
 _CLAIM = """
 WITH due AS (
     SELECT command_id FROM command_outbox
-    WHERE status = 'accepted' AND next_publish_at <= now()
+    WHERE status = 'accepted' AND next_publish_at <= now() - make_interval(secs => %(lag)s)
     ORDER BY next_publish_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
@@ -71,12 +84,15 @@ async def relay_once(
     settings: ApiSettings,
     *,
     batch: int = BATCH_SIZE,
+    lag_s: float = 0.0,
 ) -> int:
-    """Claim due commands, publish them, record the outcome; returns how many were published."""
+    """Claim due commands, publish them, record the outcome; returns how many were published.
+    ``lag_s``: the consumer's lag, added to every row's wait (the ledger may still reach it)."""
     async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute(
             _CLAIM,
             {
+                "lag": max(0.0, min(lag_s, settings.relay_max_backoff_s)),
                 "batch": batch,
                 "delay": settings.relay_delay_s,
                 "max_exp": _MAX_EXPONENT,
@@ -110,6 +126,8 @@ async def relay_once(
                     " WHERE command_id = %s",
                     failed,
                 )
+    metrics.RELAY_REPUBLISHED.labels("published").inc(len(done))
+    metrics.RELAY_REPUBLISHED.labels("failed").inc(len(failed))
     if failed:
         log.warning(
             "relay: %d of %d commands not published (%s); will retry with backoff",
@@ -132,7 +150,10 @@ async def publish_now(
     except Exception as exc:
         error = _error_text(exc)
         log.warning(
-            "command %s not published yet (%s); the relay will retry", msg.command_id, error
+            "command %s not published yet (%s); the relay will retry",
+            msg.command_id,
+            error,
+            extra={"command_id": msg.command_id, "subscription_id": msg.subscription_id},
         )
     try:
         async with pool.connection() as conn:
@@ -183,17 +204,115 @@ def publish_soon(
     return background.spawn(publish_now(pool, publisher, settings, msg))
 
 
+class ConsumerLag:
+    """The consumer's lag in seconds from its backlog and its progress, pure: ``observe``
+    takes the group's committed offsets and the log end offsets summed over partitions.
+    The drain rate is the committed offsets' progress over the last ``window_s``; a backlog
+    that does not drain at all reads as ``stalled_s`` (republishing cannot help it then)."""
+
+    def __init__(self, *, window_s: float = 30.0, stalled_s: float = 300.0) -> None:
+        self.window_s = window_s
+        self.stalled_s = stalled_s
+        self._samples: deque[tuple[float, int]] = deque()
+        self.lag_s = 0.0
+        self.backlog = 0
+
+    def observe(self, at: float, committed: int, end: int) -> float:
+        samples = self._samples
+        samples.append((at, committed))
+        while len(samples) > 2 and at - samples[1][0] >= self.window_s:
+            samples.popleft()
+        self.backlog = max(0, end - committed)
+        first_at, first_committed = samples[0]
+        rate = (committed - first_committed) / (at - first_at) if at > first_at else 0.0
+        if self.backlog == 0:
+            self.lag_s = 0.0
+        elif rate <= 0:
+            # No progress seen yet: a backlog is waiting for the first commit, or stuck.
+            self.lag_s = self.stalled_s if len(samples) > 1 else 0.0
+        else:
+            self.lag_s = min(self.stalled_s, self.backlog / rate)
+        return self.lag_s
+
+    def forget(self) -> None:
+        """No reading: the lag counts as zero (the plain delay, as without a probe)."""
+        self._samples.clear()
+        self.lag_s, self.backlog = 0.0, 0
+
+
+async def read_offsets(admin: Any, consumer: Any, group: str, topic: str) -> tuple[int, int] | None:
+    """(committed, end) offsets of ``group`` on ``topic``, summed over partitions; None when
+    the group has committed nothing there."""
+    from aiokafka import TopicPartition
+
+    committed = await admin.list_consumer_group_offsets(group)
+    mine = {tp: meta.offset for tp, meta in committed.items() if tp.topic == topic}
+    if not mine or all(o < 0 for o in mine.values()):
+        return None
+    parts = consumer.partitions_for_topic(topic) or {tp.partition for tp in mine}
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    ends = await consumer.end_offsets(tps)
+    done = sum(max(0, mine.get(tp, 0)) for tp in tps)
+    return done, sum(ends.values())
+
+
+async def probe_lag(settings: ApiSettings, lag: ConsumerLag, stop: asyncio.Event) -> None:
+    """Keep ``lag`` current: the workers' group (``relay_lag_group``) on billing.commands."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    kwargs = client_kwargs(settings)
+    admin = AIOKafkaAdminClient(**kwargs)
+    consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False)
+    started = False
+    failed_before = False
+    try:
+        while not stop.is_set():
+            try:
+                if not started:
+                    await admin.start()
+                    await consumer.start()
+                    started = True
+                read = await read_offsets(
+                    admin, consumer, settings.relay_lag_group, topic_names.COMMANDS
+                )
+                if read is None:
+                    lag.forget()
+                else:
+                    lag.observe(time.monotonic(), *read)
+                failed_before = False
+            except Exception as exc:
+                lag.forget()
+                if not failed_before:
+                    log.warning("relay: consumer lag unknown (%r); plain delay", exc)
+                failed_before = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.relay_lag_probe_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
 async def run_relay(
     pool: AsyncConnectionPool[Any], publisher: Publisher, settings: ApiSettings, stop: asyncio.Event
 ) -> None:
     """The relay loop of one API process; a full batch means more is due, so loop at once."""
-    while not stop.is_set():
-        published = 0
-        try:
-            published = await relay_once(pool, publisher, settings)
-        except Exception as exc:
-            log.warning("relay pass failed: %s", exc)
-        if published >= BATCH_SIZE:
-            continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.relay_interval_s)
+    lag = ConsumerLag(stalled_s=settings.relay_max_backoff_s)
+    probe = asyncio.create_task(probe_lag(settings, lag, stop), name="relay-lag-probe")
+    try:
+        while not stop.is_set():
+            published = 0
+            try:
+                published = await relay_once(pool, publisher, settings, lag_s=lag.lag_s)
+            except Exception as exc:
+                log.warning("relay pass failed: %s", exc)
+            if published >= BATCH_SIZE:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.relay_interval_s)
+    finally:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await probe

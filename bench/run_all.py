@@ -80,8 +80,8 @@ def _runner(name: str, quick: bool) -> Callable[[], Result]:
         from bench import api_intake
 
         if quick:
-            return lambda: api_intake.run(rate=500, seconds=5, low_rate=100)
-        return lambda: api_intake.run(rate=500, seconds=15, low_rate=100)
+            return lambda: api_intake.run([100, 500], seconds=5, capacity=0)
+        return lambda: api_intake.run([100, 500, 1000], seconds=10)
     if name == "clickhouse":
         args = ["--events", "20000", "--history", "1000000"] if quick else []
         return lambda: subprocess_bench("bench.bench_clickhouse", "clickhouse", args)

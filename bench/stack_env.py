@@ -19,7 +19,7 @@ from bench.common import log, peak_rss_mb, postgres, workdir
 PRODUCTION_TIMINGS = {
     "BILLING_RELAY_DELAY_S": "5",
     "BILLING_RELAY_INTERVAL_S": "1",
-    "BILLING_PAYMENT_DEADLINE_S": "15",
+    "BILLING_PAYMENT_DEADLINE_S": "60",
     "BILLING_SWEEP_INTERVAL_S": "2",
     "BILLING_PROVIDER_TIMEOUT_S": "10",
     "BILLING_BROKER_SESSION_TIMEOUT_S": "10",

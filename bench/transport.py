@@ -51,13 +51,14 @@ from schemas import topics as billing_topics
 from schemas.messages import decode_event
 
 PARTITIONS = 4
-VARIANTS = ("a", "b", "c", "c2", "d")
+VARIANTS = ("a", "b", "c", "c2", "d", "dt")
 LABELS = {
     "a": "(a) raw aiokafka at-least-once",
     "b": "(b) raw aiokafka transactional",
     "c": "(c) Faust passthrough",
     "c2": "(c2) Faust passthrough + table",
     "d": "(d) ledger agent",
+    "dt": "(dt) ledger agent, full table",
 }
 
 
@@ -192,8 +193,9 @@ class OutputWatch:
     """Polls the summed end offsets of an output topic; records when it first moves and
     when it reaches ``n``."""
 
-    def __init__(self, bootstrap: str, topic: str, n: int, pid: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, n: int, pid: int, base: int = 0) -> None:
         self.bootstrap, self.topic, self.n, self.pid = bootstrap, topic, n, pid
+        self.base = base  # outputs already there (an earlier run's)
 
     async def run(self, limit_s: float, alive: Any) -> dict[str, Any]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -211,7 +213,7 @@ class OutputWatch:
             while True:
                 now = time.monotonic()
                 count = int(sum((await c.end_offsets(tps)).values()))
-                if count and t_first is None:
+                if count > self.base and t_first is None:
                     t_first, c_first = now, count
                     cpu_first = cpu_seconds(self.pid)
                 if t_first is not None:
@@ -285,10 +287,11 @@ def run_worker(
     bootstrap: str,
     out_topic: str,
     n: int,
+    base: int = 0,
 ) -> dict[str, Any]:
     proc = _start(argv, env, log_path)
     try:
-        watch = OutputWatch(bootstrap, out_topic, n, proc.pid)
+        watch = OutputWatch(bootstrap, out_topic, n, proc.pid, base)
         stats = asyncio.run(watch.run(limit_s=60 + n / 100, alive=lambda: proc.poll() is None))
         stats["peak_rss_mb"] = peak_rss_mb(proc.pid)
         stats["cpu_s"] = cpu_seconds(proc.pid)
@@ -319,28 +322,72 @@ def faust_passthrough(
     return run_worker(argv, env, root / f"faust-{name}.log", bootstrap, sink, n)
 
 
-def ledger_agent(root: Path, bootstrap: str, n: int) -> dict[str, Any]:
-    from billing.kafka_local import free_port
+async def _commit_at_end(bootstrap: str, group: str, topic: str) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
 
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        c.assign(tps)
+        ends = await c.end_offsets(tps)
+        await c.commit({tp: OffsetAndMetadata(off, "") for tp, off in ends.items()})
+    finally:
+        await c.stop()
+
+
+def ledger_agent(
+    root: Path,
+    bootstrap: str,
+    preload_cmds: list[tuple[bytes, bytes]],
+    n_before: int,
+    table_subs: int = 0,
+) -> dict[str, Any]:
+    """The ledger worker on ``n`` commands; with ``table_subs``, its table first holds that
+    many 2-year states (``bench.scale``'s changelog, restored before the timed window)."""
+    from billing.kafka_local import free_port
+    from streams.ledger.agent import TABLE_NAME
+
+    worker_id = f"bench-ledger-{uuid.uuid4().hex[:6]}"
+    # Its group starts where billing.commands ends now (commands preloaded after this call
+    # are its input); then "earliest" for what has no committed offset.
+    asyncio.run(_commit_at_end(bootstrap, worker_id, billing_topics.COMMANDS))
+    if table_subs:
+        from bench.scale import Values, seed_changelog
+
+        topic = f"{worker_id}-{TABLE_NAME}-changelog"
+        s = asyncio.run(seed_changelog(bootstrap, topic, Values(table_subs)))
+        log(f"seeded {table_subs:,} states to {topic} in {s:.1f} s")
     env = dict(
         os.environ,
         BILLING_ENV="test",
         BILLING_KAFKA_BOOTSTRAP=bootstrap,
         BILLING_KAFKA_PARTITIONS=str(PARTITIONS),
-        BILLING_WORKER_ID=f"bench-ledger-{uuid.uuid4().hex[:6]}",
-        BILLING_STATE_DIR=str(root / "ledger-state"),
+        BILLING_WORKER_ID=worker_id,
+        BILLING_STATE_DIR=str(root / f"ledger-state-{worker_id}"),
         BILLING_WORKER_WEB_PORT=str(free_port()),
         # No deadline may pass during the run: the sweeper would add redrive events.
         BILLING_PAYMENT_DEADLINE_S="3600",
+        BILLING_WORKER_OFFSET_RESET="earliest",
         PYTHONUNBUFFERED="1",
     )
+    if preload_cmds:
+        s = asyncio.run(preload(bootstrap, billing_topics.COMMANDS, preload_cmds, PARTITIONS))
+        log(f"preloaded {len(preload_cmds)} PaySubscription in {s:.1f} s")
     argv = [sys.executable, "-m", "bench.ledger_worker"]
-    log_path = root / "ledger.log"
-    return run_worker(argv, env, log_path, bootstrap, billing_topics.EVENTS, n)
+    log_path = root / f"ledger-{worker_id}.log"
+    n = n_before + len(preload_cmds)
+    return run_worker(argv, env, log_path, bootstrap, billing_topics.EVENTS, n, base=n_before)
 
 
 # ------------------------------------------------------------------------------ main
-def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VARIANTS) -> Result:
+def run(
+    n_raw: int = 100_000,
+    n_faust: int = 40_000,
+    only: tuple[str, ...] = VARIANTS,
+    table_subs: int = 1_000_000,
+) -> Result:
     from billing.kafka_local import ensure_topics
 
     result = Result("transport")
@@ -379,9 +426,7 @@ def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VAR
         if {"c", "c2"} & set(only):
             s = asyncio.run(preload(bootstrap, faust_in, recs[:n_faust], PARTITIONS))
             log(f"preloaded {n_faust} to {faust_in} in {s:.1f} s")
-        if "d" in only:
-            s = asyncio.run(preload(bootstrap, billing_topics.COMMANDS, recs[:n_faust], PARTITIONS))
-            log(f"preloaded {n_faust} PaySubscription to {billing_topics.COMMANDS} in {s:.1f} s")
+        dt_recs = records(pay_commands(n_faust, f"{tag}-dt")) if "dt" in only else []
         del cmds
         # The broker's JVM is cold: a first, untimed pass of the baseline loop warms it up.
         n_warm = min(n_raw, 30_000)
@@ -401,10 +446,15 @@ def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VAR
                 st = faust_passthrough(root, bootstrap, faust_in, outs[v], n_faust, table=v == "c2")
                 st["outputs"] = asyncio.run(count_records(bootstrap, outs[v]))
             else:
-                st = ledger_agent(root, bootstrap, n_faust)
+                # Each its own commands and group; billing.events holds both runs' events.
+                cmds_v = dt_recs if v == "dt" else recs[:n_faust]
+                before = asyncio.run(count_records(bootstrap, billing_topics.EVENTS))
+                subs = table_subs if v == "dt" else 0
+                st = ledger_agent(root, bootstrap, cmds_v, before, subs)
                 census = EventCensus()
-                st["outputs"] = asyncio.run(
-                    count_records(bootstrap, billing_topics.EVENTS, census.inspect)
+                st["outputs"] = (
+                    asyncio.run(count_records(bootstrap, billing_topics.EVENTS, census.inspect))
+                    - before
                 )
                 st["kinds"], st["distinct"] = census.kinds, len(census.ids)
             stats[v] = st
@@ -426,7 +476,7 @@ def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VAR
             note += f", events {st['kinds']}, {st['distinct']} distinct ids"
         if st.get("thirds"):
             note += ", by thirds " + "/".join(f"{r:,.0f}" for r in st["thirds"])
-        unit = "commands/s" if v == "d" else "msgs/s"
+        unit = "commands/s" if v in ("d", "dt") else "msgs/s"
         result.add(
             LABELS[v], st["rate"], unit, ratio=ratio(st["rate"], base), baseline="(a)", note=note
         )
@@ -456,7 +506,7 @@ def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VAR
         )
     for v in only:
         st = stats[v]
-        if v in ("c", "c2", "d"):
+        if v in ("c", "c2", "d", "dt"):
             cpu = st.get("cpu_s", float("nan"))
             result.add(
                 f"{LABELS[v]}: worker peak RSS",
@@ -467,6 +517,9 @@ def run(n_raw: int = 100_000, n_faust: int = 40_000, only: tuple[str, ...] = VAR
     result.notes.append(
         "raw loops run in the benchmark process (timed first fetch → last commit); Faust "
         "variants are worker processes (timed first output → last output visible, 50 ms poll)"
+    )
+    result.notes.append(
+        "(dt)'s event census counts (d)'s events too (one topic); its outputs are its own"
     )
     result.notes.append(
         "ledger: one PaySubscription per fresh subscription → one PaymentRequested; "
@@ -481,13 +534,16 @@ def main() -> None:
     ap.add_argument("--n-raw", type=int, default=100_000)
     ap.add_argument("--n-faust", type=int, default=40_000)
     ap.add_argument("--only", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--table-subs", type=int, default=1_000_000, help="states in (dt)'s table before it runs"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = tuple(v for v in args.only.split(",") if v)
     bad = set(only) - set(VARIANTS)
     if bad:
         ap.error(f"unknown variants {sorted(bad)}")
-    res = run(args.n_raw, args.n_faust, only)
+    res = run(args.n_raw, args.n_faust, only, args.table_subs)
     report(res, args.json)
 
 

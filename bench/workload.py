@@ -66,7 +66,7 @@ def partition_of(key: bytes, partitions: int) -> int:
     """aiokafka's default partitioner (murmur2), which the API and Faust use too."""
     from aiokafka.partitioner import murmur2
 
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 async def preload(

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,7 +21,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -154,18 +156,54 @@ logger.server.level = INFO
 """
 
 
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """SASL/SCRAM-SHA-512 over TLS on the client listener, with ACLs (StandardAuthorizer,
+    nothing allowed without an ACL). ``keystore_pem`` holds the broker's PKCS#8 key and its
+    certificate, ``ca_pem`` the CA that signed it. ``users`` (name -> password) exist from
+    format time; ``admin`` is one of them, the brokers' own and the only super user besides
+    the controller listener's (KRaft cannot use SCRAM there: it stays PLAINTEXT, on
+    loopback)."""
+
+    keystore_pem: Path
+    ca_pem: Path
+    users: Mapping[str, str]
+    admin: str = "admin"
+
+
 class KafkaBroker:
     """One KRaft broker+controller process listening on 127.0.0.1 only.
 
     Everything (KRaft metadata, topic logs, the cluster id, the process log) lives in
     ``data_dir``, so a restart on the same directory keeps topics and committed offsets.
+    Alone by default; :class:`KafkaCluster` runs several as one cluster (``node_id``,
+    ``voters``, ``cluster_id``, ``replication``).
     """
 
-    def __init__(self, data_dir: Path, port: int, controller_port: int, jars: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        controller_port: int,
+        jars: Path,
+        *,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
+        min_insync: int = 1,
+        security: BrokerSecurity | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.controller_port = controller_port
         self.jars = Path(jars)
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
+        self.cluster_id = cluster_id
+        self.replication = replication
+        self.min_insync = min_insync
+        self.security = security
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -185,35 +223,62 @@ class KafkaBroker:
 
     # ------------------------------------------------------------------------ config
     def _properties(self) -> str:
+        rf, isr = str(self.replication), str(self.min_insync)
+        client = "SASL_SSL" if self.security else "PLAINTEXT"
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
             "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+                f"{client}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "advertised.listeners": f"{client}://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": client,
+            "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "data"),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": rf,
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "min.insync.replicas": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": isr,
+            "min.insync.replicas": isr,
+            "unclean.leader.election.enable": "false",
             "group.initial.rebalance.delay.ms": "0",
             "group.min.session.timeout.ms": "2000",
             "auto.create.topics.enable": "false",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": isr,
             "log.retention.hours": "-1",
             # After a SIGKILL the restarted broker waits out its old registration: keep it short.
             "broker.heartbeat.interval.ms": "500",
             "broker.session.timeout.ms": "3000",
         }
+        if self.security is not None:
+            sec = self.security
+            admin_password = sec.users[sec.admin]
+            settings.update(
+                {
+                    "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                    "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                        f'username="{sec.admin}" password="{admin_password}";'
+                    ),
+                    "ssl.keystore.type": "PEM",
+                    "ssl.keystore.location": str(sec.keystore_pem),
+                    "ssl.truststore.type": "PEM",
+                    "ssl.truststore.location": str(sec.ca_pem),
+                    "ssl.endpoint.identification.algorithm": "https",
+                    "authorizer.class.name": (
+                        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+                    ),
+                    "allow.everyone.if.no.acl.found": "false",
+                    # ANONYMOUS: the brokers on the controller listener (loopback only).
+                    "super.users": f"User:{sec.admin};User:ANONYMOUS",
+                }
+            )
         return "".join(f"{k}={v}\n" for k, v in settings.items())
 
     def _java(self, main: str, *args: str) -> list[str]:
@@ -238,7 +303,10 @@ class KafkaBroker:
         if not (self.data_dir / "data" / "meta.properties").is_file():
             id_file = self.data_dir / "cluster.id"
             if not id_file.is_file():
-                id_file.write_text(_new_cluster_id())
+                id_file.write_text(self.cluster_id or _new_cluster_id())
+            scram: list[str] = []
+            for name, password in (self.security.users if self.security else {}).items():
+                scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
             cmd = self._java(
                 "kafka.tools.StorageTool",
                 "format",
@@ -247,6 +315,7 @@ class KafkaBroker:
                 id_file.read_text().strip(),
                 "-c",
                 str(props),
+                *scram,
             )
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
             if proc.returncode != 0:
@@ -261,6 +330,33 @@ class KafkaBroker:
         """Start the broker and return once it serves metadata; raise with its log if not."""
         if self.is_running():
             return
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def admin_kwargs(self) -> dict[str, Any]:
+        """aiokafka arguments that reach this broker as its super user (setup, checks)."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+        if self.security is not None:
+            from aiokafka.helpers import create_ssl_context
+
+            sec = self.security
+            kwargs.update(
+                security_protocol="SASL_SSL",
+                ssl_context=create_ssl_context(cafile=str(sec.ca_pem)),
+                sasl_mechanism="SCRAM-SHA-512",
+                sasl_plain_username=sec.admin,
+                sasl_plain_password=sec.users[sec.admin],
+            )
+        return kwargs
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster starts all its nodes, then waits)."""
+        if self.is_running():
+            return
         if not any(self.jars.glob("kafka_*.jar")):
             raise KafkaSetupError(f"no Kafka jars in {self.jars} (use fetch_kafka_jars())")
         props = self._prepare()
@@ -272,11 +368,6 @@ class KafkaBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in a terminal must not kill it mid-write
             )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
 
     def _log_tail(self, chars: int = 3000) -> str:
         try:
@@ -284,7 +375,7 @@ class KafkaBroker:
         except FileNotFoundError:
             return ""
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         last_error: BaseException | None = None
         while time.monotonic() < deadline:
@@ -296,7 +387,7 @@ class KafkaBroker:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
-                if _run_sync(_metadata_ready(self.bootstrap)):
+                if _run_sync(_metadata_ready(self.admin_kwargs())):
                     return
             except Exception as exc:
                 last_error = exc
@@ -332,10 +423,78 @@ class KafkaBroker:
         self.start(timeout)
 
 
-async def _metadata_ready(bootstrap: str) -> bool:
+class KafkaCluster:
+    """``size`` KRaft nodes with combined roles on one machine, one controller quorum, from
+    the same jars: the cluster tests' stand-in for a production cluster (STACK-NOTES: ports
+    below 32768). Node i's directory is ``root/node-i``; ``replication`` and ``min_insync``
+    are the brokers' defaults (offsets, transactions, topics created without them)."""
+
+    def __init__(
+        self,
+        root: Path,
+        jars: Path,
+        *,
+        size: int = 3,
+        replication: int = 3,
+        min_insync: int = 2,
+        ports: list[tuple[int, int]] | None = None,
+        security: BrokerSecurity | None = None,
+    ) -> None:
+        ports = ports or [(_low_free_port(), _low_free_port()) for _ in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_p, c) in enumerate(ports))
+        cluster_id = _new_cluster_id()
+        self.brokers = [
+            KafkaBroker(
+                Path(root) / f"node-{i + 1}",
+                port,
+                controller_port,
+                jars,
+                node_id=i + 1,
+                voters=voters,
+                cluster_id=cluster_id,
+                replication=replication,
+                min_insync=min_insync,
+                security=security,
+            )
+            for i, (port, controller_port) in enumerate(ports)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.brokers)
+
+    def start(self, timeout: float = 90) -> None:
+        for b in self.brokers:
+            b.launch()
+        try:
+            for b in self.brokers:
+                b.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for b in self.brokers:
+            b.stop()
+
+
+def _low_free_port() -> int:
+    """A free port below the ephemeral range (a broker on one in it may clash, STACK-NOTES)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise KafkaSetupError("no free port below 32768")
+
+
+async def _metadata_ready(client: Mapping[str, Any]) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(**client, request_timeout_ms=5000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -349,30 +508,47 @@ async def ensure_topics(
     partitions: int,
     topics: Iterable[str] = schema_topics.BILLING_TOPICS,
     replication: int = 1,
+    *,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+    client: Mapping[str, Any] | None = None,
 ) -> None:
     """Create the missing topics, then wait until every partition has a leader.
 
     Idempotent. Never relies on auto-create (it is disabled: a topic created by a stray
     producer would get the wrong partition count and break co-partitioning), and refuses an
     existing topic with a different partition count rather than silently mis-keying.
+    ``configs`` (topic -> Kafka config) are applied at creation and set again on topics that
+    exist (retention and the like can change; replication cannot, the start check says so).
+    ``client``: aiokafka connection arguments (billing.kafka_client.client_kwargs).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     wanted = list(dict.fromkeys(topics))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    configs = configs or {}
+    connect = dict(client or {"bootstrap_servers": bootstrap})
+    admin = AIOKafkaAdminClient(**connect, request_timeout_ms=10000)
     await admin.start()
     try:
         counts = await _partition_counts(admin, wanted)
         missing = [t for t in wanted if t not in counts]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(t, partitions, replication) for t in missing]
+                [
+                    NewTopic(t, partitions, replication, topic_configs=dict(configs.get(t, {})))
+                    for t in missing
+                ]
             )
             for name, code, message in _topic_errors(response):
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
                     raise KafkaSetupError(f"cannot create topic {name!r}: {code} {message}")
+        existing = [t for t in wanted if t in counts and configs.get(t)]
+        if existing:
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t, dict(configs[t])) for t in existing]
+            )
         deadline = time.monotonic() + _TOPICS_READY_S
         while True:
             counts = await _partition_counts(admin, wanted, need_leaders=True)
@@ -387,6 +563,59 @@ async def ensure_topics(
                 late = sorted(set(wanted) - set(counts))
                 raise KafkaSetupError(f"topics not ready after {_TOPICS_READY_S}s: {late}")
             await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+# Kafka's ACL codes (org.apache.kafka.common.acl / resource).
+_RESOURCE = {"topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
+_OPERATION = {
+    "all": 2,
+    "read": 3,
+    "write": 4,
+    "create": 5,
+    "describe": 8,
+    "describe_configs": 10,
+    "idempotent_write": 12,
+}
+_PATTERN = {"literal": 3, "prefixed": 4}
+_ALLOW = 3
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Allow ``principal`` (``User:name``) ``operation`` on a resource, from any host."""
+
+    principal: str
+    operation: str
+    resource: str  # topic | group | cluster | transactional_id
+    name: str
+    pattern: str = "literal"  # or prefixed
+
+
+async def ensure_acls(client: Mapping[str, Any], grants: Iterable[Grant]) -> None:
+    """Create ACLs through the broker's CreateAcls API (aiokafka has no admin call for it;
+    its protocol classes have the request). Creating an existing ACL is a no-op."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.admin import CreateAclsRequest
+
+    admin = AIOKafkaAdminClient(**client, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        for g in grants:
+            request = CreateAclsRequest(
+                _RESOURCE[g.resource],
+                g.name,
+                _PATTERN[g.pattern],
+                g.principal,
+                "*",
+                _OPERATION[g.operation],
+                _ALLOW,
+            )
+            response = await admin._send_request(request)
+            for code, message in response.creation_responses:
+                if code != 0:
+                    raise KafkaSetupError(f"cannot create ACL {g}: {code} {message}")
     finally:
         await admin.close()
 
@@ -413,3 +642,44 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
         message = entry[2] if len(entry) > 2 else None
         out.append((str(name), int(code), message))
     return out
+
+
+# Who may write each billing topic (role -> the processes of billing/config.py): above all,
+# billing.provider-events and billing.commands only from the API and the worker; the history
+# worker and the reconciliation CLI only feed reports. Every role may read and describe the
+# billing topics and use consumer groups.
+TOPIC_WRITERS: dict[str, tuple[str, ...]] = {
+    schema_topics.COMMANDS: ("api", "worker"),
+    schema_topics.PROVIDER_EVENTS: ("api", "worker"),
+    schema_topics.EVENTS: ("worker",),
+    schema_topics.PROVIDER_REPORT: ("worker", "history", "reconciler"),
+    schema_topics.NOTIFICATIONS: ("worker",),
+    schema_topics.ENTITLEMENTS: ("worker",),
+}
+
+
+def acl_grants(users: Mapping[str, str], *, faust_prefixes: Iterable[str] = ()) -> list[Grant]:
+    """The ACLs of the billing topics for ``users`` (role -> Kafka user name): reads for
+    every role, writes per :data:`TOPIC_WRITERS`, and for the worker and history roles their
+    Faust apps' own topics (changelogs: names starting with an app id in ``faust_prefixes``).
+    """
+    grants: list[Grant] = []
+    for role, user in users.items():
+        principal = f"User:{user}"
+        grants += [
+            Grant(principal, "read", "group", "*"),
+            Grant(principal, "describe", "group", "*"),
+        ]
+        for topic in schema_topics.BILLING_TOPICS:
+            grants += [
+                Grant(principal, "read", "topic", topic),
+                Grant(principal, "describe", "topic", topic),
+                Grant(principal, "describe_configs", "topic", topic),
+            ]
+            if role in TOPIC_WRITERS[topic]:
+                grants.append(Grant(principal, "write", "topic", topic))
+        if role in ("worker", "history"):
+            grants += [
+                Grant(principal, "all", "topic", prefix, "prefixed") for prefix in faust_prefixes
+            ]
+    return grants

@@ -3,8 +3,14 @@
 Starts, in order: a single-node Apache Kafka (KRaft) from release jars fetched with Maven, the
 billing topics, an embedded PostgreSQL (migrated), the YooKassa emulator (unless real shop
 credentials and BILLING_YOOKASSA_API_URL are set), the Faust worker, the history worker
-(ClickHouse, embedded chdb), the API and the admin console (Streamlit). Prints the
+(ClickHouse, embedded chdb), the retention job (``billing maintain``), the API and the admin
+console (Streamlit). Prints the
 URLs, and on Ctrl-C stops everything in reverse order. State lives under BILLING_STATE_DIR.
+
+While it runs, the settings it gave its children (secrets aside) are in
+``BILLING_STATE_DIR/stack.env``: the operator CLI (``billing reconcile``, ``billing token``,
+``billing rebuild-history``, ``billing demo``) reads it for whatever its environment leaves
+unset (``billing.processes.load_stack_env``). It is removed on stop.
 """
 
 from __future__ import annotations
@@ -21,19 +27,41 @@ from pathlib import Path
 from types import FrameType
 
 from billing.config import Settings
-from billing.processes import ManagedProcess, http_ok, log_contains
+from billing.processes import STACK_ENV, ManagedProcess, http_ok, write_stack_env
 
 
 def _child_env(settings: Settings, dsn: str) -> dict[str, str]:
     env = dict(os.environ)
+    state = settings.state_dir.resolve()
+    api = f"http://{settings.api_host}:{settings.api_port}"
     env.update(
         BILLING_POSTGRES_DSN=dsn,
         BILLING_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        BILLING_STATE_DIR=str(settings.state_dir.resolve()),
+        BILLING_KAFKA_PARTITIONS=str(settings.kafka_partitions),
+        BILLING_STATE_DIR=str(state),
         BILLING_YOOKASSA_API_URL=settings.provider_api_url,
+        BILLING_API_HOST=settings.api_host,
+        BILLING_API_PORT=str(settings.api_port),
+        BILLING_HISTORY_URL=settings.history_url,
         PYTHONUNBUFFERED="1",
     )
+    # The emulator notifies the API it runs beside, and keeps its objects across restarts.
+    env.setdefault("BILLING_PUBLIC_BASE_URL", api)
+    # One clock file for every process of the local stack (billing.clock): ``billing demo``
+    # moves it forward (with the emulator's clock) to play months of renewals in minutes.
+    # It stays under the state directory, so a restarted stack keeps the same "now".
+    env.setdefault("BILLING_CLOCK_FILE", str(state / "clock"))
+    if not settings.yookassa_api_url:
+        env.setdefault("BILLING_EMULATOR_STATE_PATH", str(state / "emulator" / "objects.json"))
     return env
+
+
+def _shown(path: Path) -> str:
+    """A path as the operator typed it: relative to the working directory when below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _console_credentials(settings: Settings, state: Path, env: dict[str, str]) -> str:
@@ -52,7 +80,8 @@ def _console_credentials(settings: Settings, state: Path, env: dict[str, str]) -
 
 
 def run(settings: Settings) -> None:
-    from billing.kafka_local import KafkaBroker, ensure_topics, fetch_kafka_jars
+    from billing.kafka_client import init_topics
+    from billing.kafka_local import KafkaBroker, fetch_kafka_jars
     from billing.pg_local import start_postgres
 
     state = settings.state_dir.resolve()
@@ -76,7 +105,7 @@ def run(settings: Settings) -> None:
         jars = fetch_kafka_jars(settings.kafka_version)
         broker = KafkaBroker(state / "kafka", int(port), int(port) + 1, jars)
         broker.start()
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions))
+        asyncio.run(init_topics(settings))
         print(f"kafka      {settings.kafka_bootstrap}", flush=True)
 
         if settings.postgres_dsn is not None:
@@ -91,6 +120,7 @@ def run(settings: Settings) -> None:
 
         env = _child_env(settings, dsn)
         console_note = _console_credentials(settings, state, env)
+        write_stack_env(state, env)
         if not settings.yookassa_api_url:
             emulator = ManagedProcess.python(
                 "emulator", ["providers.emulator"], log_path=logs / "emulator.log", env=env
@@ -117,12 +147,20 @@ def run(settings: Settings) -> None:
         )
         history.start()
         children.append(history)
+        # Retention on one leader (an advisory lock): its own process, so long deletes stay
+        # off the API's and the workers' loops, and replicas may run it side by side.
+        maintenance = ManagedProcess.python(
+            "maintenance", ["billing.cli", "maintain"], log_path=logs / "maintenance.log", env=env
+        )
+        maintenance.start()
+        children.append(maintenance)
         api = ManagedProcess.python("api", ["api"], log_path=logs / "api.log", env=env)
         api.start()
         children.append(api)
         api.wait_ready(http_ok(f"http://{settings.api_host}:{settings.api_port}/healthz"))
-        worker.wait_ready(log_contains(logs / "worker.log", "Ready"), timeout=120)
-        history.wait_ready(log_contains(logs / "history.log", "Ready"), timeout=120)
+        # This run's output only: the logs are appended to across runs.
+        worker.wait_ready(worker.output_contains("Ready"), timeout=120)
+        history.wait_ready(history.output_contains("Ready"), timeout=120)
         print(f"history    {settings.history_url}/analytics/overview/ (ClickHouse)", flush=True)
         base = f"http://{settings.api_host}:{settings.api_port}"
         console = ManagedProcess.python(
@@ -143,11 +181,11 @@ def run(settings: Settings) -> None:
             flush=True,
         )
 
-        base = f"http://{settings.api_host}:{settings.api_port}"
         print(
-            f"\napi        {base}  (OpenAPI: {base}/docs)\n"
-            f"logs       {logs}\n"
-            f"dev token  .venv/bin/billing token --user alice\n"
+            f"api        {base}  (OpenAPI: {base}/docs)\n"
+            f"logs       {_shown(logs)}  (kafka: {_shown(broker.log_path)})\n"
+            f"settings   {_shown(state / STACK_ENV)}  (read by .venv/bin/billing)\n"
+            "dev token  .venv/bin/billing token --user alice\n"
             "Ctrl-C stops everything.",
             flush=True,
         )
@@ -159,6 +197,7 @@ def run(settings: Settings) -> None:
             time.sleep(0.5)
     finally:
         print("\nstopping...", flush=True)
+        (state / STACK_ENV).unlink(missing_ok=True)
         for child in reversed(children):
             child.stop()
         if pg is not None:
@@ -174,12 +213,20 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="start the whole local stack (Ctrl-C stops it)")
     sub.add_parser("fetch-kafka", help="download the Kafka broker jars into the cache")
+    sub.add_parser("fetch-keycloak", help="download Keycloak (the SSO tests) into the cache")
     args = parser.parse_args(argv)
+    # The local stack is dev by definition (settings fail closed when BILLING_ENV is unset);
+    # its children inherit this.
+    os.environ.setdefault("BILLING_ENV", "dev")
     settings = Settings()
     if args.cmd == "fetch-kafka":
         from billing.kafka_local import fetch_kafka_jars
 
         print(f"kafka jars: {fetch_kafka_jars(settings.kafka_version)}")
+    elif args.cmd == "fetch-keycloak":
+        from billing.keycloak_local import fetch_keycloak
+
+        print(f"keycloak: {fetch_keycloak()}")
     else:
         run(settings)
 

@@ -29,8 +29,11 @@ from dashboard.views import (
     login,
     overview,
     plans,
+    promo,
     reconciliation,
     subscriptions,
+    trials,
+    wallet,
 )
 
 
@@ -65,10 +68,13 @@ def main(
         ),
         "actions": st.Page(actions.render, title="Actions", url_path="actions"),
         "plans": st.Page(plans.render, title="Plans", url_path="plans"),
+        "promo": st.Page(promo.render, title="Promo codes", url_path="promo"),
         "reconciliation": st.Page(
             reconciliation.render, title="Reconciliation", url_path="reconciliation"
         ),
         "analytics": st.Page(analytics.render, title="Analytics", url_path="analytics"),
+        "trials": st.Page(trials.render, title="Trials", url_path="trials"),
+        "wallet": st.Page(wallet.render, title="Wallet", url_path="wallet"),
     }
     ui.register_pages(pages)
     page = st.navigation(list(pages.values()))

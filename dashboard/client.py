@@ -45,6 +45,7 @@ from schemas.http import (
     DunningMonth,
     MrrMonth,
     OverviewOut,
+    PaymentMethodList,
     PlanCreate,
     PlanUpdate,
     PriceCreate,
@@ -56,7 +57,10 @@ from schemas.http import (
     RunPage,
     SessionOut,
     SuccessDay,
+    TrialsDay,
 )
+from schemas.http_promo import DiscountOut, PromoCreate, PromoOut, PromoRedemptionOut
+from schemas.promo import PROMO_CODE_PATTERN
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -287,6 +291,37 @@ class AdminClient:
         )
         return plan
 
+    # ------------------------------------------------------------------ promo codes (16)
+    def promo_codes(self, *, archived: bool = True) -> list[PromoOut]:
+        codes: list[PromoOut] = self._get(
+            "/api/v1/admin/promo-codes", list[PromoOut], {"archived": archived}
+        )
+        return codes
+
+    def create_promo(self, body: PromoCreate, key: str) -> PromoOut:
+        code: PromoOut = self._post("/api/v1/admin/promo-codes", body, key, PromoOut)
+        return code
+
+    def archive_promo(self, code: str, reason: str, key: str) -> PromoOut:
+        out: PromoOut = self._post(
+            f"/api/v1/admin/promo-codes/{_code(code)}/archive",
+            AdminReason(reason=reason),
+            key,
+            PromoOut,
+        )
+        return out
+
+    def promo_redemptions(self, code: str, *, limit: int = 500) -> list[PromoRedemptionOut]:
+        rows: list[PromoRedemptionOut] = self._get(
+            f"/api/v1/admin/promo-codes/{_code(code)}/redemptions",
+            list[PromoRedemptionOut],
+            {"limit": limit},
+        )
+        return rows
+
+    def discounts(self, start: datetime, end: datetime) -> list[DiscountOut]:
+        return self._window_series("discounts", DiscountOut, start, end)
+
     # ----------------------------------------------------------------------- subscriptions
     def subscriptions(
         self,
@@ -367,6 +402,14 @@ class AdminClient:
         body = AdminAutoRenew(enabled=enabled, reason=reason)
         return self._action(subscription_id, "auto-renew", body, key)
 
+    def payment_methods(self, subscription_id: str) -> PaymentMethodList:
+        """A subscriber's saved payment methods (displayable details only)."""
+        out: PaymentMethodList = self._get(
+            f"/api/v1/admin/subscriptions/{_uuid(subscription_id)}/payment-methods",
+            PaymentMethodList,
+        )
+        return out
+
     def _action(
         self, subscription_id: str, action: str, body: BaseModel, key: str
     ) -> AdminActionAccepted:
@@ -399,6 +442,9 @@ class AdminClient:
 
     def payment_success(self, start: datetime, end: datetime) -> list[SuccessDay]:
         return self._window_series("payment-success", SuccessDay, start, end)
+
+    def trials(self, start: datetime, end: datetime) -> list[TrialsDay]:
+        return self._window_series("trials", TrialsDay, start, end)
 
     def decline_reasons(self, start: datetime, end: datetime) -> list[DeclineReasonOut]:
         return self._window_series("decline-reasons", DeclineReasonOut, start, end)
@@ -492,6 +538,16 @@ def _seg(value: str) -> str:
     """A plan id in a path: the API's own pattern, so nothing can escape the segment."""
     if not _PLAN_ID.match(value):
         raise ValueError(f"not a plan id: {value!r}")
+    return value
+
+
+_PROMO_CODE = re.compile(PROMO_CODE_PATTERN)
+
+
+def _code(value: str) -> str:
+    """A promo code in a path: the API's own pattern, so nothing can escape the segment."""
+    if not _PROMO_CODE.match(value):
+        raise ValueError(f"not a promo code: {value!r}")
     return value
 
 

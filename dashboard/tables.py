@@ -163,6 +163,7 @@ PAYMENT_COLUMNS = (
     "period_end",
     "status_reason",
     "provider_payment_id",
+    "receipt_registration",  # 54-FZ receipt at YooKassa (issue 16)
     "created_at",
 )
 
@@ -171,7 +172,7 @@ def payments_frame(items: Iterable[AdminPaymentOut]) -> pd.DataFrame:
     return _attr_frame(
         items,
         PAYMENT_COLUMNS,
-        text=("plan_id", "status_reason", "provider_payment_id"),
+        text=("plan_id", "status_reason", "provider_payment_id", "receipt_registration"),
         amounts=("amount", "refunded"),
     )
 
@@ -184,13 +185,16 @@ REFUND_COLUMNS = (
     "reason",
     "actor",
     "status_reason",
+    "receipt_registration",
     "created_at",
     "updated_at",
 )
 
 
 def refunds_frame(items: Iterable[AdminRefundOut]) -> pd.DataFrame:
-    return _attr_frame(items, REFUND_COLUMNS, text=("status_reason",), amounts=("amount",))
+    return _attr_frame(
+        items, REFUND_COLUMNS, text=("status_reason", "receipt_registration"), amounts=("amount",)
+    )
 
 
 EVENT_COLUMNS = ("version", "occurred_at", "event_type", "actor", "reason", "event_id")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -227,3 +228,19 @@ def chart(spec: Any, *, empty: str = "No data for this window.") -> None:
         st.caption(empty)
     else:
         st.altair_chart(spec, width="stretch")
+
+
+def day_window(picked: object, today: date) -> tuple[datetime, datetime]:
+    """A ``st.date_input`` range (or one day, or nothing yet: the last 30 days) as the UTC
+    instants [start, end) the analytics routes take."""
+    if isinstance(picked, tuple) and len(picked) == 2:
+        start, end = picked
+    elif isinstance(picked, date):
+        start = end = picked
+    else:
+        start, end = today - timedelta(days=29), today
+    assert isinstance(start, date) and isinstance(end, date)
+    return (
+        datetime.combine(start, time(0), tzinfo=UTC),
+        datetime.combine(end + timedelta(days=1), time(0), tzinfo=UTC),
+    )

@@ -14,8 +14,9 @@ import msgspec
 
 from schemas.errors import BillingError
 from schemas.ids import observation_id_for
-from schemas.messages import PaymentObserved, PaymentRequest
+from schemas.messages import MethodDetails, PaymentObserved, PaymentRequest
 from schemas.money import Money
+from schemas.receipts import Receipt
 
 PROVIDER_STATUSES = ("pending", "waiting_for_capture", "succeeded", "canceled")
 
@@ -33,7 +34,10 @@ class ProviderPayment(msgspec.Struct, frozen=True, kw_only=True):
     cancellation_reason: str | None = None
     payment_method_id: str | None = None
     payment_method_saved: bool = False
+    # A saved method's displayable details (first6/last4/expiry/type/issuer; never a number).
+    payment_method: MethodDetails | None = None
     created_at: str | None = None
+    receipt_registration: str | None = None  # 54-FZ: pending | succeeded | canceled
 
     @property
     def payment_id(self) -> str | None:
@@ -55,6 +59,7 @@ class ProviderRefund(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str | None = None
     cancellation_reason: str | None = None
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    receipt_registration: str | None = None
 
 
 class ProviderError(BillingError):
@@ -77,6 +82,20 @@ class ProviderUnavailable(ProviderError):
     unknown = True
 
 
+class ProviderThrottled(ProviderUnavailable):
+    """A 429: the shop is over the provider's rate limit. Unknown like any unavailability (the
+    same key is retried), and ``retry_after_s`` is how long the provider asked us to wait
+    (None when it did not say): every call to the shop pauses, not only this one."""
+
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class ProviderRejected(ProviderError):
     """A definite 4xx: the request was refused, nothing was created."""
 
@@ -89,9 +108,11 @@ class ProviderNotFound(ProviderRejected):
 
 class PaymentProvider(Protocol):
     async def create_payment(
-        self, request: PaymentRequest, subscription_id: str
+        self, request: PaymentRequest, subscription_id: str, *, receipt: Receipt | None = None
     ) -> ProviderPayment:
-        """Create (or, under the same Idempotence-Key = payment_id, re-obtain) the payment."""
+        """Create (or, under the same Idempotence-Key = payment_id, re-obtain) the payment;
+        with its 54-FZ ``receipt`` when the shop sends receipts (built from the request, so a
+        retry sends the same body)."""
         ...
 
     async def get_payment(self, provider_payment_id: str) -> ProviderPayment:
@@ -106,8 +127,9 @@ class PaymentProvider(Protocol):
         refund_id: str,
         description: str = "",
         metadata: dict[str, str] | None = None,
+        receipt: Receipt | None = None,
     ) -> ProviderRefund:
-        """Refund (part of) a payment under Idempotence-Key = refund_id."""
+        """Refund (part of) a payment under Idempotence-Key = refund_id (with its receipt)."""
         ...
 
     async def get_refund(self, provider_refund_id: str) -> ProviderRefund: ...
@@ -177,4 +199,6 @@ def normalise(payment: ProviderPayment, *, source: str, observed_at: int) -> Pay
         cancellation_reason=payment.cancellation_reason,
         payment_method_id=payment.payment_method_id,
         payment_method_saved=payment.payment_method_saved,
+        payment_method=payment.payment_method if payment.payment_method_saved else None,
+        receipt_registration=payment.receipt_registration,
     )

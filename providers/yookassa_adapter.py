@@ -4,7 +4,10 @@ The SDK is synchronous, configured process-wide and sets no HTTP timeout (YOOKAS
 §8). So every call runs in this provider's own thread pool under our deadline, with a client
 bound to this provider's credentials (several providers can live in one process), a socket
 timeout (a hung call cannot pin a thread for ever) and the SDK's own 202 retries switched off
-(they end in an AttributeError; ours use the same key and a known backoff).
+(they end in an AttributeError; ours use the same key and a known backoff). Callers are async
+and many (the gateway holds hundreds of requests at a peak): each call first passes the
+shop's ``providers.ratelimit.Gate`` (token bucket, calls in flight, a pause for everyone
+after a 429 for its Retry-After, which the SDK drops and ``_BoundClient`` keeps).
 
 Idempotence-Key = our payment id (refund id for refunds), fixed before the first attempt, so
 a retry can only ever re-obtain the same payment. The retry policy is two pure functions,
@@ -20,6 +23,8 @@ import asyncio
 import functools
 import logging
 import random
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -31,6 +36,7 @@ from yookassa import Configuration, Payment, Refund
 from yookassa.client import ApiClient
 from yookassa.domain.exceptions import ApiError
 
+from billing import metrics
 from billing.config import ProviderSettings
 from providers.port import (
     PROVIDER_STATUSES,
@@ -39,22 +45,30 @@ from providers.port import (
     ProviderPayment,
     ProviderRefund,
     ProviderRejected,
+    ProviderThrottled,
     ProviderUnavailable,
     normalise,
 )
-from schemas.messages import PaymentRequest
+from providers.ratelimit import Gate, pause_after_429_s, retry_after_s
+from schemas.messages import MethodDetails, PaymentRequest
 from schemas.money import Money
+from schemas.receipts import Receipt
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROVIDER_STATUSES", "YooKassaProvider", "backoff_s", "normalise", "should_retry"]
+__all__ = [
+    "PROVIDER_STATUSES",
+    "YooKassaProvider",
+    "backoff_s",
+    "normalise",
+    "retry_wait_s",
+    "should_retry",
+]
 
 T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 5.0
-# SDK calls in flight at once, unless the caller says (the worker: its gateway concurrency).
-POOL_WORKERS = 20
 # HTTP statuses whose outcome is unknown: the operation may have happened.
 _UNKNOWN_HTTP = {202, 429}
 
@@ -84,6 +98,15 @@ def backoff_s(
     return raw * rng.uniform(0.5, 1.0)
 
 
+def retry_wait_s(error: ProviderError, backoff: float, retry_after_cap_s: float) -> float:
+    """The wait before retrying ``error``: a 429 waits what it asked for (else the backoff),
+    capped; anything else the backoff. The settings' retry budget
+    (``ProviderSettings.provider_retry_budget_s``) is the sum of these at their largest."""
+    if isinstance(error, ProviderThrottled):
+        return pause_after_429_s(error.retry_after_s, backoff, retry_after_cap_s)
+    return backoff
+
+
 def classify(exc: BaseException) -> ProviderError:
     """Any failure of an SDK call as a port error; unknown unless certainly refused."""
     if isinstance(exc, ProviderError):
@@ -99,6 +122,14 @@ def classify(exc: BaseException) -> ProviderError:
             detail = f"{detail} (parameter {content['parameter']})"
         if http == 404:
             return ProviderNotFound(detail, code=code)
+        if http == 400 and content.get("parameter") == "Idempotence-Key" and "duplicat" in detail:
+            # Our key was used with another body (the receipt settings changed while the
+            # request was in flight, say): an operation may exist under it, so this is never
+            # "nothing was created". Unknown: re-driven, then found by reading.
+            return ProviderUnavailable(detail, code="idempotence_key_reused")
+        if http == 429:
+            asked = retry_after_s(getattr(exc, "retry_after_header", None), content, time.time())
+            return ProviderThrottled(detail, code=code, retry_after_s=asked)
         if 400 <= http < 500 and http not in _UNKNOWN_HTTP:
             return ProviderRejected(detail, code=code)
         # 5xx, 202 processing, 429, or a status the SDK does not name (HTTP_CODE 0).
@@ -126,7 +157,8 @@ def _money(raw: Any) -> Money:
 def parse_payment(obj: Any) -> ProviderPayment:
     """An SDK ``PaymentResponse`` or a raw API/notification dict → ProviderPayment.
 
-    Card details are dropped on purpose: nothing of the card is kept.
+    Of the card only what YooKassa returns as displayable is kept, for the wallet (issue 16):
+    type, title, first6/last4, expiry, card type, issuer; and only for a saved method.
     """
     data = _as_dict(obj)
     confirmation = data.get("confirmation") or {}
@@ -144,7 +176,35 @@ def parse_payment(obj: Any) -> ProviderPayment:
         cancellation_reason=_as_dict(cancellation).get("reason"),
         payment_method_id=_as_dict(method).get("id"),
         payment_method_saved=bool(_as_dict(method).get("saved", False)),
+        payment_method=_method_details(_as_dict(method)),
         created_at=data.get("created_at"),
+        receipt_registration=_text(data.get("receipt_registration")),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return str(value)[:32] if value else None
+
+
+def _method_details(method: Mapping[str, Any]) -> MethodDetails | None:
+    """The displayable part of a saved ``payment_method`` (short strings only)."""
+    if not method.get("saved"):
+        return None
+    card = _as_dict(method.get("card") or {})
+
+    def text(value: Any) -> str | None:
+        return value[:64] if isinstance(value, str) and value else None
+
+    return MethodDetails(
+        type=text(method.get("type")) or "bank_card",
+        title=text(method.get("title")),
+        first6=text(card.get("first6")),
+        last4=text(card.get("last4")),
+        expiry_month=text(card.get("expiry_month")),
+        expiry_year=text(card.get("expiry_year")),
+        card_type=text(card.get("card_type")),
+        issuer_country=text(card.get("issuer_country")),
+        issuer_name=text(card.get("issuer_name")),
     )
 
 
@@ -160,12 +220,16 @@ def parse_refund(obj: Any) -> ProviderRefund:
         created_at=data.get("created_at"),
         cancellation_reason=cancellation.get("reason"),
         metadata={str(k): str(v) for k, v in metadata.items()},
+        receipt_registration=_text(data.get("receipt_registration")),
     )
 
 
-def build_create_body(request: PaymentRequest, subscription_id: str) -> dict[str, Any]:
-    """The create body. It depends only on the request, so every retry sends the same one
-    under the same key (a different body under a used key is a 400)."""
+def build_create_body(
+    request: PaymentRequest, subscription_id: str, receipt: Receipt | None = None
+) -> dict[str, Any]:
+    """The create body. It depends only on the request (the receipt is built from it), so
+    every retry sends the same one under the same key (a different body under a used key is a
+    400)."""
     body: dict[str, Any] = {
         "amount": request.amount.to_provider(),
         "capture": request.capture,
@@ -185,6 +249,8 @@ def build_create_body(request: PaymentRequest, subscription_id: str) -> dict[str
     else:
         body["confirmation"] = {"type": "redirect", "return_url": request.return_url}
         body["save_payment_method"] = request.save_payment_method
+    if receipt is not None:
+        body["receipt"] = receipt.to_provider()
     return body
 
 
@@ -207,8 +273,24 @@ class _TimeoutAdapter(HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
+_last_response = threading.local()  # per SDK thread: the Retry-After of its last answer
+
+
 class _BoundClient(ApiClient):  # type: ignore[misc]
-    """The SDK client with this provider's endpoint and credentials, not the global ones."""
+    """The SDK client with this provider's endpoint and credentials, not the global ones, and
+    the Retry-After header kept (the SDK raises from the body only)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        _last_response.retry_after = None
+        try:
+            response = super().execute(*args, **kwargs)
+        except Exception as exc:  # an error status comes as requests' HTTPError
+            answer = getattr(exc, "response", None)
+            if answer is not None:
+                _last_response.retry_after = answer.headers.get("Retry-After")
+            raise
+        _last_response.retry_after = response.headers.get("Retry-After")
+        return response
 
     def __init__(self, api_url: str, shop_id: str, secret: str, socket_timeout_s: float) -> None:
         super().__init__()
@@ -235,6 +317,20 @@ def _bound(sdk_class: type[Any], factory: Callable[[], ApiClient]) -> type[Any]:
     return type(f"Bound{sdk_class.__name__}", (sdk_class,), {"__init__": __init__})
 
 
+def _keeping_retry_after(fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` for the SDK thread: an ApiError it raises carries the Retry-After header seen
+    by that thread's client (``classify`` reads it)."""
+
+    def run() -> T:
+        try:
+            return fn()
+        except ApiError as exc:
+            exc.retry_after_header = getattr(_last_response, "retry_after", None)
+            raise
+
+    return run
+
+
 # ------------------------------------------------------------------------------ provider
 class YooKassaProvider:
     """``PaymentProvider`` over the official SDK. Build once per process from ProviderSettings."""
@@ -245,16 +341,27 @@ class YooKassaProvider:
         *,
         timeout_s: float | None = None,
         max_attempts: int | None = None,
-        backoff_base_s: float = BACKOFF_BASE_S,
-        backoff_cap_s: float = BACKOFF_CAP_S,
+        backoff_base_s: float | None = None,
+        backoff_cap_s: float | None = None,
         rng: random.Random | None = None,
         max_workers: int | None = None,
     ) -> None:
         self.api_url = settings.provider_api_url.rstrip("/")
         self.timeout_s = settings.provider_timeout_s if timeout_s is None else timeout_s
         self.max_attempts = max(1, max_attempts or settings.provider_max_attempts)
-        self._backoff = functools.partial(backoff_s, base_s=backoff_base_s, cap_s=backoff_cap_s)
+        self._backoff = functools.partial(
+            backoff_s,
+            base_s=settings.provider_backoff_base_s if backoff_base_s is None else backoff_base_s,
+            cap_s=settings.provider_backoff_cap_s if backoff_cap_s is None else backoff_cap_s,
+        )
+        self._retry_after_cap_s = settings.provider_retry_after_cap_s
         self._rng = rng or random.Random()
+        in_flight = max_workers or settings.provider_max_in_flight
+        self._gate = Gate(
+            rate_per_s=settings.provider_rate_per_s,
+            burst=settings.provider_burst,
+            max_in_flight=in_flight,
+        )
         shop_id = settings.yookassa_shop_id
         secret = settings.yookassa_secret_key.get_secret_value()
         # The SDK's ApiClient refuses to build without global credentials; ours override them.
@@ -266,35 +373,51 @@ class YooKassaProvider:
 
         self._payment = _bound(Payment, client)
         self._refund = _bound(Refund, client)
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_workers or POOL_WORKERS,
-            thread_name_prefix="yookassa",
-        )
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="yookassa")
 
     # ----------------------------------------------------------------------- plumbing
-    async def _call(self, fn: Callable[[], T]) -> T:
-        """One SDK call in our pool under our deadline. On a deadline the thread runs on
-        (bounded by the socket timeout) and its result is dropped: outcome unknown."""
+    async def _call(self, fn: Callable[[], T], op: str = "other") -> T:
+        """One SDK call in our pool under our deadline, once the shop's gate lets it start
+        (the deadline starts then). On a deadline the thread runs on (bounded by the socket
+        timeout) and its result is dropped: outcome unknown. Counted and timed per attempt
+        (billing_provider_calls_total, ..._duration_seconds)."""
         loop = asyncio.get_running_loop()
+        outcome = "ok"
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self.timeout_s)
+            async with self._gate.slot():
+                with metrics.timed(metrics.PROVIDER_LATENCY.labels(op)):
+                    return await asyncio.wait_for(
+                        loop.run_in_executor(self._pool, _keeping_retry_after(fn)),
+                        self.timeout_s,
+                    )
         except TimeoutError as exc:
+            outcome = "timeout"
             raise ProviderUnavailable(
                 f"no answer within {self.timeout_s:g}s", code="timeout"
             ) from exc
         except Exception as exc:
-            raise classify(exc) from exc
+            error = classify(exc)
+            http = int(getattr(exc, "HTTP_CODE", 0) or 0) if isinstance(exc, ApiError) else 0
+            outcome = metrics.provider_outcome(error, http)
+            raise error from exc
+        finally:
+            metrics.PROVIDER_CALLS.labels(op, outcome).inc()
 
     async def _retrying(self, op: str, fn: Callable[[], T]) -> T:
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._call(fn)
+                return await self._call(fn, op)
             except ProviderError as exc:
+                delay = retry_wait_s(
+                    exc, self._backoff(attempt, self._rng), self._retry_after_cap_s
+                )
+                if isinstance(exc, ProviderThrottled):
+                    # Everyone waits, not only this call: the shop is over its limit.
+                    self._gate.pause(delay)
                 if not should_retry(exc, attempt, self.max_attempts):
                     raise
-                delay = self._backoff(attempt, self._rng)
                 log.warning(
                     "yookassa %s attempt %d: %s (%s); retrying in %.2fs",
                     op,
@@ -307,10 +430,10 @@ class YooKassaProvider:
 
     # ------------------------------------------------------------------------ payments
     async def create_payment(
-        self, request: PaymentRequest, subscription_id: str
+        self, request: PaymentRequest, subscription_id: str, *, receipt: Receipt | None = None
     ) -> ProviderPayment:
         """Create, or under the same key (our payment id) re-obtain, the payment."""
-        body = build_create_body(request, subscription_id)
+        body = build_create_body(request, subscription_id, receipt)
         key = request.payment_id
         resp = await self._retrying("create", lambda: self._payment.create(body, key))
         return parse_payment(resp)
@@ -388,6 +511,7 @@ class YooKassaProvider:
         refund_id: str,
         description: str = "",
         metadata: dict[str, str] | None = None,
+        receipt: Receipt | None = None,
     ) -> ProviderRefund:
         """Refund (part of) a succeeded payment; Idempotence-Key = our refund id. The body
         depends only on the arguments, so a retry under the same key sends the same one."""
@@ -398,6 +522,8 @@ class YooKassaProvider:
         }
         if description:
             body["description"] = description[:128]
+        if receipt is not None:
+            body["receipt"] = receipt.to_provider()
         resp = await self._retrying("refund", lambda: self._refund.create(body, refund_id))
         return parse_refund(resp)
 

@@ -19,7 +19,9 @@ here and executed by the history worker (``BILLING_HISTORY_URL``), which reads t
 itself (a registry path must be readable by it).
 
 Settings (``ReconcileSettings``) come from BILLING_* like every process (Kafka, PostgreSQL,
-provider credentials, BILLING_RECON_*, BILLING_HISTORY_URL).
+provider credentials, BILLING_RECON_*, BILLING_HISTORY_URL); ``billing reconcile`` and
+``python -m reconciler`` fill the ones left unset from the running local stack's
+``.state/stack.env``.
 
 Exit status: 0 the run finished with no unresolved discrepancy (or, without --wait, it was
 fed); 1 unresolved discrepancies remain (escalations waiting for an admin); 2 bad input;
@@ -52,6 +54,7 @@ from rich.progress import (
 from rich.table import Table
 
 from billing.clock import now_ms
+from billing.kafka_client import client_kwargs
 from reconciler import store
 from reconciler.batch_run import mark_batch
 from reconciler.feed import (
@@ -147,7 +150,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m reconciler") -
     except UsageError as exc:
         parser.error(str(exc))  # exits 2
     if settings.postgres_dsn is None:
-        parser.error("BILLING_POSTGRES_DSN is not set")
+        parser.error(
+            "BILLING_POSTGRES_DSN is not set and no local stack is running (start it with"
+            " `make run`, or set BILLING_* for your deployment)"
+        )
     dsn = settings.postgres_dsn.get_secret_value()
     timeout = args.timeout if args.timeout is not None else cfg.wait_timeout_s
     try:
@@ -229,7 +235,7 @@ async def _main(
             if not args.wait:
                 console.print(
                     f"run [bold]{run_id}[/] fed; the workers are matching it."
-                    f" Result: python -m reconciler --show {run_id} --wait"
+                    f" Result: billing reconcile --show {run_id} --wait"
                 )
                 return EXIT_OK
         report = await store.run_report(conn, run_id)
@@ -254,7 +260,7 @@ def _exit_code(report: RunReport) -> int:
 async def _feed(
     conn: AsyncConnection[Any], request: RunRequest, settings: Any, console: Console
 ) -> str | None:
-    producer = new_producer(settings.kafka_bootstrap)
+    producer = new_producer(client_kwargs(settings))
     try:
         await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_S)
     except Exception as exc:
@@ -334,7 +340,9 @@ async def _start_batch(
     url = f"{settings.history_url.rstrip('/')}/recon/batch/"
     try:
         async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT_S) as client:
-            resp = await client.post(url, json={"run_id": run.run_id, "wait": False})
+            resp = await client.post(
+                url, json={"run_id": run.run_id, "wait": False}, headers=settings.history_headers()
+            )
         if resp.status_code != 202:
             raise FeedError(f"history worker answered {resp.status_code}: {resp.text[:300]}")
     except (httpx.HTTPError, FeedError) as exc:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from itertools import repeat, zip_longest
@@ -42,6 +42,7 @@ import msgspec
 from psycopg import AsyncConnection
 
 from billing.clock import now_ms
+from billing.kafka_client import client_kwargs
 from providers.port import ProviderPayment, ProviderRefund
 from reconciler import store
 from reconciler.report import (
@@ -283,11 +284,13 @@ async def publish_report(
     return {p: sent[p] for p in range(partitions)}
 
 
-def new_producer(bootstrap: str) -> Any:
+def new_producer(client: str | Mapping[str, Any]) -> Any:
+    """``client``: a bootstrap address (tests, benches) or billing.kafka_client.client_kwargs."""
     from aiokafka import AIOKafkaProducer
 
+    connect = {"bootstrap_servers": client} if isinstance(client, str) else dict(client)
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **connect,
         client_id="billing-reconciler",
         enable_idempotence=True,
         acks="all",
@@ -466,7 +469,7 @@ async def run_nightly(
         from providers.yookassa_adapter import YooKassaProvider
 
         provider = YooKassaProvider(settings)
-    producer = new_producer(settings.kafka_bootstrap)
+    producer = new_producer(client_kwargs(settings))
     await producer.start()
     try:
         async with await AsyncConnection.connect(dsn, autocommit=True) as conn:

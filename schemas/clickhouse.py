@@ -38,6 +38,10 @@ DEFAULT_DATABASE = "billing"
 # the last committed offset; older duplicates are still removed by the replacing key.
 DEDUP_WINDOW = 1000
 
+# A batch run's report lines are its working copy, read while the run classifies them (minutes);
+# a day's lines are one partition, dropped whole once every line in it is this old.
+REPORT_LINES_TTL_DAYS = 14
+
 _DEDUP = f"non_replicated_deduplication_window = {DEDUP_WINDOW}"
 
 MIGRATIONS_TABLE = "schema_migrations"
@@ -235,9 +239,15 @@ CREATE TABLE IF NOT EXISTS recon_report_lines (
     payment_method_saved UInt8,
     loaded_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(loaded_at)
 ORDER BY (run_id, object, provider_id, seq)
-SETTINGS {_DEDUP}
+TTL toDateTime(loaded_at) + INTERVAL {REPORT_LINES_TTL_DAYS} DAY
+SETTINGS {_DEDUP}, ttl_only_drop_parts = 1
 """
+# Migration 4: the table above had no partition key and no TTL before; a partition key cannot
+# be added to a table, and the lines are only a batch run's working copy (its results are in
+# PostgreSQL), so the old table is dropped and made again.
+DROP_RECON_REPORT_LINES = "DROP TABLE IF EXISTS recon_report_lines"
 
 # One row per run state (engine: streaming | batch), the highest version its current one;
 # ``counts`` per class (reconciler.matcher.MATCH_CLASSES). Copied from PostgreSQL
@@ -363,6 +373,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "mrr cache: closed months' movements, priced access state at a close",
         (MRR_MONTHS, MRR_STATES, MRR_STATE),
     ),
+    Migration(
+        4,
+        "recon_report_lines: a day per partition, dropped after REPORT_LINES_TTL_DAYS",
+        (DROP_RECON_REPORT_LINES, RECON_REPORT_LINES),
+    ),
 )
 
 
@@ -379,7 +394,10 @@ def _insert_columns(ddl: str) -> tuple[str, tuple[str, ...]]:
 # ``CREATE TABLE`` statement. The sink builds its row tuples in exactly this order; an
 # integration test checks it against system.columns.
 COLUMNS: dict[str, tuple[str, ...]] = dict(
-    _insert_columns(ddl) for migration in MIGRATIONS for ddl in migration.statements
+    _insert_columns(ddl)
+    for migration in MIGRATIONS
+    for ddl in migration.statements
+    if ddl.lstrip().startswith("CREATE TABLE")
 )
 
 # Tables the events sink writes (stored concurrently, in no fixed order; see the sink).

@@ -9,74 +9,117 @@ The class names are the OpenAPI schema names: renaming one changes the published
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
-from schemas.money import Money
+from schemas.money import CURRENCY_EXPONENT, Money
 from schemas.periods import ms_to_dt
+from schemas.promo import PROMO_CODE_PATTERN
+from schemas.receipts import EMAIL_PATTERN, PHONE_PATTERN
 from schemas.recon_runs import ItemRow, ItemView, RunReport
 
 MAX_URL_LEN = 2048
 
+# The rules below are regular expressions, so the OpenAPI document states exactly what the
+# server checks (issue 14: schemathesis fuzzes one against the other). They use only what
+# JSON Schema's, Python's and pydantic's (Rust) regex engines read alike.
 
-def _return_url(value: str) -> str:
-    if len(value) > MAX_URL_LEN:
-        raise ValueError(f"at most {MAX_URL_LEN} characters")
-    if not value.isprintable() or any(c.isspace() for c in value):
-        raise ValueError("must not contain whitespace or control characters")
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError on a malformed port
-    except ValueError as exc:
-        raise ValueError("not a valid URL") from exc
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    return value
-
-
-ReturnUrl = Annotated[str, AfterValidator(_return_url)]
-PlanId = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_HOST = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+# An absolute http(s) URL with a host name (or IPv4 address) and an optional port, no user
+# info, then path, query and fragment in visible ASCII (percent-encode anything else).
+URL_PATTERN = rf"^https?://{_HOST}(:{_PORT})?([/?#][!-~]*)?$"
+ReturnUrl = Annotated[
+    str,
+    StringConstraints(max_length=MAX_URL_LEN, pattern=URL_PATTERN),
+    Field(
+        description="an absolute http(s) URL, at most 2048 visible ASCII characters, no user info",
+        examples=["https://cinema.example/return"],
+    ),
 ]
+PLAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+PlanId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PLAN_ID_PATTERN)]
 
-
-def _printable(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def _plain_text(value: str) -> str:
-    """Free text may span lines, but no other control character: PostgreSQL refuses NUL in
-    text and jsonb, and a command carrying one would be a poison message for the projection."""
-    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
+# Free text may span lines (tab and newline), but holds no other control character:
+# PostgreSQL refuses NUL in text and jsonb, and a command carrying one would be a poison
+# message for the projection. It is stored as sent (no trimming: the length a client
+# counts is the length checked).
+TEXT_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+# The same, with at least one character that is neither a space nor a control character.
+# "Visible" spells its spaces out (Unicode White_Space and BOM): the engines' \s differ (U+0085
+# is a space to Python and Rust, not to JavaScript; U+FEFF the other way round).
+_SPACES = r" \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+VISIBLE = rf"[^{_SPACES}\x00-\x1f\x7f]"
+SOME_TEXT_PATTERN = rf"^[^\x00-\x08\x0b-\x1f\x7f]*{VISIBLE}[^\x00-\x08\x0b-\x1f\x7f]*$"
+# One line: no control character at all, and something visible.
+LINE_PATTERN = rf"^[^\x00-\x1f\x7f]*{VISIBLE}[^\x00-\x1f\x7f]*$"
 
 Reason = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=250),
-    AfterValidator(_plain_text),
+    StringConstraints(max_length=250, pattern=SOME_TEXT_PATTERN),
     Field(description="why: recorded with the admin's id in the audit trail"),
 ]
-PlanName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
-    AfterValidator(_printable),
+PlanName = Annotated[str, StringConstraints(max_length=128, pattern=LINE_PATTERN)]
+
+# RFC 3339 as JSON Schema's "date-time" format means it. pydantic alone would also
+# take a number (seconds since 1970), a space for the T or no seconds: not what the document
+# says, so a value that is no RFC 3339 string is refused first.
+_RFC3339_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _rfc3339(rule: re.Pattern[str], what: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not rule.fullmatch(value):
+            raise ValueError(f"must be {what}")
+        if isinstance(value, int | float):
+            raise ValueError(f"must be {what}, not a number")
+        return value
+
+    return BeforeValidator(check)
+
+
+Instant = Annotated[
+    AwareDatetime, _rfc3339(_RFC3339_INSTANT, "an RFC 3339 date-time with a time zone")
 ]
-TrialDays = Annotated[int, Field(ge=0, le=365)]
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (JSON Schema says so too), 2.5 is not.
+    The models stay strict otherwise (no "2", no true)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The bounds first, then the validator around them: that way the document shows them as
+# minimum and maximum.
+TrialDays = Annotated[int, Field(ge=0, le=365), BeforeValidator(_whole)]
+PeriodMonths = Annotated[int, Field(ge=1, le=36), BeforeValidator(_whole)]
+# A 54-FZ receipt's contact, in the shape YooKassa takes (schemas/receipts.py).
+ReceiptEmail = Annotated[
+    str,
+    StringConstraints(max_length=254, pattern=EMAIL_PATTERN),
+    Field(examples=["viewer@example.com"]),
+]
+ReceiptPhone = Annotated[
+    str,
+    StringConstraints(max_length=15, pattern=PHONE_PATTERN),
+    Field(description="E.164 digits without the plus", examples=["79001234567"]),
+]
+ExtendDays = Annotated[int, Field(ge=1, le=366), BeforeValidator(_whole)]
 
 
 class PaymentCreate(BaseModel):
@@ -87,15 +130,47 @@ class PaymentCreate(BaseModel):
 
     plan_id: PlanId
     return_url: ReturnUrl = Field(description="where the provider sends the user back")
+    trial: bool = Field(
+        default=False,
+        description="start the plan's free trial: nothing is charged now; the card is checked"
+        " by a small hold released at once and charged at the trial's end. One trial per user,"
+        " ever, for first-time subscribers (else the payment is rejected: trial_already_used,"
+        " not_first_subscription). A plan without a trial: 422 no_trial",
+    )
+    receipt_email: ReceiptEmail | None = Field(
+        default=None,
+        description="54-FZ receipts: where the receipt goes (else the profile's, else the"
+        " sign-on token's email); kept for renewals and refunds",
+    )
+    receipt_phone: ReceiptPhone | None = Field(
+        default=None, description="54-FZ receipts: a phone instead of (or with) the email"
+    )
+    promo_code: Annotated[str, StringConstraints(pattern=PROMO_CODE_PATTERN)] | None = Field(
+        default=None,
+        description="a promo code (case-insensitive): the charge is the quote's"
+        " (GET /api/v1/plans/{plan_id}/quote); refused with 422 promo_not_found, promo_expired,"
+        " promo_exhausted, promo_already_used, promo_not_for_plan or promo_not_with_trial",
+    )
+
+
+# Not zero: leading zeros aside, 1 to 12 digits with a non-zero first one, or a fraction.
+POSITIVE_AMOUNT_PATTERN = (
+    r"^(0{0,11}[1-9][0-9]{0,11}(\.[0-9]{1,2})?|0{1,12}\.([1-9][0-9]?|0[1-9]))$"
+)
+CURRENCY_PATTERN = "^(" + "|".join(sorted(CURRENCY_EXPONENT)) + ")$"
 
 
 class MoneyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    value: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}(\.[0-9]{1,2})?$")] = Field(
-        examples=["100.00"], description="a decimal string, as YooKassa writes amounts"
+    value: Annotated[str, StringConstraints(pattern=POSITIVE_AMOUNT_PATTERN)] = Field(
+        examples=["100.00"],
+        description="a positive decimal string, as YooKassa writes amounts: at most 12"
+        " significant digits before the point and 2 after",
     )
-    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(examples=["RUB"])
+    currency: Annotated[str, StringConstraints(pattern=CURRENCY_PATTERN)] = Field(
+        examples=["RUB"], description="one the engine bills in"
+    )
 
 
 class RefundCreate(BaseModel):
@@ -104,7 +179,7 @@ class RefundCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     amount: MoneyIn | None = None
-    reason: Annotated[str, StringConstraints(max_length=250), AfterValidator(_plain_text)] = ""
+    reason: Annotated[str, StringConstraints(max_length=250, pattern=TEXT_PATTERN)] = ""
 
 
 class AutoRenewUpdate(BaseModel):
@@ -170,6 +245,10 @@ class RefundOut(BaseModel):
     reason: str
     created_at: datetime
     updated_at: datetime
+    receipt_registration: str | None = Field(
+        default=None,
+        description="54-FZ refund receipt at YooKassa: pending | succeeded | canceled",
+    )
 
 
 class MoneyOut(BaseModel):
@@ -205,6 +284,29 @@ class PaymentOut(BaseModel):
     period_end: datetime | None
     created_at: datetime
     updated_at: datetime
+    receipt_registration: str | None = Field(
+        default=None,
+        description="54-FZ receipt at YooKassa: pending | succeeded | canceled (null: none)",
+    )
+
+
+class ProfileIn(BaseModel):
+    """Your contact for 54-FZ receipts; null clears a field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: ReceiptEmail | None = None
+    phone: ReceiptPhone | None = None
+
+
+class ProfileOut(BaseModel):
+    user_id: str
+    email: str | None = Field(description="the profile's email, else the sign-on token's")
+    phone: str | None
+    email_from_token: bool = Field(
+        default=False, description="true: no email saved; the token's email claim is used"
+    )
+    updated_at: datetime | None
 
 
 class PaymentPage(BaseModel):
@@ -241,7 +343,14 @@ class SubscriptionOut(BaseModel):
     )
     next_charge_amount: MoneyOut | None = Field(
         default=None,
-        description="the price in force at the period end for the plan the next period renews to",
+        description="the price in force at the period end for the plan the next period renews"
+        " to, less the promo discount while it lasts",
+    )
+    promo_code: str | None = Field(
+        default=None, description="the promo code still discounting renewals, if any"
+    )
+    promo_periods_left: int | None = Field(
+        default=None, description="renewals it still discounts (null with a code: every one)"
     )
 
 
@@ -294,7 +403,7 @@ class PlanCreate(BaseModel):
     plan_id: PlanId
     name: PlanName
     price: MoneyIn
-    period_months: Annotated[int, Field(ge=1, le=36)]
+    period_months: PeriodMonths
     trial_days: TrialDays = 0
     reason: Reason
 
@@ -302,7 +411,17 @@ class PlanCreate(BaseModel):
 class PlanUpdate(BaseModel):
     """Rename a plan or change its trial; its price changes only through a new version."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # What _something_to_change checks, in the document: name or trial_days, not null.
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["name"], "properties": {"name": {"type": "string"}}},
+                {"required": ["trial_days"], "properties": {"trial_days": {"type": "integer"}}},
+            ]
+        },
+    )
 
     name: PlanName | None = None
     trial_days: TrialDays | None = None
@@ -327,7 +446,7 @@ class PriceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     price: MoneyIn
-    effective_from: AwareDatetime | None = Field(
+    effective_from: Instant | None = Field(
         default=None, description="ISO 8601 with a time zone; now or later"
     )
     reason: Reason
@@ -345,7 +464,7 @@ class AdminRefundCreate(BaseModel):
 class AdminExtend(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    days: Annotated[int, Field(ge=1, le=366)]
+    days: ExtendDays
     reason: Reason
 
 
@@ -444,6 +563,30 @@ class AdminSubscriptionDetail(BaseModel):
     )
 
 
+class WebhookObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    ] = Field(description="the provider's id of the payment (or refund); re-read from it")
+
+
+class WebhookNotification(BaseModel):
+    """A YooKassa notification as the webhook reads it: only ``event`` and ``object.id``
+    matter (the object itself is re-read from the provider, never trusted); anything else
+    in it is ignored. A body that is not this (or not JSON, or nested too deep) is a 400
+    ``webhook_malformed``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["notification"]
+    event: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="payment.<status> is handled; any other event is acknowledged and ignored",
+        examples=["payment.succeeded"],
+    )
+    object: WebhookObject
+
+
 class WebhookAck(BaseModel):
     status: Literal["accepted", "ignored"]
     reason: str | None = None
@@ -486,6 +629,43 @@ class RevenueDay(BaseModel):
     net_minor: int
     payments: int
     refunds: int
+
+
+class TrialsDay(BaseModel):
+    """Free trials started on ``day`` and how many converted (their first charge succeeded)."""
+
+    day: date
+    trials: int
+    converted: int
+    conversion: float | None = None  # converted / trials
+
+    @model_validator(mode="after")
+    def _conversion(self) -> TrialsDay:
+        self.conversion = self.converted / self.trials if self.trials else None
+        return self
+
+
+class PaymentMethodOut(BaseModel):
+    """A saved payment method as YooKassa returns it for display (never more card data)."""
+
+    method_id: str
+    type: str
+    title: str | None
+    first6: str | None
+    last4: str | None
+    expiry_month: str | None
+    expiry_year: str | None
+    card_type: str | None
+    issuer_country: str | None
+    issuer_name: str | None
+    default: bool = Field(description="the method renewals charge")
+    created_at: str
+
+
+class PaymentMethodList(BaseModel):
+    """The wallet (GET /api/v1/payment-methods, and an admin's view of a subscriber's)."""
+
+    items: list[PaymentMethodOut]
 
 
 class SuccessDay(BaseModel):
@@ -682,9 +862,7 @@ class ReconciliationSummary(BaseModel):
     last_run: RunOut | None
 
 
-ItemKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=300, pattern=r"^[^\s\x00-\x1f\x7f]+$")
-]
+ItemKey = Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=rf"^{VISIBLE}+$")]
 
 
 class ResolutionCreate(BaseModel):

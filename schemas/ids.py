@@ -31,14 +31,23 @@ def payment_id_for(command_id: str, attempt: int = 0) -> str:
     return str(uuid.uuid5(uuid.UUID(command_id), name))
 
 
+def _base(source_id: str) -> uuid.UUID:
+    """The id itself when uuid-shaped (every id we mint), else one derived from it: an id
+    from elsewhere (an old or hand-made message) must not stop a partition's ledger."""
+    try:
+        return uuid.UUID(source_id)
+    except ValueError:
+        return uuid.uuid5(NS_BILLING, f"id:{source_id}")
+
+
 def derived_id(source_id: str, name: str) -> str:
-    """A child id of any uuid-shaped id (sweep commands, observations)."""
-    return str(uuid.uuid5(uuid.UUID(source_id), name))
+    """A child id of another id (renewal payments, sweep commands, observations)."""
+    return str(uuid.uuid5(_base(source_id), name))
 
 
 def event_id_for(source_id: str, n: int) -> str:
     """Event id = uuid5(source message id, n): a replayed source re-emits the same ids."""
-    return str(uuid.uuid5(uuid.UUID(source_id), f"event-{n}"))
+    return str(uuid.uuid5(_base(source_id), f"event-{n}"))
 
 
 def observation_id_for(provider_object_id: str, status: str) -> str:

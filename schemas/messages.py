@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from schemas.money import Money
+from schemas.promo import Discount
 
 PaymentStatus = Literal[
     "requested",  # the ledger asked the gateway; no provider answer yet
@@ -23,6 +24,16 @@ PaymentStatus = Literal[
 ]
 TERMINAL_PAYMENT_STATUSES: frozenset[str] = frozenset({"succeeded", "canceled"})
 ProviderStatus = Literal["pending", "waiting_for_capture", "succeeded", "canceled"]
+
+
+class ReceiptCustomer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who a 54-FZ receipt is sent to (issue 16): an email or a phone (digits, E.164 without
+    the plus), as YooKassa's ``receipt.customer`` takes them. Carried by the command that
+    names it into the payment or refund request, and kept in the subscription's state for
+    renewals and refunds (schemas/receipts.py builds the receipt)."""
+
+    email: str | None = None
+    phone: str | None = None
 
 
 # ---------------------------------------------------------------- commands (billing.commands)
@@ -45,6 +56,36 @@ class PaySubscription(Command, tag="PaySubscription", frozen=True):
     save_payment_method: bool = True
     capture: bool = True  # False: two-stage (held, then captured or released)
     price_version: int = 0
+    # The caller asked for the plan's free trial (its days, from the catalogue): nothing is
+    # charged now; the card is verified by a small hold that is released, and saved for the
+    # first charge at the trial's end. The ledger refuses it for a user who ever had a trial
+    # or access (one trial per user, ever).
+    trial_days: int = 0
+    # The receipt's contact (request, profile or token; None: the state's, if any).
+    customer: ReceiptCustomer | None = None
+    # A promo code redeemed at intake (issue 16): ``amount`` stays the plan's price; the
+    # ledger charges ``schemas.promo.charge_for(amount, promo)`` (the quote's function).
+    promo: Discount | None = None
+
+
+class AddPaymentMethod(Command, tag="AddPaymentMethod", frozen=True):
+    """Save a new card to the wallet: a small two-stage hold the user confirms, released at
+    once (nothing is charged); the saved method becomes the one renewals use."""
+
+    user_id: str
+    payment_id: str  # the verification hold
+    return_url: str
+    currency: str = "RUB"
+
+
+class ManagePaymentMethod(Command, tag="ManagePaymentMethod", frozen=True):
+    """Make a saved method the one renewals charge (``default``), or forget it (``delete``:
+    never charged again; with none left the next renewal goes to dunning)."""
+
+    user_id: str
+    method_id: str
+    action: Literal["default", "delete"]
+    actor: str = "user"
 
 
 class SweepPayment(Command, tag="SweepPayment", frozen=True):
@@ -68,6 +109,7 @@ class RefundPayment(Command, tag="RefundPayment", frozen=True):
     # Reconciliation's duplicate_charge repair: refund this provider object (a second charge
     # under the same payment id), in full, not the one the ledger recorded.
     duplicate_of_provider_id: str | None = None
+    customer: ReceiptCustomer | None = None  # the refund receipt's contact (else the state's)
 
 
 class SweepRefund(Command, tag="SweepRefund", frozen=True):
@@ -164,6 +206,8 @@ AnyCommand = (
     | ChangePlan
     | AdminAdjust
     | SettlePayment
+    | AddPaymentMethod
+    | ManagePaymentMethod
 )
 
 
@@ -173,6 +217,21 @@ class ProviderEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True)
     subscription_id: str
     observed_at: int
     source: Literal["gateway", "webhook", "poll", "reconciliation"]
+
+
+class MethodDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What YooKassa returns as displayable about a saved method, and nothing more (never a
+    card number): shown in the wallet."""
+
+    type: str = "bank_card"
+    title: str | None = None
+    first6: str | None = None
+    last4: str | None = None
+    expiry_month: str | None = None
+    expiry_year: str | None = None
+    card_type: str | None = None
+    issuer_country: str | None = None
+    issuer_name: str | None = None
 
 
 class PaymentObserved(ProviderEvent, tag="PaymentObserved", frozen=True):
@@ -188,6 +247,9 @@ class PaymentObserved(ProviderEvent, tag="PaymentObserved", frozen=True):
     cancellation_reason: str | None = None
     payment_method_id: str | None = None
     payment_method_saved: bool = False
+    payment_method: MethodDetails | None = None  # displayable details, if the provider gave them
+    # The 54-FZ receipt's registration at the provider: pending | succeeded | canceled.
+    receipt_registration: str | None = None
 
 
 # PaymentCallFailed/RefundCallFailed.error_code when the gateway left a request unknown because
@@ -215,6 +277,7 @@ class RefundObserved(ProviderEvent, tag="RefundObserved", frozen=True):
     status: Literal["pending", "succeeded", "canceled"]
     amount: Money
     cancellation_reason: str | None = None
+    receipt_registration: str | None = None  # the refund receipt's registration
 
 
 class RefundCallFailed(ProviderEvent, tag="RefundCallFailed", frozen=True):
@@ -245,12 +308,21 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
     save_payment_method: bool = True
     capture: bool = True
     payment_method_id: str | None = None  # set: an autopayment with a saved method
-    kind: Literal["purchase", "renewal", "upgrade", "retry"] = "purchase"
+    # trial: the hold that verifies and saves the card of a free trial; verify: the same for
+    # a card added to the wallet. Both are released, never captured.
+    kind: Literal["purchase", "renewal", "upgrade", "retry", "trial", "verify"] = "purchase"
     price_version: int = 0
     plan_amount: Money | None = None  # the plan's full price when the charge differs (upgrade)
     # Upgrade: the credit taken from each earlier payment (payment id -> minor units); the
     # charge is ``plan_amount`` less their sum.
     credits: dict[str, int] = {}
+    trial_days: int = 0  # kind trial: the trial's length
+    # The 54-FZ receipt's contact, fixed with the request (the gateway builds the receipt
+    # from the request, so every retry sends the same body).
+    customer: ReceiptCustomer | None = None
+    # The promo discount this charge applied (``plan_amount`` is then the full price and
+    # ``amount`` = ``charge_for(plan_amount, promo)``); its ``periods`` as before this charge.
+    promo: Discount | None = None
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -333,7 +405,14 @@ class PaymentSucceeded(Event, tag="PaymentSucceeded", frozen=True):
     command_id: str
     provider_payment_id: str
     amount: Money
-    payment_method_id: str | None = None
+    payment_method_id: str | None = None  # a method this payment saved (the new default)
+    payment_method: MethodDetails | None = None  # its displayable details
+    receipt_registration: str | None = None  # the provider's receipt status when it succeeded
+
+
+# PaymentCanceled.reason of a card check (trial, wallet) released by us as intended: not a
+# failed payment, nobody is told.
+CARD_CHECK_RELEASED = "card_check_released"
 
 
 class PaymentCanceled(Event, tag="PaymentCanceled", frozen=True):
@@ -355,6 +434,50 @@ class SubscriptionActivated(Event, tag="SubscriptionActivated", frozen=True):
     # An upgrade replaces the running period: the payments it took credit from now pay only
     # up to its start (payment id -> their new period end).
     supersedes: dict[str, int] = {}
+    # The promo discount left for the renewals after this period (issue 16; None: none).
+    promo: Discount | None = None
+
+
+class TrialStarted(Event, tag="TrialStarted", frozen=True):
+    """The card was verified (held, saved, the hold released): access until ``period_end``
+    without a charge; the first charge, at the plan's price, is due then (dunning as for any
+    renewal). Once per user, ever."""
+
+    payment_id: str  # the verification hold
+    command_id: str
+    plan_id: str
+    period_start: int
+    period_end: int
+    amount: Money  # what the first charge will be
+    payment_method_id: str
+
+
+class PaymentMethodSaved(Event, tag="PaymentMethodSaved", frozen=True):
+    """A card check (a trial's, or the wallet's) saved a method: it joins the wallet;
+    ``default`` makes it the one renewals use. (A paid purchase that saves one says so on its
+    PaymentSucceeded.)"""
+
+    method_id: str
+    payment_id: str
+    default: bool = True
+    details: MethodDetails | None = None
+
+
+class PaymentMethodChanged(Event, tag="PaymentMethodChanged", frozen=True):
+    """The user (or an admin) made a method the default, or deleted it. ``default_method``
+    is the method renewals use afterwards (None: none left)."""
+
+    command_id: str
+    method_id: str
+    action: Literal["default", "delete"]
+    actor: str
+    default_method: str | None = None
+
+
+class PaymentMethodRejected(Event, tag="PaymentMethodRejected", frozen=True):
+    command_id: str
+    method_id: str
+    reason: str
 
 
 class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -369,6 +492,10 @@ class RefundRequest(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     actor: str = "user"
     duplicate: bool = False  # refunds a duplicate charge: our payment's books are untouched
+    # The refund receipt: its contact and what the refunded payment paid for.
+    customer: ReceiptCustomer | None = None
+    plan_id: str = ""
+    period_months: int = 0
 
 
 class RefundRequested(Event, tag="RefundRequested", frozen=True):
@@ -401,6 +528,7 @@ class RefundSucceeded(Event, tag="RefundSucceeded", frozen=True):
     provider_refund_id: str
     amount: Money
     fully_refunded: bool  # the payment has nothing left to refund
+    receipt_registration: str | None = None
 
 
 class RefundFailed(Event, tag="RefundFailed", frozen=True):
@@ -426,7 +554,9 @@ class AutoRenewChanged(Event, tag="AutoRenewChanged", frozen=True):
 
 
 class RenewalFailed(Event, tag="RenewalFailed", frozen=True):
-    """A renewal charge was declined. ``hard``: retrying cannot help (dunning stops)."""
+    """A renewal charge was declined, or could not be made (``no_payment_method``: the
+    wallet is empty; ``payment_id`` is then empty). ``hard``: retrying cannot help (dunning
+    stops)."""
 
     payment_id: str
     reason: str
@@ -546,6 +676,10 @@ AnyEvent = (
     | PlanChangeRejected
     | PeriodAdjusted
     | AdminActionRejected
+    | TrialStarted
+    | PaymentMethodSaved
+    | PaymentMethodChanged
+    | PaymentMethodRejected
 )
 
 _encoder = msgspec.json.Encoder()

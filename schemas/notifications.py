@@ -27,6 +27,8 @@ NotificationKind = Literal[
     "past_due",
     "expired",
     "canceled",
+    "trial_started",  # a free trial began; period_end is when the first charge is made
+    "payment_method_needed",  # a renewal found no saved method: add a card (dunning goes on)
 ]
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
+from billing import logs
 from billing.config import WorkerSettings
-from streams.app import create_app
+from streams.app import check_topics_at_start, create_app
 
 
 def main() -> None:
     settings = WorkerSettings()
-    logging.basicConfig(level=settings.log_level)
-    app = create_app(settings)
+    logs.configure(settings, "worker")  # until Faust applies the same (streams/app.py)
+    app = create_app(settings)  # builds, connects nothing: its tables name their changelogs
+    check_topics_at_start(settings, app)
     app.main()
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+
+from billing import metrics
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
 async def run_consumer(
     name: str,
     *,
-    bootstrap: str,
+    bootstrap: str | Mapping[str, Any],  # an address, or billing.kafka_client.client_kwargs
     topic: str,
     group: str,
     start: Start,
@@ -146,8 +148,9 @@ async def run_consumer(
     that likes them). A commit refused after a rebalance is only logged: the partition's new
     owner replays from the last commit.
     """
+    connect = {"bootstrap_servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **connect,
         group_id=group,
         client_id=group,
         enable_auto_commit=False,
@@ -164,6 +167,7 @@ async def run_consumer(
             if not records:
                 continue
             await _until_done(name, handle, records, max_backoff_s)
+            metrics.made_durable(name, records)
             assigned = consumer.assignment()
             offsets = {tp: o for tp, o in next_offsets(records).items() if tp in assigned}
             if not offsets:

@@ -21,9 +21,19 @@ from fastapi.types import DecoratedCallable
 from pydantic import BaseModel
 
 from api import catalogue, intake, queries
-from api.deps import AdminCommandDep, AdminUser, DbDep, SettingsDep, command_route, get_admin_user
+from api.deps import (
+    AdminCommandDep,
+    AdminUser,
+    CursorQuery,
+    DbDep,
+    SettingsDep,
+    command_route,
+    get_admin_user,
+)
 from api.errors import CommandNotFound, SubscriptionNotFound
+from api.routes.refunds import refund_or_not_yet
 from schemas.http import (
+    PLAN_ID_PATTERN,
     AdminActionAccepted,
     AdminAutoRenew,
     AdminExtend,
@@ -40,16 +50,16 @@ from schemas.http import (
     PriceCreate,
     error_responses,
 )
+from schemas.ids import subscription_id_for
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(get_admin_user)])
 
 SubscriptionStatus = Literal[
     "none", "pending", "active", "inactive", "past_due", "expired", "canceled"
 ]
-PLAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 PlanIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=PLAN_ID_PATTERN)]
 READ_ERRORS = error_responses(401, 403, 404, 422)
-WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 
 
 def _write_route(
@@ -130,6 +140,19 @@ async def archive_plan(
     )
 
 
+@_write_route("/plans/{plan_id}/unarchive", AdminPlanOut, status_code=None)
+async def unarchive_plan(
+    plan_id: PlanIdPath, body: AdminReason, cmd: AdminCommandDep
+) -> JSONResponse:
+    """Put an archived plan back on sale, at its price in force now (scheduled prices keep
+    their dates). Unarchiving a plan on sale is harmless."""
+    actor = intake.actor_of(cmd.caller.user_id)
+    return await cmd.write(
+        body,
+        lambda conn: catalogue.archive_plan(conn, actor, plan_id, body.reason, archived=False),
+    )
+
+
 @_write_route("/plans/{plan_id}/prices", AdminPlanOut, status_code=201)
 async def add_price(plan_id: PlanIdPath, body: PriceCreate, cmd: AdminCommandDep) -> JSONResponse:
     """Schedule a price change: a new price version in force from ``effective_from`` (now if
@@ -156,7 +179,7 @@ async def list_subscriptions(
     ] = None,
     status: SubscriptionStatus | None = None,
     plan_id: Annotated[str | None, Query(max_length=64, pattern=PLAN_ID_PATTERN)] = None,
-    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AdminSubscriptionPage:
     """Subscriptions matching the filters, in a stable order; pass ``next_cursor`` back as
@@ -206,7 +229,8 @@ async def refund_payment(
 ) -> JSONResponse:
     """Refund any user's payment, fully (no ``amount``) or partly. The ledger enforces the
     refundable amount; a full refund of the current period's payment ends access."""
-    return await cmd.submit(intake.accept_refund, body, payment_id=str(payment_id), admin=True)
+    outcome = await refund_or_not_yet(cmd, body, payment_id, admin=True)
+    return cmd.intake.publish_and_answer(outcome)
 
 
 @_write_route("/payments/{payment_id}/capture")
@@ -260,6 +284,23 @@ async def grant_subscription(
     period covering now. A plan off sale only to a subscription already on it."""
     return await cmd.submit(
         intake.accept_admin_adjust, body, subscription_id=str(subscription_id), action="grant"
+    )
+
+
+@_write_route("/users/{user_id}/grant")
+async def grant_user(
+    body: AdminGrant,
+    cmd: AdminCommandDep,
+    user_id: str = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@:+-]{1,128}$"),
+) -> JSONResponse:
+    """Give one free period of a plan to a user by id, with or without a subscription yet
+    (issue 16): the same grant, on the subscription derived from the user id."""
+    return await cmd.submit(
+        intake.accept_admin_adjust,
+        body,
+        subscription_id=subscription_id_for(user_id),
+        action="grant",
+        user_id=user_id,
     )
 
 

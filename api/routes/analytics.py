@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from analytics import dispatch
 from api.deps import SettingsDep, get_admin_user
@@ -42,11 +42,13 @@ from schemas.http import (
     DeclineReasonOut,
     DiscrepancyDayOut,
     DunningMonth,
+    Instant,
     MrrMonth,
     OverviewOut,
     RefundRateOut,
     RevenueDay,
     SuccessDay,
+    TrialsDay,
     error_responses,
 )
 from schemas.periods import dt_to_ms
@@ -62,6 +64,10 @@ router = APIRouter(
 QUERY_TIMEOUT_S = 30.0  # an analytical query over years of history takes seconds
 MAX_WINDOW_DAYS = dispatch.MAX_WINDOW_DAYS
 ERRORS = error_responses(401, 403, 422, 503)
+# A date in the history's range (analytics.dispatch.FIRST_MONTH..LAST_MONTH: ClickHouse's
+# and epoch milliseconds' dates start in 1970), on a day every month has: the document then
+# says exactly what the dispatcher accepts (0001-01-01 was a 503, 1969-06-01 a traceback).
+FIRST_MONTH_PATTERN = r"^(19[7-9][0-9]|20[0-9]{2}|2100)-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$"
 
 
 class AnalyticsUnavailable(ApiError):
@@ -96,7 +102,9 @@ async def _ask_worker(request: Request, settings: ApiSettings, call: dispatch.Ca
     )
     try:
         async with httpx.AsyncClient(timeout=QUERY_TIMEOUT_S, transport=transport) as client:
-            resp = await client.get(f"{base}/analytics/{name}/", params=call.params)
+            resp = await client.get(
+                f"{base}/analytics/{name}/", params=call.params, headers=settings.history_headers()
+            )
     except httpx.HTTPError as exc:
         log.warning("analytics: the history worker at %s did not answer: %r", base, exc)
         raise AnalyticsUnavailable(
@@ -203,28 +211,33 @@ def _ms(name: str, value: datetime | None) -> dict[str, str]:
 
 def _window(
     from_: Annotated[
-        AwareDatetime | None, Query(alias="from", description="window start (default: to - 30 d)")
+        Instant | None,
+        Query(alias="from", description="window start, RFC 3339 (default: to - 30 d)"),
     ] = None,
     to: Annotated[
-        AwareDatetime | None, Query(description="window end, excluded (default: now)")
+        Instant | None,
+        Query(
+            description="window end, excluded, RFC 3339 (default: now); after from (422"
+            f" invalid_range) and at most {MAX_WINDOW_DAYS} days after it (422 window_too_long)"
+        ),
     ] = None,
 ) -> dict[str, str]:
     return _ms("from", from_) | _ms("to", to)
 
 
 def _instant(
-    at: Annotated[AwareDatetime | None, Query(description="the instant (default: now)")] = None,
+    at: Annotated[Instant | None, Query(description="the instant (default: now)")] = None,
 ) -> dict[str, str]:
     return _ms("at", at)
 
 
 Window = Annotated[dict[str, str], Depends(_window)]
-Instant = Annotated[dict[str, str], Depends(_instant)]
+At = Annotated[dict[str, str], Depends(_instant)]
 
 
 # -------------------------------------------------------------------------------- routes
 @router.get("/overview", response_model=OverviewOut, responses=ERRORS)
-async def overview(ask: AskDep, at: Instant) -> Any:
+async def overview(ask: AskDep, at: At) -> Any:
     """The overview page: revenue, payment success, declines, refund rate and dunning of the
     30 days before ``at``, active subscribers at ``at``, MRR movements of 12 months."""
     return await ask("overview", at, OverviewOut)
@@ -240,6 +253,12 @@ async def revenue(ask: AskDep, window: Window) -> Any:
 async def payment_success(ask: AskDep, window: Window) -> Any:
     """Payments that reached a terminal state per day: succeeded, canceled, the rate."""
     return await ask("payment_success", window, list[SuccessDay])
+
+
+@router.get("/trials", response_model=list[TrialsDay], responses=ERRORS)
+async def trials(ask: AskDep, window: Window) -> Any:
+    """Free trials started per day in the window and how many converted (issue 16)."""
+    return await ask("trials", window, list[TrialsDay])
 
 
 @router.get("/decline-reasons", response_model=list[DeclineReasonOut], responses=ERRORS)
@@ -265,18 +284,23 @@ async def mrr(
     ask: AskDep,
     months: Annotated[int, Query(ge=1, le=60)] = 12,
     from_month: Annotated[
-        date | None,
-        Query(description="the first month, 1970-01 to 2100-12 (default: months back from now)"),
+        str | None,
+        Query(
+            pattern=FIRST_MONTH_PATTERN,
+            description="the first month: a date from 1970-01-01 to 2100-12-28 (day 01 to 28;"
+            " the month it is in counts); default: months back from now",
+            examples=["2026-01-01"],
+        ),
     ] = None,
 ) -> Any:
     """MRR at each month's close and its movements: new, expansion, contraction, churn, with
     subscriber counts and the churn rate."""
-    first = {"from_month": from_month.isoformat()} if from_month is not None else {}
+    first = {"from_month": from_month} if from_month is not None else {}
     return await ask("mrr_movements", {"months": str(months)} | first, list[MrrMonth])
 
 
 @router.get("/active-subscribers", response_model=ActiveSubscribersOut, responses=ERRORS)
-async def active_subscribers(ask: AskDep, at: Instant) -> Any:
+async def active_subscribers(ask: AskDep, at: At) -> Any:
     """Subscriptions with access at ``at``, in total and per plan."""
     return await ask("active_subscribers", at, ActiveSubscribersOut)
 

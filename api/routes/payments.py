@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from api import intake, queries
-from api.deps import CommandDep, CurrentUser, DbDep, command_route
+from api.deps import CommandDep, CurrentUser, CursorQuery, DbDep, command_route
 from api.errors import InvalidRange, PaymentNotFound
 from schemas.http import (
+    Instant,
     PaymentAccepted,
     PaymentCreate,
     PaymentOut,
@@ -37,7 +37,9 @@ async def create_payment(body: PaymentCreate, cmd: CommandDep) -> JSONResponse:
     """Pay for a plan. Needs an ``Idempotency-Key``: retrying with the same key and body
     returns the first answer (``Idempotent-Replayed: true``) and never charges twice. The
     price is the plan's price in force now; archived plans are not for sale. 202 means the
-    command is durably accepted; poll ``status_url``."""
+    command is durably accepted; poll ``status_url``. When the shop sends 54-FZ receipts and
+    no contact is known (``receipt_email``/``receipt_phone``, the profile, the token's
+    email), 422 ``receipt_contact_required``."""
     outcome = await cmd.accept(intake.accept_payment, body)
     if outcome.message is not None:
         log.info("accepted command %s", outcome.message.command_id)
@@ -60,12 +62,13 @@ async def list_payments(
     db: DbDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: StatusFilter | None = None,
-    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    cursor: CursorQuery = None,
     created_from: Annotated[
-        AwareDatetime | None, Query(description="ISO 8601 with a zone; inclusive")
+        Instant | None, Query(description="RFC 3339 with a zone; inclusive")
     ] = None,
     created_to: Annotated[
-        AwareDatetime | None, Query(description="ISO 8601 with a zone; exclusive")
+        Instant | None,
+        Query(description="RFC 3339 with a zone; exclusive; not before created_from (422)"),
     ] = None,
 ) -> PaymentPage:
     """Your payments, newest first, optionally created in ``[created_from, created_to)``.

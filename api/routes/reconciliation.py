@@ -61,7 +61,7 @@ router = APIRouter(
 )
 
 READ_ERRORS = error_responses(401, 403, 422)
-WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 MAX_RUNS_PAGE = 50
 
 

@@ -11,9 +11,17 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from api import intake, queries
-from api.deps import CommandDep, CurrentUser, DbDep, command_route
-from api.errors import PaymentNotFound, RefundNotFound
-from schemas.http import RefundAccepted, RefundCreate, RefundOut, RefundPage, error_responses
+from api.deps import CommandDep, CommandRequest, CurrentUser, CursorQuery, DbDep, command_route
+from api.errors import PaymentNotFound, PaymentNotProcessed, RefundNotFound
+from api.intake import IntakeOutcome
+from schemas.http import (
+    AdminRefundCreate,
+    RefundAccepted,
+    RefundCreate,
+    RefundOut,
+    RefundPage,
+    error_responses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +30,32 @@ router = APIRouter(prefix="/api/v1", tags=["refunds"])
 RefundStatusFilter = Literal["requested", "unknown", "pending", "succeeded", "canceled"]
 
 
+async def refund_or_not_yet(
+    cmd: CommandRequest,
+    body: RefundCreate | AdminRefundCreate,
+    payment_id: uuid.UUID,
+    *,
+    admin: bool,
+) -> IntakeOutcome:
+    """Accept a refund; a payment the caller can see as ``accepted`` but the ledger has not
+    taken yet is 409 ``payment_not_processed`` (retry later), not a 404."""
+    try:
+        return await cmd.accept(intake.accept_refund, body, payment_id=str(payment_id), admin=admin)
+    except PaymentNotFound:
+        async with cmd.intake.pool.connection() as conn:
+            owner = None if admin else cmd.caller.user_id
+            if await queries.payment_accepted(conn, str(payment_id), owner):
+                raise PaymentNotProcessed() from None
+        raise
+
+
 @command_route(router, "/payments/{payment_id}/refunds", RefundAccepted)
 async def create_refund(payment_id: uuid.UUID, body: RefundCreate, cmd: CommandDep) -> JSONResponse:
     """Refund one of your payments, fully (no ``amount``) or partly. Needs an
     ``Idempotency-Key``. 202 means accepted; the ledger refuses more than is still
     refundable (``status: rejected`` with the reason on the status URL). A full refund of the
     current period's payment ends access at once; a partial one keeps it."""
-    outcome = await cmd.accept(intake.accept_refund, body, payment_id=str(payment_id))
+    outcome = await refund_or_not_yet(cmd, body, payment_id, admin=False)
     if outcome.message is not None:
         log.info("accepted refund command %s", outcome.message.command_id)
     return cmd.intake.publish_and_answer(outcome)
@@ -53,7 +80,7 @@ async def list_my_refunds(
     db: DbDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: RefundStatusFilter | None = None,
-    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    cursor: CursorQuery = None,
 ) -> RefundPage:
     """Your refunds (of all your payments), newest first. Pass ``next_cursor`` back as
     ``cursor`` for the next page. A refund the ledger refused never appears here: its status

@@ -11,8 +11,11 @@ by the cinema's auth service keep working.
 Bad credentials answer 400 ``invalid_credentials`` (OAuth 2.0's password grant answers an
 invalid grant the same way, RFC 6749 §5.2), the same for an unknown user and a wrong password,
 in the same time. Repeated failures from one address for one username are refused for a while
-(429 ``too_many_attempts`` with ``Retry-After``). No Idempotency-Key: a login creates nothing,
-and storing its answer for a replay would store a credential.
+(429 ``too_many_attempts`` with ``Retry-After``), and so are attempts of any outcome from one
+address beyond ``rate_limit_logins_per_min`` (429 ``rate_limited``). The address is the real
+client's: behind a proxy in ``api_trusted_proxies``, the one it forwarded (api/limits.py).
+No Idempotency-Key: a login creates nothing, and storing its answer for a replay would store a
+credential.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import ADMIN_ROLE, mint_token
 from api.deps import JsonBody, SettingsDep
 from api.errors import ApiError, BadRequest, ServiceUnavailable
+from api.limits import LimitsDep, limit_logins
 from billing.config import ApiSettings
-from billing.passwords import PasswordHashInvalid, valid_password, verify_password
+from billing.passwords import PasswordHashInvalid, verify_password
 from schemas.http import SessionOut, error_responses
 
 log = logging.getLogger(__name__)
@@ -135,8 +139,10 @@ Username = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$"),
 ]
+# Any text but control characters (billing.passwords.valid_password, as a pattern here so the
+# OpenAPI document says it).
 Password = Annotated[
-    str, StringConstraints(min_length=1, max_length=1024), AfterValidator(valid_password)
+    str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 
 
@@ -152,9 +158,8 @@ class SessionCreate(BaseModel):
     __str__ = __repr__
 
 
-def _client_key(request: Request, username: str) -> str:
-    host = request.client.host if request.client else "-"
-    return f"{host}\x00{username.casefold()}"
+def _client_key(address: str, username: str) -> str:
+    return f"{address}\x00{username.casefold()}"
 
 
 async def check_credentials(settings: ApiSettings, username: str, password: str) -> bool:
@@ -179,15 +184,19 @@ async def check_credentials(settings: ApiSettings, username: str, password: str)
 @router.post(
     "/session",
     response_model=SessionOut,
-    dependencies=[JsonBody],
+    dependencies=[Depends(limit_logins), JsonBody],
     responses=error_responses(400, 413, 415, 422, 429, 503),
 )
 async def create_session(
-    request: Request, body: SessionCreate, settings: SettingsDep, throttle: ThrottleDep
+    request: Request,
+    body: SessionCreate,
+    settings: SettingsDep,
+    throttle: ThrottleDep,
+    limits: LimitsDep,
 ) -> SessionOut:
     """Log in to the admin console: a short-lived admin token (``dashboard_session_ttl_s``).
     400 ``invalid_credentials``; 429 after repeated failures; 503 when not configured."""
-    key = _client_key(request, body.username)
+    key = _client_key(limits.client(request), body.username)
     wait = throttle.retry_after(key)
     if wait is not None:
         log.warning("console login refused (throttled) for %r", body.username)

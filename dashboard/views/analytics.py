@@ -3,7 +3,7 @@ success, decline reasons, refund rate and dunning recovery, for a chosen window.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
@@ -18,18 +18,7 @@ def _window() -> tuple[datetime, datetime, int]:
         "Window (UTC days)", value=(today - timedelta(days=29), today), max_value=today
     )
     months = int(c2.slider("MRR months", 3, 36, 12))
-    if isinstance(picked, tuple) and len(picked) == 2:
-        start, end = picked
-    elif isinstance(picked, date):
-        start = end = picked
-    else:
-        start, end = today - timedelta(days=29), today
-    assert isinstance(start, date) and isinstance(end, date)
-    return (
-        datetime.combine(start, time(0), tzinfo=UTC),
-        datetime.combine(end + timedelta(days=1), time(0), tzinfo=UTC),
-        months,
-    )
+    return (*ui.day_window(picked, today), months)
 
 
 def render() -> None:

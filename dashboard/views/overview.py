@@ -88,6 +88,11 @@ def render() -> None:
     else:
         m5.metric("Commands not done", "—")
 
+    if ov is not None and not ov.revenue and not ov.active.total:
+        st.caption(
+            "Nothing to show yet. On the local stack, `.venv/bin/billing demo` plays a few"
+            " months of traffic into it (README, Paying for a plan)."
+        )
     if ov is not None:
         currencies = charts.currencies(ov.revenue) or ["RUB"]
         currency = currencies[0]

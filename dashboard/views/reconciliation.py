@@ -39,7 +39,10 @@ def _runs(api: AdminClient) -> RunOut | None:
     if page is None:
         return None
     if not page.items:
-        st.caption("No run yet: `python -m reconciler` starts one.")
+        st.caption(
+            "No run yet: `.venv/bin/billing reconcile --from 2026-11-24 --to 2026-11-25 --wait`"
+            " starts one (README, Reconciliation); the workers also run yesterday's each night."
+        )
         return None
     ui.chart(charts.run_counts_chart(tables.run_counts_frame(page.items)))
     ui.table(tables.runs_frame(page.items), key="recon-runs", file_name="recon-runs.csv")

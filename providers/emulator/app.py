@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs
 
@@ -35,12 +36,16 @@ log = logging.getLogger(__name__)
 JSON_CT = "application/json;charset=UTF-8"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 TICK_MAX_S = 0.05
+SAVE_EVERY_S = 0.2  # with a state file: the longest a change waits to be written
 
 
 class Emulator:
-    """State, faults and notifier of one emulator instance (shared by app and runner)."""
+    """State, faults and notifier of one emulator instance (shared by app and runner).
 
-    def __init__(self, config: EmulatorConfig) -> None:
+    With ``state_path`` the store is read from that file at start and written back when it
+    changed (at most every SAVE_EVERY_S, and on shutdown), so a restart keeps the objects."""
+
+    def __init__(self, config: EmulatorConfig, state_path: Path | None = None) -> None:
         self.initial = copy.deepcopy(config)
         self.config = config
         self.faults = FaultBook(config.seed)
@@ -49,6 +54,18 @@ class Emulator:
         self.store.notify = self.notifier.submit
         # Set on shutdown so that hung (fault-injected) requests end instead of blocking it.
         self.stopping = threading.Event()
+        self.state_path = state_path
+        if state_path is not None and state_path.is_file():
+            self.store.restore(state_path.read_bytes())
+            log.info("emulator: %d payments restored from %s", len(self.store.payments), state_path)
+        self._saved_changes = self.store.changes
+
+    def save_if_changed(self) -> None:
+        if self.state_path is None or self.store.changes == self._saved_changes:
+            return
+        changes = self.store.changes
+        self.store.save(self.state_path)
+        self._saved_changes = changes
 
     async def pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -96,7 +113,10 @@ def _fault_response(fault: Fault) -> Response:
         body: JSON = {"type": "processing", "description": "Request accepted", "retry_after": 1800}
         return JSONResponse(body, status_code=202, media_type=JSON_CT)
     if fault.kind == "429":
-        return _error(429, "too_many_requests", "Too many requests")
+        # The rule's delay_s is the wait asked for (seconds), as a shop over its limit is told.
+        answer = _error(429, "too_many_requests", "Too many requests")
+        answer.headers["Retry-After"] = f"{fault.delay_s:g}"
+        return answer
     return _error(500, "internal_server_error", "Internal server error (injected)")
 
 
@@ -138,12 +158,15 @@ def create_app(emu: Emulator) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await emu.notifier.start()
         ticker = asyncio.create_task(_tick_forever(emu), name="emulator-ticker")
+        saver = asyncio.create_task(_save_forever(emu), name="emulator-saver")
         try:
             yield
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for task in (ticker, saver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            emu.save_if_changed()
             await emu.notifier.stop()
 
     app = FastAPI(title="YooKassa emulator", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -391,6 +414,7 @@ def create_app(emu: Emulator) -> FastAPI:
             emu.store.clock.advance(float((await control_body(request)).get("advance_s", 0)))
         except (ValueError, TypeError) as exc:
             return _error(400, "invalid_request", str(exc))
+        emu.store.changes += 1
         emu.store.tick()
         return _ok({"now": iso(emu.store.clock.now()), "offset_s": emu.store.clock.offset_s})
 
@@ -406,3 +430,15 @@ async def _tick_forever(emu: Emulator) -> None:
             log.exception("emulator tick failed")
         wait = emu.store.next_timer_in()
         await asyncio.sleep(TICK_MAX_S if wait is None else min(max(wait, 0.005), TICK_MAX_S))
+
+
+async def _save_forever(emu: Emulator) -> None:
+    """Write the store to its file when it changed (no file: nothing to do)."""
+    if emu.state_path is None:
+        return
+    while True:
+        await asyncio.sleep(SAVE_EVERY_S)
+        try:
+            await asyncio.to_thread(emu.save_if_changed)
+        except Exception:
+            log.exception("emulator: saving %s failed", emu.state_path)

@@ -22,6 +22,7 @@ def config_from_settings(settings: EmulatorSettings) -> EmulatorConfig:
         shop_id=settings.yookassa_shop_id,
         secret_key=settings.yookassa_secret_key.get_secret_value(),
         webhook_url=settings.webhook_url,
+        require_receipts=settings.receipts_enabled,
     )
 
 

@@ -4,6 +4,10 @@ YooKassa's error body and ``Notice`` to notifications.
 
 Everything runs on the emulator clock (wall time plus an offset a test can advance), so hold
 expiry, confirmation timeouts and the 24-hour key window can be tested in seconds.
+
+The objects can be kept in a file (``Store.dump``/``Store.restore``, JSON): the local stack
+does, so a restarted emulator still knows the payments the ledger is waiting for (a pending
+payment the provider had forgotten would block its user with ``payment_in_progress``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
 
 from schemas.money import CURRENCY_EXPONENT, Money, MoneyError
 
@@ -76,6 +83,10 @@ class EmulatorConfig:
     notify_backoff_s: float = 0.2
     notify_max_backoff_s: float = 5.0
     notify_retry_for_s: float = 60.0
+    # 54-FZ: the shop is registered for receipts. A payment captured at once, a capture and a
+    # refund without a valid ``receipt`` are refused (400 invalid_request, parameter
+    # ``receipt``); a hold may take its receipt at capture. A receipt sent is checked anyway.
+    require_receipts: bool = False
 
     def update(self, changes: JSON) -> None:
         names = {f.name: f for f in fields(self)}
@@ -132,6 +143,98 @@ def parse_iso(value: str) -> float:
         raise bad_request(f"not an ISO-8601 time: {value!r}") from exc
 
 
+VAT_CODES = range(1, 11)
+TAX_SYSTEM_CODES = range(1, 7)
+PAYMENT_MODES = {
+    "full_prepayment",
+    "partial_prepayment",
+    "advance",
+    "full_payment",
+    "partial_payment",
+    "credit",
+    "credit_payment",
+}
+PAYMENT_SUBJECTS = {
+    "commodity",
+    "excise",
+    "job",
+    "service",
+    "gambling_bet",
+    "gambling_prize",
+    "lottery",
+    "lottery_prize",
+    "intellectual_activity",
+    "payment",
+    "agent_commission",
+    "property_right",
+    "non_operating_gain",
+    "insurance_premium",
+    "sales_tax",
+    "resort_fee",
+    "composite",
+    "another",
+}
+
+
+def check_receipt(raw: Any, amount: Money, *, required: bool) -> JSON | None:
+    """A 54-FZ ``receipt`` as YooKassa checks it (YOOKASSA-API.md §7): a customer email or
+    phone, items with description, positive quantity, amount, vat_code 1..10, a known
+    payment_mode and payment_subject, whose amount x quantity add up to ``amount`` exactly;
+    tax_system_code 1..6 if given. None when absent and not ``required``."""
+    if raw is None:
+        if required:
+            raise bad_request("Receipt is missing or illegal", "receipt")
+        return None
+    if not isinstance(raw, dict):
+        raise bad_request("receipt must be an object", "receipt")
+    customer = raw.get("customer")
+    if not isinstance(customer, dict) or not (customer.get("email") or customer.get("phone")):
+        raise bad_request("receipt.customer needs an email or a phone", "receipt.customer")
+    phone = customer.get("phone")
+    if phone is not None and not (isinstance(phone, str) and phone.isdigit()):
+        raise bad_request("receipt.customer.phone must be digits", "receipt.customer.phone")
+    email = customer.get("email")
+    if email is not None and not (isinstance(email, str) and "@" in email):
+        raise bad_request("receipt.customer.email is invalid", "receipt.customer.email")
+    tax = raw.get("tax_system_code")
+    if tax is not None and (isinstance(tax, bool) or tax not in TAX_SYSTEM_CODES):
+        raise bad_request("tax_system_code must be within 1..6", "receipt.tax_system_code")
+    items = raw.get("items")
+    if not isinstance(items, list) or not 1 <= len(items) <= 100:
+        raise bad_request("receipt.items: 1 to 100 items", "receipt.items")
+    total = Decimal(0)
+    for n, item in enumerate(items):
+        where = f"receipt.items[{n}]"
+        if not isinstance(item, dict):
+            raise bad_request("an item must be an object", where)
+        text = item.get("description")
+        if not isinstance(text, str) or not 1 <= len(text) <= 128:
+            raise bad_request("description: 1 to 128 chars", f"{where}.description")
+        try:
+            quantity = Decimal(str(item.get("quantity")))
+        except InvalidOperation as exc:
+            raise bad_request("quantity must be a number", f"{where}.quantity") from exc
+        if not quantity.is_finite() or quantity <= 0:
+            raise bad_request("quantity must be positive", f"{where}.quantity")
+        price = parse_amount(item.get("amount"), f"{where}.amount")
+        if price.currency != amount.currency:
+            raise bad_request("item currency differs", f"{where}.amount.currency")
+        vat = item.get("vat_code")
+        if isinstance(vat, bool) or vat not in VAT_CODES:
+            raise bad_request("vat_code must be within 1..10", f"{where}.vat_code")
+        if item.get("payment_mode") not in PAYMENT_MODES:
+            raise bad_request("unknown payment_mode", f"{where}.payment_mode")
+        if item.get("payment_subject") not in PAYMENT_SUBJECTS:
+            raise bad_request("unknown payment_subject", f"{where}.payment_subject")
+        total += price.to_decimal() * quantity
+    if total != amount.to_decimal():
+        raise bad_request(
+            f"the receipt's items sum to {total}, not the amount {amount.to_decimal()}",
+            "receipt.items",
+        )
+    return raw
+
+
 def money_json(m: Money) -> JSON:
     return m.to_provider()
 
@@ -174,6 +277,8 @@ class PaymentRecord:
     saved: bool = False
     cancellation: tuple[str, str] | None = None
     card_last4: str = "4444"
+    receipt: JSON | None = None
+    receipt_registration: str | None = None
 
 
 @dataclass
@@ -187,6 +292,8 @@ class RefundRecord:
     description: str | None
     metadata: dict[str, str] | None
     cancellation: tuple[str, str] | None = None
+    receipt: JSON | None = None
+    receipt_registration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +328,18 @@ class Stats:
         table[key] = table.get(key, 0) + 1
 
 
+class _Saved(msgspec.Struct):
+    """What a restart keeps: objects, idempotence records, timers, the clock's offset."""
+
+    payments: list[PaymentRecord]
+    refunds: list[RefundRecord]
+    revoked_methods: list[str]
+    keys: list[tuple[str, str, _KeyRecord]]
+    seq: int
+    timers: list[tuple[float, int, str, str]]
+    clock_offset_s: float
+
+
 def fingerprint(body: Any) -> str:
     """Canonical JSON of a request body: key order and spacing do not make a new request."""
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
@@ -235,6 +354,8 @@ class Store:
         self.clock = clock or Clock()
         self.lock = threading.RLock()
         self.notify: Callable[[Notice], None] = lambda notice: None
+        # Bumped by every change a restart must keep (Emulator saves when it moved).
+        self.changes = 0
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -243,6 +364,7 @@ class Store:
         self.refunds: dict[str, RefundRecord] = {}
         self.revoked_methods: set[str] = set()
         self.keys: dict[tuple[str, str], _KeyRecord] = {}
+        self.receipts: list[JSON] = []  # accepted 54-FZ receipts, in order (control API)
         self.stats = Stats()
         self._seq = 0
         self._timers: list[tuple[float, int, str, str]] = []
@@ -252,10 +374,48 @@ class Store:
             self.config = config
             self.clock = Clock()
             self._reset_state()
+            self.changes += 1
+
+    # ------------------------------------------------------------------------ persistence
+    def dump(self) -> bytes:
+        """The objects, keys, timers and clock offset as JSON (``restore`` reads it back)."""
+        with self.lock:
+            saved = _Saved(
+                payments=list(self.payments.values()),
+                refunds=list(self.refunds.values()),
+                revoked_methods=sorted(self.revoked_methods),
+                keys=[(scope, key, rec) for (scope, key), rec in self.keys.items()],
+                seq=self._seq,
+                timers=list(self._timers),
+                clock_offset_s=self.clock.offset_s,
+            )
+            return msgspec.json.encode(saved)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a ``dump``; the stats start again from zero."""
+        saved = msgspec.json.decode(data, type=_Saved)
+        with self.lock:
+            self._reset_state()
+            self.payments = {p.id: p for p in sorted(saved.payments, key=lambda p: p.seq)}
+            self.refunds = {r.id: r for r in sorted(saved.refunds, key=lambda r: r.seq)}
+            self.revoked_methods = set(saved.revoked_methods)
+            self.keys = {(scope, key): rec for scope, key, rec in saved.keys}
+            self._seq = saved.seq
+            self._timers = list(saved.timers)
+            heapq.heapify(self._timers)
+            self.clock.offset_s = saved.clock_offset_s
+
+    def save(self, path: Path) -> None:
+        """Write ``dump`` to ``path`` atomically (a crash mid-write keeps the last file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(self.dump())
+        tmp.replace(path)
 
     # ------------------------------------------------------------------------- helpers
     def _next_seq(self) -> int:
         self._seq += 1
+        self.changes += 1
         return self._seq
 
     def new_id(self) -> str:
@@ -282,9 +442,11 @@ class Store:
         return record
 
     def _remember(self, scope: str, key: str, body: Any, kind: str, object_id: str) -> None:
+        self.changes += 1
         self.keys[(scope, key)] = _KeyRecord(fingerprint(body), kind, object_id, self.clock.now())
 
     def _emit(self, event: str, object_id: str, body: JSON) -> None:
+        self.changes += 1
         self.stats.count(self.stats.notifications, event)
         self.notify(
             Notice(event, object_id, {"type": "notification", "event": event, "object": body})
@@ -329,6 +491,10 @@ class Store:
             )
         confirmation = body.get("confirmation")
         capture = bool(body.get("capture", False))
+        # A hold may take its receipt at capture; money taken now needs it now.
+        receipt = check_receipt(
+            body.get("receipt"), amount, required=self.config.require_receipts and capture
+        )
         return_url: str | None = None
         if method_id is None:
             if not isinstance(confirmation, dict) or confirmation.get("type") != "redirect":
@@ -355,8 +521,12 @@ class Store:
             return_url=return_url,
             confirmation_url=None if method_id else f"{confirm_base}/checkout/{pid}",
             autopayment_of=str(method_id) if method_id else None,
+            receipt=receipt,
+            receipt_registration="pending" if receipt is not None else None,
         )
         self.payments[pid] = p
+        if receipt is not None:
+            self.receipts.append({"object": "payment", "id": pid, "receipt": receipt})
         self.stats.payments_created += 1
         our_id = p.metadata.get("payment_id")
         if our_id:
@@ -393,6 +563,8 @@ class Store:
             self._emit("payment.waiting_for_capture", p.id, self.payment_json(p))
 
     def _succeed(self, p: PaymentRecord, captured: Money) -> None:
+        if p.receipt is not None:
+            p.receipt_registration = "succeeded"  # registered at once (no fiscal delay here)
         p.status = "succeeded"
         p.paid = True
         p.captured_amount = captured
@@ -401,9 +573,14 @@ class Store:
         self._emit("payment.succeeded", p.id, self.payment_json(p))
 
     def _cancel(self, p: PaymentRecord, party: str, reason: str) -> None:
+        # A method saved by a hold stays saved when the hold is released (YooKassa: "save
+        # during a two-stage payment for the minimum amount, then cancel it" binds the card).
+        keep = p.saved and p.status == "waiting_for_capture"
+        if p.receipt is not None:
+            p.receipt_registration = "canceled"
         p.status = "canceled"
         p.paid = False
-        p.saved = False
+        p.saved = keep
         p.cancellation = (party, reason)
         p.expires_at = None
         p.confirm_deadline = None
@@ -453,7 +630,18 @@ class Store:
                     or amount.amount_minor > p.amount.amount_minor
                 ):
                     raise bad_request("capture amount exceeds the payment", "amount.value")
+            receipt = None
+            if action == "capture":
+                # The capture's receipt, else the create's (only for the full amount).
+                given = body.get("receipt")
+                if given is None and p.receipt is not None and amount == p.amount:
+                    given = p.receipt
+                receipt = check_receipt(given, amount, required=self.config.require_receipts)
             assert key is not None
+            if receipt is not None and receipt is not p.receipt:
+                p.receipt = receipt
+                p.receipt_registration = "pending"
+                self.receipts.append({"object": "payment", "id": p.id, "receipt": receipt})
             self._remember(scope, key, body, "payment", p.id)
             if action == "capture":
                 self._succeed(p, amount)
@@ -466,6 +654,7 @@ class Store:
         with self.lock:
             self.get_payment_record(method_id)
             self.revoked_methods.add(method_id)
+            self.changes += 1
 
     # --------------------------------------------------------------------------- refunds
     def create_refund(self, body: JSON, key: str | None) -> tuple[JSON, bool]:
@@ -491,6 +680,9 @@ class Store:
                 raise bad_request(
                     "refund amount exceeds the captured amount not yet refunded", "amount.value"
                 )
+            receipt = check_receipt(
+                body.get("receipt"), amount, required=self.config.require_receipts
+            )
             description = body.get("description")
             metadata = body.get("metadata")
             r = RefundRecord(
@@ -504,11 +696,17 @@ class Store:
                 metadata={str(k): str(v) for k, v in metadata.items()}
                 if isinstance(metadata, dict)
                 else None,
+                receipt=receipt,
             )
             self.refunds[r.id] = r
+            if receipt is not None:
+                self.receipts.append({"object": "refund", "id": r.id, "receipt": receipt})
             self.stats.refunds_created += 1
             assert key is not None
             self._remember("refunds", key, body, "refund", r.id)
+            if receipt is not None:
+                registered = self.config.refund_result == "succeed"
+                r.receipt_registration = "succeeded" if registered else "canceled"
             if self.config.refund_result == "succeed":
                 r.status = "succeeded"
                 p.refunded_minor += amount.amount_minor
@@ -683,6 +881,8 @@ class Store:
             }
         if p.cancellation is not None:
             out["cancellation_details"] = {"party": p.cancellation[0], "reason": p.cancellation[1]}
+        if p.receipt_registration is not None:
+            out["receipt_registration"] = p.receipt_registration
         return out
 
     def refund_json(self, r: RefundRecord) -> JSON:
@@ -699,6 +899,8 @@ class Store:
             out["metadata"] = dict(r.metadata)
         if r.cancellation is not None:
             out["cancellation_details"] = {"party": r.cancellation[0], "reason": r.cancellation[1]}
+        if r.receipt_registration is not None:
+            out["receipt_registration"] = r.receipt_registration
         return out
 
     def snapshot(self) -> JSON:
@@ -707,6 +909,8 @@ class Store:
             return {
                 "payments": [self.payment_json(p) for p in self.payments.values()],
                 "refunds": [self.refund_json(r) for r in self.refunds.values()],
+                # Control API only (YooKassa shows no receipt): each receipt accepted.
+                "receipts": list(self.receipts),
             }
 
     def stats_json(self) -> JSON:

@@ -25,6 +25,7 @@ from providers.port import (
     ProviderError,
     ProviderPayment,
     ProviderRefund,
+    ProviderRejected,
     SearchingProvider,
     normalise,
 )
@@ -33,16 +34,26 @@ from schemas.messages import (
     PaymentCallFailed,
     PaymentObserved,
     PaymentRedriven,
+    PaymentRequest,
     PaymentRequested,
     PaymentSettleRequested,
     RefundCallFailed,
     RefundObserved,
     RefundRedriven,
+    RefundRequest,
     RefundRequested,
     decode_event,
     encode,
 )
 from schemas.periods import ms_to_dt
+from schemas.receipts import (
+    Receipt,
+    ReceiptError,
+    ReceiptPolicy,
+    payment_receipt,
+    refund_receipt,
+)
+from streams.gateway.inflight import RequestGuard
 from streams.gateway.window import (
     KEY_EXPIRED,
     Step,
@@ -69,11 +80,41 @@ def window_ms_of(settings: WorkerSettings) -> int:
     return int(settings.provider_key_safe_window_s * 1000)
 
 
+# PaymentCallFailed/RefundCallFailed.error_code of a create never sent: receipts are on and
+# the request has no valid contact (YooKassa would answer 400; nothing is created).
+RECEIPT_CONTACT_MISSING = "receipt_contact_missing"
+NO_RECEIPTS = ReceiptPolicy()
+
+
+def receipt_for(request: PaymentRequest | RefundRequest, receipts: ReceiptPolicy) -> Receipt | None:
+    """The request's 54-FZ receipt (None: receipts off, or a card check); a request that
+    cannot have one is a definite refusal of the create, never a call without it."""
+    try:
+        if isinstance(request, PaymentRequest):
+            return payment_receipt(request, receipts)
+        return refund_receipt(request, receipts)
+    except ReceiptError as exc:
+        raise ProviderRejected(str(exc), code=RECEIPT_CONTACT_MISSING) from exc
+
+
+async def _create_payment(
+    provider: PaymentProvider,
+    request: PaymentRequest,
+    subscription_id: str,
+    receipts: ReceiptPolicy,
+) -> ProviderPayment:
+    receipt = receipt_for(request, receipts)
+    if receipt is None:  # the port's plain call: fakes without receipts keep working
+        return await provider.create_payment(request, subscription_id)
+    return await provider.create_payment(request, subscription_id, receipt=receipt)
+
+
 async def execute(
     provider: SearchingProvider,
     event: PaymentRequested | PaymentRedriven,
     *,
     window_ms: int,
+    receipts: ReceiptPolicy = NO_RECEIPTS,
 ) -> PaymentObserved | PaymentCallFailed:
     """One provider call for one request event; every failure becomes a provider event."""
     request = event.request
@@ -87,7 +128,7 @@ async def execute(
         known=known,
         window_ms=window_ms,
         reread=provider.get_payment,
-        create=lambda: provider.create_payment(request, event.subscription_id),
+        create=lambda: _create_payment(provider, request, event.subscription_id, receipts),
         search=lambda gte, lt: provider.find_payment(request.payment_id, gte, lt),
     )
     if isinstance(payment, _Failure):
@@ -241,6 +282,7 @@ async def execute_refund(
     event: RefundRequested | RefundRedriven,
     *,
     window_ms: int,
+    receipts: ReceiptPolicy = NO_RECEIPTS,
 ) -> RefundObserved | RefundCallFailed:
     """One provider call for one refund event (Idempotence-Key = refund id), under the same
     key-window policy as payments."""
@@ -270,17 +312,7 @@ async def execute_refund(
         known=known,
         window_ms=window_ms,
         reread=provider.get_refund,
-        create=lambda: provider.create_refund(
-            req.provider_payment_id,
-            req.amount,
-            refund_id=req.refund_id,
-            description=req.reason,
-            metadata={
-                "subscription_id": event.subscription_id,
-                "payment_id": req.payment_id,
-                "refund_id": req.refund_id,
-            },
-        ),
+        create=lambda: _create_refund(provider, event, receipts),
         search=lambda gte, lt: provider.find_refund(
             req.refund_id, req.provider_payment_id, gte, lt
         ),
@@ -288,6 +320,26 @@ async def execute_refund(
     if isinstance(refund, _Failure):
         return failed(refund.outcome, refund.code, refund.error)
     return _refund_observed(event, refund, failed)
+
+
+async def _create_refund(
+    provider: PaymentProvider, event: RefundRequested | RefundRedriven, receipts: ReceiptPolicy
+) -> ProviderRefund:
+    req = event.request
+    receipt = receipt_for(req, receipts)
+    extra = {"receipt": receipt} if receipt is not None else {}
+    return await provider.create_refund(
+        req.provider_payment_id,
+        req.amount,
+        refund_id=req.refund_id,
+        description=req.reason,
+        metadata={
+            "subscription_id": event.subscription_id,
+            "payment_id": req.payment_id,
+            "refund_id": req.refund_id,
+        },
+        **extra,
+    )
 
 
 def _refund_observed(
@@ -309,13 +361,32 @@ def _refund_observed(
         status=refund.status,  # type: ignore[arg-type]
         amount=refund.amount,
         cancellation_reason=refund.cancellation_reason,
+        receipt_registration=refund.receipt_registration,
     )
+
+
+def guard_key(
+    event: PaymentRequested | PaymentRedriven | RefundRequested | RefundRedriven,
+) -> str | None:
+    """The ``RequestGuard`` key of a request that would create (None: a read by a known
+    provider id, never skipped)."""
+    if isinstance(event, PaymentRedriven) and event.provider_payment_id:
+        return None
+    if isinstance(event, RefundRedriven) and event.provider_refund_id:
+        return None
+    if isinstance(event, PaymentRequested | PaymentRedriven):
+        return f"payment:{event.request.payment_id}"
+    return f"refund:{event.request.refund_id}"
 
 
 def register_gateway(
     app: Any, topics: Topics, provider: SearchingProvider, settings: WorkerSettings
 ) -> Any:
     window_ms = window_ms_of(settings)
+    receipts = settings.receipt_policy()
+    # Shared by the agent's actors: one create per request in flight or answered lately.
+    guard = RequestGuard(settings.payment_deadline_s)
+    app.billing_gateway_guard = guard  # read by benches
 
     @app.agent(topics.events, name="gateway", concurrency=settings.gateway_concurrency)
     async def gateway(stream: Any) -> None:
@@ -326,9 +397,33 @@ def register_gateway(
             decoded = decode_event(value)
             outcome: PaymentObserved | PaymentCallFailed | RefundObserved | RefundCallFailed
             if isinstance(decoded, PaymentRequested | PaymentRedriven):
-                outcome = await execute(provider, decoded, window_ms=window_ms)
+                key = guard_key(decoded)
+                if key is not None and not guard.begin(key):
+                    log.info("payment %s: answered or in flight here, not sent again", key)
+                    continue
+                answered = False
+                try:
+                    outcome = await execute(
+                        provider, decoded, window_ms=window_ms, receipts=receipts
+                    )
+                    answered = isinstance(outcome, PaymentObserved)
+                finally:
+                    if key is not None:
+                        guard.end(key, answered=answered)
             elif isinstance(decoded, RefundRequested | RefundRedriven):
-                outcome = await execute_refund(provider, decoded, window_ms=window_ms)
+                key = guard_key(decoded)
+                if key is not None and not guard.begin(key):
+                    log.info("refund %s: answered or in flight here, not sent again", key)
+                    continue
+                answered = False
+                try:
+                    outcome = await execute_refund(
+                        provider, decoded, window_ms=window_ms, receipts=receipts
+                    )
+                    answered = isinstance(outcome, RefundObserved)
+                finally:
+                    if key is not None:
+                        guard.end(key, answered=answered)
             elif isinstance(decoded, PaymentSettleRequested):
                 outcome = await execute_settle(provider, decoded)
             else:

@@ -12,18 +12,20 @@ Run: ``python -m streams.history worker -l info``.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import faust
 
+from billing import logs
 from billing.clickhouse import ClickHouseClient, connect
 from billing.config import HistorySettings
+from billing.kafka_client import faust_kwargs
 from streams import faust_fix
 from streams.history.batch import register_batch
 from streams.history.recon_copy import ReconSync, register_copy
 from streams.history.server import register_queries
 from streams.history.sink import history_group, register_sink
+from streams.ops import register_ops
 
 
 def create_history_app(settings: HistorySettings) -> Any:
@@ -32,11 +34,10 @@ def create_history_app(settings: HistorySettings) -> Any:
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         history_group(settings),
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        **faust_kwargs(settings),  # broker, credentials, replication of its own topics
         store="memory://",
         processing_guarantee="at_least_once",
         topic_partitions=settings.kafka_partitions,
-        topic_replication_factor=1,
         topic_allow_declare=False,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
@@ -47,6 +48,12 @@ def create_history_app(settings: HistorySettings) -> Any:
         datadir=str(datadir),
         producer_acks=-1,
         stream_wait_empty=False,
+        logging_config=logs.dict_config(
+            process="history",
+            level=settings.log_level,
+            fmt=str(getattr(settings, "log_format", "json")),
+            secrets=logs.secrets_of(settings),
+        ),
     )
     # Faust's own consumer stays off: it has nothing to read, and it would join the group of
     # the app id, which is the history consumer's group (with another assignor).
@@ -61,7 +68,8 @@ def create_history_app(settings: HistorySettings) -> Any:
             return holder[0]
 
     register_sink(app, settings, client)
-    register_queries(app, client)
+    register_queries(app, client, settings)
+    register_ops(app, ready=lambda: True)  # /metrics, /healthz, /readyz beside the queries
     if settings.postgres_dsn is not None:
         dsn = settings.postgres_dsn.get_secret_value()
         sync = ReconSync(client, dsn)
@@ -72,5 +80,5 @@ def create_history_app(settings: HistorySettings) -> Any:
 
 def main() -> None:
     settings = HistorySettings()
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings, "history")
     create_history_app(settings).main()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from faust.web import View
@@ -24,11 +24,13 @@ from psycopg import AsyncConnection
 from billing.clickhouse import ClickHouse
 from billing.clock import now_ms
 from billing.config import HistorySettings
+from billing.kafka_client import client_kwargs
 from reconciler import batch_run, store
 from reconciler.feed import FeedError, ReconSettings, new_producer
 from reconciler.report import ReportError
 from schemas.topics import EVENTS, partition_for
 from streams.history.recon_copy import ReconSync
+from streams.history.server import UNAUTHORIZED
 from streams.history.sink import history_group
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def register_batch(
     cfg = ReconSettings.of(settings)
 
     async def execute(run_id: str) -> Any:
-        producer = new_producer(settings.kafka_bootstrap)
+        producer = new_producer(client_kwargs(settings))
         await producer.start()
         provider: Any = None
         try:
@@ -76,7 +78,7 @@ def register_batch(
                     lines,
                     send,
                     caught_up=lambda: wait_caught_up(
-                        settings.kafka_bootstrap, history_group(settings)
+                        client_kwargs(settings), history_group(settings)
                     ),
                 )
             await sync.once()
@@ -90,6 +92,8 @@ def register_batch(
         """``POST {"run_id": ..., "wait": false}``: execute a batch run recorded by the CLI."""
 
         async def post(self, request: Any) -> Any:
+            if not settings.history_authorized(request.headers.get("Authorization")):
+                return self.json(UNAUTHORIZED, status=401)
             try:
                 body = await request.json()
                 run_id = str(body["run_id"])
@@ -125,7 +129,7 @@ def _forget(running: dict[str, Any], run_id: str, task: asyncio.Task[Any]) -> No
 
 
 async def wait_caught_up(
-    bootstrap: str, group_id: str, *, timeout_s: float = CAUGHT_UP_TIMEOUT_S
+    bootstrap: str | Mapping[str, Any], group_id: str, *, timeout_s: float = CAUGHT_UP_TIMEOUT_S
 ) -> None:
     """Until group ``group_id`` has committed ``billing.events`` up to its end offsets as
     of now (every event published before the call is in the history)."""
@@ -133,8 +137,9 @@ async def wait_caught_up(
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    connect = {"bootstrap_servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
+    consumer = AIOKafkaConsumer(**connect, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**connect)
     await consumer.start()
     await admin.start()
     try:

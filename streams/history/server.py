@@ -4,7 +4,8 @@
 the parameters (the same checks the admin API applies before it asks here), answered as
 ``msgspec.to_builtins`` of the query's result. The API reaches the embedded store only through
 this loopback page, never by opening the store (one process per data directory). 404
-``unknown_query``, 400 ``bad_query``.
+``unknown_query``, 400 ``bad_query``; 401 without ``Bearer BILLING_HISTORY_TOKEN`` when that
+is set (prod requires it; otherwise the page binds to loopback by default).
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ import msgspec
 
 from analytics import dispatch
 from billing.clickhouse import ClickHouse
+from billing.config import HistoryTokenFields
+
+UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "BILLING_HISTORY_TOKEN expected"}}
 
 
-def register_queries(app: Any, client: Callable[[], Awaitable[ClickHouse]]) -> None:
+def register_queries(
+    app: Any, client: Callable[[], Awaitable[ClickHouse]], auth: HistoryTokenFields
+) -> None:
     @app.page("/analytics/{name}/")
     async def analytics(self: Any, request: Any, name: str) -> Any:
+        if not auth.history_authorized(request.headers.get("Authorization")):
+            return self.json(UNAUTHORIZED, status=401)
         try:
             call = dispatch.prepare(name, request.query)
         except dispatch.UnknownQuery:

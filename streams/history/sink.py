@@ -24,6 +24,7 @@ from typing import Any
 from analytics.ingest import write_batch
 from billing.clickhouse import ClickHouse
 from billing.config import HistorySettings
+from billing.kafka_client import client_kwargs
 from schemas.topics import EVENTS
 from streams.consumer import Record, Start, run_consumer
 
@@ -47,7 +48,7 @@ def register_sink(
     async def history() -> None:
         await run_consumer(
             "history",
-            bootstrap=settings.kafka_bootstrap,
+            bootstrap=client_kwargs(settings),
             topic=EVENTS,
             group=history_group(settings),
             start=Start("earliest"),

@@ -10,6 +10,7 @@ Idempotency lives here, not in the transport:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,11 @@ import msgspec
 from schemas.errors import BillingError
 from schemas.ids import derived_id, event_id_for
 from schemas.messages import (
+    CARD_CHECK_RELEASED,
     KEY_WINDOW_EXPIRED,
     TERMINAL_PAYMENT_STATUSES,
     AccessShortened,
+    AddPaymentMethod,
     AdminActionRejected,
     AdminAdjust,
     AnyCommand,
@@ -31,8 +34,12 @@ from schemas.messages import (
     ChangePlan,
     Command,
     Event,
+    ManagePaymentMethod,
     PaymentCallFailed,
     PaymentCanceled,
+    PaymentMethodChanged,
+    PaymentMethodRejected,
+    PaymentMethodSaved,
     PaymentObserved,
     PaymentOutcomeUnknown,
     PaymentPending,
@@ -70,9 +77,11 @@ from schemas.messages import (
     SubscriptionPastDue,
     SweepPayment,
     SweepRefund,
+    TrialStarted,
 )
 from schemas.money import Money
 from schemas.periods import period_end_ms
+from schemas.promo import Discount, after_period, applies_to, charge_for
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 
 LedgerInput = AnyCommand | AnyProviderEvent
@@ -89,6 +98,9 @@ _RANK: dict[str, int] = {
 
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+WALLET_SIZE = 10  # evolve keeps the newest this many saved methods
+VERIFYING = ("trial", "verify")  # payment kinds that are card verifications, never captured
 
 # YooKassa ``cancellation_details.reason`` values after which retrying the same saved method
 # cannot succeed: dunning stops. Everything else (insufficient_funds, internal_timeout,
@@ -116,9 +128,17 @@ class Policy:
 
     payment_deadline_ms: int = 15_000
     redrive_max_backoff_ms: int = 3_600_000
+    # Replay memory (see ``_remember``): 16 source ids, the events of the last 4 of them,
+    # 32 person command ids: about 4 KB whatever the subscription's age.
     recent_sources: int = 16
+    recent_events: int = 4
     answered_commands: int = 32  # user/admin command ids remembered beyond ``recent``
     renew_lead_ms: int = DAY_MS  # charge a renewal this long before the period ends
+    # A cohort renewing at one period end (a promotion, midnight) is spread over the lead
+    # window: each subscription at its own fixed offset (``renewal_at``), up to this long
+    # after ``end - renew_lead_ms`` and never later than ``end - renew_margin_ms``.
+    renew_spread_ms: int = 12 * HOUR_MS
+    renew_margin_ms: int = HOUR_MS
     # Waits after each declined renewal charge before the next try: 4 retries over 14 days.
     dunning_schedule_ms: tuple[int, ...] = (DAY_MS, 3 * DAY_MS, 5 * DAY_MS, 5 * DAY_MS)
     hard_declines: frozenset[str] = HARD_DECLINES
@@ -128,6 +148,22 @@ class Policy:
     # before the provider's own expiry (7 days for cards at YooKassa).
     capture_delay_ms: int | None = 0
     hold_ms: int = 6 * DAY_MS
+    # Bounded state: a closed payment (and its refunds) is kept this long after the last of
+    # its request, success and period end, while it can still be refunded or reconciled;
+    # then dropped (its history is in the event log, PostgreSQL and ClickHouse). A refund
+    # asked for later is refused (``refund_window_closed``).
+    closed_retention_ms: int = 180 * DAY_MS
+    # A person cannot grow their own state without limit (abandoned payments, one-kopeck
+    # refunds): past these many kept records a new payment or refund is refused
+    # (``too_many_payments`` / ``too_many_refunds``). Renewals and duplicate-charge refunds
+    # are the system's own and never refused; they are bounded by time.
+    max_payments: int = 50
+    max_refunds: int = 50
+    # A card is verified (a trial's, or one added to the wallet) by a two-stage hold of this
+    # many minor units, released as soon as it is held and the method saved: YooKassa's
+    # documented way to save a method without taking money (the minimum amount is 1 RUB).
+    verify_amount_minor: int = 100
+    max_methods: int = WALLET_SIZE  # saved methods kept in the wallet
 
     def redrive_deadline(self, now: int, attempt: int) -> int:
         """Exponential backoff between re-drives of one payment, capped."""
@@ -180,7 +216,7 @@ def time_of(msg: LedgerInput) -> int:
 
 # Commands a person sent (through the outbox): each is answered once, however often the relay
 # or a replay delivers it.
-_PERSON_COMMANDS = (
+PERSON_COMMANDS = (
     PaySubscription,
     RefundPayment,
     SetAutoRenew,
@@ -188,6 +224,8 @@ _PERSON_COMMANDS = (
     ChangePlan,
     AdminAdjust,
     SettlePayment,
+    AddPaymentMethod,
+    ManagePaymentMethod,
 )
 
 
@@ -196,13 +234,13 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
     source_id = source_id_of(msg)
     if state is not None and source_id in state.recent:
         return Decision(state, list(state.recent[source_id]), duplicate=True)
-    if state is not None and isinstance(msg, _PERSON_COMMANDS) and source_id in state.answered:
+    if state is not None and isinstance(msg, PERSON_COMMANDS) and source_id in state.answered:
         return Decision(state, duplicate=True)  # answered long ago: its events are in the log
     if state is None:
         if not isinstance(
             msg,
             PaySubscription | RefundPayment | SetAutoRenew | RetryPayment | ChangePlan,
-        ) and not isinstance(msg, AdminAdjust | SettlePayment):
+        ) and not isinstance(msg, AdminAdjust | SettlePayment | AddPaymentMethod):
             # Nothing to apply to: an outcome for a subscription we never billed is the
             # reconciler's to classify, not the ledger's to invent.
             return Decision(None, duplicate=True)
@@ -210,8 +248,12 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
         # when it finds no subscription: it is then refused or recorded on an empty state.
         state = SubscriptionState(subscription_id=msg.subscription_id, user_id=msg.user_id)
 
-    emitter = _Emitter(state, source_id, time_of(msg))
-    if isinstance(msg, PaySubscription):
+    # Closed records past the window go before the input is judged: a limit, a refund's
+    # window and the horizon then all see the state as it is kept.
+    emitter = _Emitter(compact(state, time_of(msg), policy), source_id, time_of(msg))
+    if isinstance(msg, PERSON_COMMANDS) and msg.issued_at < emitter.state.horizon:
+        _expired_command(emitter, msg)
+    elif isinstance(msg, PaySubscription):
         _pay(emitter, msg, policy)
     elif isinstance(msg, SweepPayment):
         _sweep(emitter, msg, policy)
@@ -243,21 +285,140 @@ def decide(state: SubscriptionState | None, msg: LedgerInput, policy: Policy) ->
         _admin(emitter, msg)
     elif isinstance(msg, SettlePayment):
         _settle(emitter, msg, policy)
+    elif isinstance(msg, AddPaymentMethod):
+        _add_method(emitter, msg, policy)
+    elif isinstance(msg, ManagePaymentMethod):
+        _manage_method(emitter, msg)
     else:
         _due(emitter, msg, policy)
 
     if not emitter.events:
         return Decision(state, duplicate=True)
-    recent = dict(emitter.state.recent)
-    recent[source_id] = emitter.events
+    return Decision(_remember(emitter, msg, policy), emitter.events)
+
+
+def _remember(em: _Emitter, msg: LedgerInput, policy: Policy) -> SubscriptionState:
+    """The replay memory, bounded: the ids of the last ``recent_sources`` sources, with
+    their events for the last ``recent_events`` of them (a replay after a crash re-emits
+    what may not have reached the log; it only concerns the inputs not yet committed), and
+    the ids of the last ``answered_commands`` person commands."""
+    recent = dict(em.state.recent)
+    recent[em.source_id] = em.events
     while len(recent) > policy.recent_sources:
         del recent[next(iter(recent))]
-    answered = emitter.state.answered
-    if isinstance(msg, _PERSON_COMMANDS):
-        answered = [*answered[-(policy.answered_commands - 1) :], source_id]
-    return Decision(
-        msgspec.structs.replace(emitter.state, recent=recent, answered=answered), emitter.events
+    for old in list(recent)[: -policy.recent_events or None]:
+        if recent[old]:
+            recent[old] = []  # still deduplicated by its id; its events are in the log
+    answered = em.state.answered
+    if isinstance(msg, PERSON_COMMANDS):
+        answered = [*answered, em.source_id][-policy.answered_commands :]
+    return msgspec.structs.replace(em.state, recent=recent, answered=answered)
+
+
+# ------------------------------------------------------------------------- bounded state
+def closed_at(rec: PaymentRecord) -> int:
+    """When a payment stopped mattering to today: the last of its request, its success and
+    the end of the period it paid for."""
+    return max(rec.requested_at, rec.succeeded_at or 0, rec.period_end or 0)
+
+
+def past_window(rec: PaymentRecord, now: int, policy: Policy) -> bool:
+    """Closed, and closed longer ago than the retention window: neither refunded nor kept."""
+    return (
+        rec.status in TERMINAL_PAYMENT_STATUSES
+        and not rec.escalated
+        and closed_at(rec) + policy.closed_retention_ms <= now
     )
+
+
+def compact(state: SubscriptionState, now: int, policy: Policy) -> SubscriptionState:
+    """Drop the closed records past the retention window (a payment only with its refunds:
+    an open refund keeps its payment). Pure and deterministic in (state, now), so a replay
+    yields the same state; ``horizon`` moves up so a command as old as what was dropped is
+    refused rather than applied again."""
+    cutoff = now - policy.closed_retention_ms
+    if not any(past_window(p, now, policy) for p in state.payments.values()) and not any(
+        r.status in TERMINAL_PAYMENT_STATUSES and r.requested_at <= cutoff
+        for r in state.refunds.values()
+    ):
+        return state
+    refunds = {
+        rid: r
+        for rid, r in state.refunds.items()
+        if r.status not in TERMINAL_PAYMENT_STATUSES
+        or r.requested_at > cutoff
+        or (
+            r.payment_id in state.payments
+            and not past_window(state.payments[r.payment_id], now, policy)
+        )
+    }
+    kept_for = {r.payment_id for r in refunds.values()}
+    payments = {
+        pid: p
+        for pid, p in state.payments.items()
+        if pid in kept_for or not past_window(p, now, policy)
+    }
+    if len(payments) == len(state.payments) and len(refunds) == len(state.refunds):
+        return state
+    return msgspec.structs.replace(
+        state, payments=payments, refunds=refunds, horizon=max(state.horizon, cutoff + 1)
+    )
+
+
+def _expired_command(em: _Emitter, cmd: Command) -> None:
+    """A person's command issued before the horizon: it may be one whose records were dropped
+    (a replay from long ago), so it is refused, never applied again."""
+    reason, detail = "command_expired", f"issued before {em.state.horizon}"
+    if isinstance(cmd, PaySubscription | RetryPayment | AddPaymentMethod):
+        em.emit(
+            PaymentRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason=reason,
+            detail=detail,
+        )
+    elif isinstance(cmd, RefundPayment):
+        em.emit(
+            RefundRejected,
+            command_id=cmd.command_id,
+            refund_id=cmd.refund_id,
+            payment_id=cmd.payment_id,
+            reason=reason,
+            detail=detail,
+        )
+    elif isinstance(cmd, ChangePlan):
+        em.emit(PlanChangeRejected, command_id=cmd.command_id, reason=reason, detail=detail)
+    elif isinstance(cmd, AdminAdjust):
+        em.emit(
+            AdminActionRejected,
+            command_id=cmd.command_id,
+            action=cmd.action,
+            actor=cmd.actor,
+            reason=reason,
+        )
+    elif isinstance(cmd, SettlePayment):
+        em.emit(
+            PaymentSettleRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason=reason,
+        )
+    elif isinstance(cmd, ManagePaymentMethod):
+        em.emit(
+            PaymentMethodRejected,
+            command_id=cmd.command_id,
+            method_id=cmd.method_id,
+            reason=reason,
+        )
+    # SetAutoRenew: nothing (a replay from that long ago must not flip today's setting).
+
+
+def _user_payments(state: SubscriptionState) -> int:
+    return sum(1 for p in state.payments.values() if p.kind != "renewal")
+
+
+def _user_refunds(state: SubscriptionState) -> int:
+    return sum(1 for r in state.refunds.values() if not r.duplicate)
 
 
 # ------------------------------------------------------------------------------- handlers
@@ -284,18 +445,31 @@ def _pay(em: _Emitter, cmd: PaySubscription, policy: Policy) -> None:
             detail=busy.payment_id,
         )
         return
+    if _user_payments(state) >= policy.max_payments:
+        em.emit(
+            PaymentRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason="too_many_payments",
+            detail=f"{policy.max_payments} kept",
+        )
+        return
+    if cmd.trial_days > 0:
+        _request_trial(em, cmd, policy)  # a trial takes no promo (intake refuses both)
+        return
     request = PaymentRequest(
         payment_id=cmd.payment_id,
         command_id=cmd.command_id,
         user_id=cmd.user_id,
         plan_id=cmd.plan_id,
-        amount=cmd.amount,
         period_months=cmd.period_months,
         return_url=cmd.return_url,
         description=cmd.description,
         save_payment_method=cmd.save_payment_method,
         capture=cmd.capture,
         price_version=cmd.price_version,
+        customer=cmd.customer or state.customer,
+        **_discounted(cmd.amount, cmd.plan_id, cmd.promo),
     )
     em.emit(
         PaymentRequested,
@@ -304,9 +478,245 @@ def _pay(em: _Emitter, cmd: PaySubscription, policy: Policy) -> None:
     )
 
 
+def _discounted(price: Money, plan_id: str, promo: Discount | None) -> dict[str, Any]:
+    """A request's amounts at ``price`` with a promo discount if it applies to ``plan_id``:
+    the charge (``schemas.promo.charge_for``, the quote's function), the full price beside it
+    and the discount, so the books can tell the two apart (issue 16)."""
+    if not applies_to(promo, plan_id):
+        return {"amount": price}
+    return {"amount": charge_for(price, promo), "plan_amount": price, "promo": promo}
+
+
+def _unused(state: SubscriptionState, promo: Discount | None) -> Discount | None:
+    """``promo`` if no payment of this subscription has been charged with its code."""
+    if promo is None:
+        return None
+    used = any(
+        p.promo is not None and p.promo.code == promo.code and p.status == "succeeded"
+        for p in state.payments.values()
+    )
+    return None if used else promo
+
+
+# ------------------------------------------------------------------ trials and the wallet
+def wallet(state: SubscriptionState) -> list[str]:
+    """The saved method ids, oldest first; a state from before the wallet has only its
+    ``payment_method_id``."""
+    pm = state.payment_method_id
+    if pm is None or pm in state.payment_methods:
+        return state.payment_methods
+    return [*state.payment_methods, pm]
+
+
+def trial_refusal(state: SubscriptionState) -> str | None:
+    """Why this user cannot start a free trial (None: they can). One trial per user, ever:
+    the subscription id is derived from the user id and its state is never dropped, so the
+    mark kept here (``trial_end``) is seen by every later request, on any plan, after a
+    refund too. Only a first-time subscriber gets one: anyone who ever had access (paid or
+    granted) pays."""
+    if state.trial_end is not None:
+        return "trial_already_used"
+    if state.period_end is not None:
+        return "not_first_subscription"
+    return None
+
+
+def _request_trial(em: _Emitter, cmd: PaySubscription, policy: Policy) -> None:
+    """A free trial starts with a card verification: a hold of ``verify_amount_minor`` the
+    user confirms, saved for the first charge, released at once (``_verified``)."""
+    refusal = trial_refusal(em.state)
+    if refusal is not None:
+        em.emit(
+            PaymentRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason=refusal,
+            detail=str(em.state.trial_end or em.state.period_end),
+        )
+        return
+    em.emit(
+        PaymentRequested,
+        request=PaymentRequest(
+            payment_id=cmd.payment_id,
+            command_id=cmd.command_id,
+            user_id=cmd.user_id,
+            plan_id=cmd.plan_id,
+            amount=Money(policy.verify_amount_minor, cmd.amount.currency),
+            period_months=cmd.period_months,
+            return_url=cmd.return_url,
+            description=f"Card check, trial: {cmd.description}"[:128],
+            save_payment_method=True,
+            capture=False,
+            price_version=cmd.price_version,
+            kind="trial",
+            customer=cmd.customer or em.state.customer,
+            plan_amount=cmd.amount,
+            trial_days=cmd.trial_days,
+        ),
+        deadline_at=cmd.issued_at + policy.payment_deadline_ms,
+    )
+
+
+def _add_method(em: _Emitter, cmd: AddPaymentMethod, policy: Policy) -> None:
+    """A card added to the wallet: the same verification hold, released once saved."""
+    state = em.state
+    if cmd.payment_id in state.payments:
+        return
+
+    def reject(reason: str, detail: str = "") -> None:
+        em.emit(
+            PaymentRejected,
+            command_id=cmd.command_id,
+            payment_id=cmd.payment_id,
+            reason=reason,
+            detail=detail,
+        )
+
+    busy = _in_flight(state)
+    if busy is not None:
+        return reject("payment_in_progress", busy.payment_id)
+    if len(wallet(state)) >= policy.max_methods:
+        return reject("too_many_payment_methods", f"{policy.max_methods} saved")
+    if _user_payments(state) >= policy.max_payments:
+        return reject("too_many_payments", f"{policy.max_payments} kept")
+    currency = state.renew_amount.currency if state.renew_amount is not None else cmd.currency
+    em.emit(
+        PaymentRequested,
+        request=PaymentRequest(
+            payment_id=cmd.payment_id,
+            command_id=cmd.command_id,
+            user_id=cmd.user_id,
+            plan_id=state.renew_plan_id or state.plan_id or "",
+            amount=Money(policy.verify_amount_minor, currency),
+            period_months=0,
+            return_url=cmd.return_url,
+            description="Card check (released at once)",
+            save_payment_method=True,
+            capture=False,
+            kind="verify",
+            customer=state.customer,
+        ),
+        deadline_at=cmd.issued_at + policy.payment_deadline_ms,
+    )
+
+
+def _manage_method(em: _Emitter, cmd: ManagePaymentMethod) -> None:
+    """Make a saved method the default, or delete it. A method an open payment charges is
+    not deleted (a re-drive re-sends that payment's create: it must stay the same request);
+    deleting the default makes the newest other one the default, or none."""
+    state = em.state
+    methods = wallet(state)
+
+    def reject(reason: str) -> None:
+        em.emit(
+            PaymentMethodRejected,
+            command_id=cmd.command_id,
+            method_id=cmd.method_id,
+            reason=reason,
+        )
+
+    if cmd.method_id not in methods:
+        return reject("payment_method_not_found")
+    if cmd.action == "default":
+        em.emit(
+            PaymentMethodChanged,
+            command_id=cmd.command_id,
+            method_id=cmd.method_id,
+            action="default",
+            actor=cmd.actor,
+            default_method=cmd.method_id,
+        )
+        return
+    busy = _in_flight(state)
+    charging = busy.request.payment_method_id if busy and busy.request else None
+    if charging == cmd.method_id:
+        return reject("payment_in_progress")
+    rest = [m for m in methods if m != cmd.method_id]
+    default = state.payment_method_id
+    if default == cmd.method_id or default is None:
+        default = rest[-1] if rest else None
+    em.emit(
+        PaymentMethodChanged,
+        command_id=cmd.command_id,
+        method_id=cmd.method_id,
+        action="delete",
+        actor=cmd.actor,
+        default_method=default,
+    )
+
+
+def new_method(rec: PaymentRecord, obs: PaymentObserved) -> str | None:
+    """The method a payment saved (None: it saved none, or charged one already saved: a
+    renewal's autopayment names its method again, which must not bring back one the user
+    deleted or made not the default meanwhile)."""
+    method = obs.payment_method_id
+    if not obs.payment_method_saved or method is None:
+        return None
+    if rec.kind == "renewal" or (rec.request is not None and rec.request.payment_method_id):
+        return None
+    return method
+
+
+def _save_method(
+    em: _Emitter, rec: PaymentRecord, obs: PaymentObserved, method: str | None
+) -> None:
+    """Add a newly saved method to the wallet, as the default."""
+    if method is None:
+        return
+    if method not in em.state.payment_methods or em.state.payment_method_id != method:
+        em.emit(
+            PaymentMethodSaved,
+            method_id=method,
+            payment_id=rec.payment_id,
+            default=True,
+            details=obs.payment_method,
+        )
+
+
+def _verified(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved, policy: Policy) -> None:
+    """A verification hold is held: the card is saved (wallet), a trial starts if the user
+    may still have one, and the hold is released at once. Nothing is ever captured."""
+    method = new_method(rec, obs)
+    _save_method(em, rec, obs, method)
+    request = rec.request
+    if (
+        method is not None
+        and rec.kind == "trial"
+        and request is not None
+        and trial_refusal(em.state) is None
+    ):
+        start = obs.observed_at
+        em.emit(
+            TrialStarted,
+            payment_id=rec.payment_id,
+            command_id=rec.command_id,
+            plan_id=rec.plan_id,
+            period_start=start,
+            period_end=start + request.trial_days * DAY_MS,
+            amount=rec.plan_amount or rec.amount,
+            payment_method_id=method,
+        )
+    held = em.state.payments[rec.payment_id]
+    if held.settle_action is None and held.provider_payment_id is not None:
+        _request_settle(
+            em,
+            held,
+            "cancel",
+            rec.command_id,
+            "system",
+            "card_verified" if method is not None else "card_not_saved",
+            policy,
+        )
+
+
 def _sweep(em: _Emitter, cmd: SweepPayment, policy: Policy) -> None:
     rec = em.state.payments.get(cmd.payment_id)
-    if rec is None or rec.status in TERMINAL_PAYMENT_STATUSES or cmd.attempt != rec.attempts + 1:
+    if (
+        rec is None
+        or rec.request is None
+        or rec.status in TERMINAL_PAYMENT_STATUSES
+        or cmd.attempt != rec.attempts + 1
+    ):
         return  # resolved meanwhile, or a stale/duplicate sweep
     em.emit(
         PaymentRedriven,
@@ -354,32 +764,46 @@ def _observed(em: _Emitter, obs: PaymentObserved, policy: Policy) -> None:
             status=obs.status,
             confirmation_url=obs.confirmation_url,
         )
+        if obs.status == "waiting_for_capture" and rec.kind in VERIFYING:
+            _verified(em, rec, obs, policy)
     elif obs.status == "succeeded":
         _succeed(em, rec, obs)
     else:
+        reason = obs.cancellation_reason or "canceled"
+        if rec.kind in VERIFYING and rec.settle_action == "cancel":
+            reason = CARD_CHECK_RELEASED  # our own release: not a failed payment to anyone
         em.emit(
             PaymentCanceled,
             payment_id=rec.payment_id,
             command_id=rec.command_id,
             provider_payment_id=obs.provider_payment_id,
-            reason=obs.cancellation_reason or "canceled",
+            reason=reason,
             party=obs.cancellation_party,
         )
-        _after_renewal_failure(em, rec, obs.cancellation_reason or "canceled", policy)
+        _after_renewal_failure(em, rec, reason, policy)
 
 
 def _succeed(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
     """The payment succeeded: record it and grant its period. Stacking: a period bought
     while one is running starts where that one ends; an upgrade replaces the running period
     (its unused part was credited in the price)."""
+    # A card check saved its method when held (``_verified``): never again here, where it
+    # could bring back one deleted since.
+    method = new_method(rec, obs) if rec.kind not in VERIFYING else None
     em.emit(
         PaymentSucceeded,
         payment_id=rec.payment_id,
         command_id=rec.command_id,
         provider_payment_id=obs.provider_payment_id,
         amount=obs.amount,
-        payment_method_id=obs.payment_method_id if obs.payment_method_saved else None,
+        payment_method_id=method,
+        payment_method=obs.payment_method if method is not None else None,
+        receipt_registration=obs.receipt_registration,
     )
+    if rec.kind in VERIFYING:
+        # A verification hold captured after all (never asked by us): the money is kept on
+        # the record, refundable, and grants nothing; the card is saved.
+        return
     state = em.state
     extended = (
         rec.kind != "upgrade"
@@ -389,7 +813,7 @@ def _succeed(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
     )
     start = state.period_end if extended and state.period_end is not None else obs.observed_at
     supersedes: dict[str, int] = {}
-    for source_id in rec.request.credits:
+    for source_id in rec.credits:
         source = state.payments.get(source_id)
         if source is not None and source.period_start is not None and source.period_end:
             cut = max(source.period_start, min(source.period_end, start))
@@ -403,6 +827,9 @@ def _succeed(em: _Emitter, rec: PaymentRecord, obs: PaymentObserved) -> None:
         period_end=period_end_ms(start, rec.period_months),
         extended=extended,
         supersedes=supersedes,
+        # A promo lasts while the periods it pays for follow one another: one charge fewer
+        # now; a period paid without it (another plan, a new purchase) ends it.
+        promo=after_period(rec.promo) if rec.promo is not None else None,
     )
 
 
@@ -484,6 +911,10 @@ def _after_renewal_failure(em: _Emitter, rec: PaymentRecord, reason: str, policy
     """Dunning: a declined renewal is retried on the schedule unless the decline is hard."""
     if rec.kind != "renewal":
         return
+    _renewal_failed(em, rec.payment_id, reason, policy)
+
+
+def _renewal_failed(em: _Emitter, payment_id: str, reason: str, policy: Policy) -> None:
     state = em.state
     attempt = state.dunning_attempt + 1
     hard = reason in policy.hard_declines or reason.startswith("provider_rejected")
@@ -491,7 +922,7 @@ def _after_renewal_failure(em: _Emitter, rec: PaymentRecord, reason: str, policy
     next_retry = None if hard or exhausted else em.now + policy.dunning_schedule_ms[attempt - 1]
     em.emit(
         RenewalFailed,
-        payment_id=rec.payment_id,
+        payment_id=payment_id,
         reason=reason,
         hard=hard,
         attempt=attempt,
@@ -560,13 +991,15 @@ def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
         )
 
     if rec is None:
+        if state.horizon:  # the API found it in the read model: dropped past the window
+            return reject("refund_window_closed", f"not kept: closed before {state.horizon}")
         return reject("payment_not_found")
     dup = cmd.duplicate_of_provider_id
     if dup is not None:
         # Never the charge the ledger recorded: that one is the payment's, not a duplicate.
         if dup == rec.provider_payment_id or cmd.amount is None:
             return reject("not_a_duplicate", dup)
-        if any(r.request.provider_payment_id == dup for r in state.refunds.values()):
+        if any(r.provider_payment_id == dup for r in state.refunds.values()):
             return  # already asked (the repair re-ran): nothing new
         em.emit(
             RefundRequested,
@@ -579,12 +1012,20 @@ def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
                 reason=cmd.reason or "duplicate charge",
                 actor=cmd.actor,
                 duplicate=True,
+                customer=cmd.customer or state.customer,
+                plan_id=rec.plan_id,
+                period_months=rec.period_months,
             ),
             deadline_at=cmd.issued_at + policy.payment_deadline_ms,
         )
         return
     if rec.status != "succeeded" or rec.provider_payment_id is None:
         return reject("payment_not_refundable", f"payment is {rec.status}")
+    if past_window(rec, cmd.issued_at, policy):
+        days = policy.closed_retention_ms // DAY_MS
+        return reject("refund_window_closed", f"closed at {closed_at(rec)}, kept {days} days")
+    if _user_refunds(state) >= policy.max_refunds:
+        return reject("too_many_refunds", f"{policy.max_refunds} kept")
     upgrading = _upgrade_in_flight(state)
     if upgrading is not None:
         # The upgrade's charge was priced with this subscription's credit: refunding while it
@@ -608,6 +1049,9 @@ def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
             amount=amount,
             reason=cmd.reason,
             actor=cmd.actor,
+            customer=cmd.customer or state.customer,
+            plan_id=rec.plan_id,
+            period_months=rec.period_months,
         ),
         deadline_at=cmd.issued_at + policy.payment_deadline_ms,
     )
@@ -615,7 +1059,12 @@ def _refund(em: _Emitter, cmd: RefundPayment, policy: Policy) -> None:
 
 def _sweep_refund(em: _Emitter, cmd: SweepRefund, policy: Policy) -> None:
     ref = em.state.refunds.get(cmd.refund_id)
-    if ref is None or ref.status in TERMINAL_PAYMENT_STATUSES or cmd.attempt != ref.attempts + 1:
+    if (
+        ref is None
+        or ref.request is None
+        or ref.status in TERMINAL_PAYMENT_STATUSES
+        or cmd.attempt != ref.attempts + 1
+    ):
         return
     em.emit(
         RefundRedriven,
@@ -649,7 +1098,7 @@ def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
         )
         return
     pay = em.state.payments[ref.payment_id]
-    fully = not ref.request.duplicate and pay.kept_minor - ref.amount.amount_minor <= 0
+    fully = not ref.duplicate and pay.kept_minor - ref.amount.amount_minor <= 0
     em.emit(
         RefundSucceeded,
         refund_id=ref.refund_id,
@@ -658,6 +1107,7 @@ def _refund_observed(em: _Emitter, obs: RefundObserved) -> None:
         provider_refund_id=obs.provider_refund_id,
         amount=ref.amount,
         fully_refunded=fully,
+        receipt_registration=obs.receipt_registration,
     )
     if fully:
         # Whether access ends is decided by what still pays for the days ahead, not by this
@@ -711,6 +1161,8 @@ def _held_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | Non
     if rec.settle_action is not None:
         kind = "capture" if rec.settle_action == "capture" else "release"
         return (kind, rec.settle_deadline or rec.held_at)
+    if rec.kind in VERIFYING:
+        return ("release", rec.held_at)  # a card check is never captured
     release = ("release", rec.held_at + policy.hold_ms)
     if policy.capture_delay_ms is None:
         return release
@@ -728,23 +1180,29 @@ def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None
     if state.status not in ("active", "past_due") or state.period_end is None:
         return held
     end = state.period_end
-    in_flight = _in_flight(state) is not None
-    can_charge = (
-        state.auto_renew
-        and state.payment_method_id is not None
-        and state.renew_amount is not None
-        and not state.dunning_stopped
-    )
+    busy = _in_flight(state)
+    in_flight = busy is not None
+    # No saved method is no reason to skip the charge: at its time the renewal fails
+    # (``no_payment_method``), the user is told, and dunning retries whatever the wallet
+    # then holds.
+    can_charge = state.auto_renew and state.renew_amount is not None and not state.dunning_stopped
     first_charge_pending = (
         can_charge and state.dunning_attempt == 0 and not _renewal_requested(state)
     )
     candidates: list[tuple[str, int]] = []
     if state.status == "active":
-        candidates.append(("lapse", end))  # access must never outlive its payment
+        lapse = end  # access must never outlive its payment
+        if on_trial(state) and busy is not None and busy.kind == "renewal":
+            # The first charge is made at the trial's end: its outcome is awaited this long
+            # before access lapses (no revoke and grant again for a charge that succeeds).
+            lapse = end + policy.renew_margin_ms
+        candidates.append(("lapse", lapse))
         if first_charge_pending and policy.remind_ms > 0 and state.reminded_for != end:
             candidates.append(("remind", end - policy.remind_ms))
     if not in_flight and first_charge_pending:
-        candidates.append(("renew", end - policy.renew_lead_ms))
+        # A trial's first charge waits for the trial's end: cancelled before it, never charged.
+        at = end if on_trial(state) else renewal_at(state.subscription_id, end, policy)
+        candidates.append(("renew", at))
     elif not in_flight and can_charge and state.next_retry_at is not None:
         candidates.append(("retry", state.next_retry_at))
     elif state.status == "past_due" and not in_flight:
@@ -754,6 +1212,26 @@ def next_due(state: SubscriptionState, policy: Policy) -> tuple[str, int] | None
     if not candidates:
         return None
     return min(candidates, key=lambda c: (c[1], _DUE_ORDER[c[0]]))
+
+
+def renewal_at(subscription_id: str, period_end: int, policy: Policy) -> int:
+    """When the renewal for the period ending at ``period_end`` is charged: the lead before
+    it, plus an offset fixed per subscription (a hash of its id, the same in every process
+    and on every replay) within the spread, so that subscriptions sharing a period end do
+    not all fire in one sweeper tick. Never later than ``period_end - renew_margin_ms``
+    (time left for the outcome and a re-drive before access would lapse); no spread when
+    the lead leaves no room for it."""
+    earliest = period_end - policy.renew_lead_ms
+    window = min(policy.renew_spread_ms, policy.renew_lead_ms - policy.renew_margin_ms)
+    if window <= 0:
+        return earliest
+    digest = hashlib.blake2b(subscription_id.encode(), digest_size=8).digest()
+    return earliest + int.from_bytes(digest, "big") % (window + 1)
+
+
+def on_trial(state: SubscriptionState) -> bool:
+    """The current period is the free trial (its end is the trial's)."""
+    return state.trial_end is not None and state.period_end == state.trial_end
 
 
 def _renewal_requested(state: SubscriptionState) -> bool:
@@ -791,11 +1269,14 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
             RenewalUpcoming,
             period_end=state.period_end or cmd.due_at,
             plan_id=price.plan_id,
-            amount=price.amount,
+            amount=_discounted(price.amount, price.plan_id, state.promo)["amount"],
         )
         return
     if cmd.kind in ("renew", "retry"):
         payment_id = renewal_payment_id(state, state.dunning_attempt)
+        if state.payment_method_id is None:
+            _renewal_failed(em, "", "no_payment_method", policy)
+            return
         em.emit(
             PaymentRequested,
             request=PaymentRequest(
@@ -803,15 +1284,16 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
                 command_id=cmd.command_id,
                 user_id=state.user_id,
                 plan_id=price.plan_id,
-                amount=price.amount,
                 period_months=price.period_months,
                 price_version=price.price_version,
                 return_url="",
                 description=f"Renewal: {price.plan_id}",
+                **_discounted(price.amount, price.plan_id, state.promo),
                 save_payment_method=False,
                 capture=True,
                 payment_method_id=state.payment_method_id,
                 kind="renewal",
+                customer=state.customer,
             ),
             deadline_at=cmd.issued_at + policy.payment_deadline_ms,
         )
@@ -819,7 +1301,7 @@ def _due(em: _Emitter, cmd: SubscriptionDue, policy: Policy) -> None:
     period_end = state.period_end or cmd.due_at
     if not state.auto_renew:
         em.emit(SubscriptionExpired, reason="auto_renew_off", period_end=period_end)
-    elif state.payment_method_id is None or state.renew_amount is None:
+    elif state.renew_amount is None:
         em.emit(SubscriptionExpired, reason="no_payment_method", period_end=period_end)
     elif state.status == "past_due" or state.dunning_stopped:
         em.emit(SubscriptionExpired, reason="renewal_failed", period_end=period_end)
@@ -858,9 +1340,13 @@ def _retry(em: _Emitter, cmd: RetryPayment, policy: Policy) -> None:
         return reject("payment_not_found")
     if orig.status != "canceled":
         return reject("payment_not_retryable", f"payment is {orig.status}")
+    if orig.kind in VERIFYING:
+        return reject("payment_not_retryable", "a card check: start again")
     busy = _in_flight(state)
     if busy is not None:
         return reject("payment_in_progress", busy.payment_id)
+    if _user_payments(state) >= policy.max_payments:
+        return reject("too_many_payments", f"{policy.max_payments} kept")
     if state.status == "active" and (state.period_end or 0) > cmd.issued_at:
         # Whatever the failed payment was for is paid by now (a late success, a renewal
         # retry or another purchase): a retry must not charge for the same period again.
@@ -872,12 +1358,16 @@ def _retry(em: _Emitter, cmd: RetryPayment, policy: Policy) -> None:
             command_id=cmd.command_id,
             user_id=cmd.user_id,
             plan_id=cmd.price.plan_id,
-            amount=cmd.price.amount,
             period_months=cmd.price.period_months,
             price_version=cmd.price.price_version,
             return_url=cmd.return_url,
             description=cmd.description,
             kind="retry",
+            customer=em.state.customer,
+            # Paying again for what a canceled payment was for: with the discount it had (a
+            # declined first charge does not cost the user the code they redeemed), unless
+            # that redemption has paid for a period since.
+            **_discounted(cmd.price.amount, cmd.price.plan_id, _unused(state, orig.promo)),
         ),
         deadline_at=cmd.issued_at + policy.payment_deadline_ms,
     )
@@ -917,6 +1407,8 @@ def _settle(em: _Emitter, cmd: SettlePayment, policy: Policy) -> None:
         problem = f"payment is {rec.status}, not waiting_for_capture"
     elif rec.settle_action is not None and rec.settle_action != cmd.action:
         problem = f"already asked to {rec.settle_action}"
+    elif rec.kind in VERIFYING and cmd.action == "capture":
+        problem = "a card check is never captured"
     if problem is not None or rec is None:
         em.emit(
             PaymentSettleRejected,
@@ -940,8 +1432,8 @@ def upgrade_credits(state: SubscriptionState, now: int) -> dict[str, int] | None
             return None
         if rec.period_start <= now < rec.period_end:
             paid = rec.kept_minor
-            if rec.request.plan_amount is not None:
-                paid = min(paid, rec.request.plan_amount.amount_minor)
+            if rec.plan_amount is not None:
+                paid = min(paid, rec.plan_amount.amount_minor)
             credit = paid * (rec.period_end - now) // (rec.period_end - rec.period_start)
             if credit > 0:
                 credits[rec.payment_id] = credit
@@ -981,7 +1473,7 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
         (
             r
             for r in state.refunds.values()
-            if r.status not in TERMINAL_PAYMENT_STATUSES and not r.request.duplicate
+            if r.status not in TERMINAL_PAYMENT_STATUSES and not r.duplicate
         ),
         None,
     )
@@ -1009,6 +1501,8 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
     charge = new.amount_minor - sum(credits.values())
     if charge < 1:
         return reject("credit_exceeds_price", f"credit {sum(credits.values())}")
+    if _user_payments(state) >= policy.max_payments:
+        return reject("too_many_payments", f"{policy.max_payments} kept")
     em.emit(
         PaymentRequested,
         request=PaymentRequest(
@@ -1024,6 +1518,7 @@ def _change_plan(em: _Emitter, cmd: ChangePlan, policy: Policy) -> None:
             payment_method_id=state.payment_method_id,
             save_payment_method=state.payment_method_id is None,
             kind="upgrade",
+            customer=state.customer,
             plan_amount=new,
             credits=credits,
         ),
@@ -1199,10 +1694,15 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 requested_at=event.occurred_at,
                 deadline_at=event.deadline_at,
                 kind=req.kind,
+                plan_amount=req.plan_amount,
+                credits=req.credits,
+                promo=req.promo,
             )
         )
         credit(req.credits, +1)
-        if state.status in ("none", "inactive", "expired", "canceled"):
+        if req.customer is not None:  # the receipt contact renewals and refunds send
+            new["customer"] = req.customer
+        if req.kind != "verify" and state.status in ("none", "inactive", "expired", "canceled"):
             new["status"] = "pending"
     elif isinstance(event, PaymentRedriven):
         rec = payments[event.request.payment_id]
@@ -1254,7 +1754,7 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
     elif isinstance(event, PaymentSucceeded):
         rec = payments[event.payment_id]
         if rec.status == "canceled":  # reconciliation revived it: its credit is taken again
-            credit(rec.request.credits, +1)
+            credit(rec.credits, +1)
         put(
             replace(
                 new.get("payments", payments)[rec.payment_id],
@@ -1265,14 +1765,17 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 deadline_at=None,
                 status_reason=None,
                 confirmation_url=None,
+                request=None,  # closed: what refunds and credits need is on the record
             )
         )
-        if event.payment_method_id is not None:
+        if event.payment_method_id is not None:  # saved by this payment: the wallet's default
+            kept = [m for m in wallet(state) if m != event.payment_method_id]
+            new["payment_methods"] = [*kept, event.payment_method_id][-WALLET_SIZE:]
             new["payment_method_id"] = event.payment_method_id
     elif isinstance(event, PaymentCanceled):
         rec = payments[event.payment_id]
         if rec.status != "canceled":  # a failed upgrade gives its credit back
-            credit(rec.request.credits, -1)
+            credit(rec.credits, -1)
         put(
             replace(
                 new.get("payments", payments)[rec.payment_id],
@@ -1281,6 +1784,7 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
                 status_reason=event.reason,
                 deadline_at=None,
                 confirmation_url=None,
+                request=None,
             )
         )
         if state.status == "pending":
@@ -1298,11 +1802,12 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
         # The next renewal charges what this period was sold at; dunning starts afresh.
         new.update(
             renew_plan_id=rec.plan_id,
-            renew_amount=rec.request.plan_amount or rec.amount,
+            renew_amount=rec.plan_amount or rec.amount,
             renew_period_months=rec.period_months,
             dunning_attempt=0,
             next_retry_at=None,
             dunning_stopped=False,
+            promo=event.promo,
         )
     elif isinstance(event, RenewalFailed):
         new.update(
@@ -1367,8 +1872,12 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
             request=req_r,
             requested_at=event.occurred_at,
             deadline_at=event.deadline_at,
+            provider_payment_id=req_r.provider_payment_id,
+            duplicate=req_r.duplicate,
         )
         new["refunds"] = refunds
+        if req_r.customer is not None:
+            new["customer"] = req_r.customer
     elif isinstance(event, RefundRedriven):
         refunds = dict(state.refunds)
         ref = refunds[event.request.refund_id]
@@ -1394,9 +1903,10 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
             provider_refund_id=event.provider_refund_id or ref.provider_refund_id,
             deadline_at=None,
             status_reason=None if isinstance(event, RefundSucceeded) else event.reason,
+            request=None,
         )
         new["refunds"] = refunds
-        if not ref.request.duplicate:
+        if not ref.duplicate:
             prec = payments[ref.payment_id]
             amt = ref.amount.amount_minor
             was_open = ref.status not in TERMINAL_PAYMENT_STATUSES
@@ -1413,7 +1923,32 @@ def evolve(state: SubscriptionState, event: Event) -> SubscriptionState:
             if (prec.refunded_minor < whole) != (refunded < whole):
                 # An upgrade refunded in full gives its credit back to the payment it came
                 # from (which may then be refunded too); un-refunded by reconciliation, retaken.
-                credit(prec.request.credits, -1 if refunded >= whole else +1)
+                credit(prec.credits, -1 if refunded >= whole else +1)
+    elif isinstance(event, TrialStarted):
+        rec = payments[event.payment_id]
+        new.update(
+            status="active",
+            plan_id=event.plan_id,
+            period_start=event.period_start,
+            period_end=event.period_end,
+            trial_end=event.period_end,
+            payment_method_id=event.payment_method_id,
+            renew_plan_id=event.plan_id,
+            renew_amount=event.amount,
+            renew_period_months=rec.period_months,
+            dunning_attempt=0,
+            next_retry_at=None,
+            dunning_stopped=False,
+        )
+    elif isinstance(event, PaymentMethodSaved):
+        kept = [m for m in wallet(state) if m != event.method_id]
+        new["payment_methods"] = [*kept, event.method_id][-WALLET_SIZE:]
+        if event.default or state.payment_method_id is None:
+            new["payment_method_id"] = event.method_id
+    elif isinstance(event, PaymentMethodChanged):
+        if event.action == "delete":
+            new["payment_methods"] = [m for m in wallet(state) if m != event.method_id]
+        new["payment_method_id"] = event.default_method
     # PaymentRejected changes nothing but the version: the command is answered, not applied.
     return replace(state, **new)
 

@@ -29,10 +29,12 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from billing.config import WorkerSettings
+from billing.kafka_client import client_kwargs
 from schemas import notifications as contract
 from schemas import topics as topic_names
 from schemas.ids import derived_id
 from schemas.messages import (
+    CARD_CHECK_RELEASED,
     AccessShortened,
     AnyEvent,
     DecodeError,
@@ -40,11 +42,13 @@ from schemas.messages import (
     PaymentSucceeded,
     PeriodAdjusted,
     RefundSucceeded,
+    RenewalFailed,
     RenewalUpcoming,
     SubscriptionActivated,
     SubscriptionCanceled,
     SubscriptionExpired,
     SubscriptionPastDue,
+    TrialStarted,
     ValidationError,
     decode_event,
 )
@@ -64,6 +68,8 @@ _RELEVANT = tuple(
         "RenewalUpcoming",
         "SubscriptionActivated",
         "PeriodAdjusted",
+        "TrialStarted",
+        "RenewalFailed",
         "AccessShortened",
         "SubscriptionPastDue",
         "SubscriptionExpired",
@@ -101,6 +107,8 @@ def derive(event: AnyEvent) -> list[Notification | Entitlement]:
     if isinstance(event, PaymentSucceeded):
         return [note("payment_succeeded", payment_id=event.payment_id, amount=event.amount)]
     if isinstance(event, PaymentCanceled):
+        if event.reason == CARD_CHECK_RELEASED:
+            return []  # a trial's or the wallet's card check, released as intended
         return [note("payment_failed", payment_id=event.payment_id, reason=event.reason)]
     if isinstance(event, RefundSucceeded):
         return [
@@ -122,6 +130,13 @@ def derive(event: AnyEvent) -> list[Notification | Entitlement]:
         ]
     if isinstance(event, AccessShortened):
         return [entitlement("granted", plan_id=event.plan_id, until=event.period_end)]
+    if isinstance(event, TrialStarted):
+        return [
+            note("trial_started", plan_id=event.plan_id, period_end=event.period_end),
+            entitlement("granted", plan_id=event.plan_id, until=event.period_end),
+        ]
+    if isinstance(event, RenewalFailed) and event.reason == "no_payment_method":
+        return [note("payment_method_needed", reason=event.reason)]
     if isinstance(event, SubscriptionActivated | PeriodAdjusted):
         return [entitlement("granted", plan_id=event.plan_id, until=event.period_end)]
     if isinstance(event, SubscriptionPastDue):
@@ -182,7 +197,7 @@ def register_notifier(app: Any, settings: WorkerSettings) -> Any:
     @app.task
     async def notifier() -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             client_id=group,
             acks="all",
             enable_idempotence=True,
@@ -192,7 +207,7 @@ def register_notifier(app: Any, settings: WorkerSettings) -> Any:
             await producer.start()
             await run_consumer(
                 "notifier",
-                bootstrap=settings.kafka_bootstrap,
+                bootstrap=client_kwargs(settings),
                 topic=topic_names.EVENTS,
                 group=group,
                 start=start,

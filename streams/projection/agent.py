@@ -34,7 +34,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from billing import metrics
 from billing.config import WorkerSettings
+from billing.kafka_client import client_kwargs
 from schemas import topics as topic_names
 from schemas.messages import (
     AccessShortened,
@@ -42,7 +44,11 @@ from schemas.messages import (
     AnyEvent,
     AutoRenewChanged,
     DecodeError,
+    MethodDetails,
     PaymentCanceled,
+    PaymentMethodChanged,
+    PaymentMethodRejected,
+    PaymentMethodSaved,
     PaymentOutcomeUnknown,
     PaymentPending,
     PaymentRedriven,
@@ -65,8 +71,10 @@ from schemas.messages import (
     SubscriptionCanceled,
     SubscriptionExpired,
     SubscriptionPastDue,
+    TrialStarted,
     ValidationError,
     decode_event,
+    encode,
 )
 from schemas.periods import ms_to_dt
 from streams.topics import Topics
@@ -124,14 +132,22 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                 ),
             ),
             (
+                # A wallet's card check leaves the subscription's status alone (evolve).
                 "INSERT INTO subscriptions (subscription_id, user_id, status, version, updated_at)"
-                " VALUES (%s, %s, 'pending', %s, %s)"
+                " VALUES (%s, %s, %s, %s, %s)"
                 " ON CONFLICT (subscription_id) DO UPDATE SET"
-                " status = CASE WHEN subscriptions.status"
+                " status = CASE WHEN %s AND subscriptions.status"
                 " IN ('none', 'inactive', 'expired', 'canceled')"
                 " THEN 'pending' ELSE subscriptions.status END,"
                 " version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
-                (sub, event.user_id, v, at),
+                (
+                    sub,
+                    event.user_id,
+                    "none" if r.kind == "verify" else "pending",
+                    v,
+                    at,
+                    r.kind != "verify",
+                ),
             ),
             (
                 "UPDATE command_outbox SET status = 'processing', updated_at = now()"
@@ -162,7 +178,17 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                     f"{event.reason}: {event.detail}" if event.detail else event.reason,
                     event.command_id,
                 ),
-            )
+            ),
+            (
+                # A refused payment never used the promo code it redeemed at intake (issue
+                # 16): the user's redemption and its count are given back (once: a second
+                # projection of this event finds no row).
+                "WITH gone AS (DELETE FROM promo_redemptions WHERE payment_id = %s"
+                " RETURNING code)"
+                " UPDATE promo_codes SET redeemed = redeemed - 1"
+                " WHERE code IN (SELECT code FROM gone)",
+                (event.payment_id,),
+            ),
         ]
     if isinstance(event, PaymentPending):
         reason = "awaiting confirmation" if event.confirmation_url else "awaiting provider"
@@ -196,10 +222,12 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             (
                 "UPDATE payments SET status = 'succeeded', provider_payment_id = %s,"
                 " amount_minor = %s, confirmation_url = NULL, status_reason = NULL,"
+                " receipt_registration = COALESCE(%s, receipt_registration),"
                 " updated_at = %s, version = %s WHERE payment_id = %s",
                 (
                     event.provider_payment_id,
                     event.amount.amount_minor,
+                    event.receipt_registration,
                     at,
                     v,
                     event.payment_id,
@@ -213,13 +241,7 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             ),
             _close_about(sub, SETTLE, "payment_id", event.payment_id, "payment succeeded"),
             *(
-                [
-                    (
-                        "UPDATE subscriptions SET payment_method_saved = true"
-                        " WHERE subscription_id = %s",
-                        (sub,),
-                    )
-                ]
+                _method_saved(event, event.payment_method_id, event.payment_method)
                 if event.payment_method_id
                 else []
             ),
@@ -261,15 +283,15 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
             *_period_ends(event.supersedes),
             (
                 "INSERT INTO subscriptions (subscription_id, user_id, status, plan_id,"
-                " period_start, period_end, version, updated_at)"
-                " VALUES (%s, %s, 'active', %s, %s, %s, %s, %s)"
+                " period_start, period_end, version, updated_at, promo)"
+                " VALUES (%s, %s, 'active', %s, %s, %s, %s, %s, %s::jsonb)"
                 " ON CONFLICT (subscription_id) DO UPDATE SET status = 'active',"
                 " plan_id = EXCLUDED.plan_id, next_retry_at = NULL, status_reason = NULL,"
                 " next_plan_id = NULL,"
                 " period_start = CASE WHEN %s AND subscriptions.period_start IS NOT NULL"
                 " THEN subscriptions.period_start ELSE EXCLUDED.period_start END,"
                 " period_end = EXCLUDED.period_end, version = EXCLUDED.version,"
-                " updated_at = EXCLUDED.updated_at",
+                " updated_at = EXCLUDED.updated_at, promo = EXCLUDED.promo",
                 (
                     sub,
                     event.user_id,
@@ -278,11 +300,108 @@ def statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
                     _ts(event.period_end),
                     v,
                     at,
+                    # The promo discount left for the next renewals (issue 16), as the state.
+                    encode(event.promo).decode() if event.promo is not None else None,
                     event.extended,
                 ),
             ),
         ]
     return _lifecycle_statements(event)
+
+
+def _method_saved(
+    event: AnyEvent, method_id: str, details: MethodDetails | None
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """A saved method joins the wallet as its default (evolve: the newest saved is it)."""
+    d = details or MethodDetails()
+    at = _ts(event.occurred_at)
+    return [
+        (
+            "UPDATE payment_methods SET is_default = false, updated_at = %s"
+            " WHERE subscription_id = %s AND is_default AND method_id <> %s",
+            (at, event.subscription_id, method_id),
+        ),
+        (
+            "INSERT INTO payment_methods (method_id, subscription_id, user_id, type, title,"
+            " first6, last4, expiry_month, expiry_year, card_type, issuer_country, issuer_name,"
+            " saved_by_payment, is_default, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true, %s, %s)"
+            " ON CONFLICT (method_id) DO UPDATE SET is_default = true, deleted_at = NULL,"
+            " updated_at = EXCLUDED.updated_at",
+            (
+                method_id,
+                event.subscription_id,
+                event.user_id,
+                d.type,
+                d.title,
+                d.first6,
+                d.last4,
+                d.expiry_month,
+                d.expiry_year,
+                d.card_type,
+                d.issuer_country,
+                d.issuer_name,
+                getattr(event, "payment_id", None),
+                at,
+                at,
+            ),
+        ),
+        (
+            "UPDATE subscriptions SET payment_method_saved = true WHERE subscription_id = %s",
+            (event.subscription_id,),
+        ),
+    ]
+
+
+def _wallet_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]] | None:
+    """Trials and the wallet (None: not one of theirs)."""
+    at = _ts(event.occurred_at)
+    if isinstance(event, TrialStarted):
+        return [
+            *_sub(
+                "status = 'active', plan_id = %s, period_start = %s, period_end = %s,"
+                " trial_end = %s, next_retry_at = NULL, status_reason = 'trial',"
+                " next_plan_id = NULL",
+                (
+                    event.plan_id,
+                    _ts(event.period_start),
+                    _ts(event.period_end),
+                    _ts(event.period_end),
+                ),
+                event,
+            ),
+            (
+                "UPDATE payments SET status_reason = 'card checked: trial started',"
+                " updated_at = %s WHERE payment_id = %s",
+                (at, event.payment_id),
+            ),
+            _close(event.command_id, "done", "trial started"),
+        ]
+    if isinstance(event, PaymentMethodSaved):
+        return _method_saved(event, event.method_id, event.details)
+    if isinstance(event, PaymentMethodChanged):
+        out: list[tuple[str, tuple[Any, ...]]] = []
+        if event.action == "delete":
+            out.append(
+                (
+                    "UPDATE payment_methods SET deleted_at = %s, is_default = false,"
+                    " updated_at = %s WHERE method_id = %s AND subscription_id = %s",
+                    (at, at, event.method_id, event.subscription_id),
+                )
+            )
+        out += [
+            (
+                "UPDATE payment_methods SET is_default = (method_id = %s), updated_at = %s"
+                " WHERE subscription_id = %s AND deleted_at IS NULL",
+                (event.default_method or "", at, event.subscription_id),
+            ),
+            *_sub("payment_method_saved = %s", (event.default_method is not None,), event),
+            _close(event.command_id, "done", f"payment method {event.action}"),
+        ]
+        return out
+    if isinstance(event, PaymentMethodRejected):
+        return [_close(event.command_id, "rejected", event.reason)]
+    return None
 
 
 # Outbox rows closed by the outcome of the payment or refund they are about, not by an event
@@ -345,6 +464,9 @@ def _sub(sets: str, params: tuple[Any, ...], event: AnyEvent) -> list[tuple[str,
 
 
 def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
+    wallet = _wallet_statements(event)
+    if wallet is not None:
+        return wallet
     at = _ts(event.occurred_at)
     v = event.version
     if isinstance(event, RefundRequested):
@@ -401,8 +523,10 @@ def _lifecycle_statements(event: AnyEvent) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
                 "UPDATE refunds SET status = 'succeeded', status_reason = NULL,"
-                " provider_refund_id = %s, updated_at = %s, version = %s WHERE refund_id = %s",
-                (event.provider_refund_id, at, v, event.refund_id),
+                " provider_refund_id = %s,"
+                " receipt_registration = COALESCE(%s, receipt_registration),"
+                " updated_at = %s, version = %s WHERE refund_id = %s",
+                (event.provider_refund_id, event.receipt_registration, at, v, event.refund_id),
             ),
             (
                 "UPDATE payments SET refunded_minor = refunded_minor + %s, updated_at = %s"
@@ -608,7 +732,7 @@ def register_projection(app: Any, topics: Topics, dsn: str, settings: WorkerSett
     async def projection() -> None:
         consumer = AIOKafkaConsumer(
             topic_names.EVENTS,
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             group_id=group,
             client_id=group,
             enable_auto_commit=False,
@@ -645,6 +769,7 @@ def register_projection(app: Any, topics: Topics, dsn: str, settings: WorkerSett
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 10.0)
                 offsets = {tp: records[-1].offset + 1 for tp, records in got.items() if records}
+                metrics.made_durable("projection", [r for rs in got.values() for r in rs])
                 try:
                     await consumer.commit(offsets)
                 except CommitFailedError as exc:  # revoked meanwhile: the new owner replays

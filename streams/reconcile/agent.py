@@ -3,10 +3,11 @@
 Consumes ``billing.provider-report``, co-partitioned with billing.commands: a line keyed by
 its subscription id arrives on the partition whose ledger state this worker holds, so each
 line is matched (``match_line``) against ``ledger_table.get(subscription_id)`` as it is now.
-The end-of-report marker of a partition runs ``end_of_report`` over every subscription of
-that partition in the table (what the ledger has in the window that the provider never
-reported), then the partition is recorded done; the agent that records the last partition of
-a run finishes it (summary from the stored items).
+The end-of-report marker of a partition runs ``end_of_report`` over the subscriptions of
+that partition with a payment or refund requested in the window (the ledger's day index,
+``streams.ledger.due``: no state outside the window is decoded) to find what the ledger has
+in the window that the provider never reported, then the partition is recorded done; the
+agent that records the last partition of a run finishes it (summary from the stored items).
 
 The lines of a partition usually come many to a message (``schemas.recon.ReportBatch``);
 a single ``ReportEnvelope`` per line is read as well. Faust's cost is per message (a few
@@ -75,6 +76,7 @@ from schemas.recon_match import MatchConfig, MatchItem
 from schemas.recon_runs import RunSpec
 from schemas.state import PaymentRecord, RefundRecord, SubscriptionState
 from schemas.topics import partition_for
+from streams.ledger.due import LedgerIndex
 from streams.topics import Topics, raw_topic
 
 log = logging.getLogger(__name__)
@@ -269,8 +271,12 @@ class Reconciler:
         send: Callable[[str, bytes, bytes], Awaitable[Any]],
         pool: Callable[[], Awaitable[AsyncConnectionPool[Any]]],
         partitions: int,
+        index: LedgerIndex | None = None,
     ) -> None:
         self.table = ledger_table
+        # The ledger's day index (streams.ledger.due): the end of a report reads only the
+        # states with an item requested in its window. None: every state of the partition.
+        self.index = index
         self.send = send
         self.pool = pool
         self.partitions = partitions
@@ -402,6 +408,26 @@ class Reconciler:
         for repair in batch.repairs:
             await self.send(repair.topic, repair.key, repair.value)
 
+    def _partition_items(self, run_id: str, partition: int) -> Iterable[tuple[bytes, Any]]:
+        """(key, encoded state) of the subscriptions of ``partition`` that may hold an item
+        the end of run ``run_id``'s report judges: from the day index when there is one,
+        else every state of the table (hashing each key once)."""
+        if self.index is not None:
+            judged = end_config(self._configs[run_id])
+            if judged is None:
+                return
+            keys = self.index.keys_requested(partition, judged.window_start, judged.window_end - 1)
+            for key in sorted(keys):
+                yield key, self.table.get(key)
+            return
+        cache = self._partition_of
+        for key, raw in list(self.table.items()):
+            p = cache.get(key)
+            if p is None:
+                p = cache[key] = partition_for(key, self.partitions)
+            if p == partition:
+                yield key, raw
+
     def _partition_states(
         self, run_id: str, partition: int, unreadable: list[bytes]
     ) -> Iterable[SubscriptionState]:
@@ -409,13 +435,9 @@ class Reconciler:
         run ``run_id``'s report must look at, decoded one at a time (a partition of a large
         table does not fit in memory decoded); the keys of states that cannot be read are
         appended to ``unreadable``."""
-        cache = self._partition_of
         settled = self.memory.unchanged_and_settled
-        for key, raw in list(self.table.items()):
-            p = cache.get(key)
-            if p is None:
-                p = cache[key] = partition_for(key, self.partitions)
-            if raw is None or p != partition:
+        for key, raw in self._partition_items(run_id, partition):
+            if raw is None:
                 continue
             try:
                 if settled(run_id, key.decode("utf-8", "replace"), raw):
@@ -486,6 +508,7 @@ def register_reconciler(
     *,
     report_topic: Any = None,
     nightly: bool | None = None,
+    index: LedgerIndex | None = None,
 ) -> Any:
     """The reconcile agent on ``billing.provider-report`` (declared here unless given), reading
     ``ledger_table`` (the ledger agent's state table, co-partitioned), writing to PostgreSQL
@@ -510,7 +533,7 @@ def register_reconciler(
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await targets[topic].send(key=key, value=value)
 
-    worker = Reconciler(ledger_table, send, get_pool, partitions)
+    worker = Reconciler(ledger_table, send, get_pool, partitions, index)
     app.billing_reconciler = worker  # figures and tests
 
     @app.agent(report, name="reconcile")

@@ -177,6 +177,7 @@ def test_log_in_find_refund_and_see_the_refund(
                 ("Analytics", ("MRR movements", "Revenue per plan", "Decline reasons")),
                 ("Plans", ("Prices over time", "Schedule a price")),
                 ("Reconciliation", ("Open discrepancies", "Runs", "Resolve an escalation")),
+                ("Trials", ("Trials started", "Converted", "Conversion")),
             ],
             start=8,
         ):
@@ -186,6 +187,17 @@ def test_log_in_find_refund_and_see_the_refund(
             page.shot(f"{i:02d}-{title.lower()}")
             errors = driver.find_elements(page.by.CSS_SELECTOR, '[data-testid="stException"]')
             assert not errors, f"{title}: {errors[0].text}"
+
+        # The wallet of the user who paid, read from the real admin route.
+        page.nav("Wallet")
+        page.type("Subscription id or user id", user)
+        page.click("Show")
+        page.wait_text(f"Saved payment methods of {user}", "Saved methods", timeout=60)
+        page.idle()
+        page.shot("12-wallet")
+        errors = driver.find_elements(page.by.CSS_SELECTOR, '[data-testid="stException"]')
+        assert not errors, f"Wallet: {errors[0].text}"
+        assert "Could not read" not in page.text()
     except Exception:
         page.shot("failure")
         (artifacts / "failure.html").write_text(driver.page_source)

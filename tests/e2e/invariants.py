@@ -10,6 +10,7 @@ from typing import Any
 
 from schemas.ids import subscription_id_for
 from schemas.periods import dt_to_ms
+from streams.ledger.machine import Policy, renewal_at
 from tests.e2e.harness import Stack
 
 DAY_MS = 86_400_000
@@ -37,19 +38,21 @@ def settle(stack: Stack, quiet_s: float = 1.5, timeout: float = 60) -> None:
     raise AssertionError("the stack did not settle")
 
 
-def next_moment(stack: Stack) -> int | None:
-    """The earliest due moment after the stack's now, from the read model."""
+def next_moment(stack: Stack, policy: Policy | None = None) -> int | None:
+    """The earliest due moment after the stack's now, from the read model (``policy``: the
+    stack's renewal lead and spread; by default a day's lead and the default spread)."""
     rows = stack.query(
-        "SELECT period_end, next_retry_at, auto_renew, status FROM subscriptions"
-        " WHERE status IN ('active', 'past_due')"
+        "SELECT period_end, next_retry_at, auto_renew, status, subscription_id::text"
+        " FROM subscriptions WHERE status IN ('active', 'past_due')"
     )
     now = stack.now_ms()
     moments: list[int] = []
-    for period_end, retry_at, auto_renew, _status in rows:
+    policy = policy or Policy(renew_lead_ms=DAY_MS)
+    for period_end, retry_at, auto_renew, _status, sub in rows:
         end = dt_to_ms(period_end)
         candidates = [end]
-        if auto_renew:
-            candidates.append(end - DAY_MS)
+        if auto_renew:  # the reminder's lead, and the charge (spread per subscription)
+            candidates += [end - DAY_MS, renewal_at(str(sub), end, policy)]
         if retry_at is not None:
             candidates.append(dt_to_ms(retry_at))
         moments += [c for c in candidates if c > now]
@@ -76,10 +79,16 @@ def check_invariants(stack: Stack, users: list[str], seed: int = 0) -> dict[str,
         for row in paid:
             assert 0 <= row[5] <= row[4]
         # 4. active exactly when a succeeded payment covers now
-        (status, period_end) = stack.query(
-            "SELECT status, period_end FROM subscriptions WHERE subscription_id = %s", sub
+        (status, period_end, trial_end) = stack.query(
+            "SELECT status, period_end, trial_end FROM subscriptions WHERE subscription_id = %s",
+            sub,
         )[0]
         covered = any(dt_to_ms(r[2]) <= now < dt_to_ms(r[3]) for r in paid)
+        # A free trial covers its days without a payment (and waits up to an hour past its
+        # end for the first charge's outcome: Policy.renew_margin_ms).
+        if trial_end is not None and trial_end == period_end:
+            waiting = status == "active" and now < dt_to_ms(trial_end) + 3_600_000
+            covered = covered or now < dt_to_ms(trial_end) or waiting
         assert (status == "active") == covered, f"seed {seed}: {user} {status} {period_end}"
         summary["charges"] += len(paid)
         summary["renewals"] += sum(r[1] == "renewal" for r in paid)

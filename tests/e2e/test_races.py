@@ -13,6 +13,7 @@ import pytest
 
 from schemas.ids import subscription_id_for
 from schemas.periods import dt_to_ms
+from streams.ledger.machine import Policy
 from tests.e2e.client import headers, pay, wait_status
 from tests.e2e.harness import Stack
 from tests.e2e.invariants import DAY_MS, check_invariants, next_moment, settle
@@ -21,6 +22,9 @@ pytestmark = [pytest.mark.e2e]
 
 STACK_ENV = {
     "BILLING_RENEW_LEAD_S": "86400",
+    # Every renewal exactly at end - lead (no per-subscription spread): they all fall due
+    # while the cancels land.
+    "BILLING_RENEW_SPREAD_S": "0",
     "BILLING_RENEWAL_REMINDER_S": "0",
     "BILLING_DUNNING_SCHEDULE_S": "[86400]",
     "BILLING_SWEEP_INTERVAL_S": "0.5",
@@ -93,7 +97,9 @@ def test_renewal_racing_auto_renew_off(stack: Stack) -> None:
 
     # Run the clock past every period: each subscription expires exactly once, after the
     # last period it paid for; nothing renews any more.
-    while (moment := next_moment(stack)) is not None:
+    while (
+        moment := next_moment(stack, Policy(renew_lead_ms=DAY_MS, renew_spread_ms=0))
+    ) is not None:
         stack.advance_clock(moment - stack.now_ms() + 1_000)
         settle(stack)
     summary = check_invariants(stack, users, SEED)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,9 @@ class FakeProvider:
         self.unavailable = False
         self.hang = False
 
-    async def create_payment(self, request: Any, subscription_id: str) -> ProviderPayment:
+    async def create_payment(
+        self, request: Any, subscription_id: str, *, receipt: Any = None
+    ) -> ProviderPayment:
         raise NotImplementedError
 
     async def get_payment(self, provider_payment_id: str) -> ProviderPayment:
@@ -99,6 +101,7 @@ class FakeProvider:
         refund_id: str,
         description: str = "",
         metadata: dict[str, str] | None = None,
+        receipt: Any = None,
     ) -> Any:
         raise NotImplementedError
 
@@ -324,3 +327,60 @@ def error_code(response: httpx.Response) -> str:
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     code: str = body["error"]["code"]
     return code
+
+
+@dataclass
+class LiveApi:
+    """The app served by uvicorn on a real loopback socket (for clients that are not ASGI:
+    schemathesis, a browser): ``url`` is its base URL."""
+
+    url: str
+    app: FastAPI
+    settings: Settings
+    publisher: RecordingPublisher
+
+    def token(self, user_id: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
+        return mint_token(self.settings, user_id, roles=("admin",) if admin else (), ttl_s=ttl_s)
+
+
+@contextlib.contextmanager
+def serving_api(dsn: str, **overrides: Any) -> Iterator[LiveApi]:
+    """Serve the app (real PostgreSQL, the in-memory publisher and provider of these tests)
+    from a thread with its own event loop, on a free loopback port, until the block ends."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    settings = api_settings(dsn, **overrides)
+    publisher = RecordingPublisher()
+    app = create_app(
+        settings,
+        publisher=publisher,
+        provider=FakeProvider(),
+        normalise=fake_normalise,
+        relay=False,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="live-api", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the live API did not start")
+        time.sleep(0.05)
+    try:
+        yield LiveApi(f"http://127.0.0.1:{port}", app, settings, publisher)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

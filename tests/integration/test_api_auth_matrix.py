@@ -94,7 +94,7 @@ def headers_for(w: World, caller: str) -> dict[str, str]:
     elif caller == "alg_none":
         token = jwt.encode(
             {"sub": w.owner, "aud": aud, "exp": now + 60, "roles": ["admin"]},
-            None,
+            "",
             algorithm="none",
         )
     else:
@@ -122,6 +122,13 @@ GOOD: dict[str, dict[str, tuple[int, str | None]]] = {
         "admin": (200, None),
     },
     "plans": {"owner": (200, None), "other": (200, None), "admin": (200, None)},
+    "profile": {"owner": (200, None), "other": (200, None), "admin": (200, None)},
+    "quote": {"owner": (200, None), "other": (200, None), "admin": (200, None)},
+    "promo_codes": {
+        "owner": (403, "forbidden"),
+        "other": (403, "forbidden"),
+        "admin": (200, None),
+    },
 }
 
 
@@ -143,6 +150,12 @@ async def call(w: World, endpoint: str, headers: dict[str, str]) -> httpx.Respon
         return await client.get("/api/v1/admin/commands", headers=headers)
     if endpoint == "plans":
         return await client.get("/api/v1/plans", headers=headers)
+    if endpoint == "profile":
+        return await client.get("/api/v1/profile", headers=headers)
+    if endpoint == "quote":
+        return await client.get("/api/v1/plans/monthly/quote", headers=headers)
+    if endpoint == "promo_codes":
+        return await client.get("/api/v1/admin/promo-codes", headers=headers)
     raise AssertionError(endpoint)
 
 

@@ -78,12 +78,29 @@ async def world(api: Api) -> World:
         headers={**api.auth(ADMIN, admin=True), "Idempotency-Key": "matrix-extend"},
     )
     assert action.status_code == 202, action.text
+    promo = await api.client.post(  # a promo code (issue 16)
+        "/api/v1/admin/promo-codes",
+        json=_new_promo(),
+        headers={**api.auth(ADMIN, admin=True), "Idempotency-Key": "matrix-promo"},
+    )
+    assert promo.status_code == 201, promo.text
+    method_id = f"pm-matrix-{uuid.uuid4().hex[:8]}"  # a saved card of the owner's (wallet)
+    async with api.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO payment_methods (method_id, subscription_id, user_id, last4,"
+            " is_default, created_at, updated_at) VALUES (%s, %s, %s, '4444', true, now(), now())",
+            (method_id, sub, owner),
+        )
     ids = {
+        "user_id": f"matrix-granted-{uuid.uuid4().hex[:8]}",  # a user with no subscription
+        "method_id": method_id,
         "payment_id": payment_id,
         "refund_id": refund.json()["refund_id"],
         "subscription_id": sub,
         "plan_id": plan_id,
         "command_id": action.json()["command_id"],
+        "name": "swagger-ui.css",
+        "code": promo.json()["code"],
     }
     return World(api, owner, ids)
 
@@ -133,6 +150,7 @@ class Entry:
 PUBLIC = Entry(200, 200, 200, 200)
 USER_LIST = Entry(200, 200, 200)
 MINE = Entry(200, 404, 404)
+MINE_WRITE = Entry(202, 404, 404)  # a command about one of the caller's things
 ADMIN_READ = Entry(403, 403, 200)
 ANALYTICS = Entry(403, 403, 503)
 REASON = {"reason": "matrix"}
@@ -148,14 +166,23 @@ def _new_plan() -> dict[str, Any]:
     }
 
 
+def _new_promo() -> dict[str, Any]:
+    return {
+        "code": f"M{uuid.uuid4().hex[:10]}",
+        "discount": {"kind": "percent", "percent": 10},
+        "reason": "matrix",
+    }
+
+
 MATRIX: dict[tuple[str, str], Entry] = {
     # Framework and probes: public.
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/docs/assets/{name}"): PUBLIC,  # Swagger UI's files, served here (no CDN)
     ("GET", "/redoc"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,  # counts only, for the scraper (api/routes/metrics.py)
     ("GET", "/api/v1/plans"): PUBLIC,
     # Webhooks: trusted by source address and a re-read from the provider, never by a token.
     ("POST", "/api/v1/webhooks/yookassa"): Entry(
@@ -194,6 +221,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
         403, 403, 200, body={"trial_days": 3, "reason": "matrix"}
     ),
     ("POST", "/api/v1/admin/plans/{plan_id}/archive"): Entry(403, 403, 200, body=REASON),
+    ("POST", "/api/v1/admin/plans/{plan_id}/unarchive"): Entry(403, 403, 200, body=REASON),
     ("POST", "/api/v1/admin/plans/{plan_id}/prices"): Entry(
         403, 403, 201, body={"price": {"value": "6.00", "currency": "RUB"}, "reason": "matrix"}
     ),
@@ -214,6 +242,25 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("POST", "/api/v1/admin/subscriptions/{subscription_id}/auto-renew"): Entry(
         403, 403, 202, body={"enabled": False, "reason": "matrix"}
     ),
+    # The wallet (issue 16): the caller's own methods; an admin sees anyone's.
+    ("GET", "/api/v1/payment-methods"): USER_LIST,
+    ("POST", "/api/v1/payment-methods"): Entry(202, 202, 202, body={"return_url": RETURN_URL}),
+    ("PUT", "/api/v1/payment-methods/{method_id}/default"): MINE_WRITE,
+    ("DELETE", "/api/v1/payment-methods/{method_id}"): MINE_WRITE,
+    ("GET", "/api/v1/admin/subscriptions/{subscription_id}/payment-methods"): ADMIN_READ,
+    ("POST", "/api/v1/admin/users/{user_id}/grant"): Entry(
+        403, 403, 202, body={"plan_id": "monthly", **REASON}
+    ),
+    # Promo codes (issue 16): any signed-in user gets a quote; admins manage the codes.
+    ("GET", "/api/v1/plans/{plan_id}/quote"): USER_LIST,
+    ("GET", "/api/v1/admin/promo-codes"): ADMIN_READ,
+    ("POST", "/api/v1/admin/promo-codes"): Entry(403, 403, 201, body=_new_promo),
+    ("GET", "/api/v1/admin/promo-codes/{code}"): ADMIN_READ,
+    ("POST", "/api/v1/admin/promo-codes/{code}/archive"): Entry(403, 403, 200, body=REASON),
+    ("GET", "/api/v1/admin/promo-codes/{code}/redemptions"): ADMIN_READ,
+    # The receipts' contact (issue 16): everyone reads and sets their own profile only.
+    ("GET", "/api/v1/profile"): USER_LIST,
+    ("PUT", "/api/v1/profile"): Entry(200, 200, 200, body={"email": "viewer@example.com"}),
     # The admin console's. Login takes credentials, never a token; these settings configure
     # no console password hash, so it is disabled (503) for everyone.
     ("POST", "/api/v1/admin/session"): Entry(
@@ -225,6 +272,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/admin/analytics/revenue"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/payment-success"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/decline-reasons"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/trials"): ANALYTICS,
+    ("GET", "/api/v1/admin/analytics/discounts"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/refund-rate"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/dunning"): ANALYTICS,
     ("GET", "/api/v1/admin/analytics/mrr"): ANALYTICS,
@@ -267,7 +316,9 @@ async def request(w: World, method: str, path: str, entry: Entry, caller: str) -
     url = path.format(**w.ids)
     headers = headers_for(w, caller)
     body = entry.body() if callable(entry.body) else entry.body
-    if method in ("POST", "PUT", "PATCH"):
+    if method == "DELETE":
+        headers["Idempotency-Key"] = f"matrix-{uuid.uuid4()}"
+    elif method in ("POST", "PUT", "PATCH"):
         headers["Idempotency-Key"] = f"matrix-{uuid.uuid4()}"
         return await w.api.client.request(
             method, url, json=body or {}, headers=headers, params=entry.params

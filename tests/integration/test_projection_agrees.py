@@ -30,6 +30,7 @@ TABLES = (
     "payments",
     "refunds",
     "subscriptions",
+    "payment_methods",
     "subscription_events",
     "projection_versions",
     "command_outbox",
@@ -65,7 +66,9 @@ def differences(model: LedgerModel, dsn: str) -> list[str]:
                 (SUB,),
             ).fetchall()
         }
-        for rec in state.payments.values():
+        # Dropped from the state past the retention window (issue 13) or not, every payment
+        # is in the read model as the ledger last held it: history is not lost.
+        for rec in model.last_seen.values():
             want = (
                 rec.status,
                 rec.amount.amount_minor,
@@ -102,6 +105,24 @@ def differences(model: LedgerModel, dsn: str) -> list[str]:
             want_s = (state.status, state.plan_id, _ts(state.period_end), state.auto_renew)
             if tuple(sub) != want_s:
                 out.append(f"subscription: read model {tuple(sub)}, ledger {want_s}")
+        # The wallet: the methods not deleted, and the default, as the ledger holds them.
+        saved = conn.execute(
+            "SELECT method_id, is_default FROM payment_methods"
+            " WHERE subscription_id = %s AND deleted_at IS NULL",
+            (SUB,),
+        ).fetchall()
+        got_w = (sorted(r[0] for r in saved), [r[0] for r in saved if r[1]])
+        want_w = (
+            sorted(state.payment_methods),
+            [state.payment_method_id] if state.payment_method_id else [],
+        )
+        if got_w != want_w:
+            out.append(f"wallet: read model {got_w}, ledger {want_w}")
+        trial = conn.execute(
+            "SELECT trial_end FROM subscriptions WHERE subscription_id = %s", (SUB,)
+        ).fetchone()
+        if trial is not None and trial[0] != _ts(state.trial_end):
+            out.append(f"trial end: read model {trial[0]}, ledger {state.trial_end}")
     return out
 
 

@@ -56,6 +56,11 @@ def test_from_month_is_inside_the_history_dates() -> None:
         "from_month": "1970-01-01",
         "months": "12",
     }
+    # Any day of the last month counts as that month (the API's pattern lets days 01-28 in).
+    assert dispatch.prepare("mrr_movements", {"from_month": "2100-12-28"}).params == {
+        "from_month": "2100-12-01",
+        "months": "12",
+    }
 
 
 def test_reconciliation_queries_and_unknown_names() -> None:

@@ -18,6 +18,7 @@ from billing.config import (
     CliSettings,
     CommonSettings,
     ConsoleSettings,
+    EntitlementsSettings,
     HistorySettings,
     Settings,
     WorkerSettings,
@@ -31,6 +32,7 @@ COMMANDS: dict[str, type[BaseSettings]] = {
     r"-m streams\.history ": HistorySettings,
     r"-m dashboard$": ConsoleSettings,
     r"billing migrate": CliSettings,
+    r"-m streams\.entitlements$": EntitlementsSettings,
 }
 
 
@@ -46,7 +48,16 @@ def billing_env(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_has_the_stack_services_with_two_workers() -> None:
     services = load()["services"]
-    assert {"kafka", "postgres", "api", "worker-1", "worker-2", "init"} <= set(services)
+    assert {
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "postgres",
+        "api",
+        "worker-1",
+        "worker-2",
+        "init",
+    } <= set(services)
     workers = [s for s in services.values() if "streams" in (s.get("command") or [])]
     assert len(workers) == 2
 
@@ -82,17 +93,35 @@ def test_each_service_sets_only_what_its_process_reads() -> None:
         assert own <= fields, f"{name} ({cls.__name__}) does not read {sorted(own - fields)}"
 
 
+def test_receipt_settings_are_one_for_the_api_and_the_workers() -> None:
+    """The API refuses a payment without a receipt contact and the gateway sends the receipt:
+    both read the same BILLING_RECEIPT* values (the shared block; no service overrides)."""
+    names = ("RECEIPTS_ENABLED", "RECEIPT_TAX_SYSTEM_CODE", "RECEIPT_VAT_CODE")
+    shared = load()["x-billing-env"]
+    assert all(f"BILLING_{n}" in shared for n in names)
+    for name, service in load()["services"].items():
+        env = billing_env(service)
+        for n in names:
+            assert env.get(f"BILLING_{n}", str(shared[f"BILLING_{n}"])) == str(
+                shared[f"BILLING_{n}"]
+            ), name
+    for cls in (ApiSettings, WorkerSettings):
+        assert {n.lower() for n in names} <= set(cls.model_fields)
+
+
 def resolve(value: str) -> str:
     """A compose value with ``${VAR:-default}`` defaulted and ``${VAR:?…}`` set to a made-up
     value that is no placeholder (what an operator must set)."""
 
     def sub(m: re.Match[str]) -> str:
-        return m.group(3) if m.group(2) == "-" else f"set-{m.group(1).lower()}"
+        return m.group(3) if m.group(2) == "-" else f"set-{m.group(1).lower()}-{'x' * 32}"
 
     return re.sub(r"\$\{(\w+)(?::([-?])([^}]*))?\}", sub, value)
 
 
-@pytest.mark.parametrize("service", ["init", "worker-1", "worker-2", "history", "api", "console"])
+@pytest.mark.parametrize(
+    "service", ["init", "worker-1", "worker-2", "history", "api", "console", "entitlements"]
+)
 def test_compose_settings_validate_as_prod(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("BILLING_"):
@@ -107,9 +136,23 @@ def test_compose_settings_validate_as_prod(service: str, monkeypatch: pytest.Mon
     assert set(settings.model_dump()) == set(cls.model_fields)
     if isinstance(settings, CommonSettings):
         assert settings.env == "prod"
-        assert settings.kafka_bootstrap == "kafka:9092"
+        assert settings.kafka_bootstrap == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+        assert settings.kafka_replication_factor == 3
+        assert settings.kafka_min_insync_replicas == 2
+        assert settings.kafka_security_protocol == "SASL_SSL"
 
 
 def test_compose_kafka_never_auto_creates_topics() -> None:
-    kafka = load()["services"]["kafka"]["environment"]
+    kafka = load()["services"]["kafka-1"]["environment"]
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_compose_runs_three_brokers_in_one_quorum_with_authentication() -> None:
+    services = load()["services"]
+    envs = [services[f"kafka-{i}"]["environment"] for i in (1, 2, 3)]
+    assert {e["KAFKA_NODE_ID"] for e in envs} == {"1", "2", "3"}
+    for e in envs:
+        assert e["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@") == 3
+        assert e["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert e["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert "SASL_SSL://" in e["KAFKA_LISTENERS"]

@@ -267,7 +267,8 @@ class FakeApi:
                     "access_token": "token-ops",
                     "token_type": "bearer",
                     "expires_in": 900,
-                    "expires_at": (NOW + timedelta(seconds=900)).isoformat(),
+                    # From now, not NOW (the module's import: a whole suite's run earlier).
+                    "expires_at": (datetime.now(UTC) + timedelta(seconds=900)).isoformat(),
                     "user_id": "ops",
                     "roles": ["admin"],
                 }
@@ -465,7 +466,9 @@ def run_page(name: str) -> None:
 
     ui.configure(ui.ConsoleConfig(api_url="http://api.test"), CURRENT[-1].transport())
     if ui.SESSION not in st.session_state:
-        st.session_state[ui.SESSION] = Session("token-ops", "ops", NOW + timedelta(hours=1))
+        st.session_state[ui.SESSION] = Session(
+            "token-ops", "ops", datetime.now(UTC) + timedelta(hours=1)
+        )
     views = {
         "overview": overview,
         "subscriptions": subscriptions,

@@ -121,7 +121,7 @@ class Recorder:
             raise self.error
 
     async def create_payment(
-        self, request: PaymentRequest, subscription_id: str
+        self, request: PaymentRequest, subscription_id: str, *, receipt: Any = None
     ) -> ProviderPayment:
         self._answer("create_payment", request.payment_id)
         assert self.payment is not None
@@ -146,6 +146,7 @@ class Recorder:
         refund_id: str,
         description: str = "",
         metadata: dict[str, str] | None = None,
+        receipt: Any = None,
     ) -> ProviderRefund:
         self._answer("create_refund", (refund_id, dict(metadata or {})))
         assert self.refund is not None

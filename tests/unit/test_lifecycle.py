@@ -30,6 +30,7 @@ from streams.ledger.machine import (
     due_commands,
     next_due,
     next_wakeup,
+    renewal_at,
     renewal_payment_id,
 )
 from streams.ledger.prices import PriceBook
@@ -59,6 +60,9 @@ from tests.factories import (
 )
 
 PERIOD_END = period_end_ms(T0 + 1_000, 1)
+# The renewal of the first period: the lead before its end plus this subscription's own
+# offset within the spread (renewals of one cohort do not fire in one tick).
+RENEW_AT = renewal_at(SUB, PERIOD_END, POLICY)
 
 
 def auto_renew(enabled: bool, at: int = T0 + 2_000) -> SetAutoRenew:
@@ -215,25 +219,26 @@ def test_overdue_refund_is_swept_with_a_derived_id() -> None:
 # ------------------------------------------------------------------- renewals and dunning
 def test_nothing_is_due_before_the_renewal_time() -> None:
     state = active()
-    assert next_due(state, POLICY) == ("renew", PERIOD_END - DAY)
-    assert next_wakeup(state, POLICY) == PERIOD_END - DAY
-    assert tick(state, PERIOD_END - DAY - 1) == []
+    assert next_due(state, POLICY) == ("renew", RENEW_AT)
+    assert next_wakeup(state, POLICY) == RENEW_AT
+    assert tick(state, RENEW_AT - 1) == []
 
 
 def test_renewal_charges_the_saved_method_and_extends_the_period() -> None:
     state = active()
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     assert isinstance(due, SubscriptionDue) and due.kind == "renew"
     state, types = apply(state, [due])
     assert types == ["PaymentRequested"]
     renewal = state.payments[renewal_payment_id(state, 0)]
-    assert renewal.kind == "renewal" and renewal.request.payment_method_id == METHOD
+    assert renewal.kind == "renewal" and renewal.request is not None
+    assert renewal.request.payment_method_id == METHOD
     assert renewal.amount == PRICE
     # the timer firing again (or a second worker) applies nothing new
-    assert tick(state, PERIOD_END - DAY + 1) == []
+    assert tick(state, RENEW_AT + 1) == []
     state2, types2 = apply(state, [due])
     assert types2 == [] and state2 == state
-    state, types = apply(state, [renewal_seen(state, 0, "succeeded", PERIOD_END - DAY + 5)])
+    state, types = apply(state, [renewal_seen(state, 0, "succeeded", RENEW_AT + 5)])
     assert types == ["PaymentSucceeded", "SubscriptionActivated"]
     assert state.status == "active" and state.period_end == period_end_ms(PERIOD_END, 1)
 
@@ -243,7 +248,7 @@ def test_auto_renew_off_expires_at_period_end_and_on_again_renews() -> None:
     assert types == ["AutoRenewChanged"] and not state.auto_renew
     assert next_due(state, POLICY) == ("lapse", PERIOD_END)
     on, _ = apply(state, [auto_renew(True, T0 + 3_000)])
-    assert next_due(on, POLICY) == ("renew", PERIOD_END - DAY)
+    assert next_due(on, POLICY) == ("renew", RENEW_AT)
     (lapse,) = tick(state, PERIOD_END)
     state, types = apply(state, [lapse])
     assert types == ["SubscriptionExpired"] and state.status == "expired"
@@ -252,9 +257,9 @@ def test_auto_renew_off_expires_at_period_end_and_on_again_renews() -> None:
 
 def test_soft_decline_goes_past_due_then_a_retry_recovers() -> None:
     state = active()
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     state, _ = apply(state, [due])
-    declined_at = PERIOD_END - DAY + 5
+    declined_at = RENEW_AT + 5
     state, types = apply(
         state, [renewal_seen(state, 0, "canceled", declined_at, "insufficient_funds")]
     )
@@ -277,11 +282,9 @@ def test_soft_decline_goes_past_due_then_a_retry_recovers() -> None:
 
 def test_hard_decline_stops_dunning_and_expires_at_period_end() -> None:
     state = active()
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     state, _ = apply(state, [due])
-    state, types = apply(
-        state, [renewal_seen(state, 0, "canceled", PERIOD_END - DAY + 5, "card_expired")]
-    )
+    state, types = apply(state, [renewal_seen(state, 0, "canceled", RENEW_AT + 5, "card_expired")])
     assert types == ["PaymentCanceled", "RenewalFailed"] and state.dunning_stopped
     assert next_due(state, POLICY) == ("lapse", PERIOD_END)
     (lapse,) = tick(state, PERIOD_END)
@@ -291,9 +294,9 @@ def test_hard_decline_stops_dunning_and_expires_at_period_end() -> None:
 
 def test_dunning_schedule_exhausted_expires() -> None:
     state = active()
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     state, _ = apply(state, [due])
-    at = PERIOD_END - DAY + 5
+    at = RENEW_AT + 5
     state, _ = apply(state, [renewal_seen(state, 0, "canceled", at, "insufficient_funds")])
     (lapse,) = tick(state, PERIOD_END)
     state, _ = apply(state, [lapse])
@@ -313,7 +316,7 @@ def test_dunning_schedule_exhausted_expires() -> None:
 
 def test_a_stale_tick_applies_nothing() -> None:
     state = active()
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     off, _ = apply(state, [auto_renew(False)])
     after, types = apply(off, [due])
     assert types == [] and after == off
@@ -324,26 +327,35 @@ def test_an_early_tick_applies_nothing() -> None:
     early = SubscriptionDue(
         command_id=derived_id(SUB, "early"),
         subscription_id=SUB,
-        issued_at=PERIOD_END - DAY - 10,
+        issued_at=RENEW_AT - 10,
         kind="renew",
-        due_at=PERIOD_END - DAY,
+        due_at=RENEW_AT,
     )
     after, types = apply(state, [early])
     assert types == [] and after == state
 
 
-def test_without_a_saved_method_the_subscription_lapses() -> None:
+def test_without_a_saved_method_the_renewal_fails_into_dunning() -> None:
+    """No method (none saved, or all deleted from the wallet): the renewal is not skipped
+    but fails at its time without a charge (the user is told), and dunning retries with
+    whatever the wallet then holds."""
     state, _ = apply(None, [pay(), observed("succeeded")])
     assert state.payment_method_id is None
-    assert next_due(state, POLICY) == ("lapse", PERIOD_END)
+    kind, at = next_due(state, POLICY) or ("", 0)
+    assert kind == "renew"
+    (due,) = tick(state, at)
+    state, types = apply(state, [due])
+    assert types == ["RenewalFailed"] and state.dunning_attempt == 1
+    assert state.next_retry_at is not None and not state.dunning_stopped
+    assert all(p.kind != "renewal" for p in state.payments.values())  # nothing charged
     (lapse,) = tick(state, PERIOD_END)
     state, types = apply(state, [lapse])
-    assert types == ["SubscriptionExpired"]
+    assert types == ["SubscriptionPastDue"]
 
 
 def test_a_renewal_in_flight_at_period_end_goes_past_due_then_recovers() -> None:
     state = active()
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     state, _ = apply(state, [due])
     lapse = [c for c in tick(state, PERIOD_END) if isinstance(c, SubscriptionDue)]
     assert [c.kind for c in lapse] == ["lapse"]
@@ -377,7 +389,7 @@ def test_reminder_goes_out_once_per_period_before_the_charge() -> None:
     d = decide(state, remind, REMIND)
     assert [type(e).__name__ for e in d.events] == ["RenewalUpcoming"]
     assert d.state is not None and d.state.reminded_for == PERIOD_END
-    assert next_due(d.state, REMIND) == ("renew", PERIOD_END - DAY)
+    assert next_due(d.state, REMIND) == ("renew", RENEW_AT)
 
 
 def test_renewal_charges_the_price_in_force_from_the_timer() -> None:
@@ -385,14 +397,15 @@ def test_renewal_charges_the_price_in_force_from_the_timer() -> None:
     due = SubscriptionDue(
         command_id=derived_id(SUB, "due"),
         subscription_id=SUB,
-        issued_at=PERIOD_END - DAY,
+        issued_at=RENEW_AT,
         kind="renew",
-        due_at=PERIOD_END - DAY,
+        due_at=RENEW_AT,
         price=quote(amount=34900, v=2),
     )
     state, _types = apply(state, [due])
     renewal = state.payments[renewal_payment_id(state, 0)]
-    assert renewal.amount == Money(34900, "RUB") and renewal.request.price_version == 2
+    assert renewal.amount == Money(34900, "RUB") and renewal.request is not None
+    assert renewal.request.price_version == 2
     # a quote for another plan is not this subscription's price: the sold price is used
     state2, _ = apply(active(), [msgspec.structs.replace(due, price=quote("yearly", 1))])
     assert state2.payments[renewal_payment_id(state2, 0)].amount == PRICE
@@ -447,6 +460,7 @@ def test_upgrade_charges_the_new_price_less_the_unused_part_and_starts_now() -> 
     charge = state.payments[derived_id(SUB, "change-payment-c")]
     credit = 29900 * (end - half) // (end - start)
     assert charge.amount == Money(299000 - credit, "RUB") and charge.kind == "upgrade"
+    assert charge.request is not None  # open: it keeps its request
     assert charge.request.payment_method_id == METHOD  # the saved card, no redirect
     provider = "prov-upgrade"
     ok = PaymentObserved(
@@ -471,7 +485,7 @@ def test_downgrade_applies_at_the_period_end() -> None:
     state, types = apply(active(), [change("cheap", 19900, 1, T0 + 5_000)])
     assert types == ["PlanChangeScheduled"]
     assert state.plan_id == "monthly" and state.renew_plan_id == "cheap"
-    (due,) = tick(state, PERIOD_END - DAY)
+    (due,) = tick(state, RENEW_AT)
     state, _ = apply(state, [due])
     renewal = state.payments[renewal_payment_id(state, 0)]
     assert renewal.plan_id == "cheap" and renewal.amount == Money(19900, "RUB")
@@ -525,7 +539,7 @@ def test_price_book_answers_the_version_in_force() -> None:
     assert book.quote("monthly", PERIOD_END) == quote(amount=34900, v=2)
     assert book.quote("unknown", PERIOD_END) is None
     # the timer asks for the price at the new period's start: the scheduled one
-    (due,) = due_commands(active(), PERIOD_END - DAY, POLICY, book.quote)
+    (due,) = due_commands(active(), RENEW_AT, POLICY, book.quote)
     assert isinstance(due, SubscriptionDue) and due.price == quote(amount=34900, v=2)
 
 
@@ -558,7 +572,11 @@ def test_auto_capture_then_success_activates() -> None:
     assert state.payments[pid()].settle_action == "capture"
     state, types = apply(state, [observed("succeeded", at=T0 + 2_000)])
     assert types == ["PaymentSucceeded", "SubscriptionActivated"]
-    assert next_due(state, POLICY) == ("lapse", state.period_end)
+    assert state.status == "active"
+    assert next_due(state, POLICY) == (  # no saved method: it fails into dunning then
+        "renew",
+        renewal_at(SUB, state.period_end or 0, POLICY),
+    )
 
 
 def test_manual_mode_releases_the_hold_before_it_expires() -> None:

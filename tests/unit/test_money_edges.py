@@ -96,7 +96,7 @@ def test_the_credit_is_recorded_on_the_payment_it_comes_from() -> None:
     monthly = state.payments[pid()]
     charge = state.payments[derived_id(SUB, "change-payment-c")]
     assert monthly.credited_minor == YEARLY - charge.amount.amount_minor > 0
-    assert charge.request.credits == {pid(): monthly.credited_minor}
+    assert charge.credits == {pid(): monthly.credited_minor}
     assert monthly.refundable_minor == PRICE.amount_minor - monthly.credited_minor
     assert monthly.period_end == charge.period_start  # it pays only up to the upgrade
 

@@ -28,6 +28,7 @@ from schemas.state import SubscriptionState
 from streams.ledger.machine import LedgerInput, Policy, decide
 from streams.ledger.resend import (
     OUTCOME_KNOWN,
+    InputLag,
     gateway_skips,
     resend_plan,
     still_awaited,
@@ -287,3 +288,55 @@ def test_a_request_for_a_record_the_state_does_not_hold_is_dropped() -> None:
     stored = decide(None, pay(), POLICY).events
     empty = SubscriptionState(subscription_id=SUB, user_id=USER)
     assert to_resend(empty, stored) == []
+
+
+@pytest.mark.parametrize(
+    ("inputs", "again", "now", "expected"),
+    [
+        # Within the deadline the first emission is still being answered: not sent again.
+        ([pay()], pay(), T0 + 9_999, []),
+        ([pay()], pay(), T0 + 10_000, ["PaymentRequested"]),
+        # A re-drive's own deadline (now + the backed-off deadline) counts, not the first one.
+        ([pay(), sweep(1, T0 + 10_000)], sweep(1, T0 + 10_000), T0 + 15_000, []),
+        (
+            [pay(), sweep(1, T0 + 10_000)],
+            sweep(1, T0 + 10_000),
+            T0 + 10_000 + 10 * POLICY.payment_deadline_ms,
+            ["PaymentRedriven"],
+        ),
+        ([*PAID, refund()], refund(), T0 + 6_000, []),
+        (
+            [*PAID, refund()],
+            refund(),
+            T0 + 5_000 + 10 * POLICY.payment_deadline_ms,
+            ["RefundRequested"],
+        ),
+    ],
+    ids=[
+        "pay in flight",
+        "pay past its deadline",
+        "re-drive in flight",
+        "re-drive past it",
+        "refund in flight",
+        "refund past it",
+    ],
+)
+def test_a_request_in_flight_is_not_sent_again(
+    inputs: list[LedgerInput], again: LedgerInput, now: int, expected: list[str]
+) -> None:
+    state = apply(inputs)
+    d = decide(state, again, POLICY)
+    assert d.duplicate and d.state is not None
+    assert [e for e, _ in resend_plan(d.state, d.events, now)] == d.events
+    assert [type(e).__name__ for e in to_resend(d.state, d.events, now)] == expected
+
+
+def test_input_lag_is_the_age_of_the_last_input_until_idle() -> None:
+    lag = InputLag(stale_s=5.0)
+    assert lag.current(100.0) == 0.0
+    lag.took(record_ts_s=70.0, now_s=100.0)
+    assert lag.current(101.0) == 30.0
+    lag.took(record_ts_s=102.0, now_s=101.0)  # clocks disagree: never negative
+    assert lag.current(101.0) == 0.0
+    lag.took(record_ts_s=90.0, now_s=101.0)
+    assert lag.current(106.5) == 0.0  # nothing taken for 5 s: not behind

@@ -21,6 +21,7 @@ from billing.config import (
     CommonSettings,
     ConsoleSettings,
     EmulatorSettings,
+    EntitlementsSettings,
     HistorySettings,
     ProviderSettings,
     ReconcileSettings,
@@ -32,15 +33,22 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 # Named in the README but read outside the settings classes (test seeds, the test clock file).
 NOT_SETTINGS = {"BILLING_E2E_SEED", "BILLING_CHAOS_SEED", "BILLING_CLOCK_FILE"}
-COMMON = {
-    "env",
-    "state_dir",
-    "log_level",
+KAFKA = {
     "kafka_bootstrap",
     "kafka_partitions",
     "kafka_version",
-    "postgres_dsn",
+    "kafka_replication_factor",
+    "kafka_min_insync_replicas",
+    "kafka_events_retention_ms",
+    "kafka_input_retention_ms",
+    "kafka_max_message_bytes",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_cafile",
 }
+COMMON = {"env", "state_dir", "log_level", "postgres_dsn"} | KAFKA
 # The code each process runs with its settings (besides billing/config.py's own properties and
 # prod checks). A field of a process class must be read there.
 PROCESS_CODE: dict[type[BaseSettings], tuple[str, ...]] = {
@@ -65,6 +73,7 @@ PROCESS_CODE: dict[type[BaseSettings], tuple[str, ...]] = {
     ConsoleSettings: ("dashboard",),
     ReconcileSettings: ("reconciler/cli.py", "reconciler/feed.py", "providers/yookassa_adapter.py"),
     CliSettings: ("billing/cli.py", "api/auth.py"),
+    EntitlementsSettings: ("streams/entitlements",),
 }
 _READ = re.compile(r"settings\.(\w+)|getattr\(\s*\w+,\s*\"(\w+)\"")
 
@@ -139,7 +148,14 @@ def test_processes_do_not_read_each_others_settings() -> None:
     assert not {"postgres_dsn", "kafka_bootstrap", "jwt_secret", "yookassa_secret_key"} & console
     assert not {"postgres_dsn", "kafka_bootstrap", "jwt_secret", "yookassa_api_url"} & emulator
     assert not {"gateway_concurrency", "history_port"} & set(ReconcileSettings.model_fields)
-    assert set(CliSettings.model_fields) == COMMON | {"jwt_secret", "jwt_algorithm", "jwt_audience"}
+    jwt = {"jwt_secret", "jwt_algorithm", "jwt_audience", "jwt_issuer"}
+    retention = {
+        "idempotency_key_ttl_s",
+        "outbox_closed_retention_s",
+        "maintenance_interval_s",
+        "events_retention_months",
+    }
+    assert set(CliSettings.model_fields) == COMMON | jwt | retention
 
 
 def test_every_readme_and_compose_setting_is_read_by_a_process() -> None:
@@ -153,25 +169,54 @@ PROD: dict[str, Any] = {
     "env": "prod",
     "postgres_dsn": "postgresql://billing:pw@postgres:5432/billing",
     "jwt_secret": "a-real-secret-of-at-least-32-bytes!",
-    "yookassa_secret_key": "live_x",
+    "jwt_issuer": "https://auth.cinema.example/realms/cinema",
+    "yookassa_shop_id": "512345",
+    "yookassa_secret_key": "live_x_0123456789",
     "yookassa_api_url": "https://api.yookassa.ru/v3",
+    "history_token": "h" * 40,
+    "kafka_security_protocol": "SASL_SSL",
+    "kafka_sasl_username": "billing-api",
+    "kafka_sasl_password": "p" * 24,
+    "oidc_issuer": "https://auth.cinema.example/realms/cinema",
+    "keycloak_url": "https://auth.cinema.example",
+    "keycloak_client_secret": "c" * 24,
 }
-# What each prod check refuses: a missing DSN (no embedded PostgreSQL), placeholder secrets,
-# no provider URL (no emulator).
+# What each prod check refuses: a missing DSN (no embedded PostgreSQL), placeholder or short
+# secrets, no issuer, placeholder shop id, no provider URL (no emulator), an open history
+# worker, loopback webhooks, a single replica, unauthenticated Kafka.
 BAD: dict[str, Any] = {
     "postgres_dsn": None,
     "jwt_secret": "dev-only-jwt-secret",
+    "jwt_issuer": "",
+    "yookassa_shop_id": "100500",
     "yookassa_secret_key": "emulator-secret",
     "yookassa_api_url": "",
+    "history_token": None,
+    "webhook_allowed_ips": ["185.71.76.0/27", "127.0.0.1/32"],
+    "kafka_replication_factor": 1,
+    "kafka_min_insync_replicas": 1,
+    "kafka_security_protocol": "PLAINTEXT",
+    "kafka_sasl_password": "short",
+    "oidc_issuer": "",
+    "keycloak_url": "http://127.0.0.1:8180",
+    "keycloak_client_secret": None,
 }
+_KAFKA_BAD = {
+    "kafka_replication_factor",
+    "kafka_min_insync_replicas",
+    "kafka_security_protocol",
+    "kafka_sasl_password",
+}
+_SHOP = {"yookassa_shop_id", "yookassa_secret_key", "yookassa_api_url"}
 REFUSES = {
-    ApiSettings: set(BAD),
-    WorkerSettings: {"postgres_dsn", "yookassa_secret_key", "yookassa_api_url"},
-    HistorySettings: {"postgres_dsn", "yookassa_secret_key", "yookassa_api_url"},
-    ReconcileSettings: {"postgres_dsn", "yookassa_secret_key", "yookassa_api_url"},
-    CliSettings: {"postgres_dsn", "jwt_secret"},
-    EmulatorSettings: {"yookassa_secret_key"},
+    ApiSettings: set(BAD) - {"keycloak_url", "keycloak_client_secret"},
+    WorkerSettings: {"postgres_dsn"} | _SHOP | _KAFKA_BAD,
+    HistorySettings: {"postgres_dsn", "history_token"} | _SHOP | _KAFKA_BAD,
+    ReconcileSettings: {"postgres_dsn", "history_token"} | _SHOP | _KAFKA_BAD,
+    CliSettings: {"postgres_dsn", "jwt_secret", "jwt_issuer"} | _KAFKA_BAD,
+    EmulatorSettings: {"yookassa_shop_id", "yookassa_secret_key"},
     ConsoleSettings: set(),
+    EntitlementsSettings: {"postgres_dsn", "keycloak_url", "keycloak_client_secret"} | _KAFKA_BAD,
     Settings: set(BAD),
 }
 
@@ -196,4 +241,5 @@ def test_prod_refuses_what_the_process_reads_unset(cls: type[BaseSettings]) -> N
             bad[name] = BAD[name]
         with pytest.raises(ValidationError, match=f"BILLING_{name.upper()}"):
             cls(**bad)
-        cls(**{**bad, "env": "dev"})  # refused only in prod
+        if name != "kafka_min_insync_replicas":  # 2 > 1 replica is refused everywhere
+            cls(**{**bad, "env": "dev"})  # refused only in prod

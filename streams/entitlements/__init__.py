@@ -1,0 +1,1 @@
+"""billing.entitlements → Keycloak realm roles (the SSO bridge)."""
