@@ -95,6 +95,10 @@ def plan_actions(plan: DemoPlan, start_ms: int) -> tuple[list[Action], dict[str,
     later(users[3], 4, 10, "refund_full")
     later(users[min(4, len(users) - 1)], 5, 25, "auto_renew_off")
     later(users[-1], 10, 20, "admin_extend")
+    # A newcomer declined at the checkout near the end: the overview shows the last 30 days,
+    # and the roles' own declines may all fall in the first month.
+    newcomer = f"demo-{plan.tag}-new"
+    actions.append(Action(start_ms + span - 3 * DAY_MS, "newcomer_declined", [newcomer]))
     for user in users[5:]:
         roll = rng.random()
         if roll < 0.06:
@@ -298,6 +302,7 @@ class Demo:
         self.user_plans: dict[str, str] = {}
         self.must_pay: set[str] = set()
         self.must_decline = ""
+        self.decline_once: set[str] = set()  # declined at their next checkout, no retry
         self.quiet_s = float(stack.settings.sweep_interval_s) + 0.75
 
     # ------------------------------------------------------------------ checkout
@@ -329,17 +334,19 @@ class Demo:
 
     def checkout(self, user: str, pid: str, provider_id: str) -> None:
         roll = self.rng.random()
+        newcomer = user in self.decline_once
         if user in self.must_pay:
             roll = 1.0
-        elif user == self.must_decline:
+        elif user == self.must_decline or user in self.decline_once:
+            self.decline_once.discard(user)
             roll = 0.0
         if roll < 0.12:
             reason = self.rng.choice(DECLINE_REASONS)
             self.stack.control(
                 "POST", f"/payments/{provider_id}/confirm", {"result": "cancel", "reason": reason}
             )
-            # the user tries again two days later (a retry is a new payment)
-            self.actions.append(Action(self.stack.now_ms() + 2 * DAY_MS, "retry", [user], pid))
+            if not newcomer:  # the user tries again two days later (a new payment)
+                self.actions.append(Action(self.stack.now_ms() + 2 * DAY_MS, "retry", [user], pid))
             self.tally.add("checkout declined")
         elif roll < 0.18:
             self.tally.add("checkout abandoned")  # the provider cancels it after its window
@@ -364,7 +371,14 @@ class Demo:
             )
             return
         user = action.users[0]
-        if action.kind == "upgrade":
+        if action.kind == "newcomer_declined":
+            self.decline_once.add(user)
+            self.buy(
+                [user],
+                lambda u: "/api/v1/payments",
+                lambda u: {"plan_id": "monthly", "return_url": RETURN_URL},
+            )
+        elif action.kind == "upgrade":
             self.buy(
                 [user],
                 lambda u: "/api/v1/subscriptions/me/plan",
