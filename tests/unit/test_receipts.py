@@ -203,3 +203,38 @@ def test_a_refund_names_its_own_contact_and_the_registration_is_kept() -> None:
     (done,) = [e for e in d.events if isinstance(e, RefundSucceeded)]
     assert done.receipt_registration == "succeeded"
     assert decode_event(encode(done)) == done
+
+
+# Found by schemathesis: the JSON Schema pattern (ECMA) and Python's regex must agree, and
+# nothing PostgreSQL refuses (NUL) may pass.
+@pytest.mark.parametrize(
+    "email",
+    [
+        "x\x00@example.com",  # NUL: a 500 from PostgreSQL before
+        "P\x85@example.com",  # U+0085: valid for ECMA's \s, refused by Python's
+        "a\u2028b@example.com",
+        "\ufeffa@example.com",
+        "viewer@example.com\n",  # Python's $ matches before a final newline
+        "a b@example.com",
+        "a@b@example.com",
+        "viewer@example",
+    ],
+)
+def test_a_contact_outside_printable_ascii_is_refused_everywhere(email: str) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.http import ReceiptEmail
+
+    with pytest.raises(ValidationError):
+        TypeAdapter(ReceiptEmail).validate_python(email)
+    assert not valid_customer(ReceiptCustomer(email=email))
+
+
+@pytest.mark.parametrize("email", ["viewer@example.com", "a.b+c_d@mail.xn--p1ai"])
+def test_ordinary_contacts_pass_both_checks(email: str) -> None:
+    from pydantic import TypeAdapter
+
+    from schemas.http import ReceiptEmail
+
+    assert TypeAdapter(ReceiptEmail).validate_python(email) == email
+    assert valid_customer(ReceiptCustomer(email=email))
