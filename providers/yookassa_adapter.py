@@ -276,6 +276,51 @@ class _TimeoutAdapter(HTTPAdapter):
 _last_response = threading.local()  # per SDK thread: the Retry-After of its last answer
 
 
+class _KeptSession(requests.Session):
+    """A session the SDK cannot close. The SDK opens a session for every call and closes it
+    after, so every call paid a new TCP connection (and, against YooKassa itself, a TLS
+    handshake: milliseconds of CPU and two round trips). One of these per SDK thread keeps its
+    connections alive across calls; ``SessionPool.close`` really closes them."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        adapter = _TimeoutAdapter(timeout_s)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def close(self) -> None:  # the SDK's, after each call
+        pass
+
+    def shut(self) -> None:
+        super().close()
+
+
+class SessionPool:
+    """One kept session per SDK thread (a ``requests.Session`` is not for sharing between
+    threads), all closed with the provider."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[_KeptSession] = []
+
+    def get(self) -> requests.Session:
+        session: _KeptSession | None = getattr(self._local, "session", None)
+        if session is None:
+            session = _KeptSession(self._timeout_s)
+            self._local.session = session
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._all = self._all, []
+        for session in sessions:
+            session.shut()
+
+
 class _BoundClient(ApiClient):  # type: ignore[misc]
     """The SDK client with this provider's endpoint and credentials, not the global ones, and
     the Retry-After header kept (the SDK raises from the body only)."""
@@ -292,20 +337,16 @@ class _BoundClient(ApiClient):  # type: ignore[misc]
         _last_response.retry_after = response.headers.get("Retry-After")
         return response
 
-    def __init__(self, api_url: str, shop_id: str, secret: str, socket_timeout_s: float) -> None:
+    def __init__(self, api_url: str, shop_id: str, secret: str, sessions: SessionPool) -> None:
         super().__init__()
         self.endpoint = api_url
         self.shop_id = shop_id
         self.shop_password = secret
         self.auth_token = None
-        self._socket_timeout_s = socket_timeout_s
+        self._sessions = sessions
 
     def get_session(self) -> requests.Session:
-        session = requests.Session()
-        adapter = _TimeoutAdapter(self._socket_timeout_s)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
+        return self._sessions.get()
 
 
 def _bound(sdk_class: type[Any], factory: Callable[[], ApiClient]) -> type[Any]:
@@ -366,10 +407,10 @@ class YooKassaProvider:
         secret = settings.yookassa_secret_key.get_secret_value()
         # The SDK's ApiClient refuses to build without global credentials; ours override them.
         Configuration.configure(shop_id, secret, api_url=self.api_url)
-        socket_timeout_s = self.timeout_s + 1.0
+        self._sessions = SessionPool(self.timeout_s + 1.0)  # the socket's own timeout
 
         def client() -> ApiClient:
-            return _BoundClient(self.api_url, shop_id, secret, socket_timeout_s)
+            return _BoundClient(self.api_url, shop_id, secret, self._sessions)
 
         self._payment = _bound(Payment, client)
         self._refund = _bound(Refund, client)
@@ -565,3 +606,4 @@ class YooKassaProvider:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sessions.close()

@@ -728,3 +728,21 @@ async def test_webhook_claim_normalises_after_re_read(
     assert observed.subscription_id == subscription_id
     assert observed.observation_id == observation_id_for(p.provider_payment_id, "succeeded")
     assert observed.payment_method_saved
+
+
+async def test_calls_reuse_their_connection(fresh_emulator: EmulatorHandle) -> None:
+    """The SDK opens and closes a session per call; the adapter keeps one per SDK thread, so
+    a thread's calls share one keep-alive connection (no TCP or TLS handshake per call)."""
+    prov = YooKassaProvider(fresh_emulator.settings(), max_workers=1)
+    try:
+        for _ in range(5):
+            created = await prov.create_payment(new_request(), str(uuid.uuid4()))
+            await prov.get_payment(created.provider_payment_id)
+        (session,) = prov._sessions._all
+        adapter: Any = session.get_adapter(fresh_emulator.api_url)
+        pools = adapter.poolmanager.pools
+        made = sum(pools[k].num_connections for k in pools.keys())  # noqa: SIM118 (no __iter__)
+        assert made == 1, made
+    finally:
+        await prov.close()
+    assert prov._sessions._all == []
