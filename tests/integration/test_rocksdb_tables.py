@@ -226,3 +226,68 @@ async def test_a_graceful_restart_loads_the_index_snapshot_and_a_crash_reads_the
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def test_inputs_of_one_subscription_in_one_batch_see_each_other(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The ledger decides a batch of inputs at a time and writes each state once at its end:
+    a subscription's next input in the same batch must see the state its previous one made
+    (a purchase, its pending and succeeded observations and a replay of the command, all
+    queued before the worker starts, so they arrive together)."""
+    from bench.workload import observed
+
+    bootstrap = kafka_broker.bootstrap
+    tag = uuid.uuid4().hex[:8]
+    worker_id = f"batch-{tag}"
+    changelog = f"{worker_id}-{TABLE_NAME}-changelog"
+    env = dict(
+        os.environ,
+        BILLING_ENV="test",
+        BILLING_KAFKA_BOOTSTRAP=bootstrap,
+        BILLING_KAFKA_PARTITIONS="4",
+        BILLING_WORKER_ID=worker_id,
+        BILLING_WORKER_OFFSET_RESET="earliest",
+        BILLING_STATE_DIR=str(tmp_path / "state"),
+        BILLING_WORKER_WEB_PORT=str(free_port()),
+        BILLING_TABLE_STORE="rocksdb://",
+        BILLING_LEDGER_BATCH_MAX="1000",
+        BILLING_LEDGER_BATCH_WAIT_MS="200",
+        BILLING_PAYMENT_DEADLINE_S="3600",
+        BILLING_BROKER_SESSION_TIMEOUT_S="6",
+        PYTHONUNBUFFERED="1",
+    )
+    from schemas.messages import encode
+
+    cmds = pay_commands(200, tag)
+    now = int(time.time() * 1000)
+    recs: list[tuple[bytes, bytes]] = []
+    for c in cmds:  # one subscription's inputs one after another: one partition, in order
+        key = c.subscription_id.encode()
+        recs += [
+            (key, encode(c)),
+            (key, encode(observed(c, "pending", now))),
+            (key, encode(observed(c, "succeeded", now + 1))),
+            (key, encode(c)),  # a replay: a duplicate, re-emitted, nothing new
+        ]
+    keys = {c.subscription_id.encode() for c in cmds}
+    await _produce(bootstrap, recs)
+    log = tmp_path / "worker.log"
+    proc = _spawn(env, log)
+    try:
+        states = await _wait_states(bootstrap, changelog, keys, len(cmds))
+        history = await _changelog(bootstrap, changelog, keys)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert len(states) == len(cmds)
+    for c in cmds:
+        state = decode_state(states[c.subscription_id.encode()])
+        assert list(state.payments) == [c.payment_id]
+        assert state.payments[c.payment_id].status == "succeeded", state.payments
+    # Batched: most subscriptions' four inputs made one changelog write, not three.
+    writes = sorted(len(v) for v in history.values())
+    assert writes[len(writes) // 2] == 1, writes
