@@ -554,11 +554,6 @@ class WorkerSettings(
     # How long the worker's producer waits to fill a batch: 0 sends a request per record, a
     # few ms makes them fewer and larger. Nothing waits on it but the commit (a flush).
     producer_linger_ms: float = Field(default=5.0, ge=0, le=100)
-    # The ledger takes its input in batches (streams.ledger.agent): up to this many inputs,
-    # or what arrived within ledger_batch_wait_ms; one table write per subscription and one
-    # send task per batch. 1: one input at a time.
-    ledger_batch_max: int = Field(default=500, ge=1, le=10_000)
-    ledger_batch_wait_ms: float = Field(default=5.0, gt=0, le=1000)
     # Renewals of one period end are spread over this much of the lead window, by an offset
     # fixed per subscription (streams.ledger.machine.renewal_at): a cohort does not fire in
     # one tick. 0: every renewal at exactly period end - lead.

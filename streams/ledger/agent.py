@@ -61,8 +61,10 @@ REBUILD_CHUNK = 5_000  # table entries indexed between yields to the event loop
 SWEEP_YIELD_EVERY = 50  # due keys swept between yields to the event loop
 
 
-async def _send_all(topic: Any, sends: list[tuple[bytes, bytes, dict[str, bytes] | None]]) -> None:
-    for key, value, headers in sends:
+async def _send_all(
+    topic: Any, key: bytes, values: list[tuple[bytes, dict[str, bytes] | None]]
+) -> None:
+    for value, headers in values:
         await topic.send(key=key, value=value, headers=headers)
 
 
@@ -358,15 +360,9 @@ def register_ledger(
                 book[0].loaded_at = time.monotonic()
         return book[0]
 
-    def apply_batch(stream: Any, events: list[Any]) -> list[tuple[bytes, bytes, Any]]:
-        """Decide every input of a batch in order and write each touched state once; returns
-        what to send to billing.events, in input order. Synchronous: no await between a
-        state change and the next, so a stop cannot split a batch's table writes."""
-        states: dict[bytes, SubscriptionState | None] = {}  # as decided so far, by key
-        dirty: dict[bytes, Any] = {}  # key -> the last input that changed it
-        replays: dict[bytes, tuple[Any, bytes]] = {}  # key -> (input, value to write again)
-        sends: list[tuple[bytes, bytes, Any]] = []
-        for event in events:
+    @app.agent(topics.ledger_input, name="ledger")
+    async def ledger(stream: Any) -> None:
+        async for event in stream.events():
             key: bytes = event.key
             try:
                 msg = decode_ledger_input(event.value)
@@ -392,17 +388,8 @@ def register_ledger(
                 refund_id=getattr(msg, "refund_id", None),
             )
             input_lag.took(event.message.timestamp, time.time())
-            if key in states:
-                state = states[key]
-            else:
-                raw = table.get(key)
-                state = states[key] = decode_state(raw) if raw is not None else None
-                if indexed.on_disk and raw is not None:
-                    # A replay, on disk: the state may be ahead of its changelog (written,
-                    # then killed before the changelog send was acknowledged; the input was
-                    # not committed): writing it again puts it on the changelog, which a
-                    # standby or the partition's next owner recovers from.
-                    replays[key] = (event, raw)
+            raw = table.get(key)
+            state = decode_state(raw) if raw is not None else None
             with metrics.timed(metrics.LEDGER_DECIDE):
                 decision = decide(state, msg, policy)
             metrics.LEDGER_INPUTS.labels(
@@ -410,40 +397,24 @@ def register_ledger(
                 "duplicate" if decision.duplicate else "applied",
             ).inc()
             if not decision.duplicate and decision.state is not None:
-                states[key] = decision.state
-                dirty[key] = event
+                table[key] = indexed.wrote(event.message.partition, key, decision.state)
+            elif indexed.on_disk and raw is not None:
+                # A replay. On disk the state may be ahead of its changelog (written, then
+                # killed before the changelog send was acknowledged; the input was not
+                # committed): writing it again puts it on the changelog, which a standby
+                # or the partition's next owner recovers from.
+                table[key] = raw
             plan = [(out, True) for out in decision.events]
             if decision.duplicate and decision.state is not None:
                 # A re-emission: all of it goes to the log again (it may heal a crash), but a
                 # request whose record moved on is flagged for the gateway to skip.
                 # A request still in flight (before its deadline) is not sent again.
                 plan = resend_plan(decision.state, decision.events, now_ms())
-            sends.extend((key, encode(out), None if act else _KNOWN) for out, act in plan)
-        # Faust's table takes the changelog partition from the current event: each write is
-        # made as the input that last touched the key.
-        for key, event in dirty.items():
-            new_state = states[key]
-            assert new_state is not None
-            stream._set_current_event(event)
-            table[key] = indexed.wrote(event.message.partition, key, new_state)
-        for key, (event, raw) in replays.items():
-            if key not in dirty:
-                stream._set_current_event(event)
-                table[key] = raw
-        return sends
-
-    batch_max = settings.ledger_batch_max
-    batch_wait_s = settings.ledger_batch_wait_ms / 1000
-
-    @app.agent(topics.ledger_input, name="ledger")
-    async def ledger(stream: Any) -> None:
-        """Faust acknowledges a batch's inputs once this loop asks for the next batch (or is
-        cancelled: the sends are shielded so a stop cannot leave a state change without its
-        events, and the commit that follows flushes the producer)."""
-        async for events in stream.take_events(batch_max, within=batch_wait_s):
-            sends = apply_batch(stream, events)
-            if sends:
-                await asyncio.shield(_send_all(topics.events, sends))
+            if plan:
+                # Shielded: a stop that cancels the agent here must not leave a state change
+                # without its events (Faust would still acknowledge this input).
+                sends = [(encode(out), None if act else _KNOWN) for out, act in plan]
+                await asyncio.shield(_send_all(topics.events, key, sends))
 
     @app.timer(interval=settings.sweep_interval_s)
     async def sweep() -> None:
